@@ -1,0 +1,10 @@
+"""d2_anchorfree: anchor-free one-stage detectors (FCOS, ATSS, GFL, VFNet, DeFCN) for detectron2.
+
+Importing the package registers its meta-architectures, backbone, shift generators and assigners
+in detectron2's registries; ``add_anchorfree_config(cfg)`` adds their config keys.
+"""
+from .config import add_anchorfree_config
+from . import modeling  # noqa: F401  (registration side effect)
+
+__version__ = "0.1.0"
+__all__ = ["add_anchorfree_config", "modeling"]

@@ -1,0 +1,4 @@
+"""Dense heads: they map FPN features to per-level predictions and know nothing about targets."""
+from .fcos_head import FCOSHead
+
+__all__ = ["FCOSHead"]

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Create (or reuse) the project's virtual environment and install d2_anchorfree into it.
+#   D2AF_VENV   where the environment lives (default: ~/.cache/d2af/venv, outside the clone so
+#               that CI and later checkouts reuse it). Rebuilt when requirements.txt changes.
+# Steps: venv -> pinned requirements -> detectron2 v0.6 Python sources (tools/install_detectron2.py)
+#        -> editable install of this checkout (no deps). Idempotent; prints the venv path last.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${D2AF_VENV:-$HOME/.cache/d2af/venv}"
+STAMP="$VENV/.d2af-requirements.sha256"
+want=$(sha256sum requirements.txt | cut -d' ' -f1)
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
+  echo "[setup_env] creating $VENV (torch CUDA build is about 5 GB, a few minutes)" >&2
+  python3 -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "pip==25.0" wheel
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r requirements.txt
+  echo "$want" > "$STAMP"
+fi
+"$VENV/bin/python" tools/install_detectron2.py >&2
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . >&2
+echo "$VENV"
