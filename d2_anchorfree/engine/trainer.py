@@ -1,0 +1,71 @@
+"""``AnchorFreeTrainer`` (detectron2 ``DefaultTrainer`` + our data layer) and ``setup_cfg``."""
+import logging
+import os
+
+import torch
+
+from detectron2.config import get_cfg
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import DefaultTrainer, default_setup
+from detectron2.evaluation import COCOEvaluator
+
+from ..config import add_anchorfree_config
+from ..data import CheckedDatasetMapper, register_datasets_from_config
+
+logger = logging.getLogger("d2_anchorfree")
+
+
+def setup_cfg(args, *, default_setup_logging: bool = True):
+    """Build the config from ``default_argument_parser`` args (``--config-file`` and ``opts``).
+
+    Adds d2_anchorfree's keys, merges the YAML and the command-line opts, falls back to the CPU
+    (with a warning) when the config asks for CUDA and none is available, registers the
+    COCO-format datasets listed in ``DATASETS.REGISTER_COCO`` and freezes the config.
+
+    Raises:
+        FileNotFoundError: the config file does not exist (named in the message).
+        KeyError: an unknown config key (yacs: "Non-existent config key: ...").
+    """
+    cfg = get_cfg()
+    add_anchorfree_config(cfg)
+    if args.config_file:
+        if not os.path.isfile(args.config_file):
+            raise FileNotFoundError(f"config file not found: {args.config_file}")
+        cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("MODEL.DEVICE=%s but CUDA is not available: using cpu", cfg.MODEL.DEVICE)
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    register_datasets_from_config(cfg)
+    if default_setup_logging:
+        default_setup(cfg, args)
+    return cfg
+
+
+class AnchorFreeTrainer(DefaultTrainer):
+    """detectron2's ``DefaultTrainer`` (SGD, LR schedule, periodic checkpoints every
+    ``SOLVER.CHECKPOINT_PERIOD``, TensorBoard + JSON metrics, ``--resume``) with:
+
+    * data loaders whose mapper reports unreadable images by file name;
+    * ``COCOEvaluator`` with pycocotools' official COCOeval (detectron2's fast C++ one needs
+      ``detectron2._C``) and ``maxDets = [1, 10, TEST.COCO_MAX_DETS_PER_IMAGE]``.
+    """
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=CheckedDatasetMapper(cfg, is_train=True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(
+            cfg, dataset_name, mapper=CheckedDatasetMapper(cfg, is_train=False))
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return COCOEvaluator(
+            dataset_name, tasks=("bbox",), distributed=True, output_dir=output_folder,
+            max_dets_per_image=cfg.TEST.COCO_MAX_DETS_PER_IMAGE, use_fast_impl=False,
+        )

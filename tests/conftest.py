@@ -1,0 +1,45 @@
+"""Shared test helpers: config loading and tiny synthetic batches."""
+import os
+
+import pytest
+import torch
+
+from detectron2.config import get_cfg
+from detectron2.structures import Boxes, Instances
+
+import d2_anchorfree
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+def load_cfg(config_file: str, *opts):
+    """A detectron2 config with our keys, merged from ``config_file`` (relative to the repo),
+    forced to CPU with no pretrained weights; ``opts`` are extra "KEY", value pairs."""
+    cfg = get_cfg()
+    d2_anchorfree.add_anchorfree_config(cfg)
+    cfg.merge_from_file(os.path.join(REPO, config_file))
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", *opts])
+    return cfg
+
+
+def make_instances(image_size, boxes, classes):
+    """Ground-truth ``Instances`` from python lists (boxes XYXY pixels)."""
+    inst = Instances(image_size)
+    inst.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+    inst.gt_classes = torch.tensor(classes, dtype=torch.long)
+    return inst
+
+
+def make_batch(height=128, width=160, seed=0):
+    """Two training inputs: one with two objects, one with none (uint8 CHW images)."""
+    g = torch.Generator().manual_seed(seed)
+    img = lambda: torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=g)  # noqa: E731
+    with_gt = make_instances((height, width), [[10, 12, 70, 90], [40, 30, 150, 120]], [0, 0])
+    empty = make_instances((height, width), [], [])
+    return [{"image": img(), "instances": with_gt}, {"image": img(), "instances": empty}]
+
+
+@pytest.fixture
+def tiny_batch():
+    return make_batch()

@@ -1,0 +1,81 @@
+"""FCOS head shapes, regression parametrisations, loss bookkeeping and input checks."""
+import pytest
+import torch
+
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
+
+from d2_anchorfree.modeling.heads import FCOSHead
+
+from conftest import load_cfg, make_batch, make_instances
+
+
+@pytest.mark.parametrize("norm_reg", [False, True])
+def test_head_output_shapes_per_level(norm_reg):
+    shapes = [ShapeSpec(channels=32, stride=s) for s in (8, 16, 32)]
+    head = FCOSHead(input_shape=shapes, num_classes=3, num_convs=2, norm="GN", norm_reg_targets=norm_reg)
+    feats = [torch.randn(2, 32, h, w) for h, w in ((16, 20), (8, 10), (4, 5))]
+    logits, ltrb, ctr = head(feats)
+    for f, l, d, c in zip(feats, logits, ltrb, ctr):
+        h, w = f.shape[-2:]
+        assert l.shape == (2, 3, h, w) and d.shape == (2, 4, h, w) and c.shape == (2, 1, h, w)
+        assert (d >= 0).all()
+    # Prior-probability init: sigmoid(bias) = 0.01.
+    assert torch.sigmoid(head.cls_logits.bias).tolist() == pytest.approx([0.01] * 3)
+
+
+def test_norm_reg_targets_scales_by_stride():
+    shapes = [ShapeSpec(channels=32, stride=s) for s in (8, 16)]
+    head = FCOSHead(input_shape=shapes, num_classes=1, num_convs=0, norm="", norm_reg_targets=True)
+    torch.nn.init.zeros_(head.box_pred.weight)
+    torch.nn.init.constant_(head.box_pred.bias, 2.0)  # relu(1.0 * 2) * stride
+    _, ltrb, _ = head([torch.randn(1, 32, 2, 2), torch.randn(1, 32, 1, 1)])
+    assert ltrb[0].unique().tolist() == [16.0] and ltrb[1].unique().tolist() == [32.0]
+
+
+def test_losses_are_normalised_and_finite_without_objects():
+    cfg = load_cfg("configs/FCOS/FCOS_tiny_R_18_cpu.yaml")
+    model = build_model(cfg)
+    empty = make_batch()[1:]  # the image without objects only
+    with EventStorage():
+        losses = model(empty)
+    # No positives: box and centerness losses are exactly zero, classification is not.
+    assert losses["loss_fcos_box"].item() == 0 and losses["loss_fcos_ctr"].item() == 0
+    assert losses["loss_fcos_cls"].item() > 0
+
+
+def test_unknown_class_id_and_degenerate_box_raise():
+    cfg = load_cfg("configs/FCOS/FCOS_tiny_R_18_cpu.yaml")  # NUM_CLASSES 1
+    model = build_model(cfg)
+    batch = make_batch()
+    batch[0]["instances"] = make_instances((128, 160), [[10, 10, 50, 50]], [3])
+    with EventStorage(), pytest.raises(ValueError, match="gt class 3"):
+        model(batch)
+    batch[0]["instances"] = make_instances((128, 160), [[10, 10, 10, 50]], [0])
+    with EventStorage(), pytest.raises(ValueError, match="degenerate"):
+        model(batch)
+
+
+def test_tiny_fcos_overfits_one_image():
+    """End-to-end learning: a few dozen steps on one image must fit its two boxes."""
+    torch.manual_seed(0)
+    cfg = load_cfg("configs/FCOS/FCOS_tiny_R_18_cpu.yaml")
+    model = build_model(cfg)
+    batch = make_batch()[:1]
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    first = None
+    for _ in range(40):
+        with EventStorage():
+            loss = sum(model(batch).values())
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.5 * first
+    model.eval()
+    with torch.no_grad():
+        inst = model([{"image": batch[0]["image"]}])[0]["instances"]
+    from detectron2.structures import pairwise_iou
+    best = pairwise_iou(batch[0]["instances"].gt_boxes, inst.pred_boxes[:10]).max(dim=1).values
+    assert (best > 0.5).all(), best

@@ -1,0 +1,51 @@
+"""IoU-family and focal losses against values worked out by hand."""
+import math
+
+import pytest
+import torch
+
+from d2_anchorfree.modeling.losses import focal_loss_with_labels, iou_loss, ltrb_as_boxes, paired_iou
+
+
+def test_iou_losses_on_nested_ltrb():
+    # pred ltrb (1,1,1,1) -> box [-1,-1,1,1] (area 4) inside target (2,2,2,2) (area 16): IoU = 1/4.
+    pred = ltrb_as_boxes(torch.tensor([[1.0, 1, 1, 1]]))
+    target = ltrb_as_boxes(torch.tensor([[2.0, 2, 2, 2]]))
+    assert iou_loss(pred, target, "iou").item() == pytest.approx(-math.log(0.25))
+    assert iou_loss(pred, target, "linear_iou").item() == pytest.approx(0.75)
+    # enclosing box = target, so GIoU = IoU.
+    assert iou_loss(pred, target, "giou").item() == pytest.approx(0.75)
+
+
+def test_giou_of_disjoint_boxes():
+    # [0,0,1,1] vs [2,0,3,1]: IoU 0, union 2, enclosing [0,0,3,1] area 3 -> GIoU = -(3-2)/3.
+    a, b = torch.tensor([[0.0, 0, 1, 1]]), torch.tensor([[2.0, 0, 3, 1]])
+    assert paired_iou(a, b, giou=True).item() == pytest.approx(-1 / 3, abs=1e-6)
+    assert iou_loss(a, b, "giou").item() == pytest.approx(4 / 3, abs=1e-6)
+
+
+def test_iou_loss_weights_and_errors():
+    pred = ltrb_as_boxes(torch.tensor([[1.0, 1, 1, 1], [2.0, 2, 2, 2]]))
+    target = ltrb_as_boxes(torch.tensor([[2.0, 2, 2, 2], [2.0, 2, 2, 2]]))
+    # losses 0.75 and 0 (identical); weights 2 and 5 -> 1.5
+    assert iou_loss(pred, target, "linear_iou", weight=torch.tensor([2.0, 5.0])).item() == pytest.approx(1.5)
+    with pytest.raises(ValueError, match="BOX_LOSS_TYPE"):
+        iou_loss(pred, target, "l1")
+
+
+def test_iou_loss_gradient_grows_the_small_box():
+    pred = torch.tensor([[1.0, 1, 1, 1]], requires_grad=True)
+    iou_loss(ltrb_as_boxes(pred), ltrb_as_boxes(torch.tensor([[2.0, 2, 2, 2]])), "giou").backward()
+    assert (pred.grad < 0).all()  # descending the loss increases every distance
+
+
+def test_focal_loss_by_hand():
+    # logit 0 -> p = 0.5. Positive: alpha (1-p)^2 (-log p) = 0.25 * 0.25 * ln2.
+    # Negative: (1-alpha) p^2 (-log(1-p)) = 0.75 * 0.25 * ln2.
+    logits = torch.zeros(3, 2)
+    labels = torch.tensor([0, 2, 1])  # class 0, background (K = 2), class 1
+    valid = torch.tensor([True, True, False])  # third location ignored
+    pos, neg = 0.25 * 0.25 * math.log(2), 0.75 * 0.25 * math.log(2)
+    got = focal_loss_with_labels(logits, labels, valid, alpha=0.25, gamma=2.0)
+    # row 0: one positive (class 0) + one negative (class 1); row 1: two negatives.
+    assert got.item() == pytest.approx(pos + 3 * neg)

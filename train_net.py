@@ -1,0 +1,32 @@
+#!/usr/bin/env python
+"""Train and evaluate d2_anchorfree detectors with detectron2's conventions.
+
+    python train_net.py --config-file configs/FCOS/FCOS_tiny_R_18_cpu.yaml
+    python train_net.py --config-file ... --resume                 # continue from last_checkpoint
+    python train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/x/model_final.pth
+    python train_net.py --config-file ... --num-gpus 8             # multi-GPU (needs CUDA)
+
+Any config key can be overridden after the flags as ``KEY VALUE`` pairs (detectron2 ``opts``).
+"""
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import default_argument_parser, launch
+
+from d2_anchorfree.engine import AnchorFreeTrainer, setup_cfg
+
+
+def main(args):
+    cfg = setup_cfg(args)
+    if args.eval_only:
+        model = AnchorFreeTrainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume)
+        return AnchorFreeTrainer.test(cfg, model)
+    trainer = AnchorFreeTrainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))
