@@ -5,12 +5,13 @@ import os
 import torch
 
 from detectron2.config import get_cfg
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.data import build_detection_test_loader
 from detectron2.engine import DefaultTrainer, default_setup
 from detectron2.evaluation import COCOEvaluator
 
 from ..config import add_anchorfree_config
 from ..data import CheckedDatasetMapper, register_datasets_from_config
+from .resumable_loader import build_resumable_train_loader
 
 logger = logging.getLogger("d2_anchorfree")
 
@@ -48,13 +49,36 @@ class AnchorFreeTrainer(DefaultTrainer):
     ``SOLVER.CHECKPOINT_PERIOD``, TensorBoard + JSON metrics, ``--resume``) with:
 
     * data loaders whose mapper reports unreadable images by file name;
+    * exact resume: ``--resume`` restores model, optimizer, LR scheduler and iteration and
+      continues the training data stream, augmentations included, where the checkpoint left
+      off (see ``resumable_loader``). detectron2 v0.6's ``DefaultTrainer`` leaves the optimizer
+      (SGD momentum) out of its checkpoints; ``state_dict`` below puts it back in;
     * ``COCOEvaluator`` with pycocotools' official COCOeval (detectron2's fast C++ one needs
       ``detectron2._C``) and ``maxDets = [1, 10, TEST.COCO_MAX_DETS_PER_IMAGE]``.
     """
 
     @classmethod
-    def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=CheckedDatasetMapper(cfg, is_train=True))
+    def build_train_loader(cls, cfg, start_iter: int = 0):
+        return build_resumable_train_loader(cfg, CheckedDatasetMapper(cfg, is_train=True), start_iter)
+
+    def state_dict(self):
+        state = super().state_dict()
+        state["optimizer"] = self.optimizer.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if "optimizer" in state_dict:  # absent in checkpoints written by a plain DefaultTrainer
+            self.optimizer.load_state_dict(state_dict["optimizer"])
+
+    def resume_or_load(self, resume=True):
+        """Load weights (new run) or the last checkpoint (``resume``); on resume, restart the
+        data stream at the checkpoint's iteration."""
+        super().resume_or_load(resume=resume)
+        if self.start_iter > 0:
+            loader = self.build_train_loader(self.cfg, start_iter=self.start_iter)
+            self._trainer.data_loader = loader
+            self._trainer._data_loader_iter = iter(loader)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
