@@ -1,0 +1,183 @@
+"""The VarifocalNet head: IoU-aware classification score (IACS), star-shaped box feature
+representation and bounding-box refinement.
+
+Source: Zhang et al., "VarifocalNet: An IoU-aware Dense Object Detector", CVPR 2021, Sec. 4 and
+Fig. 3, with the layer layout of the authors' code (mmdet ``VFNetHead``).
+"""
+from typing import List, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
+
+from ...layers import Scale
+from ...layers.deform_conv import DeformConv
+from .towers import conv_tower, init_conv_normal, prior_bias
+
+# Regular 3x3 grid of a dilation-1 kernel, (dy, dx) per kernel position k = 3 i + j (row-major).
+_GRID = [(i - 1, j - 1) for i in range(3) for j in range(3)]
+
+
+def star_offsets(ltrb: torch.Tensor, stride: float) -> torch.Tensor:
+    """Offsets of a 3x3 deformable conv (stride 1, padding 1, dilation 1) that sample the star-shaped
+    box representation (VFNet paper, Sec. 4.1, Fig. 3).
+
+    A location (x, y) with box distances (l, t, r, b) samples nine points: itself (x, y), the four
+    points where the horizontal and vertical lines through it meet the box sides
+    (x - l, y), (x, y - t), (x + r, y), (x, y + b), and the four box corners
+    (x - l, y - t), (x + r, y - t), (x - l, y + b), (x + r, y + b). (The paper's list; the edge
+    points are projections of (x, y), not edge midpoints.) Kernel position k = 3 i + j (row-major,
+    regular sample (i - 1, j - 1)) takes the point at vertical position (-t, 0, b)[i] and horizontal
+    position (-l, 0, r)[j] relative to (x, y), so the kernel's layout is kept (e.g. k = 0 is the
+    top-left corner, k = 4 the location itself). In feature-map units (pixels / stride) the offset
+    is ``point_k / stride - regular_k``.
+
+    Args:
+        ltrb: [N, 4, H, W] distances (l, t, r, b) in pixels (>= 0 for a valid box).
+        stride: the level's stride in pixels (> 0).
+
+    Returns:
+        Tensor [N, 18, H, W] (same dtype/device as ``ltrb``), the layout of
+        :mod:`d2_anchorfree.layers.deform_conv`: channel 2k is dy, 2k + 1 is dx, in feature-map
+        pixels. Differentiable in ``ltrb``.
+
+    Raises:
+        ValueError: ``ltrb`` not [N, 4, H, W], or a non-positive stride.
+    """
+    if ltrb.dim() != 4 or ltrb.shape[1] != 4:
+        raise ValueError(f"ltrb must be [N, 4, H, W], got {tuple(ltrb.shape)}")
+    if stride <= 0:
+        raise ValueError(f"stride must be > 0, got {stride}")
+    left, top, right, bottom = (ltrb / stride).unbind(dim=1)
+    zero = torch.zeros_like(left)
+    rows, cols = (-top, zero, bottom), (-left, zero, right)
+    offsets = []
+    for k, (gy, gx) in enumerate(_GRID):
+        offsets.append(rows[k // 3] - gy)
+        offsets.append(cols[k % 3] - gx)
+    return torch.stack(offsets, dim=1)
+
+
+def scale_offset_gradient(x: torch.Tensor, grad_mul: float) -> torch.Tensor:
+    """Identity in the forward pass; multiplies the gradient flowing back into ``x`` by ``grad_mul``
+    (``(1 - m) * x.detach() + m * x``; m = 0 detaches, m = 1 is the identity).
+
+    Used on the initial box before :func:`star_offsets` (authors' code, ``gradient_mul = 0.1``).
+    """
+    if grad_mul == 0:
+        return x.detach()
+    if grad_mul == 1:
+        return x
+    return (1 - grad_mul) * x.detach() + grad_mul * x
+
+
+class VFNetHead(nn.Module):
+    """VarifocalNet head (paper Fig. 3), shared across FPN levels.
+
+    Layers (authors' code): a cls tower and a box tower of ``num_convs`` x (3x3 conv, norm, ReLU);
+    on the box tower one more (3x3 conv, norm, ReLU) and a 3x3 conv predict the initial box
+    ltrb_init = relu(scale_i * x) * s_i (pixels, per-level learnable Scale, FCOS-style normalized
+    regression). The bias of that conv starts at ``init_ltrb`` so that every initial box starts as
+    a square of side 2 * init_ltrb * s_i around its location (default 4: the 8-stride ATSS anchor;
+    the authors' code starts at exp(0) * 8 s_i per side). Without it the initial boxes start at a
+    few pixels, their IoU with the GT is ~0, and the IoU-weighted box losses and IoU targets of the
+    Varifocal Loss all start near zero.
+    ``star_offsets(ltrb_init)`` (gradient scaled by ``offset_grad_mul``) drive two 3x3 deformable
+    convs (+ ReLU):
+      * on the box tower -> 3x3 conv -> 4 factors f = exp(scale_refine_i * x), and
+        ltrb_refine = f * ltrb_init.detach() (the refinement learns per-side scale factors; as in
+        the authors' code the refined loss does not move the initial box);
+      * on the cls tower -> 3x3 conv -> K IACS logits (sigmoid per class; trained with the
+        Varifocal Loss towards the IoU of the refined box).
+
+    Outputs per level i (stride s_i): logits [N, K, H_i, W_i], ltrb_init [N, 4, H_i, W_i] pixels
+    >= 0, ltrb_refine [N, 4, H_i, W_i] pixels >= 0.
+    """
+
+    @configurable
+    def __init__(self, *, input_shape: List[ShapeSpec], num_classes: int, num_convs: int = 3,
+                 norm: str = "GN", prior_prob: float = 0.01, offset_grad_mul: float = 0.1,
+                 init_ltrb: float = 4.0):
+        """
+        Args:
+            input_shape: per level ShapeSpec; all levels must have the same channel count.
+            num_classes: K >= 1. num_convs: tower depth >= 0 (paper: 3). norm: "GN", "BN" or "".
+            prior_prob: initial foreground probability of the IACS classifier.
+            offset_grad_mul: in [0, 1], multiplier of the gradient reaching the initial box through
+                the star-conv offsets (0 = detached; paper code: 0.1).
+            init_ltrb: initial box distances in stride units (> 0), see the class docstring.
+
+        Raises:
+            ValueError: levels with different channels, or a bad class count / tower depth /
+                offset_grad_mul / init_ltrb.
+        """
+        super().__init__()
+        channels = {s.channels for s in input_shape}
+        if len(channels) != 1:
+            raise ValueError(f"VFNet head needs equal channels on all levels, got {channels}")
+        if num_classes < 1:
+            raise ValueError(f"NUM_CLASSES must be >= 1, got {num_classes}")
+        if num_convs < 0:
+            raise ValueError(f"MODEL.FCOS.NUM_CONVS must be >= 0, got {num_convs}")
+        if not 0.0 <= offset_grad_mul <= 1.0:
+            raise ValueError(f"MODEL.VFNET.OFFSET_GRAD_MUL must be in [0, 1], got {offset_grad_mul}")
+        if init_ltrb <= 0:
+            raise ValueError(f"init_ltrb must be > 0 (stride units), got {init_ltrb}")
+        c = channels.pop()
+        self.num_classes = num_classes
+        self.strides = [s.stride for s in input_shape]
+        self.offset_grad_mul = float(offset_grad_mul)
+        self.cls_tower = conv_tower(c, num_convs, norm)
+        self.box_tower = conv_tower(c, num_convs, norm)
+        self.box_init_conv = conv_tower(c, 1, norm)
+        self.box_init_pred = nn.Conv2d(c, 4, 3, padding=1)
+        self.box_refine_dconv = DeformConv(c, c, 3, padding=1)
+        self.box_refine_pred = nn.Conv2d(c, 4, 3, padding=1)
+        self.cls_dconv = DeformConv(c, c, 3, padding=1)
+        self.cls_logits = nn.Conv2d(c, num_classes, 3, padding=1)
+        self.scales_init = nn.ModuleList([Scale(1.0) for _ in self.strides])
+        self.scales_refine = nn.ModuleList([Scale(1.0) for _ in self.strides])
+        init_conv_normal(self)
+        for dconv in (self.box_refine_dconv, self.cls_dconv):
+            nn.init.normal_(dconv.weight, std=0.01)
+        nn.init.constant_(self.cls_logits.bias, prior_bias(prior_prob))
+        nn.init.constant_(self.box_init_pred.bias, float(init_ltrb))
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: List[ShapeSpec]):
+        c = cfg.MODEL.FCOS
+        return {
+            "input_shape": input_shape, "num_classes": c.NUM_CLASSES, "num_convs": c.NUM_CONVS,
+            "norm": c.NORM, "prior_prob": c.PRIOR_PROB,
+            "offset_grad_mul": cfg.MODEL.VFNET.OFFSET_GRAD_MUL,
+        }
+
+    def forward(self, features: List[torch.Tensor]) -> Tuple[List[torch.Tensor], ...]:
+        """
+        Args:
+            features: per level [N, C, H_i, W_i], one per stride of ``input_shape``.
+
+        Returns:
+            (logits, ltrb_init, ltrb_refine): three lists over levels, shapes in the class docstring.
+
+        Raises:
+            ValueError: if the number of levels differs from the number of strides.
+        """
+        if len(features) != len(self.strides):
+            raise ValueError(f"got {len(features)} feature levels for strides {self.strides}")
+        logits, ltrb_init, ltrb_refine = [], [], []
+        for i, (feature, stride) in enumerate(zip(features, self.strides)):
+            cls_feat = self.cls_tower(feature)
+            box_feat = self.box_tower(feature)
+            init = F.relu(self.scales_init[i](self.box_init_pred(self.box_init_conv(box_feat)))) * stride
+            offsets = star_offsets(scale_offset_gradient(init, self.offset_grad_mul), stride)
+            refine_feat = F.relu(self.box_refine_dconv(box_feat, offsets))
+            # clamp: keep exp finite early in training (exp(20) ~ 5e8 is far beyond any image).
+            factors = torch.exp(self.scales_refine[i](self.box_refine_pred(refine_feat)).clamp(max=20.0))
+            logits.append(self.cls_logits(F.relu(self.cls_dconv(cls_feat, offsets))))
+            ltrb_init.append(init)
+            ltrb_refine.append(factors * init.detach())
+        return logits, ltrb_init, ltrb_refine
