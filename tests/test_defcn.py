@@ -13,7 +13,7 @@ from conftest import load_cfg, make_batch, make_instances
 from d2_anchorfree.layers.max_filter import MaxFiltering3D, max_filter_3d
 from d2_anchorfree.modeling.assigners import BACKGROUND, IGNORE, build_assigner
 from d2_anchorfree.modeling.assigners.base import level_ranges
-from d2_anchorfree.modeling.assigners.fcos import center_region, point_box_distances
+from d2_anchorfree.modeling.assigners.geometry import center_region, point_box_distances
 from d2_anchorfree.modeling.assigners.poto import (
     POTOAssigner, match_one_to_one, match_one_to_one_dense, pair_quality,
 )

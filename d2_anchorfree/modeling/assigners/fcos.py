@@ -14,37 +14,7 @@ from detectron2.config import configurable
 from detectron2.structures import Instances
 
 from .base import ASSIGNER_REGISTRY, BACKGROUND, IGNORE, cat_points, gt_chunks, level_ranges
-
-
-def center_region(gt_boxes: torch.Tensor, point_strides: torch.Tensor, radius: float) -> torch.Tensor:
-    """Center-sampling region of each GT as seen from each point's level.
-
-    Args:
-        gt_boxes: [G, 4] (x0, y0, x1, y1) pixels.
-        point_strides: [R] stride (pixels) of each point's level.
-        radius: half-size of the region in stride units (> 0).
-
-    Returns:
-        Tensor [R, G, 4]: the box (cx - r s, cy - r s, cx + r s, cy + r s) clipped to the GT box.
-    """
-    centers = (gt_boxes[:, :2] + gt_boxes[:, 2:]) / 2  # [G, 2]
-    half = (point_strides * radius)[:, None, None]  # [R, 1, 1]
-    lo = torch.max(centers[None] - half, gt_boxes[None, :, :2])
-    hi = torch.min(centers[None] + half, gt_boxes[None, :, 2:])
-    return torch.cat([lo, hi], dim=2)
-
-
-def point_box_distances(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """(l, t, r, b) from every point to every box.
-
-    Args:
-        points: [R, 2] (x, y) pixels. boxes: [G, 4] or [R, G, 4] (x0, y0, x1, y1) pixels.
-
-    Returns:
-        Tensor [R, G, 4] in pixels; all > 0 iff the point is strictly inside the box.
-    """
-    p = points[:, None, :]
-    return torch.cat([p - boxes[..., :2], boxes[..., 2:] - p], dim=-1)
+from .geometry import inside_boxes, inside_center_regions, max_distance
 
 
 @ASSIGNER_REGISTRY.register()
@@ -117,17 +87,16 @@ class FCOSAssigner:
         areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
         best_area = torch.full((num_points,), float("inf"), dtype=points.dtype, device=points.device)
         in_crowd = torch.zeros(num_points, dtype=torch.bool, device=points.device)
+        lo, hi = lo[:, None], hi[:, None]
         for start, end in gt_chunks(num_points, len(boxes), self.chunk_elements):
             b = boxes[start:end]
-            ltrb = point_box_distances(points, b)  # [R, g, 4]
-            inside_box = ltrb.min(dim=2).values > 0
+            inside_box = inside_boxes(points, b)  # [R, g]
             if self.radius > 0:
-                inside = point_box_distances(points, center_region(b, point_strides, self.radius))
-                inside = inside.min(dim=2).values > 0
+                inside = inside_center_regions(points, point_strides, b, self.radius)
             else:
                 inside = inside_box
-            max_reg = ltrb.max(dim=2).values
-            ok = inside & (max_reg >= lo[:, None]) & (max_reg <= hi[:, None]) & ~crowd[None, start:end]
+            max_reg = max_distance(points, b)
+            ok = inside & (max_reg >= lo) & (max_reg <= hi) & ~crowd[None, start:end]
             cand_area = torch.where(ok, areas[None, start:end], torch.full_like(max_reg, float("inf")))
             chunk_area, chunk_idx = cand_area.min(dim=1)
             better = chunk_area < best_area  # strict: an earlier chunk wins ties

@@ -21,7 +21,7 @@ from detectron2.structures import Instances
 
 from ..losses.iou import paired_iou
 from .base import ASSIGNER_REGISTRY, BACKGROUND, IGNORE, gt_chunks, level_ranges
-from .fcos import center_region
+from .geometry import center_region, inside_boxes, max_distance
 
 SPATIAL_PRIORS = ("center", "inside")
 LEVEL_PRIORS = ("all", "fcos")
@@ -85,35 +85,6 @@ def crowd_flags(gt: Instances) -> torch.Tensor:
     if gt.has("gt_is_crowd"):
         return gt.gt_is_crowd.bool()
     return torch.zeros(len(gt), dtype=torch.bool, device=gt.gt_boxes.tensor.device)
-
-
-def inside_boxes(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """Whether each point lies strictly inside each box.
-
-    Same result as ``point_box_distances(points, boxes).min(dim=2).values > 0`` without the
-    [R, g, 4] intermediate (about 15x faster on CPU).
-
-    Args:
-        points: [R, 2] (x, y) pixels. boxes: [g, 4] (x0, y0, x1, y1) pixels.
-
-    Returns:
-        Tensor [R, g] bool.
-    """
-    x, y = points[:, 0:1], points[:, 1:2]
-    return (x > boxes[:, 0]) & (x < boxes[:, 2]) & (y > boxes[:, 1]) & (y < boxes[:, 3])
-
-
-def max_distance(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """max(l, t, r, b) from each point to the sides of each box (pixels; FCOS Sec. 3.2).
-
-    Args:
-        points: [R, 2] pixels. boxes: [g, 4] XYXY pixels.
-
-    Returns:
-        Tensor [R, g] (negative sides count as they are, as in ``point_box_distances``).
-    """
-    x, y = points[:, 0:1], points[:, 1:2]
-    return torch.max(torch.max(x - boxes[:, 0], y - boxes[:, 1]), torch.max(boxes[:, 2] - x, boxes[:, 3] - y))
 
 
 def ignore_in_crowd(matched: torch.Tensor, points: torch.Tensor, boxes: torch.Tensor,

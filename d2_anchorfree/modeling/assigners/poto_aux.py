@@ -14,9 +14,9 @@ from detectron2.config import configurable
 from detectron2.structures import Instances
 
 from .base import ASSIGNER_REGISTRY, BACKGROUND, cat_points, gt_chunks
+from .geometry import inside_boxes, max_distance
 from .poto import (
-    PriorConfig, check_alpha, check_prediction_inputs, crowd_flags, ignore_in_crowd, inside_boxes,
-    max_distance, pair_quality,
+    PriorConfig, check_alpha, check_prediction_inputs, crowd_flags, ignore_in_crowd, pair_quality,
 )
 
 

@@ -24,6 +24,18 @@ def reduce_mean(value: torch.Tensor) -> torch.Tensor:
     return value / world
 
 
+def loss_normalizer(total: torch.Tensor, floor: float = 1.0) -> float:
+    """Loss normalizer: ``total`` (e.g. the number of positives, or a sum of IoU weights)
+    averaged over workers, floored at ``floor / world_size``.
+
+    Each worker divides its loss by max(sum over workers, floor) / world_size, so after DDP
+    averages the gradients (1 / world_size) the result equals one process on the whole batch
+    dividing by max(sum, floor) -- also when the floor is active (a batch with fewer positives
+    than workers, or small weights early in training). Returns a Python float (no gradient).
+    """
+    return max(reduce_mean(total.detach().float()).item(), floor / comm.get_world_size())
+
+
 def flatten_levels(per_level: List[torch.Tensor], dim: int) -> torch.Tensor:
     """[N, dim, H_i, W_i] per level -> [N, sum_i H_i W_i, dim] (row-major per level)."""
     return torch.cat([permute_to_N_HWA_K(x, dim) for x in per_level], dim=1)

@@ -13,7 +13,7 @@ from ..box_coder import boxes_to_ltrb, ltrb_to_boxes
 from ..heads.defcn_head import DeFCNHead, DeFCNOutputs, joint_logits
 from ..losses import focal_loss_with_labels, iou_loss, ltrb_as_boxes
 from ..postprocessing import dense_inference
-from .base import AnchorFreeDetector, check_gt_instances, flatten_levels, reduce_mean
+from .base import AnchorFreeDetector, check_gt_instances, flatten_levels, loss_normalizer
 from .fcos import permute
 
 
@@ -160,7 +160,7 @@ class DeFCN(AnchorFreeDetector):
         for i, gt in enumerate(gt_instances):
             gt_ltrb[i][pos[i]] = boxes_to_ltrb(points[pos[i]], gt.gt_boxes.tensor[matched[i][pos[i]]])
         num_pos_local = pos.sum().item()
-        num_pos = max(reduce_mean(pos.sum().float()).item(), 1.0)
+        num_pos = loss_normalizer(pos.sum().float(), 1.0)
         put_scalar("defcn/num_pos_per_gt", num_pos_local / max(1, sum(len(g) for g in gt_instances)))
         loss_cls = focal_loss_with_labels(
             logits.flatten(0, 1), labels.flatten(), (matched >= -1).flatten(),
@@ -182,7 +182,7 @@ class DeFCN(AnchorFreeDetector):
             scalar: summed focal loss / max(1, aux positives averaged over workers).
         """
         pos = aux_matched >= 0
-        num_pos = max(reduce_mean(pos.sum().float()).item(), 1.0)
+        num_pos = loss_normalizer(pos.sum().float(), 1.0)
         put_scalar("defcn/num_aux_pos_per_gt", pos.sum().item() / max(1, sum(len(g) for g in gt_instances)))
         labels = self.labels_of(gt_instances, aux_matched)
         return focal_loss_with_labels(

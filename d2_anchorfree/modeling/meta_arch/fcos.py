@@ -13,7 +13,7 @@ from ..box_coder import boxes_to_ltrb
 from ..heads.fcos_head import FCOSHead
 from ..losses import focal_loss_with_labels, iou_loss, ltrb_as_boxes
 from ..postprocessing import dense_inference
-from .base import AnchorFreeDetector, check_gt_instances, flatten_levels, reduce_mean
+from .base import AnchorFreeDetector, check_gt_instances, flatten_levels, loss_normalizer
 
 # MODEL.FCOS.ASSIGNER value -> registered assigner class name
 ASSIGNER_NAMES = {"FCOS": "FCOSAssigner", "ATSS": "ATSSAssigner"}
@@ -107,13 +107,13 @@ class FCOS(AnchorFreeDetector):
             idx = matched[i][pos[i]]
             labels[i][pos[i]] = gt.gt_classes[idx]
             gt_ltrb[i][pos[i]] = boxes_to_ltrb(points[pos[i]], gt.gt_boxes.tensor[idx])
-        num_pos = max(reduce_mean(pos.sum().float()).item(), 1.0)
+        num_pos = loss_normalizer(pos.sum().float(), 1.0)
         loss_cls = focal_loss_with_labels(
             logits.flatten(0, 1), labels.flatten(), (matched >= -1).flatten(),
             self.focal_alpha, self.focal_gamma,
         ) / num_pos
         ctr_targets = centerness_targets(gt_ltrb[pos])
-        ctr_norm = max(reduce_mean(ctr_targets.sum()).item(), 1e-6)
+        ctr_norm = loss_normalizer(ctr_targets.sum(), 1e-6)
         loss_box = iou_loss(
             ltrb_as_boxes(ltrb[pos]), ltrb_as_boxes(gt_ltrb[pos]), self.box_loss_type, weight=ctr_targets
         ) / ctr_norm

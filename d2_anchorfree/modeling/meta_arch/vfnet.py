@@ -15,7 +15,7 @@ from ..heads.vfnet_head import VFNetHead
 from ..losses import iou_loss, ltrb_as_boxes, paired_iou
 from ..losses.varifocal import varifocal_loss
 from ..postprocessing import dense_inference
-from .base import AnchorFreeDetector, check_gt_instances, flatten_levels, reduce_mean
+from .base import AnchorFreeDetector, check_gt_instances, flatten_levels, loss_normalizer
 from .fcos import assigner_name, permute
 
 # Positive IACS targets are clamped to at least this so that a positive whose refined box misses
@@ -125,13 +125,13 @@ class VFNet(AnchorFreeDetector):
         cls_targets = torch.zeros_like(logits)
         cls_targets[pos_img, pos_point, gt_classes[gt_idx]] = iou_refine.to(logits.dtype)
         valid = matched >= -1  # IGNORE (-2) stays out of the classification loss
-        num_pos = max(reduce_mean(pos.sum().float()).item(), 1.0)
+        num_pos = loss_normalizer(pos.sum().float(), 1.0)
         loss_cls = varifocal_loss(
             logits[valid], cls_targets[valid], self.alpha, self.gamma, self.iou_weighted) / num_pos
 
         # GIoU on the initial and refined boxes, each weighted by its own detached IoU.
-        norm_init = max(reduce_mean(iou_init.sum()).item(), 1.0)
-        norm_refine = max(reduce_mean(iou_refine.sum()).item(), 1.0)
+        norm_init = loss_normalizer(iou_init.sum(), 1.0)
+        norm_refine = loss_normalizer(iou_refine.sum(), 1.0)
         loss_init = iou_loss(init_boxes, target_boxes, "giou", weight=iou_init) / norm_init
         loss_refine = iou_loss(refine_boxes, target_boxes, "giou", weight=iou_refine) / norm_refine
         # Keep every output in the graph when there is no positive (e.g. images with no objects).
