@@ -81,6 +81,8 @@ def add_anchorfree_config(cfg):
     _C.MODEL.GFL.DGQP = False  # GFLv2 Distribution-Guided Quality Predictor
     _C.MODEL.GFL.DGQP_TOPK = 4
     _C.MODEL.GFL.DGQP_HIDDEN = 64
+    # Assigner of the GFL detector: "ATSS" (paper), "FCOS" or a registered assigner class name.
+    _C.MODEL.GFL.ASSIGNER = "ATSS"
 
     # ---- VarifocalNet (Zhang et al., CVPR 2021)
     _C.MODEL.VFNET = CN()
@@ -120,5 +122,7 @@ def add_anchorfree_config(cfg):
     _C.DATASETS.VALIDATE_ANNOTATIONS = True
 
     # ---- evaluation
-    _C.TEST.COCO_MAX_DETS = [1, 10, 100]  # COCO maxDets; raise the last one for crowded images
+    # COCOeval maxDets becomes [1, 10, this]; AP is computed at this many detections per image.
+    # Raise it (with TEST.DETECTIONS_PER_IMAGE) for crowded images such as tree-crown tiles.
+    _C.TEST.COCO_MAX_DETS_PER_IMAGE = 100
     return cfg

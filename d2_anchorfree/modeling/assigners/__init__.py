@@ -1,6 +1,9 @@
 """Target assigners (pure functions of points, GT and, for some, predictions)."""
 from .base import ASSIGNER_REGISTRY, BACKGROUND, IGNORE
 from .fcos import FCOSAssigner, centerness_targets
+from .poto import POTOAssigner  # noqa: F401  (registers "POTOAssigner", DeFCN)
+from .poto_aux import POTOAuxAssigner  # noqa: F401  (registers "POTOAuxAssigner", DeFCN)
+from .atss import ATSSAssigner  # noqa: F401  (registers "ATSSAssigner")
 
 
 def build_assigner(name: str, cfg, strides):

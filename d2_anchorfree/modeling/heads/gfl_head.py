@@ -1,0 +1,146 @@
+"""The GFL head: joint classification-IoU logits and a general distribution per box side,
+optionally with GFLv2's Distribution-Guided Quality Predictor (DGQP)."""
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
+
+from ...layers import Scale
+from .towers import conv_tower, init_conv_normal, prior_bias
+
+
+def distribution_to_distance(box_logits: torch.Tensor, reg_max: int) -> torch.Tensor:
+    """Integral of the general distribution of each box side (GFL paper, Eq. 6).
+
+    y_hat = sum_{i=0}^{n} i * P(i), with P = softmax over the n + 1 = REG_MAX + 1 bins.
+
+    Args:
+        box_logits: [..., 4 * (reg_max + 1)] bin logits, side-major (l bins, t bins, r bins,
+            b bins).
+        reg_max: n >= 1.
+
+    Returns:
+        Tensor [..., 4]: expected (l, t, r, b) in **stride units**, in [0, reg_max]; multiply by
+        the level's stride for pixels.
+
+    Raises:
+        ValueError: if the last dim is not 4 * (reg_max + 1).
+    """
+    bins = reg_max + 1
+    if box_logits.shape[-1] != 4 * bins:
+        raise ValueError(
+            f"box logits have {box_logits.shape[-1]} channels, expected 4 * (REG_MAX + 1) = {4 * bins}")
+    probs = F.softmax(box_logits.reshape(*box_logits.shape[:-1], 4, bins), dim=-1)
+    return probs @ torch.arange(bins, dtype=probs.dtype, device=probs.device)
+
+
+class DGQP(nn.Module):
+    """Distribution-Guided Quality Predictor (Li et al., "Generalized Focal Loss V2", CVPR 2021,
+    Sec. 3, Fig. 4).
+
+    Per location and side, the top-k probabilities of the side's distribution and their mean
+    form a 4 * (k + 1) statistic; two fully connected layers (1x1 convs: Linear(4(k+1), hidden),
+    ReLU, Linear(hidden, 1)) and a sigmoid map it to a quality score in (0, 1) that multiplies
+    the classification score. Shapes: [N, 4 * (n + 1), H, W] logits -> [N, 1, H, W].
+    """
+
+    def __init__(self, reg_max: int, topk: int = 4, hidden: int = 64):
+        """
+        Raises:
+            ValueError: ``topk`` outside [1, reg_max + 1] or ``hidden`` < 1.
+        """
+        super().__init__()
+        if not 1 <= topk <= reg_max + 1:
+            raise ValueError(f"MODEL.GFL.DGQP_TOPK must be in [1, REG_MAX + 1 = {reg_max + 1}], got {topk}")
+        if hidden < 1:
+            raise ValueError(f"MODEL.GFL.DGQP_HIDDEN must be >= 1, got {hidden}")
+        self.reg_max = reg_max
+        self.topk = topk
+        self.fc1 = nn.Conv2d(4 * (topk + 1), hidden, 1)
+        self.fc2 = nn.Conv2d(hidden, 1, 1)
+
+    def forward(self, box_logits: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = box_logits.shape
+        probs = F.softmax(box_logits.reshape(n, 4, self.reg_max + 1, h, w), dim=2)
+        top = probs.topk(self.topk, dim=2).values
+        stats = torch.cat([top, top.mean(dim=2, keepdim=True)], dim=2).reshape(n, -1, h, w)
+        return torch.sigmoid(self.fc2(F.relu(self.fc1(stats))))
+
+
+class GFLHead(nn.Module):
+    """GFL head (Li et al., NeurIPS 2020, Sec. 3 and Fig. 3), shared across FPN levels.
+
+    Outputs per level i:
+      * logits [N, K, H_i, W_i]: joint classification-IoU logits (sigmoid per class), trained
+        with Quality Focal Loss; no centerness branch;
+      * box_logits [N, 4 * (REG_MAX + 1), H_i, W_i]: bin logits of the distribution of each side
+        (l, t, r, b), side-major, multiplied by a learnable per-level Scale; decode with
+        :func:`distribution_to_distance` (stride units) times the stride;
+      * quality [N, 1, H_i, W_i] in (0, 1) from :class:`DGQP` when ``dgqp`` is on; then the score
+        is sigmoid(logits) * quality (GFLv2). ``quality`` is ``None`` when ``dgqp`` is off.
+    """
+
+    @configurable
+    def __init__(self, *, input_shape: List[ShapeSpec], num_classes: int, reg_max: int = 16,
+                 num_convs: int = 4, norm: str = "GN", prior_prob: float = 0.01, dgqp: bool = False,
+                 dgqp_topk: int = 4, dgqp_hidden: int = 64):
+        """
+        Args:
+            input_shape: per level ShapeSpec; all levels must have the same channel count.
+            num_classes: K >= 1. reg_max: n >= 1 (bins 0..n, stride units).
+            num_convs: tower depth >= 0. norm: "GN", "BN" or "".
+            prior_prob: initial foreground probability of the classifier.
+            dgqp, dgqp_topk, dgqp_hidden: GFLv2 quality predictor, see :class:`DGQP`.
+
+        Raises:
+            ValueError: levels with different channels, or bad sizes.
+        """
+        super().__init__()
+        channels = {s.channels for s in input_shape}
+        if len(channels) != 1:
+            raise ValueError(f"GFL head needs equal channels on all levels, got {channels}")
+        if num_classes < 1:
+            raise ValueError(f"NUM_CLASSES must be >= 1, got {num_classes}")
+        if reg_max < 1:
+            raise ValueError(f"MODEL.GFL.REG_MAX must be >= 1, got {reg_max}")
+        in_channels = channels.pop()
+        self.num_classes = num_classes
+        self.reg_max = reg_max
+        self.cls_tower = conv_tower(in_channels, num_convs, norm)
+        self.box_tower = conv_tower(in_channels, num_convs, norm)
+        self.cls_logits = nn.Conv2d(in_channels, num_classes, 3, padding=1)
+        self.box_pred = nn.Conv2d(in_channels, 4 * (reg_max + 1), 3, padding=1)
+        self.scales = nn.ModuleList([Scale(1.0) for _ in input_shape])
+        self.dgqp = DGQP(reg_max, dgqp_topk, dgqp_hidden) if dgqp else None
+        init_conv_normal(self)
+        nn.init.constant_(self.cls_logits.bias, prior_bias(prior_prob))
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: List[ShapeSpec]):
+        c, g = cfg.MODEL.FCOS, cfg.MODEL.GFL
+        return {
+            "input_shape": input_shape, "num_classes": c.NUM_CLASSES, "reg_max": g.REG_MAX,
+            "num_convs": c.NUM_CONVS, "norm": c.NORM, "prior_prob": c.PRIOR_PROB, "dgqp": g.DGQP,
+            "dgqp_topk": g.DGQP_TOPK, "dgqp_hidden": g.DGQP_HIDDEN,
+        }
+
+    def forward(self, features: List[torch.Tensor]) -> Tuple[List[torch.Tensor], List[torch.Tensor],
+                                                             Optional[List[torch.Tensor]]]:
+        """
+        Args:
+            features: per level [N, C, H_i, W_i].
+
+        Returns:
+            (logits, box_logits, quality): lists over levels (``quality`` is ``None`` without
+            DGQP), shapes as in the class docstring.
+        """
+        logits, box_logits = [], []
+        for feature, scale in zip(features, self.scales):
+            logits.append(self.cls_logits(self.cls_tower(feature)))
+            box_logits.append(scale(self.box_pred(self.box_tower(feature))))
+        quality = [self.dgqp(b) for b in box_logits] if self.dgqp is not None else None
+        return logits, box_logits, quality

@@ -1,0 +1,47 @@
+"""Distribution Focal Loss (Li et al., "Generalized Focal Loss", NeurIPS 2020, Eq. 7)."""
+import torch
+import torch.nn.functional as F
+
+
+def distribution_focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-distance Distribution Focal Loss.
+
+    GFL paper, Eq. 7: the distance y (stride units) is represented by a discrete distribution S
+    over the bins 0, 1, ..., n (n = REG_MAX); with y_i <= y <= y_{i+1} its two neighbouring
+    bins,
+
+        DFL(S_i, S_{i+1}) = -((y_{i+1} - y) log S_i + (y - y_i) log S_{i+1}),
+
+    i.e. a cross-entropy towards the two bins around y, weighted so that the optimum (S_i, S_{i+1})
+    = (y_{i+1} - y, y - y_i) has expectation y. At the upper edge y == n the bins are (n-1, n), so
+    the loss is -log S_n (no clamping to n - 0.01 is needed); an integer y < n puts all the
+    weight on bin y.
+
+    Args:
+        logits: [M, n + 1] bin logits (S = softmax over the last dim), n >= 1.
+        target: [M] distances in stride units, in [0, n].
+
+    Returns:
+        Tensor [M]: the loss of each distance (the caller weights, sums and normalizes; GFL
+        averages the four sides of a box). Finite for every target in [0, n].
+
+    Raises:
+        ValueError: shapes that do not match, or a target outside [0, n] (the value is named).
+    """
+    if logits.dim() != 2 or logits.shape[1] < 2 or target.shape != logits.shape[:1]:
+        raise ValueError(
+            f"distribution_focal_loss: logits must be [M, n+1] (n >= 1) and target [M], got "
+            f"{tuple(logits.shape)} and {tuple(target.shape)}"
+        )
+    reg_max = logits.shape[1] - 1
+    bad = (target < 0) | (target > reg_max)
+    if bad.any():
+        raise ValueError(f"DFL target {target[bad][0].item()} outside [0, REG_MAX={reg_max}] (stride units)")
+    target = target.to(logits.dtype)
+    left = target.floor().long().clamp(max=reg_max - 1)
+    right = left + 1
+    weight_left = right.to(logits.dtype) - target
+    weight_right = target - left.to(logits.dtype)
+    log_probs = F.log_softmax(logits, dim=1)
+    return -(weight_left * log_probs.gather(1, left[:, None]).squeeze(1)
+             + weight_right * log_probs.gather(1, right[:, None]).squeeze(1))

@@ -1,0 +1,820 @@
+#!/usr/bin/env python
+"""Speed, memory and scaling of the d2_anchorfree detectors next to detectron2's own dense
+detectors (RetinaNet and FCOS), in one run, on the same backbone, input size, device, thread
+count and batch. Prints Markdown tables and writes everything to a JSON file.
+
+    python tools/benchmark.py                                  # everything, CPU (tens of minutes)
+    python tools/benchmark.py --quick                          # smoke run (about a minute)
+    python tools/benchmark.py --sections assign,hungarian      # assignment only
+    python tools/benchmark.py --backbones tiny --sizes 512x512 --sections infer,train
+    python tools/benchmark.py --device cuda --threads 8 --out output/bench_cuda.json
+
+Sections (``--sections``):
+
+* ``infer``: inference latency per image (median and min/max/IQR over ``--runs`` runs after
+  ``--warmup``), split by calling the model's parts in turn: ``preprocess_image`` (normalize,
+  pad), ``backbone`` (ResNet + FPN), ``head``, and post-processing (``forward_inference`` +
+  ``detector_postprocess``: candidate selection, decode, NMS or NMS-free top-k, rescale). All
+  models are detectron2 ``DenseDetector`` subclasses, so the same calls time every one of them.
+  The score threshold is forced to ``--score-thresh`` (default 0) for everyone: with untrained
+  weights the configured thresholds would leave some models (RetinaNet, prior 0.01) without a
+  single candidate and others with thousands; with 0 every model post-processes its full
+  ``TOPK_CANDIDATES_TEST`` candidates per level (the worst case).
+* ``train``: one training step (forward + backward, ``--train-batch`` images with
+  ``--train-gt`` random boxes each), split into forward (preprocess + backbone + head), target
+  assignment, losses and backward. Assignment is timed by replacing the model's assigner
+  attributes with a timing proxy (ours: ``model.assigner`` and DeFCN's ``model.aux_assigner``;
+  detectron2's RetinaNet and FCOS: the bound method ``model.label_anchors``, which for FCOS
+  calls ``match_anchors``). "losses" = time of ``forward_training`` minus the assignment.
+* ``assign``: target assignment alone on an ``--assign-size`` input with five levels (strides
+  8..128) for 10/100/1000/3000 random GT boxes: FCOS (scale ranges + center sampling 1.5),
+  ATSS, POTO (prior + quality + Hungarian matching), POTO's auxiliary one-to-many assignment,
+  the dense FCOS baseline (tools/dense_fcos_baseline.py, [points x GT x 4] tensors) and
+  detectron2's FCOS ``match_anchors`` / RetinaNet ``label_anchors`` (both dense too; these three
+  only up to ``--dense-max-gt``). Every case runs in a fresh subprocess. Peak memory of the
+  first call (inputs already built, nothing freed before it that the call could reuse): on CPU,
+  the kernel's resident-set high-water mark is reset to the current RSS (``echo 5 >
+  /proc/self/clear_refs``) and the peak is ``VmHWM`` after the call minus ``VmRSS`` before it
+  (/proc/self/status), i.e. the physical memory the call really touched; where the reset is not
+  allowed, ``ru_maxrss`` after the call minus ``VmRSS`` before it, marked "<=" when ``ru_maxrss``
+  did not grow (then only an upper bound). On CUDA, ``torch.cuda.max_memory_allocated()`` minus
+  the memory allocated before the call.
+* ``hungarian``: the time of POTO's ``linear_sum_assignment`` matching alone (``--hungarian-gt``
+  GTs per image, default 10/100/500) and of the whole POTO assigner, with the problem size.
+
+Models (``--models``): ours FCOS, ATSS, GFL, VFNet, DeFCN (+ "DeFCN+NMS": the same DeFCN model
+with ``nms_free`` off, inference only), and detectron2's ``d2-RetinaNet`` (yacs:
+configs/baselines/RetinaNet_R_50_FPN_1x.yaml, configs/tiny/RetinaNet_tiny_R_18_cpu.yaml) and
+``d2-FCOS`` (``detectron2.modeling.meta_arch.fcos.FCOS`` from the LazyConfig
+``COCO-Detection/fcos_R_50_FPN_1x.py`` via ``model_zoo.get_config`` + ``instantiate``; its
+backbone is replaced by the very backbone module our FCOS config builds, and its head width /
+number of convs / classes / test settings are set from that config). Backbones (``--backbones``):
+``R50`` (the *_R_50_FPN_1x configs, 80 classes) and ``tiny`` (the *_tiny_R_18_cpu configs,
+R-18 + FPN-64, 1 class). Ratios "x RetinaNet" / "x d2-FCOS" divide a model's time by
+detectron2's on the same backbone and size.
+
+With ``--device cuda`` every timed region is bracketed by ``torch.cuda.synchronize()``, the
+tables add images/s and the peak CUDA memory. ``--threads N`` calls ``torch.set_num_threads(N)``
+in this process and in every assignment subprocess.
+"""
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from types import SimpleNamespace
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+from dense_fcos_baseline import dense_fcos_assign  # noqa: E402
+
+STRIDES = [8, 16, 32, 64, 128]
+OUR_MODELS = ["FCOS", "ATSS", "GFL", "VFNet", "DeFCN"]
+D2_MODELS = ["d2-RetinaNet", "d2-FCOS"]
+CONFIGS = {  # model -> {backbone: config file}
+    "FCOS": {"R50": "configs/FCOS/FCOS_imprv_R_50_FPN_1x.yaml", "tiny": "configs/FCOS/FCOS_tiny_R_18_cpu.yaml"},
+    "ATSS": {"R50": "configs/ATSS/ATSS_R_50_FPN_1x.yaml", "tiny": "configs/ATSS/ATSS_tiny_R_18_cpu.yaml"},
+    "GFL": {"R50": "configs/GFL/GFL_R_50_FPN_1x.yaml", "tiny": "configs/GFL/GFL_tiny_R_18_cpu.yaml"},
+    "VFNet": {"R50": "configs/VFNet/VFNet_R_50_FPN_1x.yaml", "tiny": "configs/VFNet/VFNet_tiny_R_18_cpu.yaml"},
+    "DeFCN": {"R50": "configs/DeFCN/POTO_3DMF_Aux_R_50_FPN_1x.yaml",
+              "tiny": "configs/DeFCN/DeFCN_tiny_R_18_cpu.yaml"},
+    "d2-RetinaNet": {"R50": "configs/baselines/RetinaNet_R_50_FPN_1x.yaml",
+                     "tiny": "configs/tiny/RetinaNet_tiny_R_18_cpu.yaml"},
+    # d2-FCOS: LazyConfig; backbone, head width and test settings from our FCOS config
+    "d2-FCOS": {"R50": "configs/FCOS/FCOS_imprv_R_50_FPN_1x.yaml", "tiny": "configs/FCOS/FCOS_tiny_R_18_cpu.yaml"},
+}
+ASSIGNERS = ["FCOS", "ATSS", "POTO", "POTOAux", "dense-FCOS", "d2-FCOS", "d2-RetinaNet"]
+DENSE_ASSIGNERS = {"dense-FCOS", "d2-FCOS", "d2-RetinaNet"}  # memory grows with points x GT
+TARGET_TIME, TARGET_MEM = 0.5, 0.25  # chunked FCOSAssigner vs dense baseline at 1000 GT
+
+
+# ------------------------------------------------------------------------------------------ utils
+def synchronize(device: str):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+class LapTimer:
+    """Consecutive wall-clock laps (seconds); synchronizes CUDA before every reading."""
+
+    def __init__(self, device: str):
+        self.device = device
+        synchronize(device)
+        self.last = time.perf_counter()
+        self.laps: Dict[str, float] = {}
+
+    def lap(self, name: str):
+        synchronize(self.device)
+        now = time.perf_counter()
+        self.laps[name] = self.laps.get(name, 0.0) + now - self.last
+        self.last = now
+
+
+class TimedCall:
+    """Timing proxy for a callable attribute (an assigner object or a bound method).
+
+    Calls go through unchanged; ``elapsed`` accumulates their wall time in seconds (CUDA
+    synchronized before and after each call).
+    """
+
+    def __init__(self, fn: Callable, device: str):
+        self.fn = fn
+        self.device = device
+        self.elapsed = 0.0
+
+    def __call__(self, *args, **kwargs):
+        synchronize(self.device)
+        start = time.perf_counter()
+        out = self.fn(*args, **kwargs)
+        synchronize(self.device)
+        self.elapsed += time.perf_counter() - start
+        return out
+
+
+def summarize(values: List[float], scale: float = 1000.0) -> Dict[str, float]:
+    """median / min / max / p25 / p75 of ``values`` times ``scale`` (s -> ms by default)."""
+    v = sorted(x * scale for x in values)
+    if not v:
+        return {}
+    q = statistics.quantiles(v, n=4, method="inclusive") if len(v) > 1 else [v[0]] * 3
+    return {"median": statistics.median(v), "min": v[0], "max": v[-1], "p25": q[0], "p75": q[2], "n": len(v)}
+
+
+def parse_size(text: str):
+    h, w = text.lower().split("x")
+    return int(h), int(w)
+
+
+def fmt(x, digits=1):
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:.{digits}f}"
+
+
+def markdown_table(header: List[str], rows: List[List[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def random_boxes(num: int, height: int, width: int, generator: torch.Generator,
+                 min_size: float = 8.0, max_size: float = 512.0) -> torch.Tensor:
+    """[num, 4] XYXY boxes inside the image; sqrt(area) log-uniform in [min_size, max_size]
+    (capped at half the image), aspect ratio in [0.5, 2]."""
+    max_size = min(max_size, min(height, width) / 2)
+    size = torch.exp(torch.empty(num).uniform_(math.log(min_size), math.log(max_size), generator=generator))
+    ratio = torch.exp(torch.empty(num).uniform_(math.log(0.5), math.log(2.0), generator=generator))
+    w = (size * ratio.sqrt()).clamp(max=width - 1)
+    h = (size / ratio.sqrt()).clamp(max=height - 1)
+    x0 = torch.rand(num, generator=generator) * (width - w)
+    y0 = torch.rand(num, generator=generator) * (height - h)
+    return torch.stack([x0, y0, x0 + w, y0 + h], dim=1)
+
+
+def level_sizes(height: int, width: int, divisibility: int = 32):
+    """Feature sizes of levels with strides 8..128 after padding the input to ``divisibility``."""
+    ph = -(-height // divisibility) * divisibility
+    pw = -(-width // divisibility) * divisibility
+    return [(-(-ph // s), -(-pw // s)) for s in STRIDES]
+
+
+def environment(args) -> Dict:
+    import detectron2
+
+    info = {"python": platform.python_version(), "torch": torch.__version__,
+            "detectron2": detectron2.__version__, "device": args.device,
+            "threads": torch.get_num_threads(), "machine": platform.machine(),
+            "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        info["cpu"] = platform.processor()
+    info["cpu_count"] = os.cpu_count()
+    if args.device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+# --------------------------------------------------------------------------------------- models
+def load_yacs(config_file: str, device: str, opts=()):
+    from detectron2.config import get_cfg
+
+    from d2_anchorfree import add_anchorfree_config
+
+    cfg = get_cfg()
+    add_anchorfree_config(cfg)
+    cfg.merge_from_file(os.path.join(REPO, config_file))
+    cfg.merge_from_list(["MODEL.DEVICE", device, "MODEL.WEIGHTS", "", *opts])
+    return cfg
+
+
+def build_d2_fcos(cfg):
+    """detectron2's FCOS from its model-zoo LazyConfig, on the backbone built from ``cfg``.
+
+    The LazyConfig ``COCO-Detection/fcos_R_50_FPN_1x.py`` is loaded with
+    ``model_zoo.get_config``; its ``model.backbone`` is replaced by ``build_backbone(cfg)`` (the
+    module our FCOS builds: same ResNet/FPN/P6-P7 from P5), and the head width, number of convs,
+    norm, classes, pixel statistics and test settings are set from ``cfg.MODEL.FCOS``. On v0.6
+    the GN head needs the ``get_norm(norm, 32)`` fix that tools/install_detectron2.py applies
+    (and ``model_zoo`` the ``pkg_resources`` one).
+    """
+    from detectron2 import model_zoo
+    from detectron2.config import instantiate
+    from detectron2.layers import ShapeSpec
+    from detectron2.modeling import build_backbone
+
+    c = cfg.MODEL.FCOS
+    lazy = model_zoo.get_config("COCO-Detection/fcos_R_50_FPN_1x.py").model
+    lazy.backbone = build_backbone(cfg)
+    channels = cfg.MODEL.FPN.OUT_CHANNELS
+    lazy.head.input_shape = [ShapeSpec(channels=channels)] * len(c.IN_FEATURES)
+    lazy.head.conv_dims = [channels] * c.NUM_CONVS
+    lazy.head.norm = c.NORM
+    lazy.head_in_features = list(c.IN_FEATURES)
+    lazy.num_classes = c.NUM_CLASSES
+    lazy.center_sampling_radius = c.CENTER_SAMPLING_RADIUS or 1.5
+    lazy.pixel_mean = list(cfg.MODEL.PIXEL_MEAN)
+    lazy.pixel_std = list(cfg.MODEL.PIXEL_STD)
+    lazy.test_score_thresh = c.SCORE_THRESH_TEST
+    lazy.test_topk_candidates = c.TOPK_CANDIDATES_TEST
+    lazy.test_nms_thresh = c.NMS_THRESH_TEST
+    lazy.max_detections_per_image = cfg.TEST.DETECTIONS_PER_IMAGE
+    return instantiate(lazy).to(torch.device(cfg.MODEL.DEVICE))
+
+
+def build(name: str, backbone: str, device: str):
+    """(model, num_classes) for a model name of ``--models`` on backbone "R50" or "tiny"."""
+    from detectron2.modeling import build_model
+
+    cfg = load_yacs(CONFIGS[name][backbone], device)
+    if name == "d2-FCOS":
+        return build_d2_fcos(cfg), cfg.MODEL.FCOS.NUM_CLASSES
+    num_classes = cfg.MODEL.RETINANET.NUM_CLASSES if name == "d2-RetinaNet" else cfg.MODEL.FCOS.NUM_CLASSES
+    return build_model(cfg), num_classes
+
+
+def assign_hooks(model) -> List[str]:
+    """Attributes holding the target assignment: ours ``assigner`` (+ ``aux_assigner``),
+    detectron2's ``label_anchors``."""
+    names = [n for n in ("assigner", "aux_assigner") if getattr(model, n, None) is not None]
+    return names or (["label_anchors"] if hasattr(model, "label_anchors") else [])
+
+
+# ------------------------------------------------------------------------------------ inference
+def make_inputs(batch: int, height: int, width: int, num_gt: int, num_classes: int, seed: int = 0):
+    """``batch`` detectron2 input dicts: random uint8 BGR images and ``num_gt`` random boxes."""
+    from detectron2.structures import Boxes, Instances
+
+    g = torch.Generator().manual_seed(seed)
+    inputs = []
+    for _ in range(batch):
+        inst = Instances((height, width))
+        inst.gt_boxes = Boxes(random_boxes(num_gt, height, width, g))
+        inst.gt_classes = torch.randint(0, num_classes, (num_gt,), generator=g)
+        image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=g)
+        inputs.append({"image": image, "instances": inst, "height": height, "width": width})
+    return inputs
+
+
+def inference_once(model, inputs, timer: LapTimer):
+    from detectron2.modeling.postprocessing import detector_postprocess
+
+    images = model.preprocess_image(inputs)
+    timer.lap("preprocess")
+    features = model.backbone(images.tensor)
+    features = [features[f] for f in model.head_in_features]
+    timer.lap("backbone_fpn")
+    predictions = model.head(features)
+    timer.lap("head")
+    results = model.forward_inference(images, features, predictions)
+    out = [detector_postprocess(r, x["height"], x["width"]) for r, x in zip(results, inputs)]
+    timer.lap("post")
+    return out
+
+
+def bench_inference(model, inputs, args) -> Dict:
+    """Per-image latency (ms) of each part, over ``args.runs`` runs after ``args.warmup``."""
+    model.eval()
+    parts = {k: [] for k in ("preprocess", "backbone_fpn", "head", "post", "total")}
+    num = len(inputs)
+    if args.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    with torch.no_grad():
+        # The split path must give what model(inputs) gives (same detections).
+        ref = model(inputs)[0]["instances"]
+        split = inference_once(model, inputs, LapTimer(args.device))[0]
+        consistent = len(ref) == len(split) and torch.allclose(ref.scores, split.scores, atol=1e-5)
+        for i in range(args.warmup + args.runs):
+            timer = LapTimer(args.device)
+            start = timer.last
+            out = inference_once(model, inputs, timer)
+            if i >= args.warmup:
+                for k, v in timer.laps.items():
+                    parts[k].append(v / num)
+                parts["total"].append((timer.last - start) / num)
+    row = {k: summarize(v) for k, v in parts.items()}
+    row["detections_per_image"] = sum(len(o) for o in out) / num
+    row["split_matches_forward"] = bool(consistent)
+    if args.device.startswith("cuda"):
+        row["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        row["images_per_s"] = 1000.0 / row["total"]["median"]
+    return row
+
+
+# ------------------------------------------------------------------------------------- training
+def bench_train(model, inputs, args) -> Dict:
+    """Time of one training step split into forward / assignment / losses / backward (ms)."""
+    from detectron2.utils.events import EventStorage
+
+    model.train()
+    hooks = assign_hooks(model)
+    originals = {n: getattr(model, n) for n in hooks}
+    proxies = {n: TimedCall(originals[n], args.device) for n in hooks}
+    for n, p in proxies.items():
+        setattr(model, n, p)
+    parts = {k: [] for k in ("forward", "assign", "losses", "backward", "total")}
+    if args.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        for i in range(args.warmup_train + args.train_runs):
+            model.zero_grad(set_to_none=True)
+            for p in proxies.values():
+                p.elapsed = 0.0
+            gt = [x["instances"].to(model.device) for x in inputs]  # data loading, not timed
+            timer = LapTimer(args.device)
+            start = timer.last
+            with EventStorage(0):
+                images = model.preprocess_image(inputs)
+                features = model.backbone(images.tensor)
+                features = [features[f] for f in model.head_in_features]
+                predictions = model.head(features)
+                timer.lap("forward")
+                losses = model.forward_training(images, features, predictions, gt)
+                timer.lap("assign+losses")
+                total = sum(losses.values())
+            total.backward()
+            timer.lap("backward")
+            if i < args.warmup_train:
+                continue
+            assign = sum(p.elapsed for p in proxies.values())
+            parts["forward"].append(timer.laps["forward"])
+            parts["assign"].append(assign)
+            parts["losses"].append(timer.laps["assign+losses"] - assign)
+            parts["backward"].append(timer.laps["backward"])
+            parts["total"].append(timer.last - start)
+    finally:
+        for n, fn in originals.items():
+            if n == "label_anchors":
+                delattr(model, n)  # back to the class method
+            else:
+                setattr(model, n, fn)
+    row = {k: summarize(v) for k, v in parts.items()}
+    row["assign_hooks"] = hooks
+    row["finite_loss"] = bool(torch.isfinite(total).item())
+    if args.device.startswith("cuda"):
+        row["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        row["images_per_s"] = len(inputs) * 1000.0 / row["total"]["median"]
+    return row
+
+
+def run_models(args, results: Dict):
+    sections = set(args.sections)
+    for backbone in args.backbones:
+        for name in args.models:
+            try:
+                model, num_classes = build(name, backbone, args.device)
+            except Exception as e:  # a detector still being written must not stop the others
+                err = f"{type(e).__name__}: {e}"
+                print(f"[{backbone}] {name}: build failed: {err}", file=sys.stderr)
+                for size in args.sizes:
+                    for sec in ("inference", "train"):
+                        results[sec].append({"model": name, "backbone": backbone, "size": size, "error": err})
+                continue
+            variants = [(name, None)]
+            if name == "DeFCN" and getattr(model, "nms_free", False):
+                variants.append(("DeFCN+NMS", False))
+            for size in args.sizes:
+                h, w = parse_size(size)
+                base = {"backbone": backbone, "size": size}
+                if "infer" in sections:
+                    inputs = make_inputs(args.batch, h, w, 0, num_classes)
+                    for label, nms_free in variants:
+                        if nms_free is not None:
+                            model.nms_free = nms_free
+                        if args.score_thresh >= 0:
+                            model.test_score_thresh = args.score_thresh
+                        row = {"model": label, **base, "batch": args.batch}
+                        try:
+                            row.update(bench_inference(model, inputs, args))
+                        except Exception as e:
+                            row["error"] = f"{type(e).__name__}: {e}"
+                            traceback.print_exc()
+                        results["inference"].append(row)
+                        print_progress("infer", row)
+                    if len(variants) > 1:
+                        model.nms_free = True
+                if "train" in sections:
+                    inputs = make_inputs(args.train_batch, h, w, args.train_gt, num_classes, seed=1)
+                    row = {"model": name, **base, "batch": args.train_batch, "gt_per_image": args.train_gt}
+                    try:
+                        row.update(bench_train(model, inputs, args))
+                    except Exception as e:
+                        row["error"] = f"{type(e).__name__}: {e}"
+                        traceback.print_exc()
+                    results["train"].append(row)
+                    print_progress("train", row)
+            del model
+            gc.collect()
+
+
+def print_progress(section: str, row: Dict):
+    total = row.get("total", {}).get("median") if "error" not in row else None
+    status = f"{total:.1f} ms" if total is not None else row.get("error", "?")
+    print(f"  {section:5s} {row['backbone']:4s} {row['size']:>9s} {row['model']:13s} {status}", flush=True)
+
+
+# ----------------------------------------------------------------------------------- assignment
+def proc_status_kib(field: str) -> int:
+    """A "VmRSS"/"VmHWM" line of /proc/self/status, in KiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's resident-set high-water mark (VmHWM) to the current RSS (Linux >= 4.0,
+    ``echo 5 > /proc/self/clear_refs``). False where that is not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def assign_inputs(height: int, width: int, num_gt: int, num_classes: int, device: str, seed: int = 0):
+    """Points of five levels (strides 8..128, input padded to 32), ``num_gt`` random GT boxes,
+    random predictions (logits [R, K], boxes [R, 4] around each point) for POTO."""
+    from detectron2.structures import Boxes, Instances
+
+    g = torch.Generator().manual_seed(seed)
+    shifts = []
+    for (fh, fw), s in zip(level_sizes(height, width), STRIDES):
+        ys = (torch.arange(fh, dtype=torch.float32) + 0.5) * s
+        xs = (torch.arange(fw, dtype=torch.float32) + 0.5) * s
+        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+        shifts.append(torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1).to(device))
+    gt = Instances((height, width))
+    gt.gt_boxes = Boxes(random_boxes(num_gt, height, width, g).to(device))
+    gt.gt_classes = torch.randint(0, num_classes, (num_gt,), generator=g).to(device)
+    points = torch.cat(shifts)
+    logits = (torch.randn(len(points), num_classes, generator=g) * 2 - 4).to(device)
+    ltrb = torch.exp(torch.empty(len(points), 4).uniform_(math.log(4), math.log(256), generator=g)).to(device)
+    boxes = torch.cat([points - ltrb[:, :2], points + ltrb[:, 2:]], dim=1)
+    return shifts, gt, logits, boxes
+
+
+def make_assign_fn(name: str, shifts, gt, logits, boxes, device: str) -> Callable[[], torch.Tensor]:
+    """A no-argument callable running assigner ``name`` on one image (see ``ASSIGNERS``)."""
+    from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
+
+    from d2_anchorfree.modeling.assigners import build_assigner
+
+    cfg = load_yacs("configs/FCOS/Base-FCOS.yaml", device, ["MODEL.FCOS.CENTER_SAMPLING_RADIUS", 1.5])
+    if name in ("FCOS", "ATSS", "POTO", "POTOAux"):
+        assigner = build_assigner(name + "Assigner", cfg, STRIDES)
+        return lambda: assigner(shifts, gt, pred_logits=logits, pred_boxes=boxes)
+    if name == "dense-FCOS":
+        c = cfg.MODEL.FCOS
+        return lambda: dense_fcos_assign(shifts, gt.gt_boxes.tensor, STRIDES, c.SIZES_OF_INTEREST,
+                                         c.CENTER_SAMPLING_RADIUS)
+    feats = [torch.empty(1, 1, len(torch.unique(s[:, 1])), len(torch.unique(s[:, 0])), device=device)
+             for s in shifts]
+    if name == "d2-FCOS":
+        from detectron2.modeling.meta_arch.fcos import FCOS
+
+        # detectron2's FCOS builds exactly this generator: one stride-sized box per location.
+        anchors = DefaultAnchorGenerator(sizes=[[s] for s in STRIDES], aspect_ratios=[1.0],
+                                         strides=STRIDES).to(device)(feats)
+        this = SimpleNamespace(center_sampling_radius=1.5)
+        return lambda: FCOS.match_anchors(this, anchors, [gt])[0]
+    if name == "d2-RetinaNet":
+        from detectron2.modeling.matcher import Matcher
+        from detectron2.modeling.meta_arch.retinanet import RetinaNet
+
+        sizes = [[x, x * 2 ** (1.0 / 3), x * 2 ** (2.0 / 3)] for x in [32, 64, 128, 256, 512]]
+        anchors = DefaultAnchorGenerator(sizes=sizes, aspect_ratios=[0.5, 1.0, 2.0], strides=STRIDES,
+                                         offset=0.0).to(device)(feats)
+        this = SimpleNamespace(anchor_matcher=Matcher([0.4, 0.5], [0, -1, 1], allow_low_quality_matches=True),
+                               num_classes=logits.shape[1])
+        return lambda: RetinaNet.label_anchors(this, anchors, [gt])[0][0]
+    raise ValueError(f"unknown assigner {name!r}; known: {ASSIGNERS}")
+
+
+def run_assign_case(spec: Dict) -> Dict:
+    """One (assigner, number of GT) case, meant to run in a fresh process (see module docstring)."""
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    device = spec["device"]
+    h, w = parse_size(spec["size"])
+    shifts, gt, logits, boxes = assign_inputs(h, w, spec["num_gt"], 80, device)
+    fn = make_assign_fn(spec["assigner"], shifts, gt, logits, boxes, device)
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    else:
+        before = proc_status_kib("VmRSS") * 1024
+        hwm_reset = reset_peak_rss()
+        # Without the reset, ru_maxrss still holds the setup's high-water mark.
+        before_max = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    start = time.perf_counter()
+    out = fn()
+    synchronize(device)
+    first = time.perf_counter() - start
+    if device.startswith("cuda"):
+        peak, bound, method = torch.cuda.max_memory_allocated() - before, False, "cuda.max_memory_allocated"
+    elif hwm_reset:
+        peak, bound, method = proc_status_kib("VmHWM") * 1024 - before, False, "VmHWM after clear_refs"
+    else:
+        after_max = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        bound = after_max <= before_max
+        peak, method = (after_max if not bound else before_max) - before, "ru_maxrss"
+    times = []
+    for _ in range(spec["runs"]):
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return {"assigner": spec["assigner"], "num_gt": spec["num_gt"], "size": spec["size"],
+            "num_points": sum(len(s) for s in shifts), "time_ms": summarize(times or [first]),
+            "first_call_ms": first * 1000, "peak_mem_mb": peak / 2**20, "peak_mem_is_upper_bound": bound,
+            "mem_method": method, "positives": int((out >= 0).sum())}
+
+
+def run_assign(args, results: Dict):
+    for num_gt in args.gt_counts:
+        for name in args.assigners:
+            if name in DENSE_ASSIGNERS and num_gt > args.dense_max_gt:
+                continue
+            spec = {"assigner": name, "num_gt": num_gt, "size": args.assign_size, "device": args.device,
+                    "runs": args.assign_runs, "threads": args.threads}
+            proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--assign-case", json.dumps(spec)],
+                                  capture_output=True, text=True, cwd=REPO)
+            try:
+                row = json.loads(proc.stdout.strip().splitlines()[-1])
+            except (IndexError, json.JSONDecodeError):
+                row = {"assigner": name, "num_gt": num_gt, "size": args.assign_size,
+                       "error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
+            results["assign"].append(row)
+            t = row.get("time_ms", {}).get("median")
+            print(f"  assign {name:13s} G={num_gt:5d} " + (f"{t:9.1f} ms {row['peak_mem_mb']:8.1f} MB"
+                                                         if t is not None else row["error"]), flush=True)
+
+
+def run_hungarian(args, results: Dict):
+    """POTO's Hungarian matching alone (and the whole assigner) for ``--hungarian-gt``."""
+    from d2_anchorfree.modeling.assigners import build_assigner
+    from d2_anchorfree.modeling.assigners.poto import match_one_to_one, pair_quality
+
+    h, w = parse_size(args.assign_size)
+    cfg = load_yacs("configs/DeFCN/Base-DeFCN.yaml", args.device)
+    assigner = build_assigner("POTOAssigner", cfg, STRIDES)
+    for num_gt in args.hungarian_gt:
+        row = {"num_gt": num_gt, "size": args.assign_size}
+        try:
+            shifts, gt, logits, boxes = assign_inputs(h, w, num_gt, 80, args.device)
+            num_points = sum(len(s) for s in shifts)
+            point_idx, gt_idx = assigner.prior_pairs(shifts, gt)
+            quality = pair_quality(point_idx, gt_idx, gt, logits, boxes, assigner.alpha)
+            match, whole = [], []
+            for i in range(args.warmup + args.assign_runs):
+                synchronize(args.device)
+                t0 = time.perf_counter()
+                match_one_to_one(point_idx, gt_idx, quality, num_gt, num_points)
+                synchronize(args.device)
+                t1 = time.perf_counter()
+                assigner(shifts, gt, pred_logits=logits, pred_boxes=boxes)
+                synchronize(args.device)
+                if i >= args.warmup:
+                    match.append(t1 - t0)
+                    whole.append(time.perf_counter() - t1)
+            row.update({"pairs": len(point_idx), "columns": len(torch.unique(point_idx)),
+                        "hungarian_ms": summarize(match), "poto_total_ms": summarize(whole)})
+        except Exception as e:
+            row["error"] = f"{type(e).__name__}: {e}"
+            traceback.print_exc()
+        results["hungarian"].append(row)
+        print(f"  hungarian G={num_gt}: " + (fmt(row["hungarian_ms"]["median"], 2) + " ms"
+                                            if "error" not in row else row["error"]), flush=True)
+
+
+# ------------------------------------------------------------------------------------ reporting
+def spread(s: Dict) -> str:
+    if not s:
+        return "-"
+    return f"{s['median']:.1f} [{s['min']:.1f}-{s['max']:.1f}]"
+
+
+def ratio(a: Optional[float], b: Optional[float]) -> str:
+    return f"{a / b:.2f}" if a is not None and b else "-"
+
+
+def median_of(row: Dict, key: str = "total") -> Optional[float]:
+    return row.get(key, {}).get("median") if "error" not in row else None
+
+
+def report(results: Dict, args) -> str:
+    out = []
+    cuda = args.device.startswith("cuda")
+    if results["inference"]:
+        header = ["model", "backbone", "input", "pre ms", "backbone+FPN ms", "head ms", "post ms",
+                  "total ms median [min-max]", "IQR", "x RetinaNet", "x d2-FCOS"]
+        header += ["img/s", "peak MB"] if cuda else []
+        rows = []
+        for r in results["inference"]:
+            ref = {m["model"]: median_of(m) for m in results["inference"]
+                   if m["backbone"] == r["backbone"] and m["size"] == r["size"]}
+            if "error" in r:
+                rows.append([r["model"], r["backbone"], r["size"], r["error"][:60]] + ["-"] * (len(header) - 4))
+                continue
+            t = median_of(r)
+            row = [r["model"], r["backbone"], r["size"], fmt(r["preprocess"]["median"]),
+                   fmt(r["backbone_fpn"]["median"]), fmt(r["head"]["median"]), fmt(r["post"]["median"]),
+                   spread(r["total"]), f"{r['total']['p25']:.1f}-{r['total']['p75']:.1f}",
+                   ratio(t, ref.get("d2-RetinaNet")), ratio(t, ref.get("d2-FCOS"))]
+            if cuda:
+                row += [fmt(r.get("images_per_s")), fmt(r.get("peak_mem_mb"), 0)]
+            rows.append(row)
+        out.append(f"### Inference, per image (batch {args.batch}, {args.runs} runs after {args.warmup} warm-up, "
+                   f"score threshold {args.score_thresh})\n\n" + markdown_table(header, rows))
+    if results["train"]:
+        header = ["model", "backbone", "input", "forward ms", "assign ms", "losses ms", "backward ms",
+                  "step ms median [min-max]", "x RetinaNet", "x d2-FCOS"]
+        header += ["img/s", "peak MB"] if cuda else []
+        rows = []
+        for r in results["train"]:
+            ref = {m["model"]: median_of(m) for m in results["train"]
+                   if m["backbone"] == r["backbone"] and m["size"] == r["size"]}
+            if "error" in r:
+                rows.append([r["model"], r["backbone"], r["size"], r["error"][:60]] + ["-"] * (len(header) - 4))
+                continue
+            t = median_of(r)
+            row = [r["model"], r["backbone"], r["size"], fmt(r["forward"]["median"]), fmt(r["assign"]["median"]),
+                   fmt(r["losses"]["median"]), fmt(r["backward"]["median"]), spread(r["total"]),
+                   ratio(t, ref.get("d2-RetinaNet")), ratio(t, ref.get("d2-FCOS"))]
+            if cuda:
+                row += [fmt(r.get("images_per_s")), fmt(r.get("peak_mem_mb"), 0)]
+            rows.append(row)
+        out.append(f"### Training step (batch {args.train_batch}, {args.train_gt} GT/image, "
+                   f"{args.train_runs} runs after {args.warmup_train} warm-up)\n\n" + markdown_table(header, rows))
+    if results["assign"]:
+        rows = []
+        for r in results["assign"]:
+            ref = {m["assigner"]: m for m in results["assign"] if m["num_gt"] == r["num_gt"] and "error" not in m}
+            if "error" in r:
+                rows.append([r["assigner"], r["num_gt"], r["error"][:60]] + ["-"] * 6)
+                continue
+            t, mem = r["time_ms"]["median"], r["peak_mem_mb"]
+            refs = [ref.get(k) for k in ("d2-RetinaNet", "d2-FCOS")]
+            rows.append([r["assigner"], r["num_gt"], spread(r["time_ms"]),
+                         ("<=" if r["peak_mem_is_upper_bound"] else "") + fmt(mem),
+                         ratio(t, refs[0]["time_ms"]["median"] if refs[0] else None),
+                         ratio(t, refs[1]["time_ms"]["median"] if refs[1] else None),
+                         ratio(mem, refs[0]["peak_mem_mb"] if refs[0] else None),
+                         ratio(mem, refs[1]["peak_mem_mb"] if refs[1] else None), r["positives"]])
+        points = results["assign"][0].get("num_points", "?")
+        out.append(f"### Target assignment, one image {args.assign_size} ({points} points, strides 8..128)\n\n"
+                   + markdown_table(["assigner", "GT", "time ms median [min-max]", "peak MB",
+                                     "time x RetinaNet", "time x d2-FCOS", "mem x RetinaNet", "mem x d2-FCOS",
+                                     "positives"], rows))
+        base = baseline_summary(results["assign"], args.baseline_gt)
+        results["baseline"] = base
+        if base:
+            out.append(
+                f"### Chunked FCOSAssigner vs dense baseline at {base['num_gt']} GT\n\n"
+                f"time {base['time_ratio']:.2f}x (target <= {TARGET_TIME}: "
+                f"{'met' if base['time_target_met'] else 'MISSED'}), peak memory {base['mem_ratio']:.3f}x "
+                f"(target <= {TARGET_MEM}: {'met' if base['mem_target_met'] else 'MISSED'}); "
+                f"identical labels: {base['same_positives']}")
+    if results["hungarian"]:
+        rows = [[r["num_gt"], r.get("pairs", "-"), r.get("columns", "-"),
+                 spread(r["hungarian_ms"]) if "hungarian_ms" in r else r.get("error", "")[:60],
+                 spread(r["poto_total_ms"]) if "poto_total_ms" in r else "-"] for r in results["hungarian"]]
+        out.append(f"### POTO Hungarian matching, one image {args.assign_size}\n\n"
+                   + markdown_table(["GT", "in-prior pairs", "cost columns", "linear_sum_assignment ms",
+                                     "whole POTOAssigner ms"], rows))
+    return "\n\n".join(out)
+
+
+def baseline_summary(rows: List[Dict], num_gt: int) -> Optional[Dict]:
+    ours = next((r for r in rows if r["assigner"] == "FCOS" and r["num_gt"] == num_gt and "error" not in r), None)
+    dense = next((r for r in rows if r["assigner"] == "dense-FCOS" and r["num_gt"] == num_gt and "error" not in r),
+                 None)
+    if ours is None or dense is None:
+        return None
+    t = ours["time_ms"]["median"] / dense["time_ms"]["median"]
+    m = ours["peak_mem_mb"] / max(dense["peak_mem_mb"], 1e-9)
+    return {"num_gt": num_gt, "time_ratio": t, "mem_ratio": m, "time_target_met": t <= TARGET_TIME,
+            "mem_target_met": m <= TARGET_MEM, "same_positives": ours["positives"] == dense["positives"],
+            "fcos_time_ms": ours["time_ms"]["median"], "dense_time_ms": dense["time_ms"]["median"],
+            "fcos_peak_mb": ours["peak_mem_mb"], "dense_peak_mb": dense["peak_mem_mb"]}
+
+
+# ------------------------------------------------------------------------------------------ main
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    csv = lambda s: [x for x in s.split(",") if x]  # noqa: E731
+    ints = lambda s: [int(x) for x in csv(s)]  # noqa: E731
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default: cpu)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for everyone (default: torch's)")
+    p.add_argument("--sections", type=csv, default=["infer", "train", "assign", "hungarian"],
+                   help="comma list of infer,train,assign,hungarian (default: all)")
+    p.add_argument("--backbones", type=csv, default=["tiny", "R50"], help="tiny (R-18, FPN 64) and/or R50")
+    p.add_argument("--sizes", type=csv, default=["512x512", "800x1333"], help="HxW inputs for infer/train")
+    p.add_argument("--models", type=csv, default=OUR_MODELS + D2_MODELS,
+                   help=f"comma list of {','.join(OUR_MODELS + D2_MODELS)}")
+    p.add_argument("--batch", type=int, default=1, help="images per inference forward (default 1)")
+    p.add_argument("--runs", type=int, default=5, help="timed inference runs (default 5)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed warm-up runs (default 2)")
+    p.add_argument("--score-thresh", type=float, default=0.0,
+                   help="test score threshold forced on every model; < 0 keeps the configs' (default 0)")
+    p.add_argument("--train-batch", type=int, default=2, help="images per training step (default 2)")
+    p.add_argument("--train-runs", type=int, default=3, help="timed training steps (default 3)")
+    p.add_argument("--warmup-train", type=int, default=1, help="untimed training steps (default 1)")
+    p.add_argument("--train-gt", type=int, default=20, help="random GT boxes per training image (default 20)")
+    p.add_argument("--assign-size", default="800x1333", help="HxW input of the assignment benchmark")
+    p.add_argument("--assigners", type=csv, default=ASSIGNERS, help=f"comma list of {','.join(ASSIGNERS)}")
+    p.add_argument("--gt-counts", type=ints, default=[10, 100, 1000, 3000], help="GT boxes per image")
+    p.add_argument("--dense-max-gt", type=int, default=1000,
+                   help="largest GT count for the dense assigners (dense-FCOS, d2-*) (default 1000)")
+    p.add_argument("--baseline-gt", type=int, default=1000, help="GT count of the FCOSAssigner/dense comparison")
+    p.add_argument("--assign-runs", type=int, default=3, help="timed assignment runs after the first call")
+    p.add_argument("--hungarian-gt", type=ints, default=[10, 100, 500], help="GT counts of the Hungarian timing")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: tiny backbone, 128x160 inputs, 1 run, assignment at 256x320 with 10/50 GT")
+    p.add_argument("--out", default="output/benchmark.json", help="JSON output (default output/benchmark.json)")
+    p.add_argument("--assign-case", default=None, help=argparse.SUPPRESS)  # internal: one subprocess case
+    args = p.parse_args(argv)
+    if args.quick:
+        args.backbones, args.sizes, args.runs, args.warmup = ["tiny"], ["128x160"], 1, 0
+        args.train_runs, args.warmup_train, args.train_gt = 1, 0, 5
+        args.assign_size, args.gt_counts, args.baseline_gt, args.dense_max_gt = "256x320", [10, 50], 50, 50
+        args.assign_runs, args.hungarian_gt = 1, [10, 20]
+    unknown = [m for m in args.models if m not in CONFIGS] + [b for b in args.backbones if b not in ("tiny", "R50")]
+    unknown += [a for a in args.assigners if a not in ASSIGNERS]
+    unknown += [s for s in args.sections if s not in ("infer", "train", "assign", "hungarian")]
+    if unknown:
+        p.error(f"unknown value(s) {unknown}; see --help")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error("--device cuda but torch.cuda.is_available() is False")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.assign_case:
+        print(json.dumps(run_assign_case(json.loads(args.assign_case))))
+        return
+    import d2_anchorfree  # noqa: F401  (registers our meta-architectures and assigners)
+
+    results = {"env": environment(args), "settings": {k: v for k, v in vars(args).items() if k != "assign_case"},
+               "inference": [], "train": [], "assign": [], "hungarian": []}
+    print(f"benchmark on {results['env']['device']} ({results['env'].get('cpu')}), "
+          f"{results['env']['threads']} threads", flush=True)
+    if {"infer", "train"} & set(args.sections):
+        run_models(args, results)
+    if "assign" in args.sections:
+        run_assign(args, results)
+    if "hungarian" in args.sections:
+        run_hungarian(args, results)
+    text = report(results, args)
+    print("\n" + text)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(results, f, indent=1)
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
