@@ -98,8 +98,8 @@ def main(argv=None):
     files = list_images(args.input)
     name = args.dataset or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None)
     metadata = MetadataCatalog.get(name) if name else MetadataCatalog.get("__unused")
-    if name:  # loads thing_classes lazily set by register_coco_instances
-        _ = getattr(metadata, "thing_classes", None)
+    if name:  # loading the json fills thing_classes and the category id map in the metadata
+        DatasetCatalog.get(name)
     results = predict_files(DefaultPredictor(cfg), files, args.output, metadata, args.min_score)
     with open(os.path.join(args.output, "results.json"), "w") as f:
         json.dump(results, f)

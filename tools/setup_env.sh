@@ -7,13 +7,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${D2AF_VENV:-$HOME/.cache/d2af/venv}"
+PYTHON="${PYTHON:-python3}"
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11, 4))' || {
+  echo "[setup_env] need Python >= 3.11.4 (the pinned numpy/scipy and tarfile filters); set PYTHON=..." >&2; exit 1; }
 STAMP="$VENV/.d2af-requirements.sha256"
 want=$(sha256sum requirements.txt | cut -d' ' -f1)
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   echo "[setup_env] creating $VENV (torch CUDA build is about 5 GB, a few minutes)" >&2
-  python3 -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "pip==25.0" wheel
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r requirements.txt
+  "$PYTHON" -m venv --clear "$VENV"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "pip==25.0" wheel setuptools >&2
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r requirements.txt >&2
   echo "$want" > "$STAMP"
 fi
 "$VENV/bin/python" tools/install_detectron2.py >&2

@@ -52,7 +52,7 @@ class AnchorFreeTrainer(DefaultTrainer):
     * exact resume: ``--resume`` restores model, optimizer, LR scheduler and iteration and
       continues the training data stream, augmentations included, where the checkpoint left
       off (see ``resumable_loader``). detectron2 v0.6's ``DefaultTrainer`` leaves the optimizer
-      (SGD momentum) out of its checkpoints; ``state_dict`` below puts it back in;
+      (SGD momentum) and AMP's grad scaler out of its checkpoints; ``state_dict`` puts them back;
     * ``COCOEvaluator`` with pycocotools' official COCOeval (detectron2's fast C++ one needs
       ``detectron2._C``) and ``maxDets = [1, 10, TEST.COCO_MAX_DETS_PER_IMAGE]``.
     """
@@ -63,13 +63,14 @@ class AnchorFreeTrainer(DefaultTrainer):
 
     def state_dict(self):
         state = super().state_dict()
-        state["optimizer"] = self.optimizer.state_dict()
+        # SimpleTrainer: the optimizer; AMPTrainer: the optimizer and the grad scaler.
+        state["_trainer"] = self._trainer.state_dict()
         return state
 
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
-        if "optimizer" in state_dict:  # absent in checkpoints written by a plain DefaultTrainer
-            self.optimizer.load_state_dict(state_dict["optimizer"])
+        if "_trainer" in state_dict:  # absent in checkpoints written by a plain DefaultTrainer
+            self._trainer.load_state_dict(state_dict["_trainer"])
 
     def resume_or_load(self, resume=True):
         """Load weights (new run) or the last checkpoint (``resume``); on resume, restart the

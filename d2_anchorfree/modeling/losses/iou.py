@@ -14,9 +14,16 @@ def paired_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, giou: bool = False) -
         giou: return the generalized IoU (Rezatofighi et al., CVPR 2019, Alg. 1) instead.
 
     Returns:
-        Tensor [...]: IoU in [0, 1], or GIoU in [-1, 1]. Degenerate (zero-area) pairs give 0 IoU
-        (an epsilon keeps the division finite and the gradient defined).
+        Tensor [...] float32: IoU in [0, 1], or GIoU in [-1, 1]. Degenerate (zero-area) pairs give
+        0 IoU (an epsilon keeps the division finite and the gradient defined). Computed in float32
+        whatever the input dtype: areas overflow float16 above 65504 px^2 (under AMP).
+
+    Raises:
+        ValueError: if the two inputs have different shapes (no silent broadcasting).
     """
+    if boxes1.shape != boxes2.shape:
+        raise ValueError(f"paired_iou needs equal shapes, got {tuple(boxes1.shape)} and {tuple(boxes2.shape)}")
+    boxes1, boxes2 = boxes1.float(), boxes2.float()
     lt = torch.max(boxes1[..., :2], boxes2[..., :2])
     rb = torch.min(boxes1[..., 2:], boxes2[..., 2:])
     inter = (rb - lt).clamp(min=0).prod(dim=-1)
