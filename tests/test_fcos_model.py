@@ -55,6 +55,9 @@ def test_unknown_class_id_and_degenerate_box_raise():
     batch[0]["instances"] = make_instances((128, 160), [[10, 10, 10, 50]], [0])
     with EventStorage(), pytest.raises(ValueError, match="degenerate"):
         model(batch)
+    batch[0]["instances"] = make_instances((128, 160), [[10, 10, float("nan"), 50]], [0])
+    with EventStorage(), pytest.raises(ValueError, match="non-finite"):
+        model(batch)
 
 
 def test_tiny_fcos_overfits_one_image():
@@ -79,3 +82,19 @@ def test_tiny_fcos_overfits_one_image():
     from detectron2.structures import pairwise_iou
     best = pairwise_iou(batch[0]["instances"].gt_boxes, inst.pred_boxes[:10]).max(dim=1).values
     assert (best > 0.5).all(), best
+
+
+def test_candidates_thresholded_on_class_probability_ranked_by_combined_score():
+    """FCOS inference (paper Sec. 3.1): keep p_cls > thresh, rank by sqrt(p_cls * centerness)."""
+    from d2_anchorfree.modeling.postprocessing import dense_inference
+
+    shifts = [torch.tensor([[10.0, 10.0], [50.0, 50.0], [90.0, 90.0]])]
+    probs = torch.tensor([[0.04], [0.9], [0.5]])  # point 0 fails the 0.05 class threshold
+    ctr = torch.tensor([[1.0], [0.01], [1.0]])
+    scores = [(probs * ctr).sqrt()]  # 0.2, 0.095, 0.707
+    ltrb = [torch.full((3, 4), 5.0)]
+    out = dense_inference(scores, ltrb, shifts, (128, 128), 0.05, 10, 0.6, 100, candidate_scores=[probs])
+    assert out.scores.tolist() == pytest.approx([0.5 ** 0.5, 0.009 ** 0.5])  # point 2 first, then 1
+    assert out.pred_boxes.tensor[0].tolist() == [85, 85, 95, 95]
+    with pytest.raises(ValueError, match="levels differ"):
+        dense_inference(scores, ltrb, shifts + shifts, (128, 128), 0.05, 10, 0.6, 100)

@@ -32,6 +32,22 @@ def test_shift_generator_points_and_cache():
         ShiftGenerator(strides=[8], offset=1.0)
 
 
+def test_shift_generator_cache_is_bounded_lru():
+    """Multi-scale training sees many input sizes: the cache keeps the CACHE_SIZE most recently
+    used (size, stride, device, dtype) keys instead of growing without bound."""
+    gen = ShiftGenerator(strides=[8], offset=0.5)
+    size = ShiftGenerator.CACHE_SIZE
+    first = gen.grid_shifts(1, 1, 8, "cpu")
+    for w in range(2, size + 1):  # fill the cache: sizes 1..size
+        gen.grid_shifts(1, w, 8, "cpu")
+    assert gen.grid_shifts(1, 1, 8, "cpu") is first  # a hit makes size 1 the most recent
+    gen.grid_shifts(1, size + 1, 8, "cpu")  # one more key evicts the least recent: width 2
+    assert len(gen._cache) == size
+    assert gen.grid_shifts(1, 1, 8, "cpu") is first
+    assert (1, 2, 8, "cpu", torch.float32) not in gen._cache
+    assert gen.grid_shifts(1, 2, 8, "cpu").tolist() == [[4.0, 4.0], [12.0, 4.0]]  # recomputed
+
+
 def test_point_inside_two_gts_same_level_takes_min_area():
     # A = [0,0,40,40] (area 1600), B = [8,8,30,30] (area 484), all points on level 0 (stride 8).
     # (20,20): in A (max ltrb 20) and in B (ltrb 12,12,10,10) -> smaller B (index 1).

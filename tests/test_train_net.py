@@ -102,7 +102,11 @@ def test_resume_is_exact(toy, tmp_path):
 
 
 def test_default_predictor_round_trip_and_predict_tool(toy, tmp_path):
-    args = argparse.Namespace(config_file=CONFIG, opts=opts(toy, tmp_path), eval_only=False, resume=False)
+    # Untrained: every class probability is the prior 0.01, below the default SCORE_THRESH_TEST
+    # 0.05 that FCOS applies to it (paper Sec. 3.1); threshold 0 so that there are detections.
+    untrained = ("MODEL.FCOS.SCORE_THRESH_TEST", "0.0")
+    args = argparse.Namespace(config_file=CONFIG, opts=opts(toy, tmp_path, *untrained), eval_only=False,
+                              resume=False)
     cfg = setup_cfg(args, default_setup_logging=False)
     torch.manual_seed(0)
     model = build_model(cfg)
@@ -130,7 +134,7 @@ def test_default_predictor_round_trip_and_predict_tool(toy, tmp_path):
 
     out = tmp_path / "pred"
     predict.main(["--config-file", CONFIG, "--input", str(toy / "images" / "*.png"), "--output", str(out),
-                  "--min-score", "0.0", *opts(toy, tmp_path, "MODEL.WEIGHTS", cfg.MODEL.WEIGHTS)])
+                  "--min-score", "0.0", *opts(toy, tmp_path, "MODEL.WEIGHTS", cfg.MODEL.WEIGHTS, *untrained)])
     results = json.load(open(out / "results.json"))
     n_images = len([f for f in os.listdir(toy / "images") if f.endswith(".png")])
     assert len([f for f in os.listdir(out) if f.endswith(".jpg")]) == n_images

@@ -1,12 +1,13 @@
 """ResNet-FPN backbone with extra top levels (P6, P7) taken from P5 or C5."""
 from typing import List
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
 import fvcore.nn.weight_init as weight_init
 from detectron2.layers import ShapeSpec
-from detectron2.modeling import BACKBONE_REGISTRY, FPN
+from detectron2.modeling import BACKBONE_REGISTRY, FPN, Backbone
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
 
@@ -27,7 +28,15 @@ class LastLevelsFromFeature(nn.Module):
             weight_init.c2_xavier_fill(conv)
             self.convs.append(conv)
 
-    def forward(self, x) -> List:
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """
+        Args:
+            x: [N, C_in, H, W], the feature named ``in_feature`` (FPN passes it as top-block input).
+
+        Returns:
+            ``num_levels`` maps [N, C_out, ceil(H / 2^k), ceil(W / 2^k)], k = 1..num_levels
+            (e.g. P6, P7): the first conv takes ``x``, each later one relu of the previous output.
+        """
         outs = []
         for i, conv in enumerate(self.convs):
             x = conv(x if i == 0 else F.relu(x))
@@ -35,15 +44,15 @@ class LastLevelsFromFeature(nn.Module):
         return outs
 
 
-@BACKBONE_REGISTRY.register()
-def build_fcos_resnet_fpn_backbone(cfg, input_shape: ShapeSpec):
-    """ResNet + FPN (P3-P5 from ``MODEL.FPN.IN_FEATURES``) + ``MODEL.FPN.TOP_LEVELS`` extra
-    levels from ``MODEL.FPN.TOP_LEVELS_IN_FEATURE`` ("p5" or "res5").
+def fpn_with_top_levels(cfg, bottom_up: Backbone) -> FPN:
+    """detectron2's ``FPN`` on ``bottom_up`` (levels of ``MODEL.FPN.IN_FEATURES``, e.g. P3-P5)
+    plus ``MODEL.FPN.TOP_LEVELS`` extra levels (e.g. P6, P7) from ``MODEL.FPN.TOP_LEVELS_IN_FEATURE``:
+    "p5" (FCOS paper, Sec. 3.2) or "res5" (RetinaNet). Other keys: ``MODEL.FPN.OUT_CHANNELS``,
+    ``NORM``, ``FUSE_TYPE``.
 
     Raises:
         ValueError: unknown ``TOP_LEVELS_IN_FEATURE`` or a negative ``TOP_LEVELS``.
     """
-    bottom_up = build_resnet_backbone(cfg, input_shape)
     out_channels = cfg.MODEL.FPN.OUT_CHANNELS
     source = cfg.MODEL.FPN.TOP_LEVELS_IN_FEATURE
     num_top = cfg.MODEL.FPN.TOP_LEVELS
@@ -66,3 +75,13 @@ def build_fcos_resnet_fpn_backbone(cfg, input_shape: ShapeSpec):
         top_block=top_block,
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
     )
+
+
+@BACKBONE_REGISTRY.register()
+def build_fcos_resnet_fpn_backbone(cfg, input_shape: ShapeSpec):
+    """ResNet (detectron2's ``build_resnet_backbone``) + :func:`fpn_with_top_levels`.
+
+    Raises:
+        ValueError: see :func:`fpn_with_top_levels`.
+    """
+    return fpn_with_top_levels(cfg, build_resnet_backbone(cfg, input_shape))

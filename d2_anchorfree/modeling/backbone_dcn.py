@@ -14,11 +14,11 @@ from torch import nn
 
 import fvcore.nn.weight_init as weight_init
 from detectron2.layers import CNNBlockBase, Conv2d, ShapeSpec, get_norm
-from detectron2.modeling import BACKBONE_REGISTRY, FPN
+from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, BottleneckBlock, ResNet
 
 from ..layers.deform_conv import DeformConv, ModulatedDeformConv
-from .backbone import LastLevelsFromFeature
+from .backbone import fpn_with_top_levels
 
 NUM_BLOCKS_PER_STAGE = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3],
                         152: [3, 8, 36, 3]}
@@ -138,27 +138,11 @@ def build_resnet_dcn(cfg, input_shape: ShapeSpec) -> ResNet:
 
 @BACKBONE_REGISTRY.register()
 def build_fcos_resnet_fpn_dcn_backbone(cfg, input_shape: ShapeSpec):
-    """:func:`build_resnet_dcn` + FPN + ``MODEL.FPN.TOP_LEVELS`` extra levels from
-    ``MODEL.FPN.TOP_LEVELS_IN_FEATURE`` ("p5" or "res5"), as
+    """:func:`build_resnet_dcn` + :func:`~d2_anchorfree.modeling.backbone.fpn_with_top_levels`
+    (FPN + ``MODEL.FPN.TOP_LEVELS`` extra levels), as
     :func:`d2_anchorfree.modeling.backbone.build_fcos_resnet_fpn_backbone`.
 
     Raises:
-        ValueError: see :func:`build_resnet_dcn`; unknown ``TOP_LEVELS_IN_FEATURE`` or a negative
-            ``TOP_LEVELS``.
+        ValueError: see :func:`build_resnet_dcn` and :func:`fpn_with_top_levels`.
     """
-    bottom_up = build_resnet_dcn(cfg, input_shape)
-    out_channels = cfg.MODEL.FPN.OUT_CHANNELS
-    source, num_top = cfg.MODEL.FPN.TOP_LEVELS_IN_FEATURE, cfg.MODEL.FPN.TOP_LEVELS
-    if num_top < 0:
-        raise ValueError(f"MODEL.FPN.TOP_LEVELS must be >= 0, got {num_top}")
-    top_block = None
-    if num_top > 0:
-        if source == "p5":
-            in_channels = out_channels
-        elif source == "res5":
-            in_channels = bottom_up.output_shape()["res5"].channels
-        else:
-            raise ValueError(f"MODEL.FPN.TOP_LEVELS_IN_FEATURE must be 'p5' or 'res5', got {source!r}")
-        top_block = LastLevelsFromFeature(in_channels, out_channels, num_top, source)
-    return FPN(bottom_up=bottom_up, in_features=cfg.MODEL.FPN.IN_FEATURES, out_channels=out_channels,
-               norm=cfg.MODEL.FPN.NORM, top_block=top_block, fuse_type=cfg.MODEL.FPN.FUSE_TYPE)
+    return fpn_with_top_levels(cfg, build_resnet_dcn(cfg, input_shape))

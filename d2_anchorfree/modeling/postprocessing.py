@@ -9,18 +9,34 @@ from detectron2.structures import Boxes, Instances
 from .box_coder import ltrb_to_boxes
 
 
-def select_candidates(scores: torch.Tensor, score_thresh: float, topk: int) -> Tuple[torch.Tensor, ...]:
-    """Keep the ``topk`` highest (point, class) scores above ``score_thresh`` on one level.
+def select_candidates(scores: torch.Tensor, score_thresh: float, topk: int,
+                      candidate_scores: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, ...]:
+    """Keep the ``topk`` highest (point, class) scores among those above ``score_thresh`` on one level
+    (FCOS, Tian et al. ICCV 2019, Sec. 3.1 "Inference": locations with p > 0.05 are positive
+    samples; the authors' code keeps at most ``pre_nms_top_n`` = 1000 per level).
 
     Args:
-        scores: [R, K] scores in [0, 1].
-        score_thresh: keep scores strictly above it. topk: at most this many (>= 1).
+        scores: [R, K] ranking scores in [0, 1].
+        score_thresh: keep (point, class) pairs whose ``candidate_scores`` (default: ``scores``)
+            are strictly above it. topk: at most this many (>= 1).
+        candidate_scores: optional [R, K] scores the threshold applies to; FCOS thresholds the
+            class probability and ranks by p * centerness (FCOS paper Sec. 3.1 "Inference"; the
+            authors' code: pre_nms_thresh on p).
 
     Returns:
         (scores [M], point_idx [M] long, class_idx [M] long), M <= topk, sorted by score desc.
+
+    Raises:
+        ValueError: ``scores`` not 2-D, or ``candidate_scores`` of another shape.
     """
+    if scores.dim() != 2:
+        raise ValueError(f"scores must be [R, K], got {tuple(scores.shape)}")
+    if candidate_scores is not None and candidate_scores.shape != scores.shape:
+        raise ValueError(
+            f"candidate_scores {tuple(candidate_scores.shape)} must match scores {tuple(scores.shape)}")
     flat = scores.flatten()
-    keep = torch.nonzero(flat > score_thresh).squeeze(1)
+    gate = flat if candidate_scores is None else candidate_scores.flatten()
+    keep = torch.nonzero(gate > score_thresh).squeeze(1)
     kept = flat[keep]
     if kept.numel() > topk:
         kept, order = kept.topk(topk)
@@ -41,8 +57,12 @@ def dense_inference(
     topk_candidates: int,
     nms_thresh: Optional[float],
     max_detections: int,
+    candidate_scores: Optional[List[torch.Tensor]] = None,
 ) -> Instances:
-    """Turn one image's per-level dense predictions into detections.
+    """Turn one image's per-level dense predictions into detections: per level the candidates of
+    :func:`select_candidates`, decoded to boxes (FCOS Eq. 1 inverted), clipped, then class-aware
+    NMS (FCOS Sec. 3.1 and the authors' code) or, NMS-free, the top scores (DeFCN, Wang et al.
+    CVPR 2021, Sec. 3: one-to-one training makes duplicates rare, so no NMS is needed).
 
     Args:
         scores: per level [R_i, K] final scores in [0, 1] (e.g. sqrt(cls * centerness)).
@@ -53,14 +73,25 @@ def dense_inference(
         nms_thresh: class-aware NMS IoU threshold; ``None`` for NMS-free inference (top
             ``max_detections`` over all levels and classes; DeFCN, Wang et al. CVPR 2021, Sec. 3).
         max_detections: detections kept per image (TEST.DETECTIONS_PER_IMAGE).
+        candidate_scores: optional per level [R_i, K] scores that ``score_thresh`` applies to
+            (see :func:`select_candidates`); default: ``scores``.
 
     Returns:
         Instances with ``pred_boxes`` (Boxes, XYXY pixels clipped to the image), ``scores`` [D],
         ``pred_classes`` [D] long, D <= max_detections, sorted by score.
+
+    Raises:
+        ValueError: per-level lists of different lengths (``scores``, ``ltrb``, ``shifts``,
+            ``candidate_scores``), or see :func:`select_candidates`.
     """
     all_boxes, all_scores, all_classes = [], [], []
-    for s, d, p in zip(scores, ltrb, shifts):
-        sc, point_idx, cls = select_candidates(s, score_thresh, topk_candidates)
+    if not len(scores) == len(ltrb) == len(shifts):
+        raise ValueError(f"levels differ: {len(scores)} scores, {len(ltrb)} ltrb, {len(shifts)} shifts")
+    if candidate_scores is not None and len(candidate_scores) != len(scores):
+        raise ValueError(f"levels differ: {len(scores)} scores, {len(candidate_scores)} candidate_scores")
+    gates = candidate_scores if candidate_scores is not None else [None] * len(scores)
+    for s, d, p, gate in zip(scores, ltrb, shifts, gates):
+        sc, point_idx, cls = select_candidates(s, score_thresh, topk_candidates, gate)
         all_boxes.append(ltrb_to_boxes(p[point_idx], d[point_idx]))
         all_scores.append(sc)
         all_classes.append(cls)

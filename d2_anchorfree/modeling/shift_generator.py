@@ -1,5 +1,6 @@
 """Shift (location) generators: one point per feature-map cell, in input-image pixels."""
-from typing import Dict, List, Tuple
+from collections import OrderedDict
+from typing import List, Tuple
 
 import torch
 from torch import nn
@@ -24,9 +25,12 @@ class ShiftGenerator(nn.Module):
     for even strides, the FCOS paper's ``(floor(s/2) + x s, floor(s/2) + y s)`` (Sec. 3.1).
 
     Results are cached per (feature size, stride, device, dtype), so repeated calls on
-    same-sized inputs allocate nothing. The cache holds tensors only; it is not a buffer and
-    is not saved in checkpoints.
+    same-sized inputs allocate nothing. The cache is a least-recently-used map bounded to
+    ``CACHE_SIZE`` keys (multi-scale training and varied test sizes would otherwise grow it
+    without bound). It holds tensors only; it is not a buffer and is not saved in checkpoints.
     """
+
+    CACHE_SIZE = 32  # keys (one per level and input size); 5 levels x 6 sizes fit
 
     @configurable
     def __init__(self, *, strides: List[int], offset: float = 0.5):
@@ -45,7 +49,7 @@ class ShiftGenerator(nn.Module):
             raise ValueError(f"strides must be positive, got {strides}")
         self.strides = [int(s) for s in strides]
         self.offset = float(offset)
-        self._cache: Dict[Tuple, torch.Tensor] = {}
+        self._cache: "OrderedDict[Tuple, torch.Tensor]" = OrderedDict()
 
     @classmethod
     def from_config(cls, cfg, input_shape: List[ShapeSpec]):
@@ -57,20 +61,30 @@ class ShiftGenerator(nn.Module):
         return [1] * len(self.strides)
 
     def grid_shifts(self, height: int, width: int, stride: int, device, dtype=torch.float32):
-        """Points of one level.
+        """Points of one level: cell (r, c) -> ((c + offset) * stride, (r + offset) * stride).
+
+        Args:
+            height, width: the level's feature-map size in cells (H_i, W_i).
+            stride: the level's stride in pixels (input pixels per cell).
+            device: torch device (or its name) of the result. dtype: floating dtype of the result.
 
         Returns:
-            Tensor [height * width, 2]: (x, y) in pixels, row-major (y outer, x inner), matching
-            ``permute_to_N_HWA_K`` of a [N, C, height, width] map.
+            Tensor [height * width, 2]: (x, y) in input-image pixels, row-major (y outer, x
+            inner), matching ``permute_to_N_HWA_K`` of a [N, C, height, width] map. A cached
+            tensor: callers must not modify it in place.
         """
         key = (height, width, stride, str(device), dtype)
         shifts = self._cache.get(key)
-        if shifts is None:
-            xs = (torch.arange(width, device=device, dtype=dtype) + self.offset) * stride
-            ys = (torch.arange(height, device=device, dtype=dtype) + self.offset) * stride
-            yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-            shifts = torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1)
-            self._cache[key] = shifts
+        if shifts is not None:
+            self._cache.move_to_end(key)
+            return shifts
+        xs = (torch.arange(width, device=device, dtype=dtype) + self.offset) * stride
+        ys = (torch.arange(height, device=device, dtype=dtype) + self.offset) * stride
+        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+        shifts = torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1)
+        self._cache[key] = shifts
+        if len(self._cache) > self.CACHE_SIZE:
+            self._cache.popitem(last=False)  # least recently used
         return shifts
 
     def forward(self, features: List[torch.Tensor]) -> List[torch.Tensor]:

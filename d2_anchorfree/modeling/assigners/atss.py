@@ -13,7 +13,8 @@ from detectron2.config import configurable
 from detectron2.structures import Instances
 
 from ..losses.iou import paired_iou
-from .base import ASSIGNER_REGISTRY, BACKGROUND, IGNORE, gt_chunks
+from .base import ASSIGNER_REGISTRY, BACKGROUND, cat_points, crowd_flags, gt_chunks, ignore_inside_crowd
+from .geometry import inside_boxes
 
 # A candidate's point must be farther than this (pixels) from every side of its GT (authors' code).
 INSIDE_EPS = 0.01
@@ -99,6 +100,9 @@ def atss_positives(
         (candidates [G, C] long point indices, ious [G, C], thresholds [G], positive [G, C] bool):
         a candidate is positive iff IoU >= threshold and its point lies inside the GT by more
         than ``INSIDE_EPS`` pixels on all four sides (Alg. 1, lines 11-13).
+
+    Memory: an [R, G] bool "inside" mask besides the [G, C] candidate tensors (the caller chunks
+    the GTs).
     """
     points = torch.cat(shifts, dim=0)
     centers = (boxes[:, :2] + boxes[:, 2:]) / 2
@@ -109,28 +113,10 @@ def atss_positives(
     gt = boxes[:, None, :].expand_as(anchors)
     ious = paired_iou(anchors, gt)
     thresholds = adaptive_iou_threshold(ious)
-    ltrb = torch.cat([cand_points - gt[..., :2], gt[..., 2:] - cand_points], dim=-1)
-    positive = (ious >= thresholds[:, None]) & (ltrb.min(dim=-1).values > INSIDE_EPS)
+    inside = inside_boxes(points, boxes, margin=INSIDE_EPS)  # [R, G]
+    cand_inside = inside[candidates, torch.arange(len(boxes), device=boxes.device)[:, None]]  # [G, C]
+    positive = (ious >= thresholds[:, None]) & cand_inside
     return candidates, ious, thresholds, positive
-
-
-def inside_any_box(points: torch.Tensor, boxes: torch.Tensor, chunk_elements: int) -> torch.Tensor:
-    """Whether each point lies strictly inside at least one box.
-
-    Args:
-        points: [R, 2] pixels. boxes: [B, 4] (x0, y0, x1, y1) pixels.
-        chunk_elements: no [R x chunk] tensor is larger than this.
-
-    Returns:
-        Tensor [R] bool.
-    """
-    inside = torch.zeros(len(points), dtype=torch.bool, device=points.device)
-    x, y = points[:, 0:1], points[:, 1:2]
-    for start, end in gt_chunks(len(points), len(boxes), chunk_elements):
-        b = boxes[start:end]
-        hit = (x > b[:, 0]) & (y > b[:, 1]) & (x < b[:, 2]) & (y < b[:, 3])  # [R, g]
-        inside |= hit.any(dim=1)
-    return inside
 
 
 @ASSIGNER_REGISTRY.register()
@@ -208,12 +194,8 @@ class ATSSAssigner:
         boxes = gt.gt_boxes.tensor.to(device=points.device, dtype=points.dtype)
         if len(boxes) == 0 or num_points == 0:
             return matched
-        crowd = gt.gt_is_crowd.bool().to(points.device) if gt.has("gt_is_crowd") else torch.zeros(
-            len(boxes), dtype=torch.bool, device=points.device)
-        point_strides = torch.repeat_interleave(
-            torch.tensor(self.strides, dtype=points.dtype, device=points.device),
-            torch.tensor([len(s) for s in shifts], device=points.device),
-        )
+        crowd = crowd_flags(gt).to(points.device)
+        _, point_strides = cat_points(shifts, self.strides)
         best_iou = torch.full((num_points,), -1.0, dtype=points.dtype, device=points.device)
         for start, end in gt_chunks(num_points, len(boxes), self.chunk_elements):
             candidates, ious, _, positive = atss_positives(
@@ -229,7 +211,4 @@ class ATSSAssigner:
             better = chunk_iou > best_iou  # strict: an earlier chunk (lower GT index) wins ties
             best_iou = torch.where(better, chunk_iou, best_iou)
             matched = torch.where(better, chunk_gt, matched)
-        if crowd.any():
-            in_crowd = inside_any_box(points, boxes[crowd], self.chunk_elements)
-            matched[(matched == BACKGROUND) & in_crowd] = IGNORE
-        return matched
+        return ignore_inside_crowd(matched, points, boxes, crowd, self.chunk_elements)

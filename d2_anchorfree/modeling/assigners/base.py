@@ -1,10 +1,13 @@
-"""Shared pieces of the assigners: the registry, the label convention, chunking helpers."""
+"""Shared pieces of the assigners: the registry, the label convention, chunking and crowd helpers."""
 import math
 from typing import Iterator, List, Tuple
 
 import torch
 
+from detectron2.structures import Instances
 from detectron2.utils.registry import Registry
+
+from .geometry import inside_boxes
 
 ASSIGNER_REGISTRY = Registry("ASSIGNER")
 ASSIGNER_REGISTRY.__doc__ = """
@@ -75,3 +78,40 @@ def cat_points(shifts: List[torch.Tensor], strides: List[int], per_level_values=
                 )
             )
     return (points, stride_vec, *extra)
+
+
+def crowd_flags(gt: Instances) -> torch.Tensor:
+    """[G] bool on the device of ``gt.gt_boxes``: ``gt.gt_is_crowd`` if present, else all False
+    (COCO ``iscrowd`` boxes; detectron2's mapper drops them unless asked to keep them)."""
+    device = gt.gt_boxes.tensor.device
+    if gt.has("gt_is_crowd"):
+        return gt.gt_is_crowd.bool().to(device)
+    return torch.zeros(len(gt), dtype=torch.bool, device=device)
+
+
+def ignore_inside_crowd(matched: torch.Tensor, points: torch.Tensor, boxes: torch.Tensor,
+                        crowd: torch.Tensor, chunk_elements: int) -> torch.Tensor:
+    """Turn BACKGROUND points that lie strictly inside a crowd box into IGNORE.
+
+    The rule of every assigner here (FCOS, ATSS, POTO and its auxiliary assignment; the FCOS
+    authors' code ignores locations inside crowd boxes): crowd boxes never produce positives, and
+    the locations they cover are left out of the classification loss instead of being negatives.
+    A point that is positive for a normal GT stays positive.
+
+    Args:
+        matched: [R] long labels (GT index, BACKGROUND or IGNORE), modified in place.
+        points: [R, 2] (x, y) pixels. boxes: [G, 4] XYXY pixels. crowd: [G] bool.
+        chunk_elements: no [R x chunk] tensor is larger than this (>= 1; at least one box per
+            chunk).
+
+    Returns:
+        The updated ``matched`` [R].
+    """
+    if not crowd.any():
+        return matched
+    crowd_boxes = boxes[crowd.to(boxes.device)].to(device=points.device, dtype=points.dtype)
+    in_crowd = torch.zeros(len(points), dtype=torch.bool, device=points.device)
+    for start, end in gt_chunks(len(points), len(crowd_boxes), chunk_elements):
+        in_crowd |= inside_boxes(points, crowd_boxes[start:end]).any(dim=1)
+    matched[(matched == BACKGROUND) & in_crowd] = IGNORE
+    return matched

@@ -13,7 +13,9 @@ import torch
 from detectron2.config import configurable
 from detectron2.structures import Instances
 
-from .base import ASSIGNER_REGISTRY, BACKGROUND, IGNORE, cat_points, gt_chunks, level_ranges
+from .base import (
+    ASSIGNER_REGISTRY, BACKGROUND, cat_points, crowd_flags, gt_chunks, ignore_inside_crowd, level_ranges,
+)
 from .geometry import inside_boxes, inside_center_regions, max_distance
 
 
@@ -82,19 +84,16 @@ class FCOSAssigner:
         boxes = gt.gt_boxes.tensor.to(points.dtype)
         if len(boxes) == 0:
             return matched
-        crowd = gt.gt_is_crowd.bool() if gt.has("gt_is_crowd") else torch.zeros(
-            len(boxes), dtype=torch.bool, device=boxes.device)
+        crowd = crowd_flags(gt)
         areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
         best_area = torch.full((num_points,), float("inf"), dtype=points.dtype, device=points.device)
-        in_crowd = torch.zeros(num_points, dtype=torch.bool, device=points.device)
         lo, hi = lo[:, None], hi[:, None]
         for start, end in gt_chunks(num_points, len(boxes), self.chunk_elements):
             b = boxes[start:end]
-            inside_box = inside_boxes(points, b)  # [R, g]
             if self.radius > 0:
                 inside = inside_center_regions(points, point_strides, b, self.radius)
             else:
-                inside = inside_box
+                inside = inside_boxes(points, b)  # [R, g]
             max_reg = max_distance(points, b)
             ok = inside & (max_reg >= lo) & (max_reg <= hi) & ~crowd[None, start:end]
             cand_area = torch.where(ok, areas[None, start:end], torch.full_like(max_reg, float("inf")))
@@ -102,9 +101,7 @@ class FCOSAssigner:
             better = chunk_area < best_area  # strict: an earlier chunk wins ties
             best_area = torch.where(better, chunk_area, best_area)
             matched = torch.where(better, chunk_idx + start, matched)
-            in_crowd |= (inside_box & crowd[None, start:end]).any(dim=1)
-        matched[(matched == BACKGROUND) & in_crowd] = IGNORE
-        return matched
+        return ignore_inside_crowd(matched, points, boxes, crowd, self.chunk_elements)
 
 
 def centerness_targets(ltrb: torch.Tensor) -> torch.Tensor:

@@ -20,10 +20,20 @@ def point_box_distances(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tens
     return torch.cat([p - boxes[..., :2], boxes[..., 2:] - p], dim=-1)
 
 
-def inside_boxes(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """[R, g] bool: point strictly inside box (= ``point_box_distances(...).min(-1) > 0``)."""
+def inside_boxes(points: torch.Tensor, boxes: torch.Tensor, margin: float = 0.0) -> torch.Tensor:
+    """[R, g] bool: point strictly inside box by more than ``margin`` pixels on every side,
+    i.e. ``point_box_distances(points, boxes).min(-1) > margin``.
+
+    Args:
+        points: [R, 2] (x, y) pixels. boxes: [g, 4] XYXY pixels.
+        margin: pixels; 0 (default) is the FCOS rule min(l, t, r, b) > 0 (Sec. 3.1), 0.01 the
+            ATSS authors' code (``atss_loss.py``: ``is_in_gts = ... .min(dim=1)[0] > 0.01``).
+    """
     x, y = points[:, 0:1], points[:, 1:2]
-    return (x > boxes[:, 0]) & (x < boxes[:, 2]) & (y > boxes[:, 1]) & (y < boxes[:, 3])
+    if margin == 0:
+        return (x > boxes[:, 0]) & (x < boxes[:, 2]) & (y > boxes[:, 1]) & (y < boxes[:, 3])
+    return ((x - boxes[:, 0] > margin) & (y - boxes[:, 1] > margin)
+            & (boxes[:, 2] - x > margin) & (boxes[:, 3] - y > margin))
 
 
 def max_distance(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:

@@ -20,8 +20,8 @@ from detectron2.config import configurable
 from detectron2.structures import Instances
 
 from ..losses.iou import paired_iou
-from .base import ASSIGNER_REGISTRY, BACKGROUND, IGNORE, gt_chunks, level_ranges
-from .geometry import center_region, inside_boxes, max_distance
+from .base import ASSIGNER_REGISTRY, BACKGROUND, crowd_flags, gt_chunks, ignore_inside_crowd, level_ranges
+from .geometry import inside_boxes, inside_center_regions, max_distance
 
 SPATIAL_PRIORS = ("center", "inside")
 LEVEL_PRIORS = ("all", "fcos")
@@ -80,28 +80,6 @@ def check_prediction_inputs(num_points: int, pred_logits, pred_boxes) -> None:
         raise ValueError(f"pred_boxes must be [R={num_points}, 4], got {tuple(pred_boxes.shape)}")
 
 
-def crowd_flags(gt: Instances) -> torch.Tensor:
-    """[G] bool: ``gt.gt_is_crowd`` if present, else all False."""
-    if gt.has("gt_is_crowd"):
-        return gt.gt_is_crowd.bool()
-    return torch.zeros(len(gt), dtype=torch.bool, device=gt.gt_boxes.tensor.device)
-
-
-def ignore_in_crowd(matched: torch.Tensor, points: torch.Tensor, boxes: torch.Tensor,
-                    crowd: torch.Tensor) -> torch.Tensor:
-    """Turn BACKGROUND points that lie strictly inside a crowd box into IGNORE (as FCOS does).
-
-    Args:
-        matched: [R] long labels. points: [R, 2] pixels. boxes: [G, 4] XYXY pixels. crowd: [G] bool.
-
-    Returns:
-        The updated ``matched`` [R] (modified in place).
-    """
-    if crowd.any():
-        matched[(matched == BACKGROUND) & inside_boxes(points, boxes[crowd]).any(dim=1)] = IGNORE
-    return matched
-
-
 def prior_mask(points: torch.Tensor, stride: float, regress_range: Tuple[float, float],
                gt_boxes: torch.Tensor, spatial_prior: str, radius: float, level_prior: str) -> torch.Tensor:
     """Omega_i of DeFCN Eq. 2 on one FPN level: which points may be matched to which GT.
@@ -109,7 +87,7 @@ def prior_mask(points: torch.Tensor, stride: float, regress_range: Tuple[float, 
     A point is in GT g's prior when
       * spatial_prior "inside": it lies strictly inside g's box; "center": strictly inside g's
         center region of half-size ``radius * stride``, clipped to the box (FCOS center
-        sampling, ``fcos.center_region``; the authors' default with radius 1.5);
+        sampling, ``geometry.inside_center_regions``; the authors' default with radius 1.5);
       * level_prior "all": always; "fcos": max(l, t, r, b) from the point to g's sides lies in
         the level's FCOS regress range [lo, hi] (pixels, both inclusive).
 
@@ -123,8 +101,8 @@ def prior_mask(points: torch.Tensor, stride: float, regress_range: Tuple[float, 
     if spatial_prior == "inside":
         mask = inside_boxes(points, gt_boxes)
     else:
-        stride_vec = gt_boxes.new_full((1,), float(stride))
-        mask = inside_boxes(points, center_region(gt_boxes, stride_vec, radius)[0])
+        point_strides = points.new_full((len(points),), float(stride))
+        mask = inside_center_regions(points, point_strides, gt_boxes, radius)
     if level_prior == "fcos":
         max_reg = max_distance(points, gt_boxes)
         mask &= (max_reg >= regress_range[0]) & (max_reg <= regress_range[1])
@@ -223,6 +201,22 @@ class PriorConfig:
         self.radius = float(radius)
         self.level_prior = level_prior
         self.chunk_elements = int(chunk_elements)
+
+    def mask(self, shifts: List[torch.Tensor], gt_boxes: torch.Tensor) -> torch.Tensor:
+        """:func:`prior_mask` of every level, concatenated.
+
+        Args:
+            shifts: per level [R_i, 2] points (x, y) in pixels, one level per stride.
+            gt_boxes: [g, 4] XYXY pixels.
+
+        Returns:
+            Tensor [R, g] bool, R = sum R_i (callers chunk the GTs to bound its size).
+        """
+        return torch.cat([
+            prior_mask(points, stride, regress_range, gt_boxes, self.spatial_prior, self.radius,
+                       self.level_prior)
+            for points, stride, regress_range in zip(shifts, self.strides, self.ranges)
+        ])
 
 
 def check_alpha(alpha: float) -> float:
@@ -329,4 +323,5 @@ class POTOAssigner:
         point_idx, gt_idx = self.prior_pairs(shifts, gt, exclude=crowd)
         quality = pair_quality(point_idx, gt_idx, gt, pred_logits, pred_boxes, self.alpha)
         matched = match_one_to_one(point_idx, gt_idx, quality, len(gt), num_points)
-        return ignore_in_crowd(matched, torch.cat(shifts), gt.gt_boxes.tensor, crowd)
+        return ignore_inside_crowd(matched, torch.cat(shifts), gt.gt_boxes.tensor, crowd,
+                                   self.prior.chunk_elements)

@@ -13,11 +13,8 @@ import torch
 from detectron2.config import configurable
 from detectron2.structures import Instances
 
-from .base import ASSIGNER_REGISTRY, BACKGROUND, cat_points, gt_chunks
-from .geometry import inside_boxes, max_distance
-from .poto import (
-    PriorConfig, check_alpha, check_prediction_inputs, crowd_flags, ignore_in_crowd, pair_quality,
-)
+from .base import ASSIGNER_REGISTRY, BACKGROUND, crowd_flags, gt_chunks, ignore_inside_crowd
+from .poto import PriorConfig, check_alpha, check_prediction_inputs, pair_quality
 
 
 def candidate_threshold(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -103,7 +100,7 @@ class POTOAuxAssigner:
         Raises:
             ValueError: missing predictions or shapes not matching the R points.
         """
-        points, _, lo, hi = cat_points(shifts, self.prior.strides, self.prior.ranges)
+        points = torch.cat(shifts)
         num_points = len(points)
         check_prediction_inputs(num_points, pred_logits, pred_boxes)
         matched = torch.full((num_points,), BACKGROUND, dtype=torch.long, device=points.device)
@@ -112,11 +109,7 @@ class POTOAuxAssigner:
         best_q = torch.full((num_points,), -1.0, device=points.device)
         level_bounds = torch.tensor([0] + [len(s) for s in shifts]).cumsum(0).tolist()
         for start, end in gt_chunks(num_points, len(boxes), self.prior.chunk_elements):
-            b = boxes[start:end]
-            mask = inside_boxes(points, b) & ~crowd[None, start:end]  # [R, g]
-            if self.prior.level_prior == "fcos":
-                max_reg = max_distance(points, b)
-                mask &= (max_reg >= lo[:, None]) & (max_reg <= hi[:, None])
+            mask = self.prior.mask(shifts, boxes[start:end]) & ~crowd[None, start:end]  # [R, g]
             point_idx, gt_idx = mask.nonzero(as_tuple=True)
             # [g, R] quality; -1 marks points outside the box / level prior
             quality = torch.full((end - start, num_points), -1.0, device=points.device)
@@ -138,4 +131,4 @@ class POTOAuxAssigner:
             better = chunk_best > best_q  # strict: an earlier chunk (lower GT index) wins ties
             best_q = torch.where(better, chunk_best, best_q)
             matched = torch.where(better, chunk_gt + start, matched)
-        return ignore_in_crowd(matched, points, boxes, crowd)
+        return ignore_inside_crowd(matched, points, boxes, crowd, self.prior.chunk_elements)

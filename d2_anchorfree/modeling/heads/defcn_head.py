@@ -10,7 +10,7 @@ from detectron2.layers import ShapeSpec
 
 from ...layers import Scale
 from ...layers.max_filter import MaxFiltering3D
-from .towers import conv_tower, init_conv_normal, prior_bias
+from .towers import check_head_inputs, check_num_levels, conv_tower, decode_ltrb, init_conv_normal, prior_bias
 
 
 class DeFCNOutputs(NamedTuple):
@@ -77,12 +77,7 @@ class DeFCNHead(nn.Module):
             ValueError: unequal channels, K < 1, or bad 3DMF window sizes.
         """
         super().__init__()
-        channels = {s.channels for s in input_shape}
-        if len(channels) != 1:
-            raise ValueError(f"DeFCN head needs equal channels on all levels, got {channels}")
-        if num_classes < 1:
-            raise ValueError(f"NUM_CLASSES must be >= 1, got {num_classes}")
-        in_channels = channels.pop()
+        in_channels = check_head_inputs(input_shape, num_classes, "DeFCN")
         self.num_classes = num_classes
         self.strides = [s.stride for s in input_shape]
         self.norm_reg_targets = norm_reg_targets
@@ -123,7 +118,11 @@ class DeFCNHead(nn.Module):
 
         Returns:
             :class:`DeFCNOutputs` (shapes in its docstring).
+
+        Raises:
+            ValueError: if the number of levels differs from the number of strides.
         """
+        check_num_levels(features, self.strides)
         logits, ltrb, aux_logits, box_feats = [], [], [], []
         compute_aux = self.aux_logits is not None and self.training
         for feature, scale, stride in zip(features, self.scales, self.strides):
@@ -132,11 +131,7 @@ class DeFCNHead(nn.Module):
             logits.append(self.cls_logits(cls_feat))
             if compute_aux:
                 aux_logits.append(self.aux_logits(cls_feat))
-            reg = scale(self.box_pred(box_feat))
-            if self.norm_reg_targets:
-                ltrb.append(F.relu(reg) * stride)
-            else:
-                ltrb.append(torch.exp(reg.clamp(max=20.0)))  # clamp: avoid inf early in training
+            ltrb.append(decode_ltrb(scale(self.box_pred(box_feat)), stride, self.norm_reg_targets))
             box_feats.append(box_feat)
         filters = []
         if self.use_3dmf:

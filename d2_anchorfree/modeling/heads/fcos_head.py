@@ -2,14 +2,13 @@
 from typing import List, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 
 from ...layers import Scale
-from .towers import conv_tower, init_conv_normal, prior_bias
+from .towers import check_head_inputs, check_num_levels, conv_tower, decode_ltrb, init_conv_normal, prior_bias
 
 
 class FCOSHead(nn.Module):
@@ -39,12 +38,7 @@ class FCOSHead(nn.Module):
             ValueError: levels with different channels, or bad sizes.
         """
         super().__init__()
-        channels = {s.channels for s in input_shape}
-        if len(channels) != 1:
-            raise ValueError(f"FCOS head needs equal channels on all levels, got {channels}")
-        if num_classes < 1:
-            raise ValueError(f"NUM_CLASSES must be >= 1, got {num_classes}")
-        in_channels = channels.pop()
+        in_channels = check_head_inputs(input_shape, num_classes, "FCOS")
         self.num_classes = num_classes
         self.strides = [s.stride for s in input_shape]
         self.norm_reg_targets = norm_reg_targets
@@ -70,20 +64,20 @@ class FCOSHead(nn.Module):
     def forward(self, features: List[torch.Tensor]) -> Tuple[List[torch.Tensor], ...]:
         """
         Args:
-            features: per level [N, C, H_i, W_i].
+            features: per level [N, C, H_i, W_i], one per stride of ``input_shape``.
 
         Returns:
             (logits, ltrb, centerness): three lists over levels, shapes as in the class docstring.
+
+        Raises:
+            ValueError: if the number of levels differs from the number of strides.
         """
+        check_num_levels(features, self.strides)
         logits, ltrb, centerness = [], [], []
         for feature, scale, stride in zip(features, self.scales, self.strides):
             cls_feat = self.cls_tower(feature)
             box_feat = self.box_tower(feature)
             logits.append(self.cls_logits(cls_feat))
-            reg = scale(self.box_pred(box_feat))
-            if self.norm_reg_targets:
-                ltrb.append(F.relu(reg) * stride)
-            else:
-                ltrb.append(torch.exp(reg.clamp(max=20.0)))  # clamp: avoid inf early in training
+            ltrb.append(decode_ltrb(scale(self.box_pred(box_feat)), stride, self.norm_reg_targets))
             centerness.append(self.centerness(box_feat if self.centerness_on_reg else cls_feat))
         return logits, ltrb, centerness

@@ -10,7 +10,7 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 
 from ...layers import Scale
-from .towers import conv_tower, init_conv_normal, prior_bias
+from .towers import check_head_inputs, check_num_levels, conv_tower, init_conv_normal, prior_bias
 
 
 def distribution_to_distance(box_logits: torch.Tensor, reg_max: int) -> torch.Tensor:
@@ -50,6 +50,11 @@ class DGQP(nn.Module):
 
     def __init__(self, reg_max: int, topk: int = 4, hidden: int = 64):
         """
+        Args:
+            reg_max: n, the distributions have n + 1 bins (``MODEL.GFL.REG_MAX``).
+            topk: k, the top-k probabilities taken per side (paper: 4, ``MODEL.GFL.DGQP_TOPK``).
+            hidden: channels of the hidden layer (paper: 64, ``MODEL.GFL.DGQP_HIDDEN``).
+
         Raises:
             ValueError: ``topk`` outside [1, reg_max + 1] or ``hidden`` < 1.
         """
@@ -64,6 +69,14 @@ class DGQP(nn.Module):
         self.fc2 = nn.Conv2d(hidden, 1, 1)
 
     def forward(self, box_logits: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            box_logits: [N, 4 * (n + 1), H, W] bin logits of one level, side-major (as
+                :class:`GFLHead` outputs them; not detached: the quality's gradient reaches them).
+
+        Returns:
+            Tensor [N, 1, H, W]: the quality score in (0, 1) (GFLv2 Sec. 3).
+        """
         n, _, h, w = box_logits.shape
         probs = F.softmax(box_logits.reshape(n, 4, self.reg_max + 1, h, w), dim=2)
         top = probs.topk(self.topk, dim=2).values
@@ -100,15 +113,11 @@ class GFLHead(nn.Module):
             ValueError: levels with different channels, or bad sizes.
         """
         super().__init__()
-        channels = {s.channels for s in input_shape}
-        if len(channels) != 1:
-            raise ValueError(f"GFL head needs equal channels on all levels, got {channels}")
-        if num_classes < 1:
-            raise ValueError(f"NUM_CLASSES must be >= 1, got {num_classes}")
+        in_channels = check_head_inputs(input_shape, num_classes, "GFL")
         if reg_max < 1:
             raise ValueError(f"MODEL.GFL.REG_MAX must be >= 1, got {reg_max}")
-        in_channels = channels.pop()
         self.num_classes = num_classes
+        self.strides = [s.stride for s in input_shape]
         self.reg_max = reg_max
         self.cls_tower = conv_tower(in_channels, num_convs, norm)
         self.box_tower = conv_tower(in_channels, num_convs, norm)
@@ -132,12 +141,16 @@ class GFLHead(nn.Module):
                                                              Optional[List[torch.Tensor]]]:
         """
         Args:
-            features: per level [N, C, H_i, W_i].
+            features: per level [N, C, H_i, W_i], one per stride of ``input_shape``.
 
         Returns:
             (logits, box_logits, quality): lists over levels (``quality`` is ``None`` without
             DGQP), shapes as in the class docstring.
+
+        Raises:
+            ValueError: if the number of levels differs from the number of strides.
         """
+        check_num_levels(features, self.strides)
         logits, box_logits = [], []
         for feature, scale in zip(features, self.scales):
             logits.append(self.cls_logits(self.cls_tower(feature)))

@@ -15,7 +15,9 @@ from detectron2.layers import ShapeSpec
 
 from ...layers import Scale
 from ...layers.deform_conv import DeformConv
-from .towers import conv_tower, init_conv_normal, prior_bias
+from .towers import (
+    MAX_EXP_INPUT, check_head_inputs, check_num_levels, conv_tower, decode_ltrb, init_conv_normal, prior_bias,
+)
 
 # Regular 3x3 grid of a dilation-1 kernel, (dy, dx) per kernel position k = 3 i + j (row-major).
 _GRID = [(i - 1, j - 1) for i in range(3) for j in range(3)]
@@ -115,18 +117,13 @@ class VFNetHead(nn.Module):
                 offset_grad_mul / init_ltrb.
         """
         super().__init__()
-        channels = {s.channels for s in input_shape}
-        if len(channels) != 1:
-            raise ValueError(f"VFNet head needs equal channels on all levels, got {channels}")
-        if num_classes < 1:
-            raise ValueError(f"NUM_CLASSES must be >= 1, got {num_classes}")
+        c = check_head_inputs(input_shape, num_classes, "VFNet")
         if num_convs < 0:
             raise ValueError(f"MODEL.FCOS.NUM_CONVS must be >= 0, got {num_convs}")
         if not 0.0 <= offset_grad_mul <= 1.0:
             raise ValueError(f"MODEL.VFNET.OFFSET_GRAD_MUL must be in [0, 1], got {offset_grad_mul}")
         if init_ltrb <= 0:
             raise ValueError(f"init_ltrb must be > 0 (stride units), got {init_ltrb}")
-        c = channels.pop()
         self.num_classes = num_classes
         self.strides = [s.stride for s in input_shape]
         self.offset_grad_mul = float(offset_grad_mul)
@@ -166,17 +163,18 @@ class VFNetHead(nn.Module):
         Raises:
             ValueError: if the number of levels differs from the number of strides.
         """
-        if len(features) != len(self.strides):
-            raise ValueError(f"got {len(features)} feature levels for strides {self.strides}")
+        check_num_levels(features, self.strides)
         logits, ltrb_init, ltrb_refine = [], [], []
         for i, (feature, stride) in enumerate(zip(features, self.strides)):
             cls_feat = self.cls_tower(feature)
             box_feat = self.box_tower(feature)
-            init = F.relu(self.scales_init[i](self.box_init_pred(self.box_init_conv(box_feat)))) * stride
+            init_reg = self.scales_init[i](self.box_init_pred(self.box_init_conv(box_feat)))
+            init = decode_ltrb(init_reg, stride, norm_reg_targets=True)  # relu(x) * stride, pixels
             offsets = star_offsets(scale_offset_gradient(init, self.offset_grad_mul), stride)
             refine_feat = F.relu(self.box_refine_dconv(box_feat, offsets))
+            refine_reg = self.scales_refine[i](self.box_refine_pred(refine_feat))
             # clamp: keep exp finite early in training (exp(20) ~ 5e8 is far beyond any image).
-            factors = torch.exp(self.scales_refine[i](self.box_refine_pred(refine_feat)).clamp(max=20.0))
+            factors = torch.exp(refine_reg.clamp(max=MAX_EXP_INPUT))
             logits.append(self.cls_logits(F.relu(self.cls_dconv(cls_feat, offsets))))
             ltrb_init.append(init)
             ltrb_refine.append(factors * init.detach())

@@ -4,6 +4,27 @@ import torch.nn.functional as F
 from fvcore.nn import sigmoid_focal_loss_jit
 
 
+def check_focal_parameters(alpha: float, gamma: float, alpha_key: str, gamma_key: str,
+                           negative_alpha_disables: bool = True) -> None:
+    """Validate focal-style loss parameters (Lin et al., ICCV 2017, Eq. 5).
+
+    Args:
+        alpha: weight in [0, 1]; with ``negative_alpha_disables`` any alpha < 0 is also accepted
+            (fvcore's ``sigmoid_focal_loss``: alpha < 0 means no alpha weighting).
+        gamma: focusing exponent, >= 0.
+        alpha_key, gamma_key: the config keys named in the error message.
+
+    Raises:
+        ValueError: alpha or gamma outside its range (NaN included), naming the config key.
+    """
+    alpha_ok = alpha <= 1.0 and (alpha >= 0.0 or (negative_alpha_disables and alpha < 0.0))
+    if not alpha_ok:
+        allowed = "[0, 1] (or < 0 to disable alpha weighting)" if negative_alpha_disables else "[0, 1]"
+        raise ValueError(f"{alpha_key} must be in {allowed}, got {alpha}")
+    if not gamma >= 0.0:
+        raise ValueError(f"{gamma_key} must be >= 0, got {gamma}")
+
+
 def focal_loss_with_labels(
     logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, alpha: float, gamma: float
 ) -> torch.Tensor:
@@ -18,7 +39,14 @@ def focal_loss_with_labels(
 
     Returns:
         Tensor: scalar, the sum (not normalized; the caller divides by the number of positives).
+
+    Raises:
+        ValueError: a label outside [0, K], naming the first offending value.
     """
     num_classes = logits.shape[1]
+    bad = (labels < 0) | (labels > num_classes)
+    if bad.any():
+        first = labels[bad][0].item()
+        raise ValueError(f"focal loss labels must be in [0, K={num_classes}] (K = background), got {first}")
     targets = F.one_hot(labels, num_classes + 1)[:, :num_classes].to(logits.dtype)
     return sigmoid_focal_loss_jit(logits[valid], targets[valid], alpha=alpha, gamma=gamma, reduction="sum")

@@ -3,7 +3,21 @@ from typing import Optional
 
 import torch
 
+from .reduction import reduce_loss
+
 _EPS = 1e-7
+IOU_LOSS_TYPES = ("iou", "linear_iou", "giou")
+
+
+def check_iou_loss_type(loss_type: str, key: str = "BOX_LOSS_TYPE") -> str:
+    """Return ``loss_type`` if it is one of :data:`IOU_LOSS_TYPES` (see :func:`iou_loss`).
+
+    Raises:
+        ValueError: another value, naming the config ``key``.
+    """
+    if loss_type not in IOU_LOSS_TYPES:
+        raise ValueError(f"{key} must be iou/linear_iou/giou, got {loss_type!r}")
+    return loss_type
 
 
 def paired_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, giou: bool = False) -> torch.Tensor:
@@ -73,13 +87,7 @@ def iou_loss(
     elif loss_type == "giou":
         loss = 1.0 - paired_iou(pred, target, giou=True)
     else:
-        raise ValueError(f"BOX_LOSS_TYPE must be 'iou', 'linear_iou' or 'giou', got {loss_type!r}")
+        check_iou_loss_type(loss_type)  # raises
     if weight is not None:
         loss = loss * weight
-    if reduction == "sum":
-        return loss.sum()
-    if reduction == "mean":
-        return loss.mean() if loss.numel() else loss.sum()
-    if reduction == "none":
-        return loss
-    raise ValueError(f"reduction must be 'sum', 'mean' or 'none', got {reduction!r}")
+    return reduce_loss(loss, reduction)

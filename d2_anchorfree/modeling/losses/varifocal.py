@@ -2,6 +2,8 @@
 import torch
 import torch.nn.functional as F
 
+from .reduction import reduce_loss
+
 
 def varifocal_loss(
     logits: torch.Tensor,
@@ -51,10 +53,4 @@ def varifocal_loss(
     weight = torch.where(positive, pos_weight, alpha * prob.pow(gamma))
     # BCE with soft target q: -(q log p + (1 - q) log(1 - p)); for negatives (q = 0) -log(1 - p).
     loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none") * weight
-    if reduction == "sum":
-        return loss.sum()
-    if reduction == "mean":
-        return loss.mean() if loss.numel() else loss.sum()
-    if reduction == "none":
-        return loss
-    raise ValueError(f"reduction must be 'sum', 'mean' or 'none', got {reduction!r}")
+    return reduce_loss(loss, reduction)

@@ -4,17 +4,19 @@ from typing import Dict, List, Optional
 import torch
 
 from detectron2.config import configurable
-from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
+from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import Instances
 from detectron2.utils.events import get_event_storage
 
 from ..assigners import build_assigner
 from ..box_coder import boxes_to_ltrb, ltrb_to_boxes
 from ..heads.defcn_head import DeFCNHead, DeFCNOutputs, joint_logits
-from ..losses import focal_loss_with_labels, iou_loss, ltrb_as_boxes
-from ..postprocessing import dense_inference
-from .base import AnchorFreeDetector, check_gt_instances, flatten_levels, loss_normalizer
-from .fcos import permute
+from ..losses import (
+    check_focal_parameters, check_iou_loss_type, focal_loss_with_labels, iou_loss, ltrb_as_boxes,
+)
+from .base import (
+    AnchorFreeDetector, check_gt_instances, flatten_levels, gather_positive_targets, loss_normalizer, permute,
+)
 
 
 def put_scalar(name: str, value: float):
@@ -63,9 +65,12 @@ class DeFCN(AnchorFreeDetector):
             **kwargs: see :class:`AnchorFreeDetector`.
 
         Raises:
-            ValueError: an aux assigner without an auxiliary classifier in the head, or the reverse.
+            ValueError: an aux assigner without an auxiliary classifier in the head, or the reverse;
+                a focal parameter out of range (and see :class:`AnchorFreeDetector`).
         """
         super().__init__(**kwargs)
+        check_focal_parameters(focal_alpha, focal_gamma, "MODEL.FCOS.FOCAL_LOSS_ALPHA",
+                               "MODEL.FCOS.FOCAL_LOSS_GAMMA")
         has_aux_branch = getattr(self.head, "aux_logits", None) is not None
         if has_aux_branch != (aux_assigner is not None):
             raise ValueError(
@@ -75,7 +80,7 @@ class DeFCN(AnchorFreeDetector):
             )
         self.assigner = assigner
         self.aux_assigner = aux_assigner
-        self.box_loss_type = box_loss_type
+        self.box_loss_type = check_iou_loss_type(box_loss_type, "MODEL.FCOS.BOX_LOSS_TYPE")
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
         self.loss_weights = tuple(loss_weights)
@@ -84,26 +89,17 @@ class DeFCN(AnchorFreeDetector):
     @classmethod
     def from_config(cls, cfg):
         c = cfg.MODEL.FCOS
-        backbone = build_backbone(cfg)
-        args = cls.common_config(cfg, backbone, c.IN_FEATURES)
-        shapes = [backbone.output_shape()[f] for f in c.IN_FEATURES]
-        strides = [s.stride for s in shapes]
-        if c.BOX_LOSS_TYPE not in ("iou", "linear_iou", "giou"):
-            raise ValueError(f"MODEL.FCOS.BOX_LOSS_TYPE must be iou/linear_iou/giou, got {c.BOX_LOSS_TYPE!r}")
+        args, shapes, strides = cls.common_config(cfg)
         use_aux = cfg.MODEL.DEFCN.USE_AUX_LOSS
         args.update(
             head=DeFCNHead(cfg, shapes),
             assigner=build_assigner("POTOAssigner", cfg, strides),
             aux_assigner=build_assigner("POTOAuxAssigner", cfg, strides) if use_aux else None,
-            num_classes=c.NUM_CLASSES,
             box_loss_type=c.BOX_LOSS_TYPE,
             focal_alpha=c.FOCAL_LOSS_ALPHA,
             focal_gamma=c.FOCAL_LOSS_GAMMA,
             loss_weights=(c.LOSS_WEIGHT_CLS, c.LOSS_WEIGHT_BOX, cfg.MODEL.POTO.AUX_LOSS_WEIGHT),
             nms_free=cfg.MODEL.DEFCN.NMS_FREE,
-            test_score_thresh=c.SCORE_THRESH_TEST,
-            test_topk_candidates=c.TOPK_CANDIDATES_TEST,
-            test_nms_thresh=c.NMS_THRESH_TEST,
         )
         return args
 
@@ -116,6 +112,20 @@ class DeFCN(AnchorFreeDetector):
 
     def forward_training(self, images, features, predictions: DeFCNOutputs,
                          gt_instances: List[Instances]) -> Dict[str, torch.Tensor]:
+        """POTO assignment from the detached final scores and decoded boxes, then the DeFCN losses
+        (and the auxiliary one-to-many loss when enabled).
+
+        Args:
+            predictions: :class:`DeFCNOutputs`, per level logits [N, K, H_l, W_l], ltrb
+                [N, 4, H_l, W_l] pixels, filters [N, 1, H_l, W_l] (or none), aux_logits
+                [N, K, H_l, W_l] (or none).
+
+        Returns:
+            dict of scalar losses "loss_defcn_cls", "loss_defcn_box" (see :meth:`losses`) and, with
+            the auxiliary loss, "loss_defcn_aux" (see :meth:`aux_loss`).
+
+        Other arguments and errors: :meth:`AnchorFreeDetector.forward_training`.
+        """
         check_gt_instances(gt_instances, self.num_classes)
         shifts = self.shift_generator(features)
         points = torch.cat(shifts)
@@ -136,14 +146,6 @@ class DeFCN(AnchorFreeDetector):
             losses["loss_defcn_aux"] = self.loss_weights[2] * self.aux_loss(gt_instances, aux_matched, aux_logits)
         return losses
 
-    def labels_of(self, gt_instances: List[Instances], matched: torch.Tensor) -> torch.Tensor:
-        """[N, R] class labels from matched GT indices: class id, or K for BACKGROUND/IGNORE."""
-        labels = torch.full_like(matched, self.num_classes)
-        for i, gt in enumerate(gt_instances):
-            pos = matched[i] >= 0
-            labels[i][pos] = gt.gt_classes[matched[i][pos]]
-        return labels
-
     def losses(self, points, gt_instances, matched, logits, ltrb) -> Dict[str, torch.Tensor]:
         """
         Args:
@@ -154,19 +156,17 @@ class DeFCN(AnchorFreeDetector):
             dict with "loss_defcn_cls" (focal, Lin et al. 2017 Eq. 5) and "loss_defcn_box"
             (IoU-family loss), both divided by max(1, positives averaged over workers).
         """
-        pos = matched >= 0
-        labels = self.labels_of(gt_instances, matched)
-        gt_ltrb = torch.zeros_like(ltrb)
-        for i, gt in enumerate(gt_instances):
-            gt_ltrb[i][pos[i]] = boxes_to_ltrb(points[pos[i]], gt.gt_boxes.tensor[matched[i][pos[i]]])
+        targets = gather_positive_targets(gt_instances, matched, self.num_classes)
+        pos = targets.pos
+        gt_ltrb = boxes_to_ltrb(points[targets.pos_point], targets.gt_boxes)  # [P, 4] pixels
         num_pos_local = pos.sum().item()
         num_pos = loss_normalizer(pos.sum().float(), 1.0)
         put_scalar("defcn/num_pos_per_gt", num_pos_local / max(1, sum(len(g) for g in gt_instances)))
         loss_cls = focal_loss_with_labels(
-            logits.flatten(0, 1), labels.flatten(), (matched >= -1).flatten(),
+            logits.flatten(0, 1), targets.labels.flatten(), targets.valid.flatten(),
             self.focal_alpha, self.focal_gamma,
         ) / num_pos
-        loss_box = iou_loss(ltrb_as_boxes(ltrb[pos]), ltrb_as_boxes(gt_ltrb[pos]), self.box_loss_type) / num_pos
+        loss_box = iou_loss(ltrb_as_boxes(ltrb[pos]), ltrb_as_boxes(gt_ltrb), self.box_loss_type) / num_pos
         # Keep the box branch in the graph when there is no positive (e.g. images with no objects).
         loss_box = loss_box + 0.0 * ltrb.sum()
         w_cls, w_box, _ = self.loss_weights
@@ -181,25 +181,35 @@ class DeFCN(AnchorFreeDetector):
         Returns:
             scalar: summed focal loss / max(1, aux positives averaged over workers).
         """
-        pos = aux_matched >= 0
-        num_pos = loss_normalizer(pos.sum().float(), 1.0)
-        put_scalar("defcn/num_aux_pos_per_gt", pos.sum().item() / max(1, sum(len(g) for g in gt_instances)))
-        labels = self.labels_of(gt_instances, aux_matched)
+        targets = gather_positive_targets(gt_instances, aux_matched, self.num_classes)
+        num_pos = loss_normalizer(targets.pos.sum().float(), 1.0)
+        put_scalar("defcn/num_aux_pos_per_gt",
+                   targets.pos.sum().item() / max(1, sum(len(g) for g in gt_instances)))
         return focal_loss_with_labels(
-            aux_logits.flatten(0, 1), labels.flatten(), (aux_matched >= -1).flatten(),
+            aux_logits.flatten(0, 1), targets.labels.flatten(), targets.valid.flatten(),
             self.focal_alpha, self.focal_gamma,
         ) / num_pos
 
-    def forward_inference(self, images, features, predictions: DeFCNOutputs) -> List[Instances]:
-        shifts = self.shift_generator(features)
-        nms_thresh: Optional[float] = None if self.nms_free else self.test_nms_thresh
-        results = []
-        for i, image_size in enumerate(images.image_sizes):
-            scores = [torch.sigmoid(permute(l[i], self.num_classes)) for l in predictions.logits]
-            if predictions.filters:
-                scores = [s * torch.sigmoid(permute(f[i], 1)) for s, f in zip(scores, predictions.filters)]
-            boxes = [permute(d[i], 4) for d in predictions.ltrb]
-            results.append(dense_inference(
-                scores, boxes, shifts, image_size, self.test_score_thresh,
-                self.test_topk_candidates, nms_thresh, self.max_detections_per_image))
-        return results
+    @property
+    def inference_nms_thresh(self) -> Optional[float]:
+        """``None`` (NMS-free: top ``TEST.DETECTIONS_PER_IMAGE`` over all levels and classes,
+        DeFCN Sec. 3) when ``nms_free``, else ``MODEL.FCOS.NMS_THRESH_TEST``."""
+        return None if self.nms_free else self.test_nms_thresh
+
+    def per_image_scores_and_ltrb(self, predictions: DeFCNOutputs, i: int):
+        """DeFCN scores of image ``i``: sigmoid(cls) * sigmoid(filter) (Sec. 3.3), or sigmoid(cls)
+        without 3DMF.
+
+        Args:
+            predictions: :class:`DeFCNOutputs`, per level logits [N, K, H_l, W_l], ltrb
+                [N, 4, H_l, W_l] pixels, filters [N, 1, H_l, W_l] (or none).
+            i: image index.
+
+        Returns:
+            per level scores [R_l, K] in [0, 1] (also what SCORE_THRESH_TEST thresholds),
+            ltrb [R_l, 4] pixels, and ``None`` for the candidate scores.
+        """
+        scores = [torch.sigmoid(permute(l[i], self.num_classes)) for l in predictions.logits]
+        if predictions.filters:
+            scores = [s * torch.sigmoid(permute(f[i], 1)) for s, f in zip(scores, predictions.filters)]
+        return scores, [permute(d[i], 4) for d in predictions.ltrb], None

@@ -5,7 +5,7 @@ from typing import Dict, List
 import torch
 
 from detectron2.config import configurable
-from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
+from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import Instances
 
 from ..assigners import build_assigner
@@ -13,9 +13,10 @@ from ..assigners.base import cat_points
 from ..box_coder import boxes_to_ltrb, ltrb_to_boxes
 from ..heads.gfl_head import GFLHead, distribution_to_distance
 from ..losses import distribution_focal_loss, iou_loss, ltrb_as_boxes, paired_iou, quality_focal_loss
-from ..postprocessing import dense_inference
-from .base import AnchorFreeDetector, check_gt_instances, flatten_levels, loss_normalizer
-from .fcos import assigner_name, permute
+from .base import (
+    AnchorFreeDetector, check_gt_instances, flatten_levels, gather_positive_targets, loss_normalizer, permute,
+)
+from .fcos import assigner_name
 
 
 @META_ARCH_REGISTRY.register()
@@ -55,24 +56,32 @@ class GFL(AnchorFreeDetector):
 
     @classmethod
     def from_config(cls, cfg):
-        c, g = cfg.MODEL.FCOS, cfg.MODEL.GFL
-        backbone = build_backbone(cfg)
-        args = cls.common_config(cfg, backbone, c.IN_FEATURES)
-        shapes = [backbone.output_shape()[f] for f in c.IN_FEATURES]
+        g = cfg.MODEL.GFL
+        args, shapes, strides = cls.common_config(cfg)
         args.update(
             head=GFLHead(cfg, shapes),
-            assigner=build_assigner(assigner_name(g.ASSIGNER), cfg, [s.stride for s in shapes]),
-            num_classes=c.NUM_CLASSES,
+            assigner=build_assigner(assigner_name(g.ASSIGNER), cfg, strides),
             reg_max=g.REG_MAX,
             qfl_beta=g.QFL_BETA,
             loss_weights=(g.LOSS_WEIGHT_QFL, g.LOSS_WEIGHT_BOX, g.LOSS_WEIGHT_DFL),
-            test_score_thresh=c.SCORE_THRESH_TEST,
-            test_topk_candidates=c.TOPK_CANDIDATES_TEST,
-            test_nms_thresh=c.NMS_THRESH_TEST,
         )
         return args
 
-    def forward_training(self, images, features, predictions, gt_instances: List[Instances]):
+    def forward_training(self, images, features, predictions,
+                         gt_instances: List[Instances]) -> Dict[str, torch.Tensor]:
+        """Assign targets (``self.assigner`` per image, with the detached decoded predictions for
+        prediction-aware assigners) and compute the GFL losses.
+
+        Args:
+            predictions: (logits, box_logits, quality) of :class:`GFLHead`, per level
+                [N, K, H_l, W_l] joint logits, [N, 4 (REG_MAX + 1), H_l, W_l] bin logits (stride
+                units), and [N, 1, H_l, W_l] DGQP quality in (0, 1) or ``None``.
+
+        Returns:
+            dict of scalar losses "loss_gfl_qfl", "loss_gfl_box", "loss_gfl_dfl" (see :meth:`losses`).
+
+        Other arguments and errors: :meth:`AnchorFreeDetector.forward_training`.
+        """
         check_gt_instances(gt_instances, self.num_classes)
         logits, box_logits, quality = predictions
         shifts = self.shift_generator(features)
@@ -104,23 +113,19 @@ class GFL(AnchorFreeDetector):
             dict with "loss_gfl_qfl", "loss_gfl_box", "loss_gfl_dfl" (scalars).
         """
         points, point_strides = cat_points(shifts, self.strides)
-        pos = matched >= 0
-        pos_img, pos_point = pos.nonzero(as_tuple=True)
-        gt_boxes = torch.cat([gt.gt_boxes.tensor for gt in gt_instances])
-        gt_classes = torch.cat([gt.gt_classes for gt in gt_instances])
-        offsets = torch.tensor([0] + [len(gt) for gt in gt_instances][:-1], device=matched.device).cumsum(0)
-        gt_idx = matched[pos] + offsets[pos_img]  # index into the batch's concatenated GTs
+        targets = gather_positive_targets(gt_instances, matched, self.num_classes)
+        pos, pos_img, pos_point = targets.pos, targets.pos_img, targets.pos_point
         pos_strides = point_strides[pos_point][:, None]  # [P, 1] pixels
 
         pos_box_logits = box_logits[pos]  # [P, 4 (n + 1)]
         pred_ltrb = distribution_to_distance(pos_box_logits, self.reg_max) * pos_strides  # pixels
-        gt_ltrb = boxes_to_ltrb(points[pos_point], gt_boxes[gt_idx])  # pixels
+        gt_ltrb = boxes_to_ltrb(points[pos_point], targets.gt_boxes)  # pixels
         pred_boxes, target_boxes = ltrb_as_boxes(pred_ltrb), ltrb_as_boxes(gt_ltrb)
 
         # QFL: soft targets y = IoU(pred box, GT box) at the GT class (Eq. 5).
         qfl_targets = torch.zeros_like(scores)
-        qfl_targets[pos_img, pos_point, gt_classes[gt_idx]] = paired_iou(pred_boxes.detach(), target_boxes)
-        valid = matched >= -1  # IGNORE (-2) stays out of the classification loss
+        qfl_targets[pos_img, pos_point, targets.gt_classes] = paired_iou(pred_boxes.detach(), target_boxes)
+        valid = targets.valid  # IGNORE (-2) stays out of the classification loss
         num_pos = loss_normalizer(pos.sum().float(), 1.0)
         loss_qfl = quality_focal_loss(scores[valid], qfl_targets[valid], self.qfl_beta, activated) / num_pos
 
@@ -140,18 +145,24 @@ class GFL(AnchorFreeDetector):
         return {"loss_gfl_qfl": w_qfl * loss_qfl, "loss_gfl_box": w_box * loss_box,
                 "loss_gfl_dfl": w_dfl * loss_dfl}
 
-    def forward_inference(self, images, features, predictions):
+    def per_image_scores_and_ltrb(self, predictions, i: int):
+        """GFL scores and boxes of image ``i``.
+
+        Args:
+            predictions: (logits, box_logits, quality) of :class:`GFLHead`, per level
+                [N, K, H_l, W_l], [N, 4 (REG_MAX + 1), H_l, W_l], [N, 1, H_l, W_l] or ``None``.
+            i: image index.
+
+        Returns:
+            per level scores sigmoid(logits) [R_l, K] (times the DGQP quality, GFLv2 Eq. 4;
+            also what SCORE_THRESH_TEST thresholds), ltrb [R_l, 4] pixels = integral of the
+            distributions (GFL Eq. 6) times the stride, and ``None`` for the candidate scores.
+        """
         logits, box_logits, quality = predictions
-        shifts = self.shift_generator(features)
         bins = 4 * (self.reg_max + 1)
-        results = []
-        for i, image_size in enumerate(images.image_sizes):
-            scores = [torch.sigmoid(permute(x[i], self.num_classes)) for x in logits]
-            if quality is not None:
-                scores = [s * permute(q[i], 1) for s, q in zip(scores, quality)]
-            ltrb = [distribution_to_distance(permute(b[i], bins), self.reg_max) * stride
-                    for b, stride in zip(box_logits, self.strides)]
-            results.append(dense_inference(
-                scores, ltrb, shifts, image_size, self.test_score_thresh,
-                self.test_topk_candidates, self.test_nms_thresh, self.max_detections_per_image))
-        return results
+        scores = [torch.sigmoid(permute(x[i], self.num_classes)) for x in logits]
+        if quality is not None:
+            scores = [s * permute(q[i], 1) for s, q in zip(scores, quality)]
+        ltrb = [distribution_to_distance(permute(b[i], bins), self.reg_max) * stride
+                for b, stride in zip(box_logits, self.strides)]
+        return scores, ltrb, None

@@ -6,17 +6,18 @@ from typing import Dict, List
 import torch
 
 from detectron2.config import configurable
-from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
+from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import Instances
 
 from ..assigners import build_assigner
 from ..box_coder import boxes_to_ltrb, ltrb_to_boxes
 from ..heads.vfnet_head import VFNetHead
-from ..losses import iou_loss, ltrb_as_boxes, paired_iou
+from ..losses import check_focal_parameters, iou_loss, ltrb_as_boxes, paired_iou
 from ..losses.varifocal import varifocal_loss
-from ..postprocessing import dense_inference
-from .base import AnchorFreeDetector, check_gt_instances, flatten_levels, loss_normalizer
-from .fcos import assigner_name, permute
+from .base import (
+    AnchorFreeDetector, check_gt_instances, flatten_levels, gather_positive_targets, loss_normalizer, permute,
+)
+from .fcos import assigner_name
 
 # Positive IACS targets are clamped to at least this so that a positive whose refined box misses
 # its GT (IoU 0) is still a positive of the Varifocal Loss (q > 0); authors' code: 1e-6.
@@ -49,12 +50,18 @@ class VFNet(AnchorFreeDetector):
         Args:
             assigner: callable(shifts, gt, pred_logits=[R, K], pred_boxes=[R, 4] XYXY pixels)
                 -> matched_idxs [R] (see assigners; the predictions are detached).
-            alpha, gamma: Varifocal Loss parameters (paper: 0.75, 2).
+            alpha, gamma: Varifocal Loss parameters (paper: 0.75, 2); alpha in [0, 1], gamma >= 0.
             iou_weighted: weight VFL positives by their IoU target (paper) or by 1.
             loss_weights: (VFL, initial-box GIoU, refined-box GIoU) multipliers.
             **kwargs: see :class:`AnchorFreeDetector` (``head`` must be a :class:`VFNetHead`).
+
+        Raises:
+            ValueError: alpha or gamma out of range, naming the config key (and see
+                :class:`AnchorFreeDetector`).
         """
         super().__init__(**kwargs)
+        check_focal_parameters(alpha, gamma, "MODEL.VFNET.ALPHA", "MODEL.VFNET.GAMMA",
+                               negative_alpha_disables=False)
         self.assigner = assigner
         self.alpha = alpha
         self.gamma = gamma
@@ -64,25 +71,33 @@ class VFNet(AnchorFreeDetector):
     @classmethod
     def from_config(cls, cfg):
         c, v = cfg.MODEL.FCOS, cfg.MODEL.VFNET
-        backbone = build_backbone(cfg)
-        args = cls.common_config(cfg, backbone, c.IN_FEATURES)
-        shapes = [backbone.output_shape()[f] for f in c.IN_FEATURES]
+        args, shapes, strides = cls.common_config(cfg)
         name = "ATSSAssigner" if v.USE_ATSS else assigner_name(c.ASSIGNER)
         args.update(
             head=VFNetHead(cfg, shapes),
-            assigner=build_assigner(name, cfg, [s.stride for s in shapes]),
-            num_classes=c.NUM_CLASSES,
+            assigner=build_assigner(name, cfg, strides),
             alpha=v.ALPHA,
             gamma=v.GAMMA,
             iou_weighted=v.IOU_WEIGHTED,
             loss_weights=(v.LOSS_WEIGHT_VFL, v.LOSS_WEIGHT_BOX_INIT, v.LOSS_WEIGHT_BOX_REFINE),
-            test_score_thresh=c.SCORE_THRESH_TEST,
-            test_topk_candidates=c.TOPK_CANDIDATES_TEST,
-            test_nms_thresh=c.NMS_THRESH_TEST,
         )
         return args
 
-    def forward_training(self, images, features, predictions, gt_instances: List[Instances]):
+    def forward_training(self, images, features, predictions,
+                         gt_instances: List[Instances]) -> Dict[str, torch.Tensor]:
+        """Assign targets (``self.assigner`` per image, with the detached refined boxes for
+        prediction-aware assigners) and compute the VFNet losses.
+
+        Args:
+            predictions: (logits, ltrb_init, ltrb_refine) of :class:`VFNetHead`, per level
+                [N, K, H_l, W_l] IACS logits, [N, 4, H_l, W_l] and [N, 4, H_l, W_l] distances in pixels.
+
+        Returns:
+            dict of scalar losses "loss_vfnet_cls", "loss_vfnet_box_init", "loss_vfnet_box_refine"
+            (see :meth:`losses`).
+
+        Other arguments and errors: :meth:`AnchorFreeDetector.forward_training`.
+        """
         check_gt_instances(gt_instances, self.num_classes)
         logits, ltrb_init, ltrb_refine = predictions
         shifts = self.shift_generator(features)
@@ -109,22 +124,18 @@ class VFNet(AnchorFreeDetector):
             dict with "loss_vfnet_cls", "loss_vfnet_box_init", "loss_vfnet_box_refine" (scalars).
         """
         points = torch.cat(shifts)
-        pos = matched >= 0
-        pos_img, pos_point = pos.nonzero(as_tuple=True)
-        gt_boxes = torch.cat([gt.gt_boxes.tensor for gt in gt_instances])
-        gt_classes = torch.cat([gt.gt_classes for gt in gt_instances])
-        offsets = torch.tensor([0] + [len(gt) for gt in gt_instances][:-1], device=matched.device).cumsum(0)
-        gt_idx = matched[pos] + offsets[pos_img]  # index into the batch's concatenated GTs
+        targets = gather_positive_targets(gt_instances, matched, self.num_classes)
+        pos, pos_img, pos_point = targets.pos, targets.pos_img, targets.pos_point
 
-        target_boxes = ltrb_as_boxes(boxes_to_ltrb(points[pos_point], gt_boxes[gt_idx]))
+        target_boxes = ltrb_as_boxes(boxes_to_ltrb(points[pos_point], targets.gt_boxes))
         init_boxes, refine_boxes = ltrb_as_boxes(ltrb_init[pos]), ltrb_as_boxes(ltrb_refine[pos])
         iou_init = paired_iou(init_boxes.detach(), target_boxes).clamp(min=MIN_IOU_TARGET)
         iou_refine = paired_iou(refine_boxes.detach(), target_boxes).clamp(min=MIN_IOU_TARGET)
 
         # Varifocal Loss on the IoU-aware classification score (Eq. 2).
         cls_targets = torch.zeros_like(logits)
-        cls_targets[pos_img, pos_point, gt_classes[gt_idx]] = iou_refine.to(logits.dtype)
-        valid = matched >= -1  # IGNORE (-2) stays out of the classification loss
+        cls_targets[pos_img, pos_point, targets.gt_classes] = iou_refine.to(logits.dtype)
+        valid = targets.valid  # IGNORE (-2) stays out of the classification loss
         num_pos = loss_normalizer(pos.sum().float(), 1.0)
         loss_cls = varifocal_loss(
             logits[valid], cls_targets[valid], self.alpha, self.gamma, self.iou_weighted) / num_pos
@@ -141,14 +152,18 @@ class VFNet(AnchorFreeDetector):
         return {"loss_vfnet_cls": w_cls * loss_cls, "loss_vfnet_box_init": w_init * loss_init,
                 "loss_vfnet_box_refine": w_refine * loss_refine}
 
-    def forward_inference(self, images, features, predictions):
+    def per_image_scores_and_ltrb(self, predictions, i: int):
+        """VFNet scores and boxes of image ``i`` (paper Sec. 4: the IACS ranks the detections).
+
+        Args:
+            predictions: (logits, ltrb_init, ltrb_refine) of :class:`VFNetHead`, per level
+                [N, K, H_l, W_l], [N, 4, H_l, W_l] pixels, [N, 4, H_l, W_l] pixels.
+            i: image index.
+
+        Returns:
+            per level scores sigmoid(IACS logits) [R_l, K] (no centerness; also what
+            SCORE_THRESH_TEST thresholds), the refined ltrb [R_l, 4] pixels, and ``None``.
+        """
         logits, _, ltrb_refine = predictions
-        shifts = self.shift_generator(features)
-        results = []
-        for i, image_size in enumerate(images.image_sizes):
-            scores = [torch.sigmoid(permute(x[i], self.num_classes)) for x in logits]
-            boxes = [permute(d[i], 4) for d in ltrb_refine]
-            results.append(dense_inference(
-                scores, boxes, shifts, image_size, self.test_score_thresh,
-                self.test_topk_candidates, self.test_nms_thresh, self.max_detections_per_image))
-        return results
+        scores = [torch.sigmoid(permute(x[i], self.num_classes)) for x in logits]
+        return scores, [permute(d[i], 4) for d in ltrb_refine], None
