@@ -40,6 +40,39 @@ def make_batch(height=128, width=160, seed=0):
     return [{"image": img(), "instances": with_gt}, {"image": img(), "instances": empty}]
 
 
+def train_step_and_predict(cfg, min_detections: int = 0):
+    """Build ``cfg``'s model, run one training step on :func:`make_batch` (one image without
+    objects), check the losses are finite and every parameter gets a gradient, then run one
+    inference asking for a 256x320 output and check its fields, size, count and score range.
+
+    Returns:
+        (model, losses dict).
+    """
+    from detectron2.modeling import build_model
+    from detectron2.utils.events import EventStorage
+
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model.train()
+    batch = make_batch(128, 160)
+    with EventStorage():
+        losses = model(batch)
+    total = sum(losses.values())
+    assert torch.isfinite(total), losses
+    total.backward()
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not no_grad, f"parameters without gradient: {no_grad[:5]}"
+    model.eval()
+    with torch.no_grad():
+        out = model([{"image": batch[0]["image"], "height": 256, "width": 320}])
+    inst = out[0]["instances"]
+    assert inst.image_size == (256, 320)  # rescaled to the requested output size
+    assert min_detections <= len(inst) <= cfg.TEST.DETECTIONS_PER_IMAGE
+    assert {"pred_boxes", "scores", "pred_classes"} <= set(inst.get_fields())
+    assert ((inst.scores >= 0) & (inst.scores <= 1)).all()
+    return model, losses
+
+
 @pytest.fixture
 def tiny_batch():
     return make_batch()

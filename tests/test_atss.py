@@ -7,13 +7,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
-from detectron2.utils.events import EventStorage
 
 from d2_anchorfree.modeling.assigners import ASSIGNER_REGISTRY, BACKGROUND, IGNORE, build_assigner
 from d2_anchorfree.modeling.assigners.atss import ATSSAssigner, adaptive_iou_threshold, atss_positives
 from d2_anchorfree.modeling.losses import paired_iou
 
-from conftest import load_cfg, make_batch
+from conftest import load_cfg, train_step_and_predict
 
 
 def grid(height, width, stride):
@@ -235,34 +234,10 @@ def test_registry_config_and_bad_arguments():
         ATSSAssigner(strides=[8, 16, 32])(TOY_SHIFTS, instances(TOY_BOXES))
 
 
-def train_step_and_predict(cfg):
-    """One training step on a batch with an image without objects (finite losses, a gradient for
-    every parameter), then one inference (run with ``MODEL.FCOS.SCORE_THRESH_TEST`` 0).
-    Also used by test_gfl.py."""
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    model.train()
-    batch = make_batch(128, 160)
-    with EventStorage():
-        losses = model(batch)
-    total = sum(losses.values())
-    assert torch.isfinite(total), losses
-    total.backward()
-    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
-    assert not no_grad, f"parameters without gradient: {no_grad[:5]}"
-    model.eval()
-    with torch.no_grad():
-        out = model([{"image": batch[0]["image"]}])
-    inst = out[0]["instances"]
-    assert inst.image_size == (128, 160) and len(inst) > 0  # SCORE_THRESH_TEST 0: something comes out
-    assert ((inst.scores > 0) & (inst.scores <= 1)).all()
-    return model, losses
-
-
 @pytest.mark.parametrize("config_file",
                          ["configs/ATSS/ATSS_tiny_R_18_cpu.yaml", "configs/ATSS/ATSS_R_50_FPN_1x.yaml"])
 def test_atss_configs_train_one_step_and_predict(config_file):
-    model, losses = train_step_and_predict(load_cfg(config_file, "MODEL.FCOS.SCORE_THRESH_TEST", 0.0))
+    model, losses = train_step_and_predict(load_cfg(config_file, "MODEL.FCOS.SCORE_THRESH_TEST", 0.0), 1)
     assert type(model).__name__ == "ATSS" and isinstance(model.assigner, ATSSAssigner)
     assert set(losses) == {"loss_fcos_cls", "loss_fcos_box", "loss_fcos_ctr"}
     assert losses["loss_fcos_box"] > 0  # the two objects got ATSS positives
@@ -272,7 +247,7 @@ def test_fcos_with_atss_assigner_from_yaml():
     # The paper's "FCOS + ATSS" setting: META_ARCHITECTURE FCOS, MODEL.FCOS.ASSIGNER ATSS.
     cfg = load_cfg("configs/FCOS/FCOS_tiny_R_18_cpu.yaml", "MODEL.FCOS.ASSIGNER", "ATSS",
                    "MODEL.FCOS.SCORE_THRESH_TEST", 0.0)
-    model, _ = train_step_and_predict(cfg)
+    model, _ = train_step_and_predict(cfg, 1)
     assert type(model).__name__ == "FCOS" and isinstance(model.assigner, ATSSAssigner)
 
 

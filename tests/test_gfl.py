@@ -14,8 +14,7 @@ from d2_anchorfree.modeling.assigners import ATSSAssigner, FCOSAssigner
 from d2_anchorfree.modeling.heads.gfl_head import DGQP, GFLHead, distribution_to_distance
 from d2_anchorfree.modeling.losses import distribution_focal_loss, quality_focal_loss
 
-from conftest import load_cfg, make_batch, make_instances
-from test_atss import train_step_and_predict
+from conftest import load_cfg, make_batch, make_instances, train_step_and_predict
 
 LOG2 = math.log(2)
 
@@ -242,7 +241,7 @@ def test_image_without_objects_and_targets_beyond_reg_max():
     ("configs/GFL/GFL_R_50_FPN_1x.yaml", []),
 ])
 def test_gfl_configs_train_one_step_and_predict(config_file, opts):
-    model, losses = train_step_and_predict(load_cfg(config_file, "MODEL.FCOS.SCORE_THRESH_TEST", 0.0, *opts))
+    model, losses = train_step_and_predict(load_cfg(config_file, "MODEL.FCOS.SCORE_THRESH_TEST", 0.0, *opts), 1)
     assert type(model).__name__ == "GFL" and isinstance(model.assigner, ATSSAssigner)
     assert set(losses) == {"loss_gfl_qfl", "loss_gfl_box", "loss_gfl_dfl"}
     assert losses["loss_gfl_box"] > 0 and losses["loss_gfl_dfl"] > 0  # the objects got positives
@@ -252,5 +251,5 @@ def test_gfl_configs_train_one_step_and_predict(config_file, opts):
 def test_gfl_with_the_fcos_assigner_from_yaml():
     cfg = load_cfg("configs/GFL/GFL_tiny_R_18_cpu.yaml", "MODEL.GFL.ASSIGNER", "FCOS",
                    "MODEL.FCOS.SCORE_THRESH_TEST", 0.0)
-    model, _ = train_step_and_predict(cfg)
+    model, _ = train_step_and_predict(cfg, 1)
     assert isinstance(model.assigner, FCOSAssigner)
