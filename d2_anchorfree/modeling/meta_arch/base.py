@@ -223,6 +223,29 @@ class AnchorFreeDetector(DenseDetector):
         }
         return args, shapes, [s.stride for s in shapes]
 
+    @staticmethod
+    def assign_batch(assigner, shifts: List[torch.Tensor], gt_instances: List[Instances],
+                     pred_logits: Optional[torch.Tensor] = None,
+                     pred_boxes: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Run ``assigner`` on every image of the batch.
+
+        Args:
+            assigner: an assigner (see ``assigners.base``). shifts: per level [R_i, 2] pixels.
+            gt_instances: N ``Instances``.
+            pred_logits: optional [N, R, K] class logits, pred_boxes: optional [N, R, 4] XYXY
+                pixels; detached here and passed per image to prediction-aware assigners (POTO).
+
+        Returns:
+            Tensor [N, R] long: GT index, BACKGROUND (-1) or IGNORE (-2) per point.
+        """
+        if pred_logits is None:
+            return torch.stack([assigner(shifts, gt) for gt in gt_instances])
+        pred_logits, pred_boxes = pred_logits.detach(), pred_boxes.detach()
+        return torch.stack([
+            assigner(shifts, gt, pred_logits=pred_logits[i], pred_boxes=pred_boxes[i])
+            for i, gt in enumerate(gt_instances)
+        ])
+
     @property
     def strides(self) -> List[int]:
         """Stride in pixels of each level the head sees, finest first (e.g. [8, 16, 32, 64, 128])."""

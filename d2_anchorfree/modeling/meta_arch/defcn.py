@@ -132,16 +132,10 @@ class DeFCN(AnchorFreeDetector):
         logits = self.final_logits(predictions)  # [N, R, K]
         ltrb = flatten_levels(predictions.ltrb, 4)  # [N, R, 4] pixels
         pred_boxes = ltrb_to_boxes(points[None], ltrb.detach())
-        matched = torch.stack([
-            self.assigner(shifts, gt, pred_logits=z, pred_boxes=b)
-            for gt, z, b in zip(gt_instances, logits.detach(), pred_boxes)
-        ])
+        matched = self.assign_batch(self.assigner, shifts, gt_instances, logits, pred_boxes)
         losses = self.losses(points, gt_instances, matched, logits, ltrb)
         if self.aux_assigner is not None:
-            aux_matched = torch.stack([
-                self.aux_assigner(shifts, gt, pred_logits=z, pred_boxes=b)
-                for gt, z, b in zip(gt_instances, logits.detach(), pred_boxes)
-            ])
+            aux_matched = self.assign_batch(self.aux_assigner, shifts, gt_instances, logits, pred_boxes)
             aux_logits = flatten_levels(predictions.aux_logits, self.num_classes)
             losses["loss_defcn_aux"] = self.loss_weights[2] * self.aux_loss(gt_instances, aux_matched, aux_logits)
         return losses

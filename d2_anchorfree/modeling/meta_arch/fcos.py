@@ -99,7 +99,7 @@ class FCOS(AnchorFreeDetector):
         check_gt_instances(gt_instances, self.num_classes)
         logits, ltrb, centerness = predictions
         shifts = self.shift_generator(features)
-        matched = torch.stack([self.assigner(shifts, gt) for gt in gt_instances])  # [N, R]
+        matched = self.assign_batch(self.assigner, shifts, gt_instances)  # [N, R]
         return self.losses(
             shifts, gt_instances, matched,
             flatten_levels(logits, self.num_classes), flatten_levels(ltrb, 4),

@@ -95,10 +95,7 @@ class GFL(AnchorFreeDetector):
             pred_ltrb = distribution_to_distance(box_logits, self.reg_max) * point_strides[:, None]
             pred_boxes = ltrb_to_boxes(points, pred_ltrb)  # [N, R, 4] pixels
             pred_logits = scores if quality is None else torch.logit(scores, eps=1e-6)
-        matched = torch.stack([
-            self.assigner(shifts, gt, pred_logits=pred_logits[i], pred_boxes=pred_boxes[i])
-            for i, gt in enumerate(gt_instances)
-        ])  # [N, R]
+        matched = self.assign_batch(self.assigner, shifts, gt_instances, pred_logits, pred_boxes)
         return self.losses(shifts, gt_instances, matched, scores, box_logits, activated=quality is not None)
 
     def losses(self, shifts, gt_instances, matched, scores, box_logits,

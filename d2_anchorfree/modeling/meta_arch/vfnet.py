@@ -106,10 +106,7 @@ class VFNet(AnchorFreeDetector):
         # Predictions for prediction-aware assigners (e.g. POTO); ATSS and FCOS ignore them.
         with torch.no_grad():
             pred_boxes = ltrb_to_boxes(torch.cat(shifts), ltrb_refine)  # [N, R, 4] pixels
-        matched = torch.stack([
-            self.assigner(shifts, gt, pred_logits=logits[i].detach(), pred_boxes=pred_boxes[i])
-            for i, gt in enumerate(gt_instances)
-        ])  # [N, R]
+        matched = self.assign_batch(self.assigner, shifts, gt_instances, logits, pred_boxes)
         return self.losses(shifts, gt_instances, matched, logits, ltrb_init, ltrb_refine)
 
     def losses(self, shifts, gt_instances, matched, logits, ltrb_init,
