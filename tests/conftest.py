@@ -1,4 +1,5 @@
 """Shared test helpers: config loading and tiny synthetic batches."""
+import importlib.util
 import os
 
 import pytest
@@ -11,6 +12,15 @@ import d2_anchorfree
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+def load_tool(name: str):
+    """Import ``tools/<name>.py`` (the tools are scripts, not a package) as a module."""
+    path = os.path.join(REPO, "tools", name + ".py")
+    spec = importlib.util.spec_from_file_location("d2af_tool_" + name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def load_cfg(config_file: str, *opts):

@@ -2,9 +2,6 @@
 points exactly like the library's chunked FCOSAssigner: on a hand-worked case and on random
 cases (crowd boxes, duplicated boxes, boxes on the point grid so that "strictly inside" and the
 inclusive range ends are hit exactly, tiny chunks so that the GTs are split)."""
-import importlib.util
-import os
-
 import pytest
 import torch
 
@@ -12,18 +9,10 @@ from detectron2.structures import Boxes, Instances
 
 from d2_anchorfree.modeling.assigners import FCOSAssigner
 
-from conftest import REPO
+from conftest import load_tool
 
 
-def load_baseline():
-    path = os.path.join(REPO, "tools", "dense_fcos_baseline.py")
-    spec = importlib.util.spec_from_file_location("dense_fcos_baseline", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-baseline = load_baseline()
+baseline = load_tool("dense_fcos_baseline")
 
 
 def grid(height, width, stride):

@@ -42,6 +42,11 @@ Sections (``--sections``):
 * ``hungarian``: the time of POTO's ``linear_sum_assignment`` matching alone (``--hungarian-gt``
   GTs per image, default 10/100/500) and of the whole POTO assigner, with the problem size.
 
+Every model of a backbone is built once and the ``infer`` and ``train`` timings are taken
+round-robin: run ``i`` times every model once, in an order rotated by ``i``. A slow spell of the
+machine (another process, clock changes) then lands on all models alike instead of on whichever
+was being measured, which made one-model-after-another ratios unreliable on a shared 2-core CPU.
+
 Models (``--models``): ours FCOS, ATSS, GFL, VFNet, DeFCN (+ "DeFCN+NMS": the same DeFCN model
 with ``nms_free`` off, inference only), and detectron2's ``d2-RetinaNet`` (yacs:
 configs/baselines/RetinaNet_R_50_FPN_1x.yaml, configs/tiny/RetinaNet_tiny_R_18_cpu.yaml) and
@@ -54,7 +59,8 @@ R-18 + FPN-64, 1 class). Ratios "x RetinaNet" / "x d2-FCOS" divide a model's tim
 detectron2's on the same backbone and size.
 
 With ``--device cuda`` every timed region is bracketed by ``torch.cuda.synchronize()``, the
-tables add images/s and the peak CUDA memory. ``--threads N`` calls ``torch.set_num_threads(N)``
+tables add images/s and the peak CUDA memory of the call (allocated beyond what was allocated
+before it: activations and gradients, not the resident weights). ``--threads N`` calls ``torch.set_num_threads(N)``
 in this process and in every assignment subprocess.
 """
 import argparse
@@ -305,139 +311,231 @@ def inference_once(model, inputs, timer: LapTimer):
     return out
 
 
-def bench_inference(model, inputs, args) -> Dict:
-    """Per-image latency (ms) of each part, over ``args.runs`` runs after ``args.warmup``."""
+class CudaPeak:
+    """Context manager: on CUDA, ``entry["peak_mem_mb"]`` = the largest CUDA memory allocated
+    inside the block beyond what was allocated on entry (the call's activations and gradients,
+    not the weights of the models kept resident), over all blocks of that entry. No-op on CPU."""
+
+    def __init__(self, entry: Dict, device: str):
+        self.entry, self.cuda = entry, device.startswith("cuda")
+
+    def __enter__(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.before = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            torch.cuda.synchronize()
+            peak = (torch.cuda.max_memory_allocated() - self.before) / 2**20
+            self.entry["peak_mem_mb"] = max(self.entry.get("peak_mem_mb", 0.0), peak)
+        return False
+
+
+def split_matches_forward(model, inputs) -> bool:
+    """The split path of :func:`inference_once` gives what ``model(inputs)`` gives (same
+    detections of the first image): the parts timed are the parts the model runs."""
     model.eval()
-    parts = {k: [] for k in ("preprocess", "backbone_fpn", "head", "post", "total")}
-    num = len(inputs)
-    if args.device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
     with torch.no_grad():
-        # The split path must give what model(inputs) gives (same detections).
         ref = model(inputs)[0]["instances"]
-        split = inference_once(model, inputs, LapTimer(args.device))[0]
-        consistent = len(ref) == len(split) and torch.allclose(ref.scores, split.scores, atol=1e-5)
-        for i in range(args.warmup + args.runs):
-            timer = LapTimer(args.device)
-            start = timer.last
-            out = inference_once(model, inputs, timer)
-            if i >= args.warmup:
-                for k, v in timer.laps.items():
-                    parts[k].append(v / num)
-                parts["total"].append((timer.last - start) / num)
-    row = {k: summarize(v) for k, v in parts.items()}
-    row["detections_per_image"] = sum(len(o) for o in out) / num
-    row["split_matches_forward"] = bool(consistent)
-    if args.device.startswith("cuda"):
-        row["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
-        row["images_per_s"] = 1000.0 / row["total"]["median"]
-    return row
+        split = inference_once(model, inputs, LapTimer("cpu"))[0]
+    return len(ref) == len(split) and torch.allclose(ref.scores, split.scores, atol=1e-5)
 
 
-# ------------------------------------------------------------------------------------- training
-def bench_train(model, inputs, args) -> Dict:
-    """Time of one training step split into forward / assignment / losses / backward (ms)."""
+def inference_laps(model, inputs, device: str):
+    """One timed inference of ``inputs``: (seconds per part and "total", per image; detections)."""
+    model.eval()
+    with torch.no_grad():
+        timer = LapTimer(device)
+        start = timer.last
+        out = inference_once(model, inputs, timer)
+    laps = {k: v / len(inputs) for k, v in timer.laps.items()}
+    laps["total"] = (timer.last - start) / len(inputs)
+    return laps, out
+
+
+def train_step_laps(model, inputs, proxies: Dict[str, "TimedCall"], device: str):
+    """One timed training step (forward + backward, no optimizer step) on ``inputs``.
+
+    Returns (seconds of "forward", "assign", "losses", "backward", "total"; finite loss). The
+    assignment time is read from the ``proxies`` installed by :func:`install_assign_proxies`.
+    """
     from detectron2.utils.events import EventStorage
 
     model.train()
-    hooks = assign_hooks(model)
-    originals = {n: getattr(model, n) for n in hooks}
-    proxies = {n: TimedCall(originals[n], args.device) for n in hooks}
+    model.zero_grad(set_to_none=True)
+    for p in proxies.values():
+        p.elapsed = 0.0
+    gt = [x["instances"].to(model.device) for x in inputs]  # data loading, not timed
+    timer = LapTimer(device)
+    start = timer.last
+    with EventStorage(0):
+        images = model.preprocess_image(inputs)
+        features = model.backbone(images.tensor)
+        features = [features[f] for f in model.head_in_features]
+        predictions = model.head(features)
+        timer.lap("forward")
+        losses = model.forward_training(images, features, predictions, gt)
+        timer.lap("assign+losses")
+        total = sum(losses.values())
+    total.backward()
+    timer.lap("backward")
+    assign = sum(p.elapsed for p in proxies.values())
+    laps = {"forward": timer.laps["forward"], "assign": assign, "losses": timer.laps["assign+losses"] - assign,
+            "backward": timer.laps["backward"], "total": timer.last - start}
+    return laps, bool(torch.isfinite(total).item())
+
+
+def install_assign_proxies(model, device: str) -> Dict[str, "TimedCall"]:
+    """Replace the model's assignment attributes (:func:`assign_hooks`) by timing proxies."""
+    proxies = {n: TimedCall(getattr(model, n), device) for n in assign_hooks(model)}
     for n, p in proxies.items():
         setattr(model, n, p)
-    parts = {k: [] for k in ("forward", "assign", "losses", "backward", "total")}
-    if args.device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    try:
-        for i in range(args.warmup_train + args.train_runs):
-            model.zero_grad(set_to_none=True)
-            for p in proxies.values():
-                p.elapsed = 0.0
-            gt = [x["instances"].to(model.device) for x in inputs]  # data loading, not timed
-            timer = LapTimer(args.device)
-            start = timer.last
-            with EventStorage(0):
-                images = model.preprocess_image(inputs)
-                features = model.backbone(images.tensor)
-                features = [features[f] for f in model.head_in_features]
-                predictions = model.head(features)
-                timer.lap("forward")
-                losses = model.forward_training(images, features, predictions, gt)
-                timer.lap("assign+losses")
-                total = sum(losses.values())
-            total.backward()
-            timer.lap("backward")
-            if i < args.warmup_train:
+    return proxies
+
+
+def remove_assign_proxies(model, proxies: Dict[str, "TimedCall"]):
+    for n, p in proxies.items():
+        if n == "label_anchors":
+            delattr(model, n)  # back to the class method
+        else:
+            setattr(model, n, p.fn)
+
+
+def interleaved(entries: List[Dict], rounds: int, warmup: int, measure: Callable[[Dict], Dict[str, float]]):
+    """Time every entry ``warmup + rounds`` times, round-robin: round ``i`` runs the entries in
+    an order rotated by ``i``, so that a slow spell of the machine (another process, frequency
+    changes, allocator warm-up) hits every model alike instead of the one measured at that
+    moment, and no model always runs first. Returns {label: {part: [seconds, ...]}} over the
+    rounds after the warm-up; an entry whose ``measure`` raises gets ``"error"`` and is dropped
+    from later rounds."""
+    samples = {e["label"]: {} for e in entries}
+    alive = list(entries)
+    for i in range(warmup + rounds):
+        k = i % max(len(alive), 1)
+        for e in alive[k:] + alive[:k]:
+            try:
+                laps = measure(e)
+            except Exception as exc:  # one broken model must not stop the others
+                e["error"] = f"{type(exc).__name__}: {exc}"
+                traceback.print_exc()
                 continue
-            assign = sum(p.elapsed for p in proxies.values())
-            parts["forward"].append(timer.laps["forward"])
-            parts["assign"].append(assign)
-            parts["losses"].append(timer.laps["assign+losses"] - assign)
-            parts["backward"].append(timer.laps["backward"])
-            parts["total"].append(timer.last - start)
-    finally:
-        for n, fn in originals.items():
-            if n == "label_anchors":
-                delattr(model, n)  # back to the class method
-            else:
-                setattr(model, n, fn)
-    row = {k: summarize(v) for k, v in parts.items()}
-    row["assign_hooks"] = hooks
-    row["finite_loss"] = bool(torch.isfinite(total).item())
-    if args.device.startswith("cuda"):
-        row["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
-        row["images_per_s"] = len(inputs) * 1000.0 / row["total"]["median"]
-    return row
+            if i >= warmup:
+                for part, v in laps.items():
+                    samples[e["label"]].setdefault(part, []).append(v)
+        alive = [e for e in alive if "error" not in e]
+    return samples
+
+
+def build_entries(args, backbone: str, results: Dict) -> List[Dict]:
+    """Build every ``--models`` model on ``backbone``: entries {label, name, model, num_classes,
+    nms_free}; DeFCN adds a "DeFCN+NMS" inference entry on the same model. A model that fails to
+    build gets error rows and no entry."""
+    entries = []
+    for name in args.models:
+        try:
+            model, num_classes = build(name, backbone, args.device)
+        except Exception as e:  # a detector still being written must not stop the others
+            err = f"{type(e).__name__}: {e}"
+            print(f"[{backbone}] {name}: build failed: {err}", file=sys.stderr)
+            for size in args.sizes:
+                for sec in ("inference", "train"):
+                    results[sec].append({"model": name, "backbone": backbone, "size": size, "error": err})
+            continue
+        if args.score_thresh >= 0:
+            model.test_score_thresh = args.score_thresh
+        nms_free = getattr(model, "nms_free", None) if name == "DeFCN" else None
+        entries.append({"label": name, "name": name, "model": model, "num_classes": num_classes,
+                        "nms_free": nms_free})
+        if nms_free:
+            entries.append({"label": "DeFCN+NMS", "name": name, "model": model, "num_classes": num_classes,
+                            "nms_free": False, "infer_only": True})
+    return entries
+
+
+def set_variant(entry: Dict):
+    if entry["nms_free"] is not None:
+        entry["model"].nms_free = entry["nms_free"]
 
 
 def run_models(args, results: Dict):
+    """Inference and training-step timings of every model, interleaved (see :func:`interleaved`)."""
     sections = set(args.sections)
     for backbone in args.backbones:
-        for name in args.models:
-            try:
-                model, num_classes = build(name, backbone, args.device)
-            except Exception as e:  # a detector still being written must not stop the others
-                err = f"{type(e).__name__}: {e}"
-                print(f"[{backbone}] {name}: build failed: {err}", file=sys.stderr)
-                for size in args.sizes:
-                    for sec in ("inference", "train"):
-                        results[sec].append({"model": name, "backbone": backbone, "size": size, "error": err})
-                continue
-            variants = [(name, None)]
-            if name == "DeFCN" and getattr(model, "nms_free", False):
-                variants.append(("DeFCN+NMS", False))
-            for size in args.sizes:
-                h, w = parse_size(size)
-                base = {"backbone": backbone, "size": size}
-                if "infer" in sections:
-                    inputs = make_inputs(args.batch, h, w, 0, num_classes)
-                    for label, nms_free in variants:
-                        if nms_free is not None:
-                            model.nms_free = nms_free
-                        if args.score_thresh >= 0:
-                            model.test_score_thresh = args.score_thresh
-                        row = {"model": label, **base, "batch": args.batch}
-                        try:
-                            row.update(bench_inference(model, inputs, args))
-                        except Exception as e:
-                            row["error"] = f"{type(e).__name__}: {e}"
-                            traceback.print_exc()
-                        results["inference"].append(row)
-                        print_progress("infer", row)
-                    if len(variants) > 1:
-                        model.nms_free = True
-                if "train" in sections:
-                    inputs = make_inputs(args.train_batch, h, w, args.train_gt, num_classes, seed=1)
-                    row = {"model": name, **base, "batch": args.train_batch, "gt_per_image": args.train_gt}
+        entries = build_entries(args, backbone, results)
+        for size in args.sizes:
+            h, w = parse_size(size)
+            base = {"backbone": backbone, "size": size}
+            if "infer" in sections:
+                infer_entries = [dict(e) for e in entries]
+                for e in infer_entries:
+                    set_variant(e)
+                    e["inputs"] = make_inputs(args.batch, h, w, 0, e["num_classes"])
                     try:
-                        row.update(bench_train(model, inputs, args))
-                    except Exception as e:
-                        row["error"] = f"{type(e).__name__}: {e}"
+                        e["consistent"] = split_matches_forward(e["model"], e["inputs"])
+                    except Exception as exc:
+                        e["error"] = f"{type(exc).__name__}: {exc}"
                         traceback.print_exc()
+                ok = [e for e in infer_entries if "error" not in e]
+
+                def measure_infer(e):
+                    set_variant(e)
+                    with CudaPeak(e, args.device):
+                        laps, out = inference_laps(e["model"], e["inputs"], args.device)
+                    e["detections_per_image"] = sum(len(o) for o in out) / len(out)
+                    return laps
+
+                samples = interleaved(ok, args.runs, args.warmup, measure_infer)
+                for e in infer_entries:
+                    row = {"model": e["label"], **base, "batch": args.batch}
+                    if "error" in e:
+                        row["error"] = e["error"]
+                    else:
+                        row.update({k: summarize(v) for k, v in samples[e["label"]].items()})
+                        row["detections_per_image"] = e["detections_per_image"]
+                        row["split_matches_forward"] = bool(e["consistent"])
+                        if args.device.startswith("cuda"):
+                            row["images_per_s"] = 1000.0 / row["total"]["median"]
+                            row["peak_mem_mb"] = e.get("peak_mem_mb")
+                    results["inference"].append(row)
+                    print_progress("infer", row)
+                for e in entries:
+                    set_variant(e)  # DeFCN back to its configured nms_free
+            if "train" in sections:
+                train_entries = [dict(e) for e in entries if not e.get("infer_only")]
+                for e in train_entries:
+                    e["inputs"] = make_inputs(args.train_batch, h, w, args.train_gt, e["num_classes"], seed=1)
+                    e["proxies"] = install_assign_proxies(e["model"], args.device)
+                    e["finite"] = True
+
+                def measure_train(e):
+                    with CudaPeak(e, args.device):
+                        laps, finite = train_step_laps(e["model"], e["inputs"], e["proxies"], args.device)
+                    e["finite"] = e["finite"] and finite
+                    return laps
+
+                try:
+                    samples = interleaved(train_entries, args.train_runs, args.warmup_train, measure_train)
+                finally:
+                    for e in train_entries:
+                        remove_assign_proxies(e["model"], e["proxies"])
+                        e["model"].zero_grad(set_to_none=True)
+                for e in train_entries:
+                    row = {"model": e["label"], **base, "batch": args.train_batch, "gt_per_image": args.train_gt}
+                    if "error" in e:
+                        row["error"] = e["error"]
+                    else:
+                        row.update({k: summarize(v) for k, v in samples[e["label"]].items()})
+                        row["assign_hooks"] = list(e["proxies"])
+                        row["finite_loss"] = e["finite"]
+                        if args.device.startswith("cuda"):
+                            row["images_per_s"] = len(e["inputs"]) * 1000.0 / row["total"]["median"]
+                            row["peak_mem_mb"] = e.get("peak_mem_mb")
                     results["train"].append(row)
                     print_progress("train", row)
-            del model
-            gc.collect()
+        del entries
+        gc.collect()
 
 
 def print_progress(section: str, row: Dict):
