@@ -95,9 +95,11 @@ def toy_greedy_trap():
     return shifts, gt, pred_logits, pred_boxes, quality, in_prior
 
 
-def test_poto_is_optimal_where_greedy_is_not():
+@pytest.mark.parametrize("chunk_elements", [1 << 20, 0])  # dense solver / sparse solver
+def test_poto_is_optimal_where_greedy_is_not(chunk_elements):
     shifts, gt, pred_logits, pred_boxes, quality, in_prior = toy_greedy_trap()
-    assigner = POTOAssigner(strides=[8], sizes_of_interest=[], spatial_prior="inside")
+    assigner = POTOAssigner(strides=[8], sizes_of_interest=[], spatial_prior="inside",
+                            chunk_elements=max(chunk_elements, 1))
     matched = assigner(shifts, gt, pred_logits=pred_logits, pred_boxes=pred_boxes)
     # Optimal: GT 1 -> point 0 (0.85), GT 0 -> point 1 (0.8): total 1.65.
     assert matched.tolist() == [1, 0, BACKGROUND, BACKGROUND]
@@ -175,7 +177,8 @@ def test_restricted_matching_equals_unrestricted_on_random_cases(spatial_prior, 
         assert in_prior[matched[pos], pos.nonzero().squeeze(1)].all()
 
 
-def test_sparse_matching_equals_dense_with_more_gts_than_columns():
+@pytest.mark.parametrize("max_dense_elements", [1 << 20, 0])  # dense solver / sparse solver
+def test_restricted_matching_equals_dense_with_more_gts_than_columns(max_dense_elements):
     # 6 GTs compete for 4 usable columns out of 10 points: 2 GTs must stay unmatched.
     gen = torch.Generator().manual_seed(3)
     for _ in range(20):
@@ -183,17 +186,20 @@ def test_sparse_matching_equals_dense_with_more_gts_than_columns():
         in_prior = torch.zeros(6, 10, dtype=torch.bool)
         in_prior[:, [1, 4, 5, 8]] = torch.rand(6, 4, generator=gen) < 0.7
         gi, pi = in_prior.nonzero(as_tuple=True)
-        sparse = match_one_to_one(pi, gi, quality[gi, pi], num_gt=6, num_points=10)
+        sparse = match_one_to_one(pi, gi, quality[gi, pi], num_gt=6, num_points=10,
+                                  max_dense_elements=max_dense_elements)
         dense = match_one_to_one_dense(quality, in_prior)
         assert torch.equal(sparse, dense)
         assert int((sparse >= 0).sum()) <= 4
 
 
-def test_hundreds_of_gts():
+@pytest.mark.parametrize("chunk_elements", [1 << 20, 1000])  # dense solver / sparse solver
+def test_hundreds_of_gts(chunk_elements):
     gen = torch.Generator().manual_seed(7)
     strides, shifts, gt, pred_logits, pred_boxes = random_case(gen, 300, height=128, width=160,
                                                                strides=(8, 16, 32, 64, 128))
-    assigner = POTOAssigner(strides=strides, sizes_of_interest=[64, 128, 256, 512])
+    assigner = POTOAssigner(strides=strides, sizes_of_interest=[64, 128, 256, 512],
+                            chunk_elements=chunk_elements)
     matched = assigner(shifts, gt, pred_logits=pred_logits, pred_boxes=pred_boxes)
     quality, in_prior = brute_force_problem(shifts, strides, gt, pred_logits, pred_boxes, "center",
                                             1.5, "all", [64, 128, 256, 512])

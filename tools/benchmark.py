@@ -39,8 +39,11 @@ Sections (``--sections``):
   allowed, ``ru_maxrss`` after the call minus ``VmRSS`` before it, marked "<=" when ``ru_maxrss``
   did not grow (then only an upper bound). On CUDA, ``torch.cuda.max_memory_allocated()`` minus
   the memory allocated before the call.
-* ``hungarian``: the time of POTO's ``linear_sum_assignment`` matching alone (``--hungarian-gt``
-  GTs per image, default 10/100/500) and of the whole POTO assigner, with the problem size.
+* ``hungarian``: POTO's one-to-one matching alone (``--hungarian-gt`` GTs per image, default
+  10/100/500/1000/3000) by both exact solvers of ``match_one_to_one`` (dense
+  ``linear_sum_assignment`` on the [G x in-prior columns] matrix, sparse LAPJVsp on the in-prior
+  pairs; whether they agree; which one POTOAssigner picks at that size) and the whole POTO
+  assigner, with the problem size.
 
 Every model of a backbone is built once and the ``infer`` and ``train`` timings are taken
 round-robin: run ``i`` times every model once, in an order rotated by ``i``. A slow spell of the
@@ -688,7 +691,7 @@ def run_assign(args, results: Dict):
 
 
 def run_hungarian(args, results: Dict):
-    """POTO's Hungarian matching alone (and the whole assigner) for ``--hungarian-gt``."""
+    """POTO's matching alone by both solvers (and the whole assigner) for ``--hungarian-gt``."""
     from d2_anchorfree.modeling.assigners import build_assigner
     from d2_anchorfree.modeling.assigners.poto import match_one_to_one, pair_quality
 
@@ -702,26 +705,36 @@ def run_hungarian(args, results: Dict):
             num_points = sum(len(s) for s in shifts)
             point_idx, gt_idx = assigner.prior_pairs(shifts, gt)
             quality = pair_quality(point_idx, gt_idx, gt, logits, boxes, assigner.alpha)
-            match, whole = [], []
+            dense, sparse, whole = [], [], []
             for i in range(args.warmup + args.assign_runs):
                 synchronize(args.device)
                 t0 = time.perf_counter()
-                match_one_to_one(point_idx, gt_idx, quality, num_gt, num_points)
-                synchronize(args.device)
+                by_dense = match_one_to_one(point_idx, gt_idx, quality, num_gt, num_points,
+                                            max_dense_elements=2**62)
                 t1 = time.perf_counter()
+                by_sparse = match_one_to_one(point_idx, gt_idx, quality, num_gt, num_points, max_dense_elements=0)
+                synchronize(args.device)
+                t2 = time.perf_counter()
                 assigner(shifts, gt, pred_logits=logits, pred_boxes=boxes)
                 synchronize(args.device)
                 if i >= args.warmup:
-                    match.append(t1 - t0)
-                    whole.append(time.perf_counter() - t1)
-            row.update({"pairs": len(point_idx), "columns": len(torch.unique(point_idx)),
-                        "hungarian_ms": summarize(match), "poto_total_ms": summarize(whole)})
+                    dense.append(t1 - t0)
+                    sparse.append(t2 - t1)
+                    whole.append(time.perf_counter() - t2)
+            columns = len(torch.unique(point_idx))
+            row.update({"pairs": len(point_idx), "columns": columns,
+                        "dense_matrix_mb": num_gt * columns * 8 / 2**20,
+                        "hungarian_ms": summarize(dense), "sparse_ms": summarize(sparse),
+                        "same_matching": bool(torch.equal(by_dense, by_sparse)),
+                        "poto_solver": "dense" if num_gt * columns <= assigner.prior.chunk_elements else "sparse",
+                        "poto_total_ms": summarize(whole)})
         except Exception as e:
             row["error"] = f"{type(e).__name__}: {e}"
             traceback.print_exc()
         results["hungarian"].append(row)
-        print(f"  hungarian G={num_gt}: " + (fmt(row["hungarian_ms"]["median"], 2) + " ms"
-                                            if "error" not in row else row["error"]), flush=True)
+        print(f"  matching G={num_gt}: " + (f"dense {fmt(row['hungarian_ms']['median'], 2)} ms, sparse "
+                                           f"{fmt(row['sparse_ms']['median'], 2)} ms, same {row['same_matching']}"
+                                           if "error" not in row else row["error"]), flush=True)
 
 
 # ------------------------------------------------------------------------------------ reporting
@@ -813,12 +826,13 @@ def report(results: Dict, args) -> str:
                 f"(target <= {TARGET_MEM}: {'met' if base['mem_target_met'] else 'MISSED'}); "
                 f"identical labels: {base['same_positives']}")
     if results["hungarian"]:
-        rows = [[r["num_gt"], r.get("pairs", "-"), r.get("columns", "-"),
-                 spread(r["hungarian_ms"]) if "hungarian_ms" in r else r.get("error", "")[:60],
-                 spread(r["poto_total_ms"]) if "poto_total_ms" in r else "-"] for r in results["hungarian"]]
-        out.append(f"### POTO Hungarian matching, one image {args.assign_size}\n\n"
-                   + markdown_table(["GT", "in-prior pairs", "cost columns", "linear_sum_assignment ms",
-                                     "whole POTOAssigner ms"], rows))
+        rows = [[r["num_gt"], r["pairs"], r["columns"], fmt(r["dense_matrix_mb"]), spread(r["hungarian_ms"]),
+                 spread(r["sparse_ms"]), r["same_matching"], r["poto_solver"], spread(r["poto_total_ms"])]
+                if "error" not in r else [r["num_gt"], r["error"][:60]] + ["-"] * 7 for r in results["hungarian"]]
+        out.append(f"### POTO one-to-one matching, one image {args.assign_size}\n\n"
+                   + markdown_table(["GT", "in-prior pairs", "cost columns", "dense matrix MB",
+                                     "dense linear_sum_assignment ms", "sparse LAPJVsp ms", "same matching",
+                                     "POTOAssigner uses", "whole POTOAssigner ms"], rows))
     return "\n\n".join(out)
 
 
@@ -866,7 +880,8 @@ def parse_args(argv=None):
                    help="largest GT count for the dense assigners (dense-FCOS, d2-*) (default 1000)")
     p.add_argument("--baseline-gt", type=int, default=1000, help="GT count of the FCOSAssigner/dense comparison")
     p.add_argument("--assign-runs", type=int, default=3, help="timed assignment runs after the first call")
-    p.add_argument("--hungarian-gt", type=ints, default=[10, 100, 500], help="GT counts of the Hungarian timing")
+    p.add_argument("--hungarian-gt", type=ints, default=[10, 100, 500, 1000, 3000],
+                   help="GT counts of the POTO matching timing")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: tiny backbone, 128x160 inputs, 1 run, assignment at 256x320 with 10/50 GT")
     p.add_argument("--out", default="output/benchmark.json", help="JSON output (default output/benchmark.json)")
