@@ -15,6 +15,8 @@ reason that has nothing to do with the loss. The test therefore uses GN in the R
 """
 import os
 import sys
+import time
+from datetime import timedelta
 
 import pytest
 import torch
@@ -37,6 +39,7 @@ CONFIGS = {  # name -> (config, extra overrides)
 }
 OPTS = ("MODEL.RESNETS.NORM", "GN")
 WORLD = 2
+WORKER_TIMEOUT_S = 300
 
 
 def two_images():
@@ -68,7 +71,8 @@ def worker(rank, init_file, tmp_dir, names):
     """One DDP process: for each detector, one step on image ``rank``, normalized with the global
     positives ("global", the code as it is) or the local ones ("local", negative control)."""
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD,
+                            timeout=timedelta(seconds=WORKER_TIMEOUT_S))
     try:
         inputs = [two_images()[rank]]
         for name in names:
@@ -89,8 +93,24 @@ def worker(rank, init_file, tmp_dir, names):
                 if rank == 0:  # after DDP's all-reduce every rank holds the averaged gradients
                     torch.save({"losses": torch.stack(losses), "grads": grads},
                                os.path.join(tmp_dir, f"{name}_{mode}.pt"))
+        dist.barrier()  # neither rank tears gloo down while the other still uses it
     finally:
         dist.destroy_process_group()
+
+
+def run_workers(init_file: str, tmp_dir: str):
+    """Run the WORLD workers; never wait forever. A worker error raises (mp.spawn's
+    ProcessRaisedException). Workers still alive after WORKER_TIMEOUT_S (seen once: one rank
+    blocked in gloo's teardown after all results were written) are killed; the tests then read
+    the result files, so a run that did not finish its work still fails on a missing file."""
+    context = mp.spawn(worker, args=(init_file, tmp_dir, list(CONFIGS)), nprocs=WORLD, join=False)
+    deadline = time.monotonic() + WORKER_TIMEOUT_S
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                if process.is_alive():
+                    process.kill()
+            return
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +125,7 @@ def runs(tmp_path_factory):
             f"{name} no longer normalizes with loss_normalizer: update the negative control"
         torch.save(model.state_dict(), tmp / f"{name}_init.pth")
         single[name] = loss_and_grads(model, two_images())
-    mp.spawn(worker, args=(str(tmp / "init"), str(tmp), list(CONFIGS)), nprocs=WORLD, join=True)
+    run_workers(str(tmp / "init"), str(tmp))
     return {name: (single[name], {m: torch.load(tmp / f"{name}_{m}.pt") for m in ("global", "local")})
             for name in CONFIGS}
 
