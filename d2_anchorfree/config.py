@@ -121,6 +121,13 @@ def add_anchorfree_config(cfg):
     # Check every annotation (file exists, box inside image, positive size, known category).
     _C.DATASETS.VALIDATE_ANNOTATIONS = True
 
+    # ---- training health (d2_anchorfree.engine.health.TrainingHealthCheck)
+    _C.SOLVER.HEALTH_CHECK = CN()
+    _C.SOLVER.HEALTH_CHECK.ENABLED = True
+    # Stop when the weights' global L2 norm exceeds this multiple of its value at the start of the
+    # run (exploding weights under gradient clipping keep the loss finite); 0 disables.
+    _C.SOLVER.HEALTH_CHECK.MAX_WEIGHT_NORM_GROWTH = 100.0
+
     # ---- evaluation
     # COCOeval maxDets becomes [1, 10, this]; AP is computed at this many detections per image.
     # Raise it (with TEST.DETECTIONS_PER_IMAGE) for crowded images such as tree-crown tiles.
