@@ -48,6 +48,7 @@ __all__ = [
     "recompute_coco_areas",
     "validate_images",
     "check_num_classes",
+    "num_classes_key",
     "register_coco_dataset",
     "register_datasets_from_config",
 ]
@@ -453,6 +454,81 @@ def validate_images(dataset_dicts: Sequence[dict], num_threads: Optional[int] = 
             "stops when the loader reaches such an image)."
         )
     return len(records)
+
+
+# detectron2 meta-architectures and the key holding their class count.
+_D2_NUM_CLASSES_KEYS = {
+    "RetinaNet": "MODEL.RETINANET.NUM_CLASSES",
+    "GeneralizedRCNN": "MODEL.ROI_HEADS.NUM_CLASSES",
+}
+
+
+def num_classes_key(cfg) -> Optional[str]:
+    """The config key that sets the number of classes of ``cfg.MODEL.META_ARCHITECTURE``:
+    ``"MODEL.FCOS.NUM_CLASSES"`` for d2_anchorfree's detectors (FCOS, ATSS, GFL, VFNet, DeFCN and
+    any other ``AnchorFreeDetector`` subclass), ``"MODEL.RETINANET.NUM_CLASSES"`` for detectron2's
+    RetinaNet, ``"MODEL.ROI_HEADS.NUM_CLASSES"`` for ``GeneralizedRCNN``; None for others."""
+    from detectron2.modeling import META_ARCH_REGISTRY
+
+    from ..modeling.meta_arch import AnchorFreeDetector
+
+    arch = cfg.MODEL.META_ARCHITECTURE
+    try:
+        cls = META_ARCH_REGISTRY.get(arch)
+    except KeyError:
+        return None
+    if isinstance(cls, type) and issubclass(cls, AnchorFreeDetector):
+        return "MODEL.FCOS.NUM_CLASSES"
+    return _D2_NUM_CLASSES_KEYS.get(arch)
+
+
+def check_num_classes(cfg, dataset_names: Optional[Sequence[str]] = None) -> Optional[int]:
+    """Raise if the model's number of classes differs from the datasets' class count.
+
+    The count of a dataset is ``len(MetadataCatalog.get(name).thing_classes)``. It is read from
+    the metadata if already there (after the trainer built its data loader), else the dataset is
+    loaded once with ``DatasetCatalog.get(name)`` (which runs the loader's checks). Datasets
+    whose metadata has no ``thing_classes`` even after loading are skipped.
+
+    Args:
+        cfg (CfgNode): the config (``MODEL.META_ARCHITECTURE`` and its NUM_CLASSES key, see
+            :func:`num_classes_key`).
+        dataset_names (list[str] or None): datasets to compare; default ``cfg.DATASETS.TRAIN``.
+
+    Returns:
+        int or None: the model's number of classes, or None when the meta-architecture has no
+        known NUM_CLASSES key (nothing is checked then).
+
+    Raises:
+        ValueError: naming the key, its value, the dataset and its class count (and the first
+            class names), e.g. "MODEL.FCOS.NUM_CLASSES is 80 but the training dataset 'trees_train'
+            has 1 class (['tree']); set MODEL.FCOS.NUM_CLASSES 1".
+    """
+    key = num_classes_key(cfg)
+    if key is None:
+        return None
+    node = cfg
+    for part in key.split(".")[:-1]:
+        node = getattr(node, part)
+    k = getattr(node, key.split(".")[-1])
+    names = list(cfg.DATASETS.TRAIN) if dataset_names is None else list(dataset_names)
+    for name in names:
+        meta = MetadataCatalog.get(name)
+        classes = getattr(meta, "thing_classes", None)
+        if classes is None:
+            DatasetCatalog.get(name)
+            classes = getattr(meta, "thing_classes", None)
+        if classes is None:
+            logger.warning("dataset '%s' has no thing_classes metadata: %s not checked against it", name, key)
+            continue
+        if len(classes) != k:
+            shown = list(classes[:10]) + (["..."] if len(classes) > 10 else [])
+            kind = "training dataset" if dataset_names is None else "dataset"
+            raise ValueError(
+                f"{key} is {k} but the {kind} '{name}' has {len(classes)} "
+                f"class{'es' if len(classes) != 1 else ''} ({shown}); set {key} {len(classes)}"
+            )
+    return k
 
 
 def _check_mode(key: str, value, allowed) -> str:
