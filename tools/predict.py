@@ -19,7 +19,6 @@ progress bar over the images.
 import argparse
 import glob
 import json
-import logging
 import os
 import sys
 
@@ -35,7 +34,6 @@ from d2_anchorfree.data.image_io import read_image
 from d2_anchorfree.engine import setup_cfg
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-logger = logging.getLogger("d2_anchorfree.predict")
 
 
 def _unique(paths):
@@ -133,7 +131,7 @@ def predict_files(predictor, files, output_dir, metadata, min_score=0.3, draw=Tr
         (results, skipped): ``results`` a list of dict(file_name = the file's name, category_id,
         bbox [x, y, w, h] pixels, score), ``category_id`` being the contiguous class index unless
         the metadata maps it back to a dataset id; ``skipped`` a list of (path, reason) for the
-        images that could not be read (each also logged as a warning when it happens).
+        images that could not be read (each also written to stderr as a warning when it happens).
     """
     if names is None:
         names = relative_names(files, os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in files]))
@@ -147,8 +145,7 @@ def predict_files(predictor, files, output_dir, metadata, min_score=0.3, draw=Tr
             img = read_image(path, format="BGR")
         except (FileNotFoundError, ValueError) as e:
             skipped.append((path, str(e)))
-            logger.warning("skipping %s: %s", path, e)
-            tqdm.write(f"WARNING: skipping {path}: {e}", file=sys.stderr)
+            tqdm.write(f"WARNING: skipping {path}: {e}", file=sys.stderr)  # above the progress bar
             continue
         inst = predictor(img)["instances"].to("cpu")
         boxes = inst.pred_boxes.tensor.numpy()
