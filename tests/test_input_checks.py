@@ -372,3 +372,23 @@ def test_check_num_classes_names_both_numbers_and_the_dataset(tmp_path, names):
         check_num_classes(cfg, dataset_names=[name])
     cfg.MODEL.META_ARCHITECTURE = "NotRegistered"
     assert check_num_classes(cfg) is None
+
+
+def test_trainer_names_every_bad_image_before_the_first_iteration(tmp_path, names):
+    """End to end: building the trainer (before any iteration) fails listing both broken images."""
+    from d2_anchorfree.engine import AnchorFreeTrainer
+
+    from conftest import load_cfg
+
+    files = [(1, "ok.png", 64, 48), (2, "broken.png", 64, 48), (3, "cut.jpg", 128, 96)]
+    json_file, root = write_coco(tmp_path, files, [ann(1, 1, [4, 6, 20, 10], 200)])
+    (tmp_path / "images" / "broken.png").write_bytes(b"broken")
+    truncated_jpeg(tmp_path / "images" / "cut.jpg")
+    name = names()
+    cfg = load_cfg("configs/FCOS/FCOS_tiny_R_18_cpu.yaml", "DATASETS.REGISTER_COCO", (f"{name},{json_file},{root}",),
+                   "DATASETS.TRAIN", (name,), "DATASETS.TEST", (), "OUTPUT_DIR", str(tmp_path / "out"),
+                   "DATALOADER.NUM_WORKERS", 0, "SOLVER.IMS_PER_BATCH", 2)
+    register_datasets_from_config(cfg)
+    with pytest.raises(ValueError, match=r"(?s)2 of the 3 images.*broken\.png.*cut\.jpg") as e:
+        AnchorFreeTrainer(cfg)
+    assert "ok.png" not in str(e.value)
