@@ -210,7 +210,7 @@ def test_area_rule_with_and_without_segmentation():
     del anns[7]["area"]
     bad = find_bad_areas({"images": images, "annotations": anns})
     assert [b["id"] for b in bad] == [3, 5, 6, 7, 8, 9]
-    assert bad[0] == {"id": 3, "file_name": "a.png", "area": 221, "box_area": 200, "segmentation": False,
+    assert bad[0] == {"index": 2, "id": 3, "file_name": "a.png", "area": 221, "box_area": 200, "segmentation": False,
                       "reason": "area differs from the box area w*h by more than 10%"}
     assert [b["id"] for b in find_bad_areas({"images": images, "annotations": anns}, tolerance=0.2)] == [5, 6, 7, 8, 9]
 

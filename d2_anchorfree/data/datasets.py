@@ -254,8 +254,8 @@ def find_bad_areas(data: dict, tolerance: float = AREA_TOLERANCE) -> List[dict]:
         tolerance (float): relative tolerance, >= 0.
 
     Returns:
-        list[dict]: one dict per offending annotation with ``id``, ``file_name`` (its image's, or
-        None), ``area`` (as in the json), ``box_area`` (w * h), ``segmentation`` (bool) and
+        list[dict]: one dict per offending annotation, in json order, with ``index`` (position in
+        ``data["annotations"]``), ``id``, ``file_name`` (its image's, or None), ``area`` (as in the json), ``box_area`` (w * h), ``segmentation`` (bool) and
         ``reason`` (str).
 
     Raises:
@@ -265,7 +265,7 @@ def find_bad_areas(data: dict, tolerance: float = AREA_TOLERANCE) -> List[dict]:
         raise ValueError(f"area tolerance must be a number >= 0, got {tolerance!r}")
     files = {img.get("id"): img.get("file_name") for img in data.get("images", []) if isinstance(img, dict)}
     bad = []
-    for ann in data.get("annotations", []):
+    for index, ann in enumerate(data.get("annotations", [])):
         if not isinstance(ann, dict):
             continue
         bbox = ann.get("bbox")
@@ -285,8 +285,8 @@ def find_bad_areas(data: dict, tolerance: float = AREA_TOLERANCE) -> List[dict]:
             reason = f"area differs from the box area w*h by more than {tolerance:.0%}"
         else:
             continue
-        bad.append({"id": ann.get("id"), "file_name": files.get(ann.get("image_id")), "area": area,
-                    "box_area": box_area, "segmentation": seg, "reason": reason})
+        bad.append({"index": index, "id": ann.get("id"), "file_name": files.get(ann.get("image_id")),
+                    "area": area, "box_area": box_area, "segmentation": seg, "reason": reason})
     return bad
 
 
@@ -350,14 +350,10 @@ def recompute_coco_areas(json_file: str, out_file: str, tolerance: float = AREA_
     """
     data = _load_json(json_file)
     bad = find_bad_areas(data, tolerance)
-    by_id = {b["id"]: b for b in bad}
     sizes = {img.get("id"): (img.get("height"), img.get("width")) for img in data["images"] if isinstance(img, dict)}
     changed = 0
-    for ann in data["annotations"]:
-        if not isinstance(ann, dict) or ann.get("id") not in by_id:
-            continue
-        box_area = by_id[ann.get("id")]["box_area"]
-        area = None
+    for b in bad:
+        ann, box_area, area = data["annotations"][b["index"]], b["box_area"], None
         if _has_segmentation(ann):
             h, w = sizes.get(ann.get("image_id"), (None, None))
             area = segmentation_area(ann["segmentation"], h, w)
