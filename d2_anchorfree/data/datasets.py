@@ -255,8 +255,8 @@ def find_bad_areas(data: dict, tolerance: float = AREA_TOLERANCE) -> List[dict]:
 
     Returns:
         list[dict]: one dict per offending annotation, in json order, with ``index`` (position in
-        ``data["annotations"]``), ``id``, ``file_name`` (its image's, or None), ``area`` (as in the json), ``box_area`` (w * h), ``segmentation`` (bool) and
-        ``reason`` (str).
+        ``data["annotations"]``), ``id``, ``file_name`` (its image's, or None), ``area`` (as in
+        the json), ``box_area`` (w * h, pixels^2), ``segmentation`` (bool) and ``reason`` (str).
 
     Raises:
         ValueError: ``tolerance`` is negative or not a number.
