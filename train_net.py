@@ -13,12 +13,14 @@ an untrained model on purpose (a reference number).
 from detectron2.engine import default_argument_parser, launch
 
 from d2_anchorfree.checkpoint import load_inference_weights
+from d2_anchorfree.data import check_num_classes
 from d2_anchorfree.engine import AnchorFreeTrainer, setup_cfg
 
 
 def main(args):
     cfg = setup_cfg(args)
     if args.eval_only:
+        check_num_classes(cfg, cfg.DATASETS.TEST)
         model = AnchorFreeTrainer.build_model(cfg)
         load_inference_weights(model, cfg.MODEL.WEIGHTS, resume_dir=cfg.OUTPUT_DIR if args.resume else "",
                                allow_untrained=args.allow_untrained)

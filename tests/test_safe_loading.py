@@ -199,3 +199,19 @@ def test_atomic_save_keeps_old_file_when_writing_fails(tmp_path, monkeypatch):
         ckpt.save("model_final")
     assert (tmp_path / "model_final.pth").read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_final.pth"]
+
+
+def test_predict_tool_refuses_missing_weights_unless_allowed(tmp_path):
+    image = tmp_path / "img.png"
+    import cv2
+
+    cv2.imwrite(str(image), np.full((64, 80, 3), 128, np.uint8))
+    cmd = [sys.executable, os.path.join(REPO, "tools", "predict.py"), "--config-file", os.path.join(REPO, TINY),
+           "--input", str(image), "--output", str(tmp_path / "out")]
+    common = ["MODEL.WEIGHTS", "", "DATASETS.REGISTER_COCO", "()", "DATASETS.TEST", "()", "DATASETS.TRAIN", "()"]
+    r = subprocess.run(cmd + common, cwd=REPO, capture_output=True, text=True)
+    assert r.returncode != 0 and "MODEL.WEIGHTS is empty" in r.stderr
+    assert not (tmp_path / "out" / "results.json").exists()
+    ok = subprocess.run(cmd + ["--allow-untrained"] + common, cwd=REPO, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert (tmp_path / "out" / "results.json").exists()

@@ -27,11 +27,10 @@ import numpy as np
 from tqdm import tqdm
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.engine import DefaultPredictor
 from detectron2.utils.visualizer import Visualizer
 
 from d2_anchorfree.data.image_io import read_image
-from d2_anchorfree.engine import setup_cfg
+from d2_anchorfree.engine import build_predictor, setup_cfg
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -182,6 +181,8 @@ def main(argv=None) -> int:
     parser.add_argument("--min-score", type=float, default=0.3, help="score for drawing boxes")
     parser.add_argument("--dataset", default=None,
                         help="dataset whose metadata (class names) to use; default DATASETS.TEST[0]")
+    parser.add_argument("--allow-untrained", action="store_true",
+                        help="predict even without MODEL.WEIGHTS (an untrained model)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config KEY VALUE pairs")
     args = parser.parse_args(argv)
     # Unreadable images are skipped and listed here, not refused up front for the whole dataset.
@@ -193,7 +194,8 @@ def main(argv=None) -> int:
     metadata = MetadataCatalog.get(name) if name else MetadataCatalog.get("__unused")
     if name:  # loading the json fills thing_classes and the category id map in the metadata
         DatasetCatalog.get(name)
-    results, skipped = predict_files(DefaultPredictor(cfg), files, args.output, metadata, args.min_score,
+    predictor = build_predictor(cfg, allow_untrained=args.allow_untrained)
+    results, skipped = predict_files(predictor, files, args.output, metadata, args.min_score,
                                      names=names)
     with open(os.path.join(args.output, "results.json"), "w") as f:
         json.dump(results, f)

@@ -12,7 +12,7 @@ from detectron2.evaluation import COCOEvaluator
 
 from ..checkpoint import AnchorFreeCheckpointer
 from ..config import add_anchorfree_config
-from ..data import CheckedDatasetMapper, register_datasets_from_config
+from ..data import CheckedDatasetMapper, check_num_classes, register_datasets_from_config
 from .health import TrainingHealthCheck, check_solver_config
 from .resumable_loader import build_resumable_train_loader
 
@@ -51,6 +51,7 @@ class AnchorFreeTrainer(DefaultTrainer):
     """detectron2's ``DefaultTrainer`` (SGD, LR schedule, periodic checkpoints every
     ``SOLVER.CHECKPOINT_PERIOD``, TensorBoard + JSON metrics, ``--resume``) with:
 
+    * ``MODEL.*.NUM_CLASSES`` checked against the training datasets' class count;
     * solver values checked up front (:func:`check_solver_config`), and a
       :class:`TrainingHealthCheck` hook that stops the run, naming the iteration, when weights or
       gradients become non-finite or the weights explode (``SOLVER.HEALTH_CHECK``);
@@ -69,6 +70,7 @@ class AnchorFreeTrainer(DefaultTrainer):
     def __init__(self, cfg):
         check_solver_config(cfg)
         super().__init__(cfg)
+        check_num_classes(cfg)  # after the loader: the training datasets' metadata is filled
 
     def build_hooks(self):
         # DefaultTrainer.__init__ made a plain DetectionCheckpointer; swap in ours before the
