@@ -6,7 +6,6 @@ import json
 import math
 import os
 import re
-import uuid
 
 import cv2
 import numpy as np
@@ -56,22 +55,6 @@ def sixteen_bit_png(path, channels=1, seed=0):
     assert cv2.imwrite(str(path), pixels)
     return str(path)
 
-
-@pytest.fixture
-def names():
-    """Unique dataset names, unregistered from both catalogs afterwards."""
-    created = []
-
-    def make(prefix="d2af_inputs"):
-        created.append(f"{prefix}_{uuid.uuid4().hex[:8]}")
-        return created[-1]
-
-    yield make
-    for name in created:
-        if name in DatasetCatalog.list():
-            DatasetCatalog.remove(name)
-        if name in MetadataCatalog.list():
-            MetadataCatalog.remove(name)
 
 
 def data_cfg(tmp_path, *entries, **datasets_keys):

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, make_toy_data
 
 CONFIG = os.path.join(REPO, "projects", "CustomData", "fcos_tiny_toy.yaml")
 DRIVER = os.path.join(REPO, "tests", "kill_during_save.py")
@@ -20,9 +20,7 @@ DRIVER = os.path.join(REPO, "tests", "kill_during_save.py")
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     root = tmp_path_factory.mktemp("toy")
-    subprocess.run([sys.executable, os.path.join(REPO, "projects", "CustomData", "make_toy_data.py"),
-                    "--out", str(root), "--train", "6", "--val", "2"], check=True, capture_output=True)
-    return root
+    return make_toy_data(root, train=6, val=2)
 
 
 def run(toy, out, max_iter, resume=False, kill_at=None):

@@ -215,3 +215,13 @@ def test_predict_tool_refuses_missing_weights_unless_allowed(tmp_path):
     ok = subprocess.run(cmd + ["--allow-untrained"] + common, cwd=REPO, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert (tmp_path / "out" / "results.json").exists()
+
+
+def test_conversion_tool_refuses_malicious_torch_file(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "resnet.pth"
+    torch.save({"conv1.weight": torch.zeros(1), "evil": Payload(str(marker))}, evil)
+    r = subprocess.run([sys.executable, os.path.join(REPO, "tools", "convert_torchvision_to_d2.py"), str(evil),
+                        str(tmp_path / "out.pkl")], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode != 0 and "Weights only load failed" in r.stderr
+    assert not marker.exists() and not (tmp_path / "out.pkl").exists()

@@ -18,7 +18,7 @@ from detectron2.modeling import build_model
 
 from d2_anchorfree.engine import AnchorFreeTrainer, setup_cfg
 
-from conftest import REPO
+from conftest import REPO, make_toy_data
 
 CONFIG = os.path.join(REPO, "projects", "CustomData", "fcos_tiny_toy.yaml")
 
@@ -26,9 +26,7 @@ CONFIG = os.path.join(REPO, "projects", "CustomData", "fcos_tiny_toy.yaml")
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     root = tmp_path_factory.mktemp("toy")
-    subprocess.run([sys.executable, os.path.join(REPO, "projects", "CustomData", "make_toy_data.py"),
-                    "--out", str(root), "--train", "6", "--val", "3"], check=True, capture_output=True)
-    return root
+    return make_toy_data(root, train=6, val=3)
 
 
 def opts(toy, out_dir, *extra):

@@ -14,7 +14,7 @@ from detectron2.utils.events import EventStorage
 from d2_anchorfree.engine import AnchorFreeTrainer, setup_cfg
 from d2_anchorfree.engine.health import TrainingHealthCheck, check_solver_config
 
-from conftest import REPO, load_cfg
+from conftest import REPO, load_cfg, make_toy_data
 
 TOY_CONFIG = os.path.join(REPO, "projects", "CustomData", "fcos_tiny_toy.yaml")
 
@@ -49,9 +49,7 @@ def test_max_iter_zero_from_the_command_line_names_the_key(tmp_path):
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     root = tmp_path_factory.mktemp("toy")
-    subprocess.run([sys.executable, os.path.join(REPO, "projects", "CustomData", "make_toy_data.py"),
-                    "--out", str(root), "--train", "4", "--val", "2"], check=True, capture_output=True)
-    return root
+    return make_toy_data(root, train=4, val=2)
 
 
 def test_exploding_weights_under_gradient_clipping_stop_the_run(toy, tmp_path):
