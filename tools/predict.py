@@ -1,3 +1,4 @@
+#!/usr/bin/env python
 """Run a trained detector on an image, a folder, a glob or a registered dataset with detectron2's DefaultPredictor.
 
     python tools/predict.py --config-file configs/FCOS/FCOS_tiny_R_18_cpu.yaml \
