@@ -247,17 +247,18 @@ def main(argv=None):
     print("stats (pycocotools): " + ", ".join(f"{k} {v:.6f}" for k, v in zip(STAT_NAMES, ref[0])))
 
     if args.out:
-        import pycocotools
-        versions = {"python": platform.python_version(), "numpy": np.__version__,
-                    "pycocotools": getattr(pycocotools, "__version__", "?")}
-        try:
-            import faster_coco_eval
-            versions["faster_coco_eval"] = faster_coco_eval.__version__
-        except ImportError:
-            pass
+        from importlib import metadata
+
+        versions = {"python": platform.python_version(), "numpy": np.__version__}
+        for dist in ("pycocotools", "faster-coco-eval", "torch"):
+            try:
+                versions[dist] = metadata.version(dist)
+            except metadata.PackageNotFoundError:
+                pass
         try:
             import detectron2
-            versions["detectron2"] = detectron2.__version__
+            versions["detectron2"] = {"version": detectron2.__version__, "path": detectron2.__file__,
+                                      "with_C": avail["detectron2_C"] is None}
         except ImportError:
             pass
         out = {"command": "python tools/benchmark_cocoeval.py " + " ".join(argv or sys.argv[1:]),
