@@ -86,7 +86,7 @@ class AnchorFreeCOCOEvaluator(COCOEvaluator):
         kwargs["use_fast_impl"] = backend == "detectron2_C"
         super().__init__(dataset_name, max_dets_per_image=max_dets_per_image, **kwargs)
         self.backend = backend
-        logger.info("COCO evaluation of %s with %s", dataset_name, backend)
+        self._logger.info("COCO evaluation of %s with %s", dataset_name, backend)
 
     def _eval_predictions(self, predictions, img_ids=None):
         """detectron2's, with ``coco_evaluation._evaluate_predictions_on_coco`` replaced by

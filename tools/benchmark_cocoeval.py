@@ -11,7 +11,8 @@ Implementations (each skipped, with the reason in the output, when not importabl
   * ``pycocotools``: ``pycocotools.cocoeval.COCOeval``; for ``maxDets[2] != 100`` detectron2's
     ``COCOevalMaxDets`` (pycocotools' summarize hard-codes 100), exactly what ``COCOEvaluator`` runs.
   * ``faster_coco_eval``: ``faster_coco_eval.COCOeval_faster`` with ``faster_coco_eval.COCO``.
-  * ``detectron2_C``: ``detectron2.evaluation.fast_eval_api.COCOeval_opt`` (needs ``detectron2._C``).
+  * ``detectron2_C``: ``detectron2.evaluation.fast_eval_api.COCOeval_opt`` (needs ``detectron2._C``;
+    only for ``maxDets[2] == 100``, the only case where ``COCOEvaluator`` uses it).
 
 Data: by default a synthetic COCO-sized set (``make_synthetic_coco``: 5,000 images, 80 classes,
 100 detections per image, fixed seed); or ``--gt`` / ``--dt`` COCO json files (e.g. a val json and
@@ -218,6 +219,9 @@ def main(argv=None):
     names = [n for n in ("pycocotools", "faster_coco_eval", "detectron2_C")
              if n == "pycocotools" or not args.only or n in args.only]
     results, report = {}, {}
+    if args.max_dets[2] != 100 and avail["detectron2_C"] is None:
+        avail["detectron2_C"] = ("maxDets[2] != 100: detectron2's COCOEvaluator uses pycocotools' "
+                                 "COCOevalMaxDets there, not its C++ COCOeval")
     for name in names:
         if avail[name] is not None:
             report[name] = {"skipped": avail[name]}
