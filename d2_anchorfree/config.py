@@ -120,6 +120,24 @@ def add_anchorfree_config(cfg):
     _C.DATASETS.REGISTER_COCO = []
     # Check every annotation (file exists, box inside image, positive size, known category).
     _C.DATASETS.VALIDATE_ANNOTATIONS = True
+    # The "area" of every annotation (COCOeval's APs/APm/APl split by it). With a segmentation it
+    # must lie in (0, w*h*(1 + AREA_TOLERANCE)] (a mask is smaller than its box); without one,
+    # within AREA_TOLERANCE (relative) of the box's w*h. "error": a wrong area stops loading,
+    # naming the annotations; "recompute": a corrected json (areas from the segmentation, else
+    # w*h) is written to OUTPUT_DIR/datasets/ at registration and evaluation uses it; "ignore".
+    _C.DATASETS.AREA_CHECK = "error"
+    _C.DATASETS.AREA_TOLERANCE = 0.1
+    # Decode every image when the dataset is loaded, naming all unreadable files (corrupt,
+    # truncated, 16-bit/float, wrong size) before training starts: "auto" (datasets of at most
+    # 5000 images), "always" or "never".
+    _C.DATASETS.VALIDATE_IMAGES = "auto"
+
+    # ---- training health (d2_anchorfree.engine.health.TrainingHealthCheck)
+    _C.SOLVER.HEALTH_CHECK = CN()
+    _C.SOLVER.HEALTH_CHECK.ENABLED = True
+    # Stop when the weights' global L2 norm exceeds this multiple of its value at the start of the
+    # run (exploding weights under gradient clipping keep the loss finite); 0 disables.
+    _C.SOLVER.HEALTH_CHECK.MAX_WEIGHT_NORM_GROWTH = 100.0
 
     # ---- evaluation
     # COCOeval maxDets becomes [1, 10, this]; AP is computed at this many detections per image.

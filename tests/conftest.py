@@ -1,11 +1,15 @@
 """Shared test helpers: config loading and tiny synthetic batches."""
 import importlib.util
 import os
+import subprocess
+import sys
+import uuid
 
 import pytest
 import torch
 
 from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import Boxes, Instances
 
 import d2_anchorfree
@@ -86,3 +90,28 @@ def train_step_and_predict(cfg, min_detections: int = 0):
 @pytest.fixture
 def tiny_batch():
     return make_batch()
+
+
+def make_toy_data(root, train: int, val: int):
+    """Write projects/CustomData's synthetic 2-class COCO data (``train``/``val`` images) under
+    ``root`` (train.json, val.json, images/); returns ``root``."""
+    subprocess.run([sys.executable, os.path.join(REPO, "projects", "CustomData", "make_toy_data.py"),
+                    "--out", str(root), "--train", str(train), "--val", str(val)], check=True, capture_output=True)
+    return root
+
+
+@pytest.fixture
+def names():
+    """Unique dataset names (``names(prefix)``), unregistered from both catalogs afterwards."""
+    created = []
+
+    def make(prefix="d2af_test"):
+        created.append(f"{prefix}_{uuid.uuid4().hex[:8]}")
+        return created[-1]
+
+    yield make
+    for name in created:
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+        if name in MetadataCatalog.list():
+            MetadataCatalog.remove(name)

@@ -4,7 +4,6 @@ import io
 import json
 import os
 import re
-import uuid
 import zipfile
 
 import numpy as np
@@ -85,22 +84,6 @@ def write_json(coco_dir, data, name="bad.json"):
     path.write_text(json.dumps(data))
     return str(path)
 
-
-@pytest.fixture
-def names():
-    """Unique dataset names, unregistered from both catalogs afterwards."""
-    created = []
-
-    def make(prefix="d2af_test"):
-        created.append(f"{prefix}_{uuid.uuid4().hex[:8]}")
-        return created[-1]
-
-    yield make
-    for name in created:
-        if name in DatasetCatalog.list():
-            DatasetCatalog.remove(name)
-        if name in MetadataCatalog.list():
-            MetadataCatalog.remove(name)
 
 
 def data_cfg(*entries, validate=True):

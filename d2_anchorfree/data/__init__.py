@@ -1,18 +1,35 @@
-"""Data layer: COCO datasets registered from the config (``DATASETS.REGISTER_COCO``), annotation
-validation, a dataset mapper that names unreadable image files, and the bundled tree-crown data
-(``d2_anchorfree.data.trees``, used by ``tools/prepare_trees.py``)."""
+"""Data layer: COCO datasets registered from the config (``DATASETS.REGISTER_COCO``), annotation,
+area, image and class-count checks, the one image reader of training, evaluation and prediction
+(``image_io.read_image``), a dataset mapper that names unreadable image files, and the bundled
+tree-crown data (``d2_anchorfree.data.trees``, used by ``tools/prepare_trees.py``)."""
 from .datasets import (
+    check_coco_areas,
+    check_num_classes,
+    find_bad_areas,
+    num_classes_key,
     parse_register_entry,
+    recompute_coco_areas,
     register_coco_dataset,
     register_datasets_from_config,
+    segmentation_area,
     validate_coco_json,
+    validate_images,
 )
+from .image_io import read_image
 from .mapper import CheckedDatasetMapper
 
 __all__ = [
     "CheckedDatasetMapper",
+    "check_coco_areas",
+    "check_num_classes",
+    "find_bad_areas",
+    "num_classes_key",
     "parse_register_entry",
+    "read_image",
+    "recompute_coco_areas",
     "register_coco_dataset",
     "register_datasets_from_config",
+    "segmentation_area",
     "validate_coco_json",
+    "validate_images",
 ]

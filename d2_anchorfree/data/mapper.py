@@ -1,4 +1,5 @@
-"""A detectron2 ``DatasetMapper`` whose image-reading failures name the file."""
+"""A detectron2 ``DatasetMapper`` that reads images with :func:`d2_anchorfree.data.image_io.read_image`
+(the reader shared with ``tools/predict.py``), whose failures name the file."""
 import copy
 
 import numpy as np
@@ -7,6 +8,8 @@ import torch
 from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
+
+from .image_io import read_image
 
 __all__ = ["CheckedDatasetMapper"]
 
@@ -21,24 +24,21 @@ class CheckedDatasetMapper(DatasetMapper):
     augmentations, return ``"image"`` as a uint8 tensor [C, H, W]; in training, annotations are
     transformed into ``"instances"`` (``gt_boxes`` XYXY pixels, ``gt_classes``) by the parent's
     ``_transform_annotations``, which drops ``iscrowd`` annotations; at test time they are removed.
-    Only the reading step differs (:meth:`read_image`).
+    Only the reading step differs (:meth:`read_image`): the shared reader of training, evaluation
+    and ``tools/predict.py``, which refuses truncated files and 16-bit/float images.
     """
 
     def read_image(self, dataset_dict: dict) -> np.ndarray:
-        """Read ``dataset_dict["file_name"]`` as an [H, W, C] uint8 array in ``self.image_format``.
+        """Read ``dataset_dict["file_name"]`` as an [H, W, C] uint8 array in ``self.image_format``
+        ("BGR", "RGB" or "L") with :func:`~d2_anchorfree.data.image_io.read_image`: the whole file
+        is decoded, EXIF orientation applied, only 8-bit images accepted.
 
         Raises:
             FileNotFoundError: the file does not exist (naming it).
-            ValueError: the file exists but cannot be decoded (corrupt, truncated, not an image),
-                ``"cannot read image <path>: <reason>"``.
+            ValueError: the file exists but cannot be decoded (corrupt, truncated, not an image,
+                16-bit/float), ``"cannot read image <path>: <reason>"``.
         """
-        path = dataset_dict["file_name"]
-        try:
-            return utils.read_image(path, format=self.image_format)
-        except FileNotFoundError as e:
-            raise FileNotFoundError(f"image file {path} does not exist: {e}") from e
-        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, zlib.error, ...
-            raise ValueError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
+        return read_image(dataset_dict["file_name"], format=self.image_format)
 
     def __call__(self, dataset_dict: dict) -> dict:
         """Map one detectron2 dataset dict to model input (see the class docstring).

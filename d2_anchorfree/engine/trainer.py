@@ -1,6 +1,7 @@
 """``AnchorFreeTrainer`` (detectron2 ``DefaultTrainer`` + our data layer) and ``setup_cfg``."""
 import logging
 import os
+import weakref
 
 import torch
 
@@ -9,9 +10,11 @@ from detectron2.data import build_detection_test_loader
 from detectron2.engine import DefaultTrainer, TrainerBase, default_setup
 
 from .. import compat
+from ..checkpoint import AnchorFreeCheckpointer
 from ..config import add_anchorfree_config
-from ..data import CheckedDatasetMapper, register_datasets_from_config
+from ..data import CheckedDatasetMapper, check_num_classes, register_datasets_from_config
 from ..evaluation import AnchorFreeCOCOEvaluator
+from .health import TrainingHealthCheck, check_solver_config
 from .resumable_loader import build_resumable_train_loader
 
 logger = logging.getLogger("d2_anchorfree")
@@ -49,6 +52,13 @@ class AnchorFreeTrainer(DefaultTrainer):
     """detectron2's ``DefaultTrainer`` (SGD, LR schedule, periodic checkpoints every
     ``SOLVER.CHECKPOINT_PERIOD``, TensorBoard + JSON metrics, ``--resume``) with:
 
+    * ``MODEL.*.NUM_CLASSES`` checked against the training datasets' class count;
+    * solver values checked up front (:func:`check_solver_config`), and a
+      :class:`TrainingHealthCheck` hook that stops the run, naming the iteration, when weights or
+      gradients become non-finite or the weights explode (``SOLVER.HEALTH_CHECK``);
+    * :class:`AnchorFreeCheckpointer`: atomic checkpoint files (a killed save never truncates
+      ``model_final.pth``), a resume that falls back to the previous complete checkpoint, and
+      initial weights that must set most of the model;
     * data loaders whose mapper reports unreadable images by file name;
     * exact resume: ``--resume`` restores model, optimizer, LR scheduler and iteration and
       continues the training data stream, augmentations included, where the checkpoint left
@@ -63,8 +73,21 @@ class AnchorFreeTrainer(DefaultTrainer):
     """
 
     def __init__(self, cfg):
+        check_solver_config(cfg)
         super().__init__(cfg)
+        check_num_classes(cfg)  # after the loader: the training datasets' metadata is filled
         compat.set_amp_precision(self._trainer, cfg.SOLVER.AMP.PRECISION)  # SOLVER.AMP.ENABLED only
+
+    def build_hooks(self):
+        # DefaultTrainer.__init__ made a plain DetectionCheckpointer; swap in ours before the
+        # PeriodicCheckpointer hook is built around it.
+        self.checkpointer = AnchorFreeCheckpointer(
+            self.checkpointer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        hooks = super().build_hooks()
+        health = self.cfg.SOLVER.HEALTH_CHECK
+        if health.ENABLED:  # first, so that exploded weights are never checkpointed
+            hooks.insert(0, TrainingHealthCheck(health.MAX_WEIGHT_NORM_GROWTH))
+        return hooks
 
     @classmethod
     def build_train_loader(cls, cfg, start_iter: int = 0):
@@ -89,6 +112,11 @@ class AnchorFreeTrainer(DefaultTrainer):
         """Load weights (new run) or the last checkpoint (``resume``); on resume, restart the
         data stream at the checkpoint's iteration."""
         super().resume_or_load(resume=resume)
+        loaded = os.path.basename(self.checkpointer.loaded_path)
+        if resume and self.start_iter >= self.max_iter and loaded != "model_final.pth":
+            # Killed after the last periodic checkpoint but before model_final was written:
+            # nothing is left to train, so write model_final from the checkpoint now.
+            self.checkpointer.save("model_final", iteration=self.start_iter - 1)
         if self.start_iter > 0:
             loader = self.build_train_loader(self.cfg, start_iter=self.start_iter)
             compat.replace_train_loader(self._trainer, loader)

@@ -1,7 +1,13 @@
-"""Sigmoid focal loss (Lin et al., ICCV 2017, Eq. 5), from fvcore, with one-hot targets."""
+"""Sigmoid focal loss (Lin et al., ICCV 2017, Eq. 5), from fvcore, with one-hot targets.
+
+fvcore's eager ``sigmoid_focal_loss`` is used, not its TorchScript twin ``sigmoid_focal_loss_jit``:
+TorchScript's profiling executor switches to an optimized graph (symbolic autodiff) after a few
+calls, whose gradients differ from eager autograd in the last bits, so a run resumed in a fresh
+process would not equal an uninterrupted one bitwise.
+"""
 import torch
 import torch.nn.functional as F
-from fvcore.nn import sigmoid_focal_loss_jit
+from fvcore.nn import sigmoid_focal_loss
 
 
 def check_focal_parameters(alpha: float, gamma: float, alpha_key: str, gamma_key: str,
@@ -52,4 +58,4 @@ def focal_loss_with_labels(
         first = labels[bad][0].item()
         raise ValueError(f"focal loss labels must be in [0, K={num_classes}] (K = background), got {first}")
     targets = F.one_hot(labels, num_classes + 1)[:, :num_classes].to(logits.dtype)
-    return sigmoid_focal_loss_jit(logits[valid], targets[valid], alpha=alpha, gamma=gamma, reduction="sum")
+    return sigmoid_focal_loss(logits[valid], targets[valid], alpha=alpha, gamma=gamma, reduction="sum")

@@ -1,0 +1,103 @@
+"""A killed run loses nothing: real train_net.py processes are SIGKILLed at many points while a
+checkpoint is being saved (tests/kill_during_save.py), then ``--resume`` must succeed and end
+with weights bitwise equal to a run that was never killed. Every resume here runs in a fresh
+process, as after a real kill."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO, make_toy_data
+
+CONFIG = os.path.join(REPO, "projects", "CustomData", "fcos_tiny_toy.yaml")
+DRIVER = os.path.join(REPO, "tests", "kill_during_save.py")
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy")
+    return make_toy_data(root, train=6, val=2)
+
+
+def run(toy, out, max_iter, resume=False, kill_at=None):
+    """train_net.py on the toy data (no evaluation), optionally killed at ``kill_at``."""
+    cmd = [sys.executable, DRIVER if kill_at else os.path.join(REPO, "train_net.py")]
+    cmd += (["--resume"] if resume else []) + ["--config-file", CONFIG]
+    cmd += ["DATASETS.REGISTER_COCO", f"('toy_kill_train,{toy}/train.json,{toy}/images',)",
+            "DATASETS.TRAIN", "('toy_kill_train',)", "DATASETS.TEST", "()",
+            "INPUT.MIN_SIZE_TRAIN", "(128, 160)", "INPUT.MAX_SIZE_TRAIN", "200",
+            "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", str(max_iter), "SOLVER.WARMUP_ITERS", "2",
+            "SOLVER.CHECKPOINT_PERIOD", "2", "DATALOADER.NUM_WORKERS", "1", "OUTPUT_DIR", str(out)]
+    env = dict(os.environ, D2AF_KILL_AT=kill_at or "")
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
+
+
+def final_weights(out):
+    return torch.load(os.path.join(out, "model_final.pth"), map_location="cpu", weights_only=True)["model"]
+
+
+def assert_bitwise_equal(a, b):
+    assert a.keys() == b.keys()
+    differ = [k for k in a if not torch.equal(a[k], b[k])]  # BatchNorm running stats included
+    assert not differ, f"{len(differ)} tensors differ, e.g. {differ[:3]}"
+
+
+def assert_no_partial_files(out):
+    for name in os.listdir(out):
+        if name.endswith(".pth"):  # every checkpoint present is complete
+            torch.load(os.path.join(out, name), map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def finished_run(toy, tmp_path_factory):
+    """A finished 4-iteration run, and the reference: the same run resumed to 6 iterations."""
+    base = tmp_path_factory.mktemp("finished")
+    assert run(toy, base, 4).returncode == 0
+    ref = tmp_path_factory.mktemp("finished_ref")
+    shutil.copytree(base, ref, dirs_exist_ok=True)
+    r = run(toy, ref, 6, resume=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return base, final_weights(ref)
+
+
+@pytest.mark.parametrize("kill_at", [
+    "model_final.pth:write:1",
+    "model_final.pth:write:HALF",
+    "model_final.pth:fsync",
+    "model_final.pth:replace",
+    "last_checkpoint:replace",
+])
+def test_kill_while_rewriting_model_final(toy, finished_run, tmp_path, kill_at):
+    """Issue: resuming a finished run with a larger MAX_ITER and killing it while model_final.pth
+    is rewritten used to truncate the only good weights (next --resume: OSError)."""
+    base, reference = finished_run
+    shutil.copytree(base, tmp_path, dirs_exist_ok=True)
+    if "HALF" in kill_at:
+        kill_at = kill_at.replace("HALF", str(os.path.getsize(base / "model_final.pth") // 2))
+    killed = run(toy, tmp_path, 6, resume=True, kill_at=kill_at)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert_no_partial_files(tmp_path)
+    resumed = run(toy, tmp_path, 6, resume=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_bitwise_equal(final_weights(tmp_path), reference)
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]  # temp file of the kill removed
+
+
+@pytest.mark.parametrize("kill_at", ["model_0000003.pth:write:HALF", "model_0000003.pth:replace"])
+def test_kill_during_periodic_save_then_resume_equals_uninterrupted(toy, tmp_path, kill_at):
+    straight = tmp_path / "straight"
+    assert run(toy, straight, 6).returncode == 0
+    killed_dir = tmp_path / "killed"
+    kill_at = kill_at.replace("HALF", str(os.path.getsize(straight / "model_0000003.pth") // 2))
+    killed = run(toy, killed_dir, 6, kill_at=kill_at)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert not (killed_dir / "model_0000003.pth").exists()  # no truncated periodic checkpoint
+    assert (killed_dir / "last_checkpoint").read_text() == "model_0000001.pth"
+    assert_no_partial_files(killed_dir)
+    resumed = run(toy, killed_dir, 6, resume=True)  # from iteration 2, in a fresh process
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_bitwise_equal(final_weights(killed_dir), final_weights(straight))
