@@ -18,6 +18,10 @@ Where the two differ for us:
 * **Train loader iterator.** main's ``SimpleTrainer`` creates its data iterator lazily (a
   read-only ``_data_loader_iter`` property); v0.6's sets it in the constructor.
   :func:`replace_train_loader` swaps the loader on both (exact resume).
+* **Failed checkpoint loads.** main's ``DetectionCheckpointer.load`` asserts on entry that no
+  load is in progress and clears that state only on success, so after one corrupt file every
+  later ``load`` fails with a bare AssertionError; :func:`reset_failed_checkpoint_load` clears it
+  (resume falling back to the previous checkpoint).
 * **DenseDetector.** main pads with ``backbone.padding_constraints`` and adds tracing helpers;
   our detectors use ``DenseDetector`` only through its constructor, ``forward`` and
   ``preprocess_image``, which behave the same for our backbones on both versions.
@@ -113,3 +117,11 @@ def replace_train_loader(trainer_loop, data_loader) -> None:
         trainer_loop._data_loader_iter_obj = None  # main: re-created from data_loader on first use
     else:
         trainer_loop._data_loader_iter = iter(data_loader)
+
+
+def reset_failed_checkpoint_load(checkpointer) -> None:
+    """Make ``checkpointer`` (a ``DetectionCheckpointer``) usable again after a ``load`` that
+    raised. detectron2 main sets ``_parsed_url_during_load`` at the start of ``load``, resets it
+    only when the load succeeds, and asserts it is ``None`` on entry; v0.6 has no such state."""
+    if getattr(checkpointer, "_parsed_url_during_load", None) is not None:
+        checkpointer._parsed_url_during_load = None
