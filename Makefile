@@ -2,13 +2,16 @@
 #   make demo   create the environment if missing, prepare the bundled tree-crown data, train the
 #               tiny FCOS on CPU, evaluate COCO AP on val, draw predictions on val images.
 #   make test   create the environment if missing, run the test suite.
+#   make test-d2main   the same suite on detectron2 main (02b5c4e) with its compiled ops, built by
+#               tools/setup_d2main.sh from $(D2MAIN_ARCHIVE) (skipped, with the reason, when absent).
 # The environment lives in $(D2AF_VENV) (default ~/.cache/d2af/venv), see tools/setup_env.sh.
 SHELL := /bin/bash
 CONFIG ?= configs/FCOS/FCOS_tiny_R_18_cpu.yaml
 OUT ?= output/fcos_tiny
 PYTEST_ARGS ?=
+D2MAIN_ARCHIVE ?= ../shared/third_party/detectron2-02b5c4e.tar.gz
 
-.PHONY: env data demo test clean
+.PHONY: env data demo test test-d2main clean
 
 env:
 	@bash tools/setup_env.sh >/dev/null
@@ -31,6 +34,15 @@ demo: data
 
 test: env
 	@PY=$$(bash tools/setup_env.sh 2>/dev/null)/bin/python; $$PY -m pytest -q $(PYTEST_ARGS)
+
+test-d2main: env
+	@set -euo pipefail; PY=$$(bash tools/setup_env.sh 2>/dev/null)/bin/python; \
+	if [ ! -f "$(D2MAIN_ARCHIVE)" ]; then \
+	  echo "[test-d2main] skipped: $(D2MAIN_ARCHIVE) not found (the detectron2 main sources for tests/CI live in ../shared/third_party)"; \
+	  exit 0; fi; \
+	D2MAIN=$$(D2MAIN_ARCHIVE="$(D2MAIN_ARCHIVE)" bash tools/setup_d2main.sh); \
+	echo "[test-d2main] detectron2 main with _C from $$D2MAIN"; \
+	PYTHONPATH="$$D2MAIN$${PYTHONPATH:+:$$PYTHONPATH}" D2AF_EXPECT_D2MAIN=1 $$PY -m pytest -q $(PYTEST_ARGS)
 
 clean:
 	rm -rf output

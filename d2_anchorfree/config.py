@@ -143,4 +143,9 @@ def add_anchorfree_config(cfg):
     # COCOeval maxDets becomes [1, 10, this]; AP is computed at this many detections per image.
     # Raise it (with TEST.DETECTIONS_PER_IMAGE) for crowded images such as tree-crown tiles.
     _C.TEST.COCO_MAX_DETS_PER_IMAGE = 100
+
+    # ---- mixed precision (with detectron2's SOLVER.AMP.ENABLED, CUDA only)
+    # Autocast dtype of AMPTrainer: "float16" (default, every detectron2) or "bfloat16" (needs a
+    # detectron2 whose AMPTrainer takes `precision`, i.e. main after v0.6; see compat.py).
+    _C.SOLVER.AMP.PRECISION = "float16"
     return cfg

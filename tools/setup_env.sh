@@ -2,7 +2,8 @@
 # Create (or reuse) the project's virtual environment and install d2_anchorfree into it.
 #   D2AF_VENV   where the environment lives (default: ~/.cache/d2af/venv, outside the clone so
 #               that CI and later checkouts reuse it). Rebuilt when requirements.txt changes.
-# Steps: venv -> pinned requirements -> detectron2 v0.6 Python sources (tools/install_detectron2.py)
+# Steps: venv -> pinned requirements -> pinned extras (requirements-extra.txt)
+#        -> detectron2 v0.6 Python sources (tools/install_detectron2.py)
 #        -> editable install of this checkout (no deps). Idempotent; prints the venv path last.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,14 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; 
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check "pip==25.0" wheel setuptools >&2
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r requirements.txt >&2
   echo "$want" > "$STAMP"
+fi
+# Pinned extras (requirements-extra.txt): their own step and stamp, so that a change there
+# reinstalls only them, not the whole environment.
+EXTRA_STAMP="$VENV/.d2af-requirements-extra.sha256"
+want_extra=$(sha256sum requirements-extra.txt | cut -d' ' -f1)
+if [ "$(cat "$EXTRA_STAMP" 2>/dev/null)" != "$want_extra" ]; then
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r requirements-extra.txt >&2
+  echo "$want_extra" > "$EXTRA_STAMP"
 fi
 "$VENV/bin/python" tools/install_detectron2.py >&2
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . >&2

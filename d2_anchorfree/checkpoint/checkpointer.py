@@ -19,6 +19,8 @@ import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 
+from .. import compat
+
 __all__ = ["atomic_write", "AnchorFreeCheckpointer", "load_inference_weights", "WeightsMismatchError"]
 
 logger = logging.getLogger(__name__)
@@ -177,6 +179,7 @@ class AnchorFreeCheckpointer(DetectionCheckpointer):
                 try:
                     return self.load(candidate)
                 except Exception as e:  # truncated/corrupt file, missing file, wrong model
+                    compat.reset_failed_checkpoint_load(self)
                     failures.append(f"{candidate}: {type(e).__name__}: {e}")
                     self.logger.error("cannot resume from %s (%s: %s); trying the previous checkpoint",
                                       candidate, type(e).__name__, e)

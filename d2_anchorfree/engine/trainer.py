@@ -7,12 +7,13 @@ import torch
 
 from detectron2.config import get_cfg
 from detectron2.data import build_detection_test_loader
-from detectron2.engine import DefaultTrainer, default_setup
-from detectron2.evaluation import COCOEvaluator
+from detectron2.engine import DefaultTrainer, TrainerBase, default_setup
 
+from .. import compat
 from ..checkpoint import AnchorFreeCheckpointer
 from ..config import add_anchorfree_config
 from ..data import CheckedDatasetMapper, check_num_classes, register_datasets_from_config
+from ..evaluation import AnchorFreeCOCOEvaluator
 from .health import TrainingHealthCheck, check_solver_config
 from .resumable_loader import build_resumable_train_loader
 
@@ -62,15 +63,20 @@ class AnchorFreeTrainer(DefaultTrainer):
     * exact resume: ``--resume`` restores model, optimizer, LR scheduler and iteration and
       continues the training data stream, augmentations included, where the checkpoint left
       off (see ``resumable_loader``). detectron2 v0.6's ``DefaultTrainer`` leaves the optimizer
-      (SGD momentum) and AMP's grad scaler out of its checkpoints; ``state_dict`` puts them back;
-    * ``COCOEvaluator`` with pycocotools' official COCOeval (detectron2's fast C++ one needs
-      ``detectron2._C``) and ``maxDets = [1, 10, TEST.COCO_MAX_DETS_PER_IMAGE]``.
+      (SGD momentum) and AMP's grad scaler out of its checkpoints; ``state_dict`` puts them back,
+      and checkpoints are the same on detectron2 v0.6 and main;
+    * ``SOLVER.AMP.PRECISION`` ("float16" or, on detectron2 main, "bfloat16") for AMP;
+    * ``COCOEvaluator`` with ``maxDets = [1, 10, TEST.COCO_MAX_DETS_PER_IMAGE]`` and the
+      fastest COCOeval that gives pycocotools' numbers: detectron2's C++ one with
+      ``detectron2._C``, else faster-coco-eval when installed, else pycocotools
+      (``d2_anchorfree.evaluation.AnchorFreeCOCOEvaluator``).
     """
 
     def __init__(self, cfg):
         check_solver_config(cfg)
         super().__init__(cfg)
         check_num_classes(cfg)  # after the loader: the training datasets' metadata is filled
+        compat.set_amp_precision(self._trainer, cfg.SOLVER.AMP.PRECISION)  # SOLVER.AMP.ENABLED only
 
     def build_hooks(self):
         # DefaultTrainer.__init__ made a plain DetectionCheckpointer; swap in ours before the
@@ -88,13 +94,17 @@ class AnchorFreeTrainer(DefaultTrainer):
         return build_resumable_train_loader(cfg, CheckedDatasetMapper(cfg, is_train=True), start_iter)
 
     def state_dict(self):
-        state = super().state_dict()
+        # TrainerBase's (iteration, hooks), not DefaultTrainer's: detectron2 main's adds
+        # "_trainer" itself, v0.6's does not; this way both versions write the same checkpoint.
+        state = TrainerBase.state_dict(self)
         # SimpleTrainer: the optimizer; AMPTrainer: the optimizer and the grad scaler.
         state["_trainer"] = self._trainer.state_dict()
         return state
 
     def load_state_dict(self, state_dict):
-        super().load_state_dict(state_dict)
+        # TrainerBase's, not DefaultTrainer's: detectron2 main's reads state_dict["_trainer"]
+        # unconditionally (a KeyError for checkpoints written by v0.6's DefaultTrainer).
+        TrainerBase.load_state_dict(self, state_dict)
         if "_trainer" in state_dict:  # absent in checkpoints written by a plain DefaultTrainer
             self._trainer.load_state_dict(state_dict["_trainer"])
 
@@ -109,8 +119,7 @@ class AnchorFreeTrainer(DefaultTrainer):
             self.checkpointer.save("model_final", iteration=self.start_iter - 1)
         if self.start_iter > 0:
             loader = self.build_train_loader(self.cfg, start_iter=self.start_iter)
-            self._trainer.data_loader = loader
-            self._trainer._data_loader_iter = iter(loader)
+            compat.replace_train_loader(self._trainer, loader)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
@@ -121,7 +130,7 @@ class AnchorFreeTrainer(DefaultTrainer):
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return COCOEvaluator(
+        return AnchorFreeCOCOEvaluator(
             dataset_name, tasks=("bbox",), distributed=True, output_dir=output_folder,
-            max_dets_per_image=cfg.TEST.COCO_MAX_DETS_PER_IMAGE, use_fast_impl=False,
+            max_dets_per_image=cfg.TEST.COCO_MAX_DETS_PER_IMAGE,
         )

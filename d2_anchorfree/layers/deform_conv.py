@@ -35,6 +35,29 @@ def _output_size(size: Tuple[int, int], kernel, stride, padding, dilation) -> Tu
     )
 
 
+def _deform_conv2d(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor,
+                   bias: Optional[torch.Tensor], stride, padding, dilation,
+                   mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``torchvision.ops.deform_conv2d``, computed in float32 under autocast (AMP) or for
+    float16 / bfloat16 inputs, the result cast back to ``x``'s dtype.
+
+    torchvision's CUDA autocast wrapper of ``deform_conv2d`` does the same; its CPU kernel has no
+    bfloat16 / float16 version at all ("deformable_im2col not implemented for 'BFloat16'"), and
+    the bilinear sampling offsets need float32 precision anyway. Other inputs: unchanged.
+    """
+    device = x.device.type
+    low = x.dtype in (torch.float16, torch.bfloat16)
+    if not (low or (x.dtype == torch.float32 and torch.is_autocast_enabled(device))):
+        return deform_conv2d(x, offset.to(x.dtype), weight, bias, stride=stride, padding=padding,
+                             dilation=dilation, mask=None if mask is None else mask.to(x.dtype))
+    with torch.autocast(device, enabled=False):
+        out = deform_conv2d(x.float(), offset.float(), weight.float(),
+                            None if bias is None else bias.float(), stride=stride,
+                            padding=padding, dilation=dilation,
+                            mask=None if mask is None else mask.float())
+    return out.to(x.dtype)
+
+
 class _DeformConvBase(nn.Module):
     """Shared constructor, argument checks and norm/activation of the two deformable convs."""
 
@@ -119,8 +142,8 @@ class DeformConv(_DeformConvBase):
 
     def forward(self, x: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
         self._check(x, "offset", offset, 2)
-        out = deform_conv2d(x, offset.to(x.dtype), self.weight, self.bias, stride=self.stride,
-                            padding=self.padding, dilation=self.dilation)
+        out = _deform_conv2d(x, offset, self.weight, self.bias, self.stride, self.padding,
+                             self.dilation)
         return self._finish(out)
 
 
@@ -146,6 +169,6 @@ class ModulatedDeformConv(_DeformConvBase):
     def forward(self, x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         self._check(x, "offset", offset, 2)
         self._check(x, "mask", mask, 1)
-        out = deform_conv2d(x, offset.to(x.dtype), self.weight, self.bias, stride=self.stride,
-                            padding=self.padding, dilation=self.dilation, mask=mask.to(x.dtype))
+        out = _deform_conv2d(x, offset, self.weight, self.bias, self.stride, self.padding,
+                             self.dilation, mask=mask)
         return self._finish(out)

@@ -34,8 +34,9 @@ def distribution_to_distance(box_logits: torch.Tensor, reg_max: int) -> torch.Te
     if box_logits.shape[-1] != 4 * bins:
         raise ValueError(
             f"box logits have {box_logits.shape[-1]} channels, expected 4 * (REG_MAX + 1) = {4 * bins}")
-    probs = F.softmax(box_logits.reshape(*box_logits.shape[:-1], 4, bins), dim=-1)
-    return probs @ torch.arange(bins, dtype=probs.dtype, device=probs.device)
+    # float32, and an element-wise sum rather than a matmul, which autocast would run in fp16/bf16.
+    probs = F.softmax(box_logits.float().reshape(*box_logits.shape[:-1], 4, bins), dim=-1)
+    return (probs * torch.arange(bins, dtype=probs.dtype, device=probs.device)).sum(dim=-1)
 
 
 class DGQP(nn.Module):

@@ -22,7 +22,8 @@ def distribution_focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch
         target: [M] distances in stride units, in [0, n].
 
     Returns:
-        Tensor [M]: the loss of each distance (the caller weights, sums and normalizes; GFL
+        Tensor [M] float32 (whatever the input dtype: bf16 would round the distance targets to
+        8 bits): the loss of each distance (the caller weights, sums and normalizes; GFL
         averages the four sides of a box). Finite for every target in [0, n].
 
     Raises:
@@ -37,7 +38,7 @@ def distribution_focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch
     bad = (target < 0) | (target > reg_max)
     if bad.any():
         raise ValueError(f"DFL target {target[bad][0].item()} outside [0, REG_MAX={reg_max}] (stride units)")
-    target = target.to(logits.dtype)
+    logits, target = logits.float(), target.float()
     left = target.floor().long().clamp(max=reg_max - 1)
     right = left + 1
     weight_left = right.to(logits.dtype) - target

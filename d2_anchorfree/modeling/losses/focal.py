@@ -44,11 +44,14 @@ def focal_loss_with_labels(
         gamma: focusing exponent >= 0.
 
     Returns:
-        Tensor: scalar, the sum (not normalized; the caller divides by the number of positives).
+        Tensor: scalar float32, the sum (not normalized; the caller divides by the number of
+        positives). Computed in float32 whatever the dtype of ``logits`` (bf16/fp16 under
+        autocast would round p_t and the sum).
 
     Raises:
         ValueError: a label outside [0, K], naming the first offending value.
     """
+    logits = logits.float()
     num_classes = logits.shape[1]
     bad = (labels < 0) | (labels > num_classes)
     if bad.any():

@@ -34,7 +34,8 @@ def varifocal_loss(
             "mean" or "none" ([R, K]).
 
     Returns:
-        Tensor: scalar ("sum"/"mean") or [R, K] ("none"); >= 0.
+        Tensor: scalar ("sum"/"mean") or [R, K] ("none"); >= 0, float32 whatever the input
+        dtype (under autocast the IoU targets would otherwise be rounded to the logits' bf16/fp16).
 
     Raises:
         ValueError: shape mismatch, targets outside [0, 1], or an unknown ``reduction``.
@@ -46,7 +47,7 @@ def varifocal_loss(
             f"varifocal targets must lie in [0, 1], got range "
             f"[{targets.min().item()}, {targets.max().item()}]"
         )
-    targets = targets.to(logits.dtype)
+    logits, targets = logits.float(), targets.float()
     prob = logits.sigmoid()
     positive = targets > 0
     pos_weight = targets if iou_weighted else torch.ones_like(targets)

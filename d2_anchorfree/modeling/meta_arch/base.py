@@ -41,8 +41,12 @@ def loss_normalizer(total: torch.Tensor, floor: float = 1.0) -> float:
 
 
 def flatten_levels(per_level: List[torch.Tensor], dim: int) -> torch.Tensor:
-    """[N, dim, H_i, W_i] per level -> [N, sum_i H_i W_i, dim] (row-major per level)."""
-    return torch.cat([permute_to_N_HWA_K(x, dim) for x in per_level], dim=1)
+    """[N, dim, H_i, W_i] per level -> [N, sum_i H_i W_i, dim] float32 (row-major per level).
+
+    float32 whatever the head's dtype: under AMP (autocast) the head runs in fp16/bf16, and
+    everything after it (assignment, box decoding, losses) is computed in float32.
+    """
+    return torch.cat([permute_to_N_HWA_K(x, dim).float() for x in per_level], dim=1)
 
 
 def check_gt_instances(gt_instances: List[Instances], num_classes: int):
@@ -121,8 +125,9 @@ def gather_positive_targets(gt_instances: List[Instances], matched: torch.Tensor
 
 
 def permute(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """[dim, H, W] (one image of one level) -> [H * W, dim], row-major like :func:`flatten_levels`."""
-    return x.reshape(dim, -1).t()
+    """[dim, H, W] (one image of one level) -> [H * W, dim] float32, row-major like
+    :func:`flatten_levels` (inference decodes in float32 under autocast too)."""
+    return x.reshape(dim, -1).t().float()
 
 
 class AnchorFreeDetector(DenseDetector):

@@ -1,0 +1,127 @@
+"""What depends on the detectron2 version or on optional packages, in one place.
+
+Tested: detectron2 v0.6 (its Python sources, ``pb1-detectron2==0.6``, without ``detectron2._C``)
+and detectron2 main at commit 02b5c4e (June 2026) built with ``detectron2._C`` (see the README).
+Where the two differ for us:
+
+* **Compiled ops.** Only main here has ``detectron2._C``; it gives detectron2's C++ COCOeval
+  (``COCOeval_opt``). :func:`coco_eval_backend` picks the evaluation implementation from what is
+  importable (see ``d2_anchorfree.evaluation``).
+* **AMP precision.** main's ``AMPTrainer`` takes ``precision`` (``torch.bfloat16`` possible);
+  v0.6's always autocasts to float16. :func:`set_amp_precision` applies
+  ``SOLVER.AMP.PRECISION`` and refuses bfloat16 on v0.6.
+* **Trainer state.** main's ``DefaultTrainer.state_dict`` stores ``_trainer`` (optimizer, grad
+  scaler) itself and its ``load_state_dict`` reads ``state_dict["_trainer"]`` unconditionally
+  (a KeyError for checkpoints without it); v0.6's stores neither. ``AnchorFreeTrainer`` calls
+  ``TrainerBase``'s methods directly and handles ``_trainer`` itself, so both versions write and
+  read the same checkpoints (no version test needed there).
+* **Train loader iterator.** main's ``SimpleTrainer`` creates its data iterator lazily (a
+  read-only ``_data_loader_iter`` property); v0.6's sets it in the constructor.
+  :func:`replace_train_loader` swaps the loader on both (exact resume).
+* **Failed checkpoint loads.** main's ``DetectionCheckpointer.load`` asserts on entry that no
+  load is in progress and clears that state only on success, so after one corrupt file every
+  later ``load`` fails with a bare AssertionError; :func:`reset_failed_checkpoint_load` clears it
+  (resume falling back to the previous checkpoint).
+* **DenseDetector.** main pads with ``backbone.padding_constraints`` and adds tracing helpers;
+  our detectors use ``DenseDetector`` only through its constructor, ``forward`` and
+  ``preprocess_image``, which behave the same for our backbones on both versions.
+"""
+import functools
+import importlib
+import inspect
+
+import torch
+
+COCO_EVAL_BACKENDS = ("detectron2_C", "faster_coco_eval", "pycocotools")
+AMP_PRECISIONS = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@functools.lru_cache(maxsize=None)
+def has_module(name: str) -> bool:
+    """True when ``import name`` succeeds (cached). Any ImportError (e.g. a compiled extension
+    built against another torch) counts as absent."""
+    try:
+        importlib.import_module(name)
+        return True
+    except ImportError:
+        return False
+
+
+def detectron2_has_C() -> bool:
+    """True when detectron2's compiled ops (``detectron2._C``) import in this environment."""
+    return has_module("detectron2._C")
+
+
+def coco_eval_backend(max_dets_per_image: int = 100) -> str:
+    """The COCO bbox evaluation implementation to use, fastest first among those that give
+    pycocotools' numbers:
+
+    1. ``"detectron2_C"``: detectron2's C++ ``COCOeval_opt`` (``COCOEvaluator(use_fast_impl=True)``),
+       when ``detectron2._C`` imports and ``max_dets_per_image == 100``: for another value
+       detectron2 itself switches to its pycocotools-based ``COCOevalMaxDets``;
+    2. ``"faster_coco_eval"``: the ``faster-coco-eval`` package (C++ evaluate/accumulate), when
+       installed; its numbers equal pycocotools' (``tools/benchmark_cocoeval.py``);
+    3. ``"pycocotools"``: COCO's official Python implementation.
+
+    Args:
+        max_dets_per_image: the last ``maxDets`` of the evaluation (``TEST.COCO_MAX_DETS_PER_IMAGE``).
+    """
+    if detectron2_has_C() and max_dets_per_image == 100:
+        return "detectron2_C"
+    if has_module("faster_coco_eval"):
+        return "faster_coco_eval"
+    return "pycocotools"
+
+
+def amp_trainer_takes_precision() -> bool:
+    """True when detectron2's ``AMPTrainer`` has a ``precision`` argument (main; not v0.6)."""
+    from detectron2.engine import AMPTrainer
+
+    return "precision" in inspect.signature(AMPTrainer.__init__).parameters
+
+
+def set_amp_precision(trainer_loop, precision: str) -> None:
+    """Make an ``AMPTrainer`` autocast to ``precision`` (``SOLVER.AMP.PRECISION``).
+
+    Args:
+        trainer_loop: the trainer's inner loop (``DefaultTrainer._trainer``); nothing is done
+            unless it is an ``AMPTrainer`` (``SOLVER.AMP.ENABLED``).
+        precision: "float16" (the default, both versions) or "bfloat16" (detectron2 main only).
+
+    Raises:
+        ValueError: an unknown precision, or "bfloat16" with a detectron2 whose ``AMPTrainer``
+            has no ``precision`` (v0.6), naming the value.
+    """
+    if precision not in AMP_PRECISIONS:
+        raise ValueError(f"SOLVER.AMP.PRECISION must be one of {sorted(AMP_PRECISIONS)}, got {precision!r}")
+    from detectron2.engine import AMPTrainer
+
+    if not isinstance(trainer_loop, AMPTrainer):
+        return
+    if not amp_trainer_takes_precision():
+        if precision != "float16":
+            raise ValueError(
+                f"SOLVER.AMP.PRECISION={precision!r} needs a detectron2 whose AMPTrainer takes "
+                "`precision` (main after v0.6); this one autocasts to float16 only")
+        return
+    trainer_loop.precision = AMP_PRECISIONS[precision]
+
+
+def replace_train_loader(trainer_loop, data_loader) -> None:
+    """Make ``trainer_loop`` (a ``SimpleTrainer`` / ``AMPTrainer``) read its next batches from
+    ``data_loader``. detectron2 main creates the iterator lazily (``_data_loader_iter`` is a
+    read-only property over ``_data_loader_iter_obj``); v0.6 creates it in the constructor as a
+    plain attribute."""
+    trainer_loop.data_loader = data_loader
+    if isinstance(getattr(type(trainer_loop), "_data_loader_iter", None), property):
+        trainer_loop._data_loader_iter_obj = None  # main: re-created from data_loader on first use
+    else:
+        trainer_loop._data_loader_iter = iter(data_loader)
+
+
+def reset_failed_checkpoint_load(checkpointer) -> None:
+    """Make ``checkpointer`` (a ``DetectionCheckpointer``) usable again after a ``load`` that
+    raised. detectron2 main sets ``_parsed_url_during_load`` at the start of ``load``, resets it
+    only when the load succeeds, and asserts it is ``None`` on entry; v0.6 has no such state."""
+    if getattr(checkpointer, "_parsed_url_during_load", None) is not None:
+        checkpointer._parsed_url_during_load = None
