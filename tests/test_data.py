@@ -21,7 +21,10 @@ from d2_anchorfree.data import (
     register_datasets_from_config,
     validate_coco_json,
 )
-from d2_anchorfree.data import trees
+
+from conftest import load_tool
+
+trees = load_tool("trees_data")  # tools/trees_data.py: download + tiling of the bundled data
 
 
 # ----------------------------------------------------------------------------------------------

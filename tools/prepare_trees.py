@@ -11,7 +11,7 @@ boxes without installing it, tiles the large images (400x400, stride <= 300), sp
 image region (a strip at the right side of each large image is val) and writes
 ``OUT/images/*.png``, ``OUT/train.json``, ``OUT/val.json``, ``OUT/LICENSE``, ``OUT/NOTICE`` and
 ``OUT/manifest.json``. Idempotent: a complete output made with the same options is left alone
-(``--force`` rebuilds). See ``d2_anchorfree/data/trees.py`` for the details.
+(``--force`` rebuilds). See ``tools/trees_data.py`` for the details.
 
 The tiny configs register the result with
 ``DATASETS.REGISTER_COCO: ["trees_train,datasets/trees/train.json,datasets/trees/images", ...]``.
@@ -23,13 +23,10 @@ import sys
 
 
 def _load_trees_module():
-    """d2_anchorfree/data/trees.py needs only numpy and Pillow: load it by path so that a no-op
-    run does not pay for importing torch and detectron2 (the package ``__init__``)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "d2_anchorfree", "data", "trees.py")
-    if not os.path.isfile(path):  # not run from a source checkout
-        from d2_anchorfree.data import trees
-        return trees
-    spec = importlib.util.spec_from_file_location("_d2af_trees", path)
+    """``tools/trees_data.py`` (download + tiling; numpy and Pillow only), loaded by path: the
+    tools are scripts, not a package, and a no-op run should not import torch or detectron2."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "trees_data.py")
+    spec = importlib.util.spec_from_file_location("_d2af_trees_data", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
