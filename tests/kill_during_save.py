@@ -48,7 +48,10 @@ class KillingWriter:
 
 
 def _is_target_temp(name: str) -> bool:
-    return os.path.basename(str(name)).startswith(temp_prefix)
+    # The temporary file of an atomic save, or the file itself when written in place (as
+    # fvcore's Checkpointer does: then this test must see the truncated file).
+    base = os.path.basename(str(name))
+    return base.startswith(temp_prefix) or base == target
 
 
 if stage == "write":
