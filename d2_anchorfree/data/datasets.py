@@ -123,17 +123,7 @@ def validate_coco_json(json_file: str, image_root: str, tolerance: float = BOX_T
         ValueError: any other problem, naming the json, the annotation id, the image file and the
             offending value.
     """
-    with open(json_file) as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{json_file}: not valid json: {e}") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"{json_file}: expected a json object with images/annotations/categories")
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise ValueError(f"{json_file}: missing or non-list '{key}' (COCO instances format)")
-
+    data = _load_json(json_file, required=("images", "annotations", "categories"))
     category_ids = {c.get("id") for c in data["categories"] if isinstance(c, dict)}
     images: Dict[int, dict] = {}
     for img in data["images"]:
@@ -183,14 +173,19 @@ def validate_coco_json(json_file: str, image_root: str, tolerance: float = BOX_T
     return {"images": len(images), "annotations": len(data["annotations"]), "categories": len(category_ids)}
 
 
-def _load_json(json_file: str) -> dict:
+def _load_json(json_file: str, required=("images", "annotations")) -> dict:
+    """Parse a COCO json; raise ValueError naming the file when it is not valid json, not an
+    object, or lacks one of the ``required`` lists."""
     with open(json_file) as f:
         try:
             data = json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError(f"{json_file}: not valid json: {e}") from e
-    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations")):
-        raise ValueError(f"{json_file}: expected a json object with 'images' and 'annotations' lists")
+    if not isinstance(data, dict):
+        raise ValueError(f"{json_file}: expected a json object with {'/'.join(required)}")
+    for key in required:
+        if not isinstance(data.get(key), list):
+            raise ValueError(f"{json_file}: missing or non-list '{key}' (COCO instances format)")
     return data
 
 
