@@ -1,6 +1,6 @@
 """Shared pieces of the assigners: the registry, the label convention, chunking and crowd helpers."""
 import math
-from typing import Iterator, List, Tuple
+from typing import Iterator, List, NamedTuple, Optional, Tuple
 
 import torch
 
@@ -19,6 +19,20 @@ predictions) and returns ``matched_idxs`` [R] (long): the index of the GT each p
 
 BACKGROUND = -1
 IGNORE = -2
+
+
+class AssignResult(NamedTuple):
+    """What an assigner returns for one image.
+
+    matched: [R] long, per point the index of the GT it learns from, ``BACKGROUND`` (-1) or
+        ``IGNORE`` (-2, left out of the classification loss).
+    quality: optional [R] float in [0, 1], a soft target per point (meaningful at positives,
+        0 elsewhere), e.g. TOOD's normalized alignment metric or the IoU of ATSS's anchor with its
+        GT; ``None`` when the assigner has none.
+    """
+
+    matched: torch.Tensor
+    quality: Optional[torch.Tensor] = None
 
 
 def gt_chunks(num_points: int, num_gt: int, max_elements: int) -> Iterator[Tuple[int, int]]:
