@@ -1,14 +1,18 @@
 """Config keys of d2_anchorfree, added to a detectron2 yacs ``CfgNode``.
 
 ``add_anchorfree_config(cfg)`` adds every key below with its default. Unknown keys in a YAML file
-still fail loudly (yacs raises ``KeyError: 'Non-existent config key: ...'``).
+still fail loudly (yacs raises ``KeyError: 'Non-existent config key: ...'``); keys of the old
+layout fail with the name of the key that replaced them (:data:`MOVED_KEYS`); keys of a component
+the detector does not use fail when the model is built (``modeling/components.py``).
 """
 from detectron2.config import CfgNode as CN
 
 
 def add_anchorfree_config(cfg):
-    """Add the ``MODEL.FCOS``, ``MODEL.SHIFT_GENERATOR``, ``MODEL.ATSS``, ``MODEL.GFL``,
-    ``MODEL.VFNET``, ``MODEL.POTO`` and ``MODEL.DEFCN`` sections (and a few FPN/data keys) to ``cfg``.
+    """Add the dense-detector sections to ``cfg``: ``MODEL.DENSE`` (shared), one section per head,
+    assigner and loss term, ``MODEL.SHIFT_GENERATOR``, ``MODEL.MAX_FILTER`` (and a few FPN, data,
+    solver and test keys). Keys of the pre-composition layout (``MODEL.FCOS.*``, ``MODEL.GFL.*``,
+    ...) are registered as renamed: a YAML that sets one fails naming its new key.
 
     Args:
         cfg (CfgNode): a detectron2 config, e.g. ``detectron2.config.get_cfg()``; modified in place.
@@ -18,7 +22,7 @@ def add_anchorfree_config(cfg):
 
     Idempotent: calling it twice leaves the config unchanged.
     """
-    if hasattr(cfg.MODEL, "FCOS"):
+    if hasattr(cfg.MODEL, "DENSE"):
         return cfg
     _C = cfg
 
@@ -33,87 +37,121 @@ def add_anchorfree_config(cfg):
     # i.e. stride // 2 for even strides (FCOS paper, Sec. 3.1).
     _C.MODEL.SHIFT_GENERATOR.OFFSET = 0.5
 
-    # ---- FCOS (Tian et al., ICCV 2019); also the shared dense-head keys of the other detectors
-    _C.MODEL.FCOS = CN()
-    _C.MODEL.FCOS.NUM_CLASSES = 80
-    _C.MODEL.FCOS.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
-    _C.MODEL.FCOS.NUM_CONVS = 4  # convs in each of the cls and box towers
-    _C.MODEL.FCOS.NORM = "GN"  # "GN", "BN" or "" (none) in the towers
-    _C.MODEL.FCOS.PRIOR_PROB = 0.01  # cls bias init: -log((1 - p) / p)
+    # ---- what every dense detector shares (read by d2_anchorfree.modeling.detector)
+    _C.MODEL.DENSE = CN()
+    _C.MODEL.DENSE.NUM_CLASSES = 80
+    _C.MODEL.DENSE.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+    # Components, by registered name. "" (and [] for LOSSES) = the choice of the preset named by
+    # MODEL.META_ARCHITECTURE (see modeling/presets.py); set them to compose a new detector.
+    _C.MODEL.DENSE.HEAD = ""  # HEAD_REGISTRY: FCOSHead, GFLHead, VFNetHead, DeFCNHead, TOODHead
+    _C.MODEL.DENSE.ASSIGNER = ""  # ASSIGNER_REGISTRY: FCOSAssigner, ATSSAssigner, POTOAssigner, ...
+    # One-to-many auxiliary assigner ("none": no auxiliary loss): it labels the head's auxiliary
+    # classifier, trained by an auxiliary focal loss (DeFCN Sec. 3.4: POTOAuxAssigner).
+    _C.MODEL.DENSE.AUX_ASSIGNER = ""
+    # Assigner of the first INITIAL_ASSIGNER_ITERS iterations (TOOD: ATSS in the first epochs).
+    _C.MODEL.DENSE.INITIAL_ASSIGNER = ""
+    _C.MODEL.DENSE.INITIAL_ASSIGNER_ITERS = 0
+    _C.MODEL.DENSE.LOSSES = []  # LOSS_REGISTRY names, e.g. ["FocalLoss", "BoxLoss", "CenternessLoss"]
+    # "nms": class-aware NMS at NMS_THRESH_TEST; "topk": NMS-free, the top TEST.DETECTIONS_PER_IMAGE.
+    _C.MODEL.DENSE.POSTPROCESS = ""
+    # Towers of every head: depth, norm ("GN", "BN" or ""), classifier prior.
+    _C.MODEL.DENSE.NUM_CONVS = 4
+    _C.MODEL.DENSE.NORM = "GN"
+    _C.MODEL.DENSE.PRIOR_PROB = 0.01  # cls bias init: -log((1 - p) / p)
     # Regress ranges: level i takes objects whose max(l, t, r, b) (pixels) lies in
-    # [SIZES[i-1], SIZES[i]], with 0 and +inf at the ends (paper Sec. 3.2).
-    _C.MODEL.FCOS.SIZES_OF_INTEREST = [64, 128, 256, 512]
-    # Center sampling radius in stride units (FCOS "imprv"); 0 = whole GT box is positive.
-    _C.MODEL.FCOS.CENTER_SAMPLING_RADIUS = 0.0
-    # Which assigner labels locations: "FCOS" (scale ranges) or "ATSS" (the "FCOS + ATSS" setting).
-    _C.MODEL.FCOS.ASSIGNER = "FCOS"
-    # False: distances = exp(s_i * x) (paper). True: relu(s_i * x) * stride (normalized targets).
-    _C.MODEL.FCOS.NORM_REG_TARGETS = False
-    _C.MODEL.FCOS.CENTERNESS_ON_REG = False  # centerness branch on the box tower (imprv)
-    _C.MODEL.FCOS.BOX_LOSS_TYPE = "iou"  # "iou" (-log IoU), "linear_iou" (1 - IoU) or "giou"
-    _C.MODEL.FCOS.FOCAL_LOSS_ALPHA = 0.25
-    _C.MODEL.FCOS.FOCAL_LOSS_GAMMA = 2.0
-    _C.MODEL.FCOS.LOSS_WEIGHT_CLS = 1.0
-    _C.MODEL.FCOS.LOSS_WEIGHT_BOX = 1.0
-    _C.MODEL.FCOS.LOSS_WEIGHT_CENTERNESS = 1.0
+    # [SIZES[i-1], SIZES[i]], with 0 and +inf at the ends (FCOS Sec. 3.2; the FCOS assigner and
+    # POTO's "fcos" level prior).
+    _C.MODEL.DENSE.SIZES_OF_INTEREST = [64, 128, 256, 512]
+    # Center sampling radius in stride units, of the assigners with a center prior (FCOS "imprv",
+    # POTO's "center" spatial prior); 0 = the whole GT box.
+    _C.MODEL.DENSE.CENTER_SAMPLING_RADIUS = 0.0
+    # GT boxes are processed in chunks so that the dense [points x chunk] tensors of assignment
+    # stay below this many elements (memory bound for crowded images; results are identical).
+    _C.MODEL.DENSE.ASSIGN_CHUNK_ELEMENTS = 1 << 20
     # Inference
-    _C.MODEL.FCOS.SCORE_THRESH_TEST = 0.05
-    _C.MODEL.FCOS.TOPK_CANDIDATES_TEST = 1000  # per level, before NMS
-    _C.MODEL.FCOS.NMS_THRESH_TEST = 0.6
-    # score = (p_cls * centerness) ** SCORE_EXPONENT; 0.5 = sqrt of the product, 1.0 = product.
-    _C.MODEL.FCOS.SCORE_EXPONENT = 0.5
-    # GT boxes are processed in chunks so that the dense [points x chunk] distance tensors stay
-    # below this many elements (memory bound for crowded images; results are identical).
-    _C.MODEL.FCOS.ASSIGN_CHUNK_ELEMENTS = 1 << 20
+    _C.MODEL.DENSE.SCORE_THRESH_TEST = 0.05
+    _C.MODEL.DENSE.TOPK_CANDIDATES_TEST = 1000  # per level, before NMS / top-k
+    _C.MODEL.DENSE.NMS_THRESH_TEST = 0.6
 
-    # ---- ATSS assignment (Zhang et al., CVPR 2020)
-    _C.MODEL.ATSS = CN()
+    # ---- heads (one section each; the tower keys are in MODEL.DENSE)
+    _C.MODEL.FCOS_HEAD = CN()
+    # False: distances = exp(s_i * x) (paper). True: relu(s_i * x) * stride (normalized targets).
+    _C.MODEL.FCOS_HEAD.NORM_REG_TARGETS = False
+    _C.MODEL.FCOS_HEAD.CENTERNESS_ON_REG = False  # centerness branch on the box tower (imprv)
+    # score = (p_cls * centerness) ** SCORE_EXPONENT; 0.5 = sqrt of the product, 1.0 = product.
+    _C.MODEL.FCOS_HEAD.SCORE_EXPONENT = 0.5
+    _C.MODEL.GFL_HEAD = CN()  # GFL (Li et al., NeurIPS 2020) and GFLv2's DGQP (CVPR 2021)
+    _C.MODEL.GFL_HEAD.REG_MAX = 16  # distribution over REG_MAX + 1 bins, in stride units
+    _C.MODEL.GFL_HEAD.DGQP = False  # GFLv2 Distribution-Guided Quality Predictor
+    _C.MODEL.GFL_HEAD.DGQP_TOPK = 4
+    _C.MODEL.GFL_HEAD.DGQP_HIDDEN = 64
+    _C.MODEL.VFNET_HEAD = CN()  # VarifocalNet (Zhang et al., CVPR 2021)
+    # Gradient into the initial box through the star-conv offsets is scaled by this (paper: 0.1).
+    _C.MODEL.VFNET_HEAD.OFFSET_GRAD_MUL = 0.1
+    _C.MODEL.DEFCN_HEAD = CN()  # DeFCN (Wang et al., CVPR 2021): FCOS towers, no centerness
+    _C.MODEL.DEFCN_HEAD.NORM_REG_TARGETS = True
+    _C.MODEL.TOOD_HEAD = CN()  # TOOD (Feng et al., ICCV 2021)
+    _C.MODEL.TOOD_HEAD.LA_DOWN_RATE = 8  # layer attention: hidden = C * NUM_CONVS // this
+
+    # ---- 3D Max Filtering (DeFCN Sec. 3.3), on any head: a filter branch on the box tower whose
+    # sigmoid multiplies the class score
+    _C.MODEL.MAX_FILTER = CN()
+    _C.MODEL.MAX_FILTER.ENABLED = False
+    _C.MODEL.MAX_FILTER.KERNEL = 3  # k x k spatial window
+    _C.MODEL.MAX_FILTER.TAU = 2  # scale window: tau + 1 neighbouring levels
+
+    # ---- assigners (one section each)
+    _C.MODEL.ATSS = CN()  # ATSS (Zhang et al., CVPR 2020)
     _C.MODEL.ATSS.TOPK = 9  # candidates per level per GT, closest to the GT center
     _C.MODEL.ATSS.ANCHOR_SCALE = 8.0  # square anchor side = ANCHOR_SCALE * stride (pixels)
-
-    # ---- GFL (Li et al., NeurIPS 2020) and GFLv2's DGQP (Li et al., CVPR 2021)
-    _C.MODEL.GFL = CN()
-    _C.MODEL.GFL.REG_MAX = 16  # distribution over REG_MAX + 1 bins, in stride units
-    _C.MODEL.GFL.QFL_BETA = 2.0
-    _C.MODEL.GFL.LOSS_WEIGHT_QFL = 1.0
-    _C.MODEL.GFL.LOSS_WEIGHT_DFL = 0.25
-    _C.MODEL.GFL.LOSS_WEIGHT_BOX = 2.0  # GIoU
-    _C.MODEL.GFL.DGQP = False  # GFLv2 Distribution-Guided Quality Predictor
-    _C.MODEL.GFL.DGQP_TOPK = 4
-    _C.MODEL.GFL.DGQP_HIDDEN = 64
-    # Assigner of the GFL detector: "ATSS" (paper), "FCOS" or a registered assigner class name.
-    _C.MODEL.GFL.ASSIGNER = "ATSS"
-
-    # ---- VarifocalNet (Zhang et al., CVPR 2021)
-    _C.MODEL.VFNET = CN()
-    _C.MODEL.VFNET.ALPHA = 0.75
-    _C.MODEL.VFNET.GAMMA = 2.0
-    _C.MODEL.VFNET.IOU_WEIGHTED = True
-    _C.MODEL.VFNET.LOSS_WEIGHT_VFL = 1.0
-    _C.MODEL.VFNET.LOSS_WEIGHT_BOX_INIT = 1.5
-    _C.MODEL.VFNET.LOSS_WEIGHT_BOX_REFINE = 2.0
-    # Gradient into the initial box through the star-conv offsets is scaled by this (paper: 0.1).
-    _C.MODEL.VFNET.OFFSET_GRAD_MUL = 0.1
-    _C.MODEL.VFNET.USE_ATSS = True
-
-    # ---- POTO one-to-one assignment (DeFCN, Wang et al., CVPR 2021)
-    _C.MODEL.POTO = CN()
-    _C.MODEL.POTO.ALPHA = 0.8  # Q = p^(1 - alpha) * IoU^alpha
-    # Spatial prior: "center" (center sampling with CENTER_SAMPLING_RADIUS) or "inside" (GT box).
+    _C.MODEL.POTO = CN()  # POTO one-to-one assignment (DeFCN, Wang et al., CVPR 2021)
+    _C.MODEL.POTO.ALPHA = 0.8  # Q = p^(1 - alpha) * IoU^alpha (also POTOAuxAssigner's)
+    # Spatial prior: "center" (MODEL.DENSE.CENTER_SAMPLING_RADIUS around the center) or "inside".
     _C.MODEL.POTO.SPATIAL_PRIOR = "center"
-    _C.MODEL.POTO.CENTER_SAMPLING_RADIUS = 1.5
-    # Allowed FPN levels per GT: "all" or "fcos" (FCOS scale ranges).
+    # Allowed FPN levels per GT: "all" or "fcos" (MODEL.DENSE.SIZES_OF_INTEREST); also POTOAux's.
     _C.MODEL.POTO.LEVEL_PRIOR = "all"
-    _C.MODEL.POTO.AUX_TOPK = 9  # one-to-many auxiliary assignment
-    _C.MODEL.POTO.AUX_LOSS_WEIGHT = 1.0
+    _C.MODEL.POTO_AUX = CN()  # DeFCN's one-to-many auxiliary assignment (Sec. 3.4)
+    _C.MODEL.POTO_AUX.TOPK = 9
+    _C.MODEL.TAL = CN()  # TOOD's Task Alignment Learning (Sec. 3.2)
+    _C.MODEL.TAL.TOPK = 13
+    _C.MODEL.TAL.ALPHA = 1.0  # t = s^ALPHA * u^BETA
+    _C.MODEL.TAL.BETA = 6.0
 
-    # ---- DeFCN head options
-    _C.MODEL.DEFCN = CN()
-    _C.MODEL.DEFCN.USE_3DMF = True
-    _C.MODEL.DEFCN.MAX_FILTER_KERNEL = 3  # k x k spatial window
-    _C.MODEL.DEFCN.MAX_FILTER_TAU = 2  # scale window: tau + 1 neighbouring levels
-    _C.MODEL.DEFCN.USE_AUX_LOSS = True
-    _C.MODEL.DEFCN.NMS_FREE = True  # False: class-aware NMS at MODEL.FCOS.NMS_THRESH_TEST
+    # ---- loss terms (one section each; WEIGHT multiplies the normalized term)
+    _C.MODEL.FOCAL_LOSS = CN()  # Lin et al., ICCV 2017, Eq. 5, on hard labels
+    _C.MODEL.FOCAL_LOSS.ALPHA = 0.25
+    _C.MODEL.FOCAL_LOSS.GAMMA = 2.0
+    _C.MODEL.FOCAL_LOSS.WEIGHT = 1.0
+    _C.MODEL.QFL = CN()  # Quality Focal Loss (GFL Eq. 5) on a soft IoU target
+    _C.MODEL.QFL.BETA = 2.0
+    # Soft target: "iou" = IoU(predicted box, GT) (GFL); "assigner" = the assigner's quality
+    # (TOOD: the normalized alignment metric).
+    _C.MODEL.QFL.TARGET = "iou"
+    _C.MODEL.QFL.WEIGHT = 1.0
+    _C.MODEL.VFL = CN()  # Varifocal Loss (VFNet Eq. 2) on the IoU of the (refined) box
+    _C.MODEL.VFL.ALPHA = 0.75
+    _C.MODEL.VFL.GAMMA = 2.0
+    _C.MODEL.VFL.IOU_WEIGHTED = True
+    _C.MODEL.VFL.WEIGHT = 1.0
+    # IoU-family loss on the (final) boxes of the positives. The detectors' papers differ in all
+    # three keys, so "" / a negative WEIGHT mean the preset's value (modeling/presets.py).
+    _C.MODEL.BOX_LOSS = CN()
+    _C.MODEL.BOX_LOSS.TYPE = ""  # "iou" (-log IoU), "linear_iou" (1 - IoU) or "giou"
+    _C.MODEL.BOX_LOSS.WEIGHT = -1.0
+    # Per-positive weight and normalizer: "none" (1, / positives), "centerness" (FCOS: the
+    # centerness target), "max_score" (GFL: highest predicted class score), "iou" (VFNet: IoU of
+    # the box with its GT), "quality" (TOOD: the assigner's soft target); "" = the preset's.
+    _C.MODEL.BOX_LOSS.WEIGHTING = ""
+    _C.MODEL.INIT_BOX_LOSS = CN()  # VFNet: GIoU on the initial boxes, IoU-weighted
+    _C.MODEL.INIT_BOX_LOSS.WEIGHT = 1.5
+    _C.MODEL.CENTERNESS_LOSS = CN()  # FCOS: BCE on the centerness targets (Eq. 3)
+    _C.MODEL.CENTERNESS_LOSS.WEIGHT = 1.0
+    _C.MODEL.DFL = CN()  # Distribution Focal Loss (GFL Eq. 7), weighted like BOX_LOSS
+    _C.MODEL.DFL.WEIGHT = 0.25
+    _C.MODEL.AUX_LOSS = CN()  # focal loss of the auxiliary classifier (FOCAL_LOSS alpha/gamma)
+    _C.MODEL.AUX_LOSS.WEIGHT = 1.0
+
+    register_moved_keys(_C)
 
     # ---- data: COCO-format datasets registered from the config (no Python needed)
     # Each entry: "name,path/to/annotations.json,path/to/image_root".
@@ -149,3 +187,63 @@ def add_anchorfree_config(cfg):
     # detectron2 whose AMPTrainer takes `precision`, i.e. main after v0.6; see compat.py).
     _C.SOLVER.AMP.PRECISION = "float16"
     return cfg
+
+
+# Old key -> new key (or a sentence when there is no one-to-one replacement).
+MOVED_KEYS = {
+    "MODEL.FCOS.NUM_CLASSES": "MODEL.DENSE.NUM_CLASSES",
+    "MODEL.FCOS.IN_FEATURES": "MODEL.DENSE.IN_FEATURES",
+    "MODEL.FCOS.NUM_CONVS": "MODEL.DENSE.NUM_CONVS",
+    "MODEL.FCOS.NORM": "MODEL.DENSE.NORM",
+    "MODEL.FCOS.PRIOR_PROB": "MODEL.DENSE.PRIOR_PROB",
+    "MODEL.FCOS.SIZES_OF_INTEREST": "MODEL.DENSE.SIZES_OF_INTEREST",
+    "MODEL.FCOS.CENTER_SAMPLING_RADIUS": "MODEL.DENSE.CENTER_SAMPLING_RADIUS",
+    "MODEL.FCOS.ASSIGNER": "MODEL.DENSE.ASSIGNER (a registered name: 'FCOSAssigner', 'ATSSAssigner', ...)",
+    "MODEL.FCOS.NORM_REG_TARGETS": "MODEL.FCOS_HEAD.NORM_REG_TARGETS (DeFCN: MODEL.DEFCN_HEAD.NORM_REG_TARGETS)",
+    "MODEL.FCOS.CENTERNESS_ON_REG": "MODEL.FCOS_HEAD.CENTERNESS_ON_REG",
+    "MODEL.FCOS.BOX_LOSS_TYPE": "MODEL.BOX_LOSS.TYPE",
+    "MODEL.FCOS.FOCAL_LOSS_ALPHA": "MODEL.FOCAL_LOSS.ALPHA",
+    "MODEL.FCOS.FOCAL_LOSS_GAMMA": "MODEL.FOCAL_LOSS.GAMMA",
+    "MODEL.FCOS.LOSS_WEIGHT_CLS": "MODEL.FOCAL_LOSS.WEIGHT",
+    "MODEL.FCOS.LOSS_WEIGHT_BOX": "MODEL.BOX_LOSS.WEIGHT",
+    "MODEL.FCOS.LOSS_WEIGHT_CENTERNESS": "MODEL.CENTERNESS_LOSS.WEIGHT",
+    "MODEL.FCOS.SCORE_THRESH_TEST": "MODEL.DENSE.SCORE_THRESH_TEST",
+    "MODEL.FCOS.TOPK_CANDIDATES_TEST": "MODEL.DENSE.TOPK_CANDIDATES_TEST",
+    "MODEL.FCOS.NMS_THRESH_TEST": "MODEL.DENSE.NMS_THRESH_TEST",
+    "MODEL.FCOS.SCORE_EXPONENT": "MODEL.FCOS_HEAD.SCORE_EXPONENT",
+    "MODEL.FCOS.ASSIGN_CHUNK_ELEMENTS": "MODEL.DENSE.ASSIGN_CHUNK_ELEMENTS",
+    "MODEL.GFL.REG_MAX": "MODEL.GFL_HEAD.REG_MAX",
+    "MODEL.GFL.QFL_BETA": "MODEL.QFL.BETA",
+    "MODEL.GFL.LOSS_WEIGHT_QFL": "MODEL.QFL.WEIGHT",
+    "MODEL.GFL.LOSS_WEIGHT_DFL": "MODEL.DFL.WEIGHT",
+    "MODEL.GFL.LOSS_WEIGHT_BOX": "MODEL.BOX_LOSS.WEIGHT",
+    "MODEL.GFL.DGQP": "MODEL.GFL_HEAD.DGQP",
+    "MODEL.GFL.DGQP_TOPK": "MODEL.GFL_HEAD.DGQP_TOPK",
+    "MODEL.GFL.DGQP_HIDDEN": "MODEL.GFL_HEAD.DGQP_HIDDEN",
+    "MODEL.GFL.ASSIGNER": "MODEL.DENSE.ASSIGNER (a registered name: 'ATSSAssigner', 'FCOSAssigner', ...)",
+    "MODEL.VFNET.ALPHA": "MODEL.VFL.ALPHA",
+    "MODEL.VFNET.GAMMA": "MODEL.VFL.GAMMA",
+    "MODEL.VFNET.IOU_WEIGHTED": "MODEL.VFL.IOU_WEIGHTED",
+    "MODEL.VFNET.LOSS_WEIGHT_VFL": "MODEL.VFL.WEIGHT",
+    "MODEL.VFNET.LOSS_WEIGHT_BOX_INIT": "MODEL.INIT_BOX_LOSS.WEIGHT",
+    "MODEL.VFNET.LOSS_WEIGHT_BOX_REFINE": "MODEL.BOX_LOSS.WEIGHT",
+    "MODEL.VFNET.OFFSET_GRAD_MUL": "MODEL.VFNET_HEAD.OFFSET_GRAD_MUL",
+    "MODEL.VFNET.USE_ATSS": "MODEL.DENSE.ASSIGNER ('ATSSAssigner' is VFNet's default)",
+    "MODEL.POTO.CENTER_SAMPLING_RADIUS": "MODEL.DENSE.CENTER_SAMPLING_RADIUS",
+    "MODEL.POTO.AUX_TOPK": "MODEL.POTO_AUX.TOPK",
+    "MODEL.POTO.AUX_LOSS_WEIGHT": "MODEL.AUX_LOSS.WEIGHT",
+    "MODEL.DEFCN.USE_3DMF": "MODEL.MAX_FILTER.ENABLED",
+    "MODEL.DEFCN.MAX_FILTER_KERNEL": "MODEL.MAX_FILTER.KERNEL",
+    "MODEL.DEFCN.MAX_FILTER_TAU": "MODEL.MAX_FILTER.TAU",
+    "MODEL.DEFCN.USE_AUX_LOSS": "MODEL.DENSE.AUX_ASSIGNER ('POTOAuxAssigner', or 'none' for no auxiliary loss)",
+    "MODEL.DEFCN.NMS_FREE": "MODEL.DENSE.POSTPROCESS ('topk': NMS-free, 'nms')",
+}
+
+
+def register_moved_keys(cfg) -> None:
+    """Register :data:`MOVED_KEYS` as yacs renamed keys of ``cfg``: merging a YAML file or an
+    option list that sets one raises ``KeyError`` naming the new key."""
+    for old, new in MOVED_KEYS.items():
+        target = new.split(" ")[0]
+        note = new[len(target):].strip(" ()") or None
+        cfg.register_renamed_key(old, target, message=note)

@@ -17,7 +17,8 @@ from conftest import REPO, load_cfg, make_batch
 
 from d2_anchorfree import compat
 from d2_anchorfree.modeling.heads.gfl_head import distribution_to_distance
-from d2_anchorfree.modeling.losses import focal_loss_with_labels, iou_loss, paired_iou
+from d2_anchorfree.modeling.geometry import paired_iou
+from d2_anchorfree.modeling.losses import focal_loss_with_labels, iou_loss
 from d2_anchorfree.modeling.losses.distribution_focal import distribution_focal_loss
 from d2_anchorfree.modeling.losses.quality_focal import quality_focal_loss
 from d2_anchorfree.modeling.losses.varifocal import varifocal_loss

@@ -10,7 +10,7 @@ from detectron2.structures import Boxes, Instances
 
 from d2_anchorfree.modeling.assigners import ASSIGNER_REGISTRY, BACKGROUND, IGNORE, build_assigner
 from d2_anchorfree.modeling.assigners.atss import ATSSAssigner, adaptive_iou_threshold, atss_positives
-from d2_anchorfree.modeling.losses import paired_iou
+from d2_anchorfree.modeling.geometry import paired_iou
 
 from conftest import load_cfg, train_step_and_predict
 

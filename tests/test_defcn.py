@@ -13,7 +13,6 @@ from conftest import load_cfg, make_batch, make_instances
 from d2_anchorfree.layers.max_filter import MaxFiltering3D, max_filter_3d
 from d2_anchorfree.modeling.assigners import BACKGROUND, IGNORE, build_assigner
 from d2_anchorfree.modeling.assigners.base import level_ranges
-from d2_anchorfree.modeling.assigners.geometry import center_region, point_box_distances
 from d2_anchorfree.modeling.assigners.poto import (
     POTOAssigner, match_one_to_one, match_one_to_one_dense, pair_quality,
 )
@@ -28,6 +27,21 @@ DEFCN_CONFIGS = [
     "configs/DeFCN/DeFCN_tiny_R_18_cpu.yaml",
 ]
 TINY = "configs/DeFCN/DeFCN_tiny_R_18_cpu.yaml"
+
+
+def point_box_distances(points, boxes):
+    """Reference [R, G, 4] (l, t, r, b) from every point to every box (FCOS Eq. 1), dense on purpose."""
+    p = points[:, None, :]
+    return torch.cat([p - boxes[..., :2], boxes[..., 2:] - p], dim=-1)
+
+
+def center_region(gt_boxes, point_strides, radius):
+    """Reference [R, G, 4] center-sampling regions (cx -+ r s, cy -+ r s) clipped to the GT box."""
+    centers = (gt_boxes[:, :2] + gt_boxes[:, 2:]) / 2
+    half = (point_strides * radius)[:, None, None]
+    lo = torch.max(centers[None] - half, gt_boxes[None, :, :2])
+    hi = torch.min(centers[None] + half, gt_boxes[None, :, 2:])
+    return torch.cat([lo, hi], dim=2)
 
 
 def logit(p: float) -> float:

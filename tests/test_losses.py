@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from d2_anchorfree.modeling.losses import focal_loss_with_labels, iou_loss, ltrb_as_boxes, paired_iou
+from d2_anchorfree.modeling.geometry import ltrb_as_boxes, paired_iou
+from d2_anchorfree.modeling.losses import focal_loss_with_labels, iou_loss
 
 
 def test_iou_losses_on_nested_ltrb():

@@ -12,15 +12,33 @@ import pytest
 import torch
 
 from conftest import REPO, load_cfg
+from d2_anchorfree.config import MOVED_KEYS
 from fixtures.make_preset_fixture import CASES_OLD, COMMON_OLD, run_case
+
+MODEL_KEYS = {old: new.split(" ")[0] for old, new in MOVED_KEYS.items()}
 
 FIXTURE = os.path.join(REPO, "tests", "fixtures", "presets_before_redesign.pt")
 
-# name -> (config file, overrides in the current keys)
-CASES = dict(CASES_OLD)
-COMMON = COMMON_OLD
-# Loss names of the current code for the recorded ones.
-LOSS_NAMES = {}
+# The recorded cases' overrides in the current config keys.
+COMMON = [MODEL_KEYS.get(k, k) for k in COMMON_OLD]
+NEW_OVERRIDES = {
+    "fcos_with_atss": ["MODEL.DENSE.ASSIGNER", "ATSSAssigner"],
+    "gfl_dgqp": ["MODEL.GFL_HEAD.DGQP", True],
+    "vfnet_fcos_assigner": ["MODEL.DENSE.ASSIGNER", "FCOSAssigner"],
+    "defcn_tiny_nms": ["MODEL.DENSE.POSTPROCESS", "nms"],
+}
+CASES = {name: (config, NEW_OVERRIDES.get(name, [])) for name, (config, _) in CASES_OLD.items()}
+# Loss names: recorded (per detector) -> current (per loss term).
+LOSS_NAMES = {
+    "loss_fcos_cls": "loss_cls", "loss_fcos_box": "loss_box", "loss_fcos_ctr": "loss_ctr",
+    "loss_gfl_qfl": "loss_cls", "loss_gfl_box": "loss_box", "loss_gfl_dfl": "loss_dfl",
+    "loss_vfnet_cls": "loss_cls", "loss_vfnet_box_init": "loss_box_init", "loss_vfnet_box_refine": "loss_box",
+    "loss_defcn_cls": "loss_cls", "loss_defcn_box": "loss_box", "loss_defcn_aux": "loss_aux",
+}
+
+
+def test_cases_cover_every_recorded_override():
+    assert {name for name, (_, old) in CASES_OLD.items() if old} == set(NEW_OVERRIDES)
 
 
 @pytest.fixture(scope="module")

@@ -456,12 +456,12 @@ _D2_NUM_CLASSES_KEYS = {
 
 def num_classes_key(cfg) -> Optional[str]:
     """The config key that sets the number of classes of ``cfg.MODEL.META_ARCHITECTURE``:
-    ``"MODEL.FCOS.NUM_CLASSES"`` for d2_anchorfree's detectors (FCOS, ATSS, GFL, VFNet, DeFCN and
+    ``"MODEL.DENSE.NUM_CLASSES"`` for d2_anchorfree's detectors (FCOS, ATSS, GFL, VFNet, DeFCN and
     any other ``AnchorFreeDetector`` subclass), ``"MODEL.RETINANET.NUM_CLASSES"`` for detectron2's
     RetinaNet, ``"MODEL.ROI_HEADS.NUM_CLASSES"`` for ``GeneralizedRCNN``; None for others."""
     from detectron2.modeling import META_ARCH_REGISTRY
 
-    from ..modeling.meta_arch import AnchorFreeDetector
+    from ..modeling.detector import AnchorFreeDetector
 
     arch = cfg.MODEL.META_ARCHITECTURE
     try:
@@ -469,7 +469,7 @@ def num_classes_key(cfg) -> Optional[str]:
     except KeyError:
         return None
     if isinstance(cls, type) and issubclass(cls, AnchorFreeDetector):
-        return "MODEL.FCOS.NUM_CLASSES"
+        return "MODEL.DENSE.NUM_CLASSES"
     return _D2_NUM_CLASSES_KEYS.get(arch)
 
 
@@ -492,8 +492,8 @@ def check_num_classes(cfg, dataset_names: Optional[Sequence[str]] = None) -> Opt
 
     Raises:
         ValueError: naming the key, its value, the dataset and its class count (and the first
-            class names), e.g. "MODEL.FCOS.NUM_CLASSES is 80 but the training dataset 'trees_train'
-            has 1 class (['tree']); set MODEL.FCOS.NUM_CLASSES 1".
+            class names), e.g. "MODEL.DENSE.NUM_CLASSES is 80 but the training dataset 'trees_train'
+            has 1 class (['tree']); set MODEL.DENSE.NUM_CLASSES 1".
     """
     key = num_classes_key(cfg)
     if key is None:

@@ -17,15 +17,15 @@ def check_max_filter_args(kernel_size: int, tau: int):
     """Validate the 3DMF window sizes.
 
     Raises:
-        ValueError: ``kernel_size`` not an odd integer >= 1 (MODEL.DEFCN.MAX_FILTER_KERNEL), or
-            ``tau`` not an even integer >= 0 (MODEL.DEFCN.MAX_FILTER_TAU; the window of tau + 1
+        ValueError: ``kernel_size`` not an odd integer >= 1 (MODEL.MAX_FILTER.KERNEL), or
+            ``tau`` not an even integer >= 0 (MODEL.MAX_FILTER.TAU; the window of tau + 1
             levels must be centred on the filtered level).
     """
     if int(kernel_size) != kernel_size or kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"MODEL.DEFCN.MAX_FILTER_KERNEL must be an odd integer >= 1, got {kernel_size}")
+        raise ValueError(f"MODEL.MAX_FILTER.KERNEL must be an odd integer >= 1, got {kernel_size}")
     if int(tau) != tau or tau < 0 or tau % 2 == 1:
         raise ValueError(
-            f"MODEL.DEFCN.MAX_FILTER_TAU must be an even integer >= 0 (tau + 1 levels centred on "
+            f"MODEL.MAX_FILTER.TAU must be an even integer >= 0 (tau + 1 levels centred on "
             f"each level), got {tau}"
         )
 

@@ -1,9 +1,13 @@
-"""Modeling: backbone registration, shift generators, assigners, losses, heads, meta-archs."""
+"""Modeling: backbones, heads, assigners, losses, the composed detector and its presets."""
 from . import backbone  # noqa: F401  (registers build_fcos_resnet_fpn_backbone)
 from . import backbone_dcn  # noqa: F401  (registers build_fcos_resnet_fpn_dcn_backbone)
 from .assigners import ASSIGNER_REGISTRY, build_assigner
-from .meta_arch import FCOS, AnchorFreeDetector
+from .detector import AnchorFreeDetector
+from .heads import HEAD_REGISTRY
+from .losses.terms import LOSS_REGISTRY
+from .presets import ATSS, FCOS, GFL, PRESETS, DeFCN, VFNet  # noqa: F401  (registers the presets)
 from .shift_generator import SHIFT_GENERATOR_REGISTRY, ShiftGenerator, build_shift_generator
 
-__all__ = ["ASSIGNER_REGISTRY", "build_assigner", "FCOS", "AnchorFreeDetector",
-           "SHIFT_GENERATOR_REGISTRY", "ShiftGenerator", "build_shift_generator"]
+__all__ = ["ASSIGNER_REGISTRY", "HEAD_REGISTRY", "LOSS_REGISTRY", "SHIFT_GENERATOR_REGISTRY",
+           "AnchorFreeDetector", "ShiftGenerator", "build_assigner", "build_shift_generator",
+           "PRESETS", "FCOS", "ATSS", "GFL", "VFNet", "DeFCN"]

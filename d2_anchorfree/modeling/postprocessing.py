@@ -6,7 +6,7 @@ import torch
 from detectron2.layers import batched_nms
 from detectron2.structures import Boxes, Instances
 
-from .box_coder import ltrb_to_boxes
+from .geometry import ltrb_to_boxes
 
 
 def select_candidates(scores: torch.Tensor, score_thresh: float, topk: int,

@@ -12,9 +12,8 @@ import torch
 from detectron2.config import configurable
 from detectron2.structures import Instances
 
-from ..losses.iou import paired_iou
-from .base import ASSIGNER_REGISTRY, BACKGROUND, cat_points, crowd_flags, gt_chunks, ignore_inside_crowd
-from .geometry import inside_boxes
+from ..geometry import cat_points, inside_boxes, paired_iou
+from .base import ASSIGNER_REGISTRY, BACKGROUND, AssignResult, crowd_flags, gt_chunks, ignore_inside_crowd
 
 # A candidate's point must be farther than this (pixels) from every side of its GT (authors' code).
 INSIDE_EPS = 0.01
@@ -139,6 +138,9 @@ class ATSSAssigner:
     ([chunk x topk*L]).
     """
 
+    CONFIG_SECTIONS = ("ATSS",)
+    PROVIDES_QUALITY = True  # AssignResult.quality: the anchor IoU of each positive
+
     @configurable
     def __init__(self, *, strides: List[int], topk: int = 9, anchor_scale: float = 8.0,
                  chunk_elements: int = 1 << 20):
@@ -157,7 +159,7 @@ class ATSSAssigner:
         if anchor_scale <= 0:
             raise ValueError(f"MODEL.ATSS.ANCHOR_SCALE must be > 0, got {anchor_scale}")
         if chunk_elements < 1:
-            raise ValueError(f"MODEL.FCOS.ASSIGN_CHUNK_ELEMENTS must be >= 1, got {chunk_elements}")
+            raise ValueError(f"MODEL.DENSE.ASSIGN_CHUNK_ELEMENTS must be >= 1, got {chunk_elements}")
         self.strides = list(strides)
         self.topk = int(topk)
         self.anchor_scale = float(anchor_scale)
@@ -169,19 +171,24 @@ class ATSSAssigner:
             "strides": strides,
             "topk": cfg.MODEL.ATSS.TOPK,
             "anchor_scale": cfg.MODEL.ATSS.ANCHOR_SCALE,
-            "chunk_elements": cfg.MODEL.FCOS.ASSIGN_CHUNK_ELEMENTS,
+            "chunk_elements": cfg.MODEL.DENSE.ASSIGN_CHUNK_ELEMENTS,
         }
 
     @torch.no_grad()
-    def __call__(self, shifts: List[torch.Tensor], gt: Instances, **unused) -> torch.Tensor:
+    def __call__(self, shifts: List[torch.Tensor], gt: Instances, pred_scores=None,
+                 pred_boxes=None) -> AssignResult:
         """
         Args:
             shifts: per level [R_i, 2] points (x, y) in pixels, one level per stride.
             gt: one image's ``Instances`` with ``gt_boxes`` (XYXY pixels) and optionally
                 ``gt_is_crowd`` ([G] bool).
 
+            pred_scores, pred_boxes: the detached predictions every assigner receives (unused).
+
         Returns:
-            Tensor [R] long, R = sum R_i: GT index, BACKGROUND (-1) or IGNORE (-2).
+            :class:`AssignResult`: ``matched`` [R] long, R = sum R_i (GT index, BACKGROUND (-1) or
+            IGNORE (-2)) and ``quality`` [R], the IoU of each positive's anchor (8S square) with
+            its GT, 0 elsewhere (TOOD's soft target in its ATSS warm-up).
 
         Raises:
             ValueError: if the number of levels differs from the number of strides.
@@ -193,7 +200,7 @@ class ATSSAssigner:
         matched = torch.full((num_points,), BACKGROUND, dtype=torch.long, device=points.device)
         boxes = gt.gt_boxes.tensor.to(device=points.device, dtype=points.dtype)
         if len(boxes) == 0 or num_points == 0:
-            return matched
+            return AssignResult(matched, torch.zeros(num_points, dtype=points.dtype, device=points.device))
         crowd = crowd_flags(gt).to(points.device)
         _, point_strides = cat_points(shifts, self.strides)
         best_iou = torch.full((num_points,), -1.0, dtype=points.dtype, device=points.device)
@@ -211,4 +218,5 @@ class ATSSAssigner:
             better = chunk_iou > best_iou  # strict: an earlier chunk (lower GT index) wins ties
             best_iou = torch.where(better, chunk_iou, best_iou)
             matched = torch.where(better, chunk_gt, matched)
-        return ignore_inside_crowd(matched, points, boxes, crowd, self.chunk_elements)
+        matched = ignore_inside_crowd(matched, points, boxes, crowd, self.chunk_elements)
+        return AssignResult(matched, torch.where(matched >= 0, best_iou, torch.zeros_like(best_iou)))

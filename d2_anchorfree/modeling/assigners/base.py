@@ -7,7 +7,7 @@ import torch
 from detectron2.structures import Instances
 from detectron2.utils.registry import Registry
 
-from .geometry import inside_boxes
+from ..geometry import inside_boxes
 
 ASSIGNER_REGISTRY = Registry("ASSIGNER")
 ASSIGNER_REGISTRY.__doc__ = """
@@ -58,40 +58,11 @@ def level_ranges(sizes_of_interest: List[float], num_levels: int) -> List[Tuple[
     sizes = [float(s) for s in sizes_of_interest]
     if len(sizes) != num_levels - 1 or any(b <= a for a, b in zip(sizes, sizes[1:])):
         raise ValueError(
-            f"MODEL.FCOS.SIZES_OF_INTEREST must hold {num_levels - 1} increasing values for "
+            f"MODEL.DENSE.SIZES_OF_INTEREST must hold {num_levels - 1} increasing values for "
             f"{num_levels} levels, got {sizes_of_interest}"
         )
     bounds = [0.0] + sizes + [math.inf]
     return list(zip(bounds[:-1], bounds[1:]))
-
-
-def cat_points(shifts: List[torch.Tensor], strides: List[int], per_level_values=None):
-    """Concatenate per-level points and broadcast per-level scalars to per-point vectors.
-
-    Args:
-        shifts: per level [R_i, 2] points (x, y) in pixels.
-        strides: per level stride in pixels.
-        per_level_values: optional list of per-level tuples of floats to broadcast as well.
-
-    Returns:
-        points [R, 2], strides [R] (float), and one [R] tensor per element of the tuples.
-    """
-    points = torch.cat(shifts, dim=0)
-    counts = [len(s) for s in shifts]
-    device = points.device
-    stride_vec = torch.repeat_interleave(
-        torch.tensor(strides, dtype=points.dtype, device=device), torch.tensor(counts, device=device)
-    )
-    extra = []
-    if per_level_values is not None:
-        for column in zip(*per_level_values):
-            extra.append(
-                torch.repeat_interleave(
-                    torch.tensor(column, dtype=points.dtype, device=device),
-                    torch.tensor(counts, device=device),
-                )
-            )
-    return (points, stride_vec, *extra)
 
 
 def crowd_flags(gt: Instances) -> torch.Tensor:

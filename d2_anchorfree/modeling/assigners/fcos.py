@@ -13,10 +13,8 @@ import torch
 from detectron2.config import configurable
 from detectron2.structures import Instances
 
-from .base import (
-    ASSIGNER_REGISTRY, BACKGROUND, cat_points, crowd_flags, gt_chunks, ignore_inside_crowd, level_ranges,
-)
-from .geometry import inside_boxes, inside_center_regions, max_distance
+from ..geometry import cat_points, inside_boxes, inside_center_regions, max_distance
+from .base import ASSIGNER_REGISTRY, BACKGROUND, AssignResult, crowd_flags, gt_chunks, ignore_inside_crowd, level_ranges
 
 
 @ASSIGNER_REGISTRY.register()
@@ -36,6 +34,8 @@ class FCOSAssigner:
     ``chunk_elements`` elements; the result is identical to the unchunked computation.
     """
 
+    CONFIG_SECTIONS = ()  # MODEL.DENSE.SIZES_OF_INTEREST / CENTER_SAMPLING_RADIUS / ASSIGN_CHUNK_ELEMENTS
+
     @configurable
     def __init__(self, *, strides: List[int], sizes_of_interest: List[float],
                  center_sampling_radius: float = 0.0, chunk_elements: int = 1 << 20):
@@ -51,7 +51,7 @@ class FCOSAssigner:
         """
         if center_sampling_radius < 0:
             raise ValueError(
-                f"MODEL.FCOS.CENTER_SAMPLING_RADIUS must be >= 0, got {center_sampling_radius}"
+                f"MODEL.DENSE.CENTER_SAMPLING_RADIUS must be >= 0, got {center_sampling_radius}"
             )
         self.strides = list(strides)
         self.ranges = level_ranges(sizes_of_interest, len(strides))
@@ -62,28 +62,31 @@ class FCOSAssigner:
     def from_config(cls, cfg, strides):
         return {
             "strides": strides,
-            "sizes_of_interest": cfg.MODEL.FCOS.SIZES_OF_INTEREST,
-            "center_sampling_radius": cfg.MODEL.FCOS.CENTER_SAMPLING_RADIUS,
-            "chunk_elements": cfg.MODEL.FCOS.ASSIGN_CHUNK_ELEMENTS,
+            "sizes_of_interest": cfg.MODEL.DENSE.SIZES_OF_INTEREST,
+            "center_sampling_radius": cfg.MODEL.DENSE.CENTER_SAMPLING_RADIUS,
+            "chunk_elements": cfg.MODEL.DENSE.ASSIGN_CHUNK_ELEMENTS,
         }
 
     @torch.no_grad()
-    def __call__(self, shifts: List[torch.Tensor], gt: Instances, **unused) -> torch.Tensor:
+    def __call__(self, shifts: List[torch.Tensor], gt: Instances, pred_scores=None,
+                 pred_boxes=None) -> AssignResult:
         """
         Args:
             shifts: per level [R_i, 2] points (x, y) in pixels.
             gt: one image's ``Instances`` with ``gt_boxes`` (XYXY pixels) and optionally
                 ``gt_is_crowd`` ([G] bool).
+            pred_scores, pred_boxes: the detached predictions every assigner receives (unused).
 
         Returns:
-            Tensor [R] long, R = sum R_i: GT index, BACKGROUND (-1) or IGNORE (-2).
+            :class:`AssignResult`: ``matched`` [R] long, R = sum R_i (GT index, BACKGROUND (-1) or
+            IGNORE (-2)); no soft target.
         """
         points, point_strides, lo, hi = cat_points(shifts, self.strides, self.ranges)
         num_points = points.shape[0]
         matched = torch.full((num_points,), BACKGROUND, dtype=torch.long, device=points.device)
         boxes = gt.gt_boxes.tensor.to(points.dtype)
         if len(boxes) == 0:
-            return matched
+            return AssignResult(matched)
         crowd = crowd_flags(gt)
         areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
         best_area = torch.full((num_points,), float("inf"), dtype=points.dtype, device=points.device)
@@ -101,7 +104,7 @@ class FCOSAssigner:
             better = chunk_area < best_area  # strict: an earlier chunk wins ties
             best_area = torch.where(better, chunk_area, best_area)
             matched = torch.where(better, chunk_idx + start, matched)
-        return ignore_inside_crowd(matched, points, boxes, crowd, self.chunk_elements)
+        return AssignResult(ignore_inside_crowd(matched, points, boxes, crowd, self.chunk_elements))
 
 
 def centerness_targets(ltrb: torch.Tensor) -> torch.Tensor:

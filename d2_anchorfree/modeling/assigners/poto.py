@@ -23,9 +23,8 @@ from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 from detectron2.config import configurable
 from detectron2.structures import Instances
 
-from ..losses.iou import paired_iou
-from .base import ASSIGNER_REGISTRY, BACKGROUND, crowd_flags, gt_chunks, ignore_inside_crowd, level_ranges
-from .geometry import inside_boxes, inside_center_regions, max_distance
+from ..geometry import inside_boxes, inside_center_regions, max_distance, paired_iou
+from .base import ASSIGNER_REGISTRY, BACKGROUND, AssignResult, crowd_flags, gt_chunks, ignore_inside_crowd, level_ranges
 
 SPATIAL_PRIORS = ("center", "inside")
 LEVEL_PRIORS = ("all", "fcos")
@@ -47,39 +46,40 @@ def poto_quality(probs: torch.Tensor, ious: torch.Tensor, alpha: float) -> torch
 
 @torch.no_grad()
 def pair_quality(point_idx: torch.Tensor, gt_idx: torch.Tensor, gt: Instances,
-                 pred_logits: torch.Tensor, pred_boxes: torch.Tensor, alpha: float) -> torch.Tensor:
+                 pred_scores: torch.Tensor, pred_boxes: torch.Tensor, alpha: float) -> torch.Tensor:
     """Q of DeFCN Eq. 2 for given (point, GT) pairs (assumed inside the prior).
 
-    Q = sigmoid(pred_logits[j, class_i])^(1 - alpha) * IoU(pred_boxes[j], gt_box_i)^alpha.
+    Q = pred_scores[j, class_i]^(1 - alpha) * IoU(pred_boxes[j], gt_box_i)^alpha.
 
     Args:
         point_idx, gt_idx: [P] long. gt: ``Instances`` with ``gt_boxes`` (XYXY pixels) and
-            ``gt_classes``. pred_logits: [R, K]. pred_boxes: [R, 4] XYXY pixels. alpha: [0, 1].
+            ``gt_classes``. pred_scores: [R, K] class probabilities in [0, 1].
+            pred_boxes: [R, 4] XYXY pixels. alpha: [0, 1].
 
     Returns:
         Tensor [P] float32 in [0, 1].
     """
     classes = gt.gt_classes[gt_idx]
-    probs = torch.sigmoid(pred_logits[point_idx, classes].float())
+    probs = pred_scores[point_idx, classes].float()
     ious = paired_iou(pred_boxes[point_idx].float(), gt.gt_boxes.tensor[gt_idx].float())
     return poto_quality(probs, ious, alpha)
 
 
-def check_prediction_inputs(num_points: int, pred_logits, pred_boxes) -> None:
+def check_prediction_inputs(num_points: int, pred_scores, pred_boxes) -> None:
     """Validate the predictions passed to the prediction-aware assigners.
 
     Args:
         num_points: R, the number of points of the image.
-        pred_logits: [R, K] class logits (sigmoid gives p_hat).
+        pred_scores: [R, K] class probabilities (p_hat) in [0, 1].
         pred_boxes: [R, 4] predicted boxes (x0, y0, x1, y1) in pixels.
 
     Raises:
         ValueError: a missing prediction or a shape that does not match R points.
     """
-    if pred_logits is None or pred_boxes is None:
-        raise ValueError("POTO assigners need pred_logits=[R, K] and pred_boxes=[R, 4] (XYXY pixels)")
-    if pred_logits.dim() != 2 or pred_logits.shape[0] != num_points:
-        raise ValueError(f"pred_logits must be [R={num_points}, K], got {tuple(pred_logits.shape)}")
+    if pred_scores is None or pred_boxes is None:
+        raise ValueError("prediction-aware assigners need pred_scores=[R, K] and pred_boxes=[R, 4] (XYXY pixels)")
+    if pred_scores.dim() != 2 or pred_scores.shape[0] != num_points:
+        raise ValueError(f"pred_scores must be [R={num_points}, K], got {tuple(pred_scores.shape)}")
     if tuple(pred_boxes.shape) != (num_points, 4):
         raise ValueError(f"pred_boxes must be [R={num_points}, 4], got {tuple(pred_boxes.shape)}")
 
@@ -146,7 +146,7 @@ def match_one_to_one(point_idx: torch.Tensor, gt_idx: torch.Tensor, quality: tor
         point_idx, gt_idx: [P] long, the in-prior pairs (each pair at most once).
         quality: [P] Q of each pair, in [0, 1].
         num_gt: G. num_points: R.
-        max_dense_elements: largest G x C solved densely (``MODEL.FCOS.ASSIGN_CHUNK_ELEMENTS``
+        max_dense_elements: largest G x C solved densely (``MODEL.DENSE.ASSIGN_CHUNK_ELEMENTS``
             in :class:`POTOAssigner`); 0 always uses the sparse solver.
 
     Returns:
@@ -238,7 +238,7 @@ class PriorConfig:
         if level_prior not in LEVEL_PRIORS:
             raise ValueError(f"MODEL.POTO.LEVEL_PRIOR must be one of {LEVEL_PRIORS}, got {level_prior!r}")
         if spatial_prior == "center" and radius <= 0:
-            raise ValueError(f"MODEL.POTO.CENTER_SAMPLING_RADIUS must be > 0 for the 'center' prior, got {radius}")
+            raise ValueError(f"MODEL.DENSE.CENTER_SAMPLING_RADIUS must be > 0 for the 'center' prior, got {radius}")
         self.strides = list(strides)
         self.ranges = level_ranges(sizes_of_interest, len(strides))
         self.spatial_prior = spatial_prior
@@ -281,6 +281,8 @@ class POTOAssigner:
     IGNORE, and crowd GTs are never matched. No GT -> all BACKGROUND.
     """
 
+    CONFIG_SECTIONS = ("POTO",)
+
     @configurable
     def __init__(self, *, strides: List[int], sizes_of_interest: List[float], alpha: float = 0.8,
                  spatial_prior: str = "center", center_sampling_radius: float = 1.5,
@@ -306,12 +308,12 @@ class POTOAssigner:
     def from_config(cls, cfg, strides):
         return {
             "strides": strides,
-            "sizes_of_interest": cfg.MODEL.FCOS.SIZES_OF_INTEREST,
+            "sizes_of_interest": cfg.MODEL.DENSE.SIZES_OF_INTEREST,
             "alpha": cfg.MODEL.POTO.ALPHA,
             "spatial_prior": cfg.MODEL.POTO.SPATIAL_PRIOR,
-            "center_sampling_radius": cfg.MODEL.POTO.CENTER_SAMPLING_RADIUS,
+            "center_sampling_radius": cfg.MODEL.DENSE.CENTER_SAMPLING_RADIUS,
             "level_prior": cfg.MODEL.POTO.LEVEL_PRIOR,
-            "chunk_elements": cfg.MODEL.FCOS.ASSIGN_CHUNK_ELEMENTS,
+            "chunk_elements": cfg.MODEL.DENSE.ASSIGN_CHUNK_ELEMENTS,
         }
 
     @torch.no_grad()
@@ -345,29 +347,30 @@ class POTOAssigner:
         return torch.cat(point_idx), torch.cat(gt_idx)
 
     @torch.no_grad()
-    def __call__(self, shifts: List[torch.Tensor], gt: Instances, pred_logits: torch.Tensor = None,
-                 pred_boxes: torch.Tensor = None, **unused) -> torch.Tensor:
+    def __call__(self, shifts: List[torch.Tensor], gt: Instances, pred_scores: torch.Tensor = None,
+                 pred_boxes: torch.Tensor = None) -> AssignResult:
         """
         Args:
             shifts: per level [R_i, 2] points (x, y) in pixels.
             gt: one image's ``Instances``: ``gt_boxes`` (XYXY pixels), ``gt_classes`` [G] long,
                 optionally ``gt_is_crowd`` [G].
-            pred_logits: [R, K] class logits of the final score (DeFCN with 3DMF: the logit of
+            pred_scores: [R, K] class probabilities of the final score (with 3DMF:
                 sigmoid(cls) * sigmoid(filter)), detached.
             pred_boxes: [R, 4] decoded predicted boxes, XYXY pixels, detached.
 
         Returns:
-            Tensor [R] long: GT index (each at most once), BACKGROUND (-1) or IGNORE (-2).
+            :class:`AssignResult`: ``matched`` [R] long: GT index (each at most once),
+            BACKGROUND (-1) or IGNORE (-2); no soft target.
 
         Raises:
             ValueError: missing predictions or shapes that do not match the R points.
         """
         num_points = sum(len(s) for s in shifts)
-        check_prediction_inputs(num_points, pred_logits, pred_boxes)
+        check_prediction_inputs(num_points, pred_scores, pred_boxes)
         crowd = crowd_flags(gt)
         point_idx, gt_idx = self.prior_pairs(shifts, gt, exclude=crowd)
-        quality = pair_quality(point_idx, gt_idx, gt, pred_logits, pred_boxes, self.alpha)
+        quality = pair_quality(point_idx, gt_idx, gt, pred_scores, pred_boxes, self.alpha)
         matched = match_one_to_one(point_idx, gt_idx, quality, len(gt), num_points,
                                    max_dense_elements=self.prior.chunk_elements)
-        return ignore_inside_crowd(matched, torch.cat(shifts), gt.gt_boxes.tensor, crowd,
-                                   self.prior.chunk_elements)
+        return AssignResult(ignore_inside_crowd(matched, torch.cat(shifts), gt.gt_boxes.tensor, crowd,
+                                                self.prior.chunk_elements))

@@ -13,7 +13,7 @@ import torch
 from detectron2.config import configurable
 from detectron2.structures import Instances
 
-from .base import ASSIGNER_REGISTRY, BACKGROUND, crowd_flags, gt_chunks, ignore_inside_crowd
+from .base import ASSIGNER_REGISTRY, BACKGROUND, AssignResult, crowd_flags, gt_chunks, ignore_inside_crowd
 from .poto import PriorConfig, check_alpha, check_prediction_inputs, pair_quality
 
 
@@ -54,6 +54,8 @@ class POTOAuxAssigner:
     Memory: [points x GT-chunk] tensors, bounded by ``chunk_elements``.
     """
 
+    CONFIG_SECTIONS = ("POTO", "POTO_AUX")
+
     @configurable
     def __init__(self, *, strides: List[int], sizes_of_interest: List[float], alpha: float = 0.8,
                  topk: int = 9, level_prior: str = "all", chunk_elements: int = 1 << 20):
@@ -67,7 +69,7 @@ class POTOAuxAssigner:
             ValueError: a bad value, naming the config key.
         """
         if int(topk) != topk or topk < 1:
-            raise ValueError(f"MODEL.POTO.AUX_TOPK must be an integer >= 1, got {topk}")
+            raise ValueError(f"MODEL.POTO_AUX.TOPK must be an integer >= 1, got {topk}")
         self.alpha = check_alpha(alpha)
         self.topk = int(topk)
         # the spatial prior of this assignment is always the GT box
@@ -77,32 +79,34 @@ class POTOAuxAssigner:
     def from_config(cls, cfg, strides):
         return {
             "strides": strides,
-            "sizes_of_interest": cfg.MODEL.FCOS.SIZES_OF_INTEREST,
+            "sizes_of_interest": cfg.MODEL.DENSE.SIZES_OF_INTEREST,
             "alpha": cfg.MODEL.POTO.ALPHA,
-            "topk": cfg.MODEL.POTO.AUX_TOPK,
+            "topk": cfg.MODEL.POTO_AUX.TOPK,
             "level_prior": cfg.MODEL.POTO.LEVEL_PRIOR,
-            "chunk_elements": cfg.MODEL.FCOS.ASSIGN_CHUNK_ELEMENTS,
+            "chunk_elements": cfg.MODEL.DENSE.ASSIGN_CHUNK_ELEMENTS,
         }
 
     @torch.no_grad()
-    def __call__(self, shifts: List[torch.Tensor], gt: Instances, pred_logits: torch.Tensor = None,
-                 pred_boxes: torch.Tensor = None, **unused) -> torch.Tensor:
+    def __call__(self, shifts: List[torch.Tensor], gt: Instances, pred_scores: torch.Tensor = None,
+                 pred_boxes: torch.Tensor = None) -> AssignResult:
         """
         Args:
             shifts: per level [R_i, 2] points (x, y) in pixels.
             gt: ``Instances`` with ``gt_boxes`` (XYXY pixels), ``gt_classes``, optionally
                 ``gt_is_crowd``.
-            pred_logits: [R, K] class logits (detached). pred_boxes: [R, 4] XYXY pixels (detached).
+            pred_scores: [R, K] class probabilities (detached). pred_boxes: [R, 4] XYXY pixels
+                (detached).
 
         Returns:
-            Tensor [R] long: GT index (a GT may have many points), BACKGROUND or IGNORE.
+            :class:`AssignResult`: ``matched`` [R] long: GT index (a GT may have many points),
+            BACKGROUND or IGNORE; no soft target.
 
         Raises:
             ValueError: missing predictions or shapes not matching the R points.
         """
         points = torch.cat(shifts)
         num_points = len(points)
-        check_prediction_inputs(num_points, pred_logits, pred_boxes)
+        check_prediction_inputs(num_points, pred_scores, pred_boxes)
         matched = torch.full((num_points,), BACKGROUND, dtype=torch.long, device=points.device)
         boxes = gt.gt_boxes.tensor.to(points.dtype)
         crowd = crowd_flags(gt)
@@ -114,7 +118,7 @@ class POTOAuxAssigner:
             # [g, R] quality; -1 marks points outside the box / level prior
             quality = torch.full((end - start, num_points), -1.0, device=points.device)
             quality[gt_idx, point_idx] = pair_quality(
-                point_idx, gt_idx + start, gt, pred_logits, pred_boxes, self.alpha)
+                point_idx, gt_idx + start, gt, pred_scores, pred_boxes, self.alpha)
             cand_values, cand_index = [], []
             for l0, l1 in zip(level_bounds[:-1], level_bounds[1:]):
                 k = min(self.topk, l1 - l0)
@@ -131,4 +135,4 @@ class POTOAuxAssigner:
             better = chunk_best > best_q  # strict: an earlier chunk (lower GT index) wins ties
             best_q = torch.where(better, chunk_best, best_q)
             matched = torch.where(better, chunk_gt + start, matched)
-        return ignore_inside_crowd(matched, points, boxes, crowd, self.prior.chunk_elements)
+        return AssignResult(ignore_inside_crowd(matched, points, boxes, crowd, self.prior.chunk_elements))

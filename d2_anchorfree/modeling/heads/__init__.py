@@ -1,7 +1,10 @@
-"""Dense heads: they map FPN features to per-level predictions and know nothing about targets."""
+"""Dense heads: they map FPN features to per-level predictions and know nothing about targets.
+Registered in ``HEAD_REGISTRY`` (``MODEL.DENSE.HEAD``)."""
+from .base import HEAD_REGISTRY, DenseHead, DenseOutputs, build_head, joint_logits
 from .fcos_head import FCOSHead
-from .vfnet_head import VFNetHead  # noqa: F401
-from .defcn_head import DeFCNHead  # noqa: F401
-from .gfl_head import GFLHead  # noqa: F401
+from .gfl_head import GFLHead
+from .vfnet_head import VFNetHead
+from .defcn_head import DeFCNHead
 
-__all__ = ["FCOSHead"]
+__all__ = ["HEAD_REGISTRY", "DenseHead", "DenseOutputs", "build_head", "joint_logits", "FCOSHead",
+           "GFLHead", "VFNetHead", "DeFCNHead"]

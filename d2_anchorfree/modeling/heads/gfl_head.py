@@ -1,6 +1,6 @@
 """The GFL head: joint classification-IoU logits and a general distribution per box side,
 optionally with GFLv2's Distribution-Guided Quality Predictor (DGQP)."""
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -10,7 +10,7 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 
 from ...layers import Scale
-from .towers import check_head_inputs, check_num_levels, conv_tower, init_conv_normal, prior_bias
+from .base import HEAD_REGISTRY, DenseHead, DenseOutputs
 
 
 def distribution_to_distance(box_logits: torch.Tensor, reg_max: int) -> torch.Tensor:
@@ -52,18 +52,18 @@ class DGQP(nn.Module):
     def __init__(self, reg_max: int, topk: int = 4, hidden: int = 64):
         """
         Args:
-            reg_max: n, the distributions have n + 1 bins (``MODEL.GFL.REG_MAX``).
-            topk: k, the top-k probabilities taken per side (paper: 4, ``MODEL.GFL.DGQP_TOPK``).
-            hidden: channels of the hidden layer (paper: 64, ``MODEL.GFL.DGQP_HIDDEN``).
+            reg_max: n, the distributions have n + 1 bins (``MODEL.GFL_HEAD.REG_MAX``).
+            topk: k, the top-k probabilities taken per side (paper: 4, ``MODEL.GFL_HEAD.DGQP_TOPK``).
+            hidden: channels of the hidden layer (paper: 64, ``MODEL.GFL_HEAD.DGQP_HIDDEN``).
 
         Raises:
             ValueError: ``topk`` outside [1, reg_max + 1] or ``hidden`` < 1.
         """
         super().__init__()
         if not 1 <= topk <= reg_max + 1:
-            raise ValueError(f"MODEL.GFL.DGQP_TOPK must be in [1, REG_MAX + 1 = {reg_max + 1}], got {topk}")
+            raise ValueError(f"MODEL.GFL_HEAD.DGQP_TOPK must be in [1, REG_MAX + 1 = {reg_max + 1}], got {topk}")
         if hidden < 1:
-            raise ValueError(f"MODEL.GFL.DGQP_HIDDEN must be >= 1, got {hidden}")
+            raise ValueError(f"MODEL.GFL_HEAD.DGQP_HIDDEN must be >= 1, got {hidden}")
         self.reg_max = reg_max
         self.topk = topk
         self.fc1 = nn.Conv2d(4 * (topk + 1), hidden, 1)
@@ -85,23 +85,29 @@ class DGQP(nn.Module):
         return torch.sigmoid(self.fc2(F.relu(self.fc1(stats))))
 
 
-class GFLHead(nn.Module):
+@HEAD_REGISTRY.register()
+class GFLHead(DenseHead):
     """GFL head (Li et al., NeurIPS 2020, Sec. 3 and Fig. 3), shared across FPN levels.
 
-    Outputs per level i:
-      * logits [N, K, H_i, W_i]: joint classification-IoU logits (sigmoid per class), trained
+    Outputs per level l:
+      * "logits" [N, K, H_l, W_l]: joint classification-IoU logits (sigmoid per class), trained
         with Quality Focal Loss; no centerness branch;
-      * box_logits [N, 4 * (REG_MAX + 1), H_i, W_i]: bin logits of the distribution of each side
-        (l, t, r, b), side-major, multiplied by a learnable per-level Scale; decode with
-        :func:`distribution_to_distance` (stride units) times the stride;
-      * quality [N, 1, H_i, W_i] in (0, 1) from :class:`DGQP` when ``dgqp`` is on; then the score
-        is sigmoid(logits) * quality (GFLv2). ``quality`` is ``None`` when ``dgqp`` is off.
+      * "box_logits" [N, 4 * (REG_MAX + 1), H_l, W_l]: bin logits of the distribution of each side
+        (l, t, r, b), side-major, multiplied by a learnable per-level Scale; the flattened "ltrb"
+        is their integral (:func:`distribution_to_distance`, Eq. 6, stride units) times the stride;
+      * "quality" [N, 1, H_l, W_l] in (0, 1) from :class:`DGQP` when ``dgqp`` is on; then the score
+        is sigmoid(logits) * quality (GFLv2 Eq. 4), also in training (QFL on the product).
+    Score: sigmoid(logits) (times the DGQP quality, times sigmoid(filter) with 3DMF).
     """
+
+    CONFIG_SECTIONS = ("GFL_HEAD",)
+    EXTRAS = ("box_logits",)  # and "quality" with DGQP
 
     @configurable
     def __init__(self, *, input_shape: List[ShapeSpec], num_classes: int, reg_max: int = 16,
                  num_convs: int = 4, norm: str = "GN", prior_prob: float = 0.01, dgqp: bool = False,
-                 dgqp_topk: int = 4, dgqp_hidden: int = 64):
+                 dgqp_topk: int = 4, dgqp_hidden: int = 64,
+                 max_filter: Optional[Tuple[int, int]] = None, aux_classifier: bool = False):
         """
         Args:
             input_shape: per level ShapeSpec; all levels must have the same channel count.
@@ -109,52 +115,56 @@ class GFLHead(nn.Module):
             num_convs: tower depth >= 0. norm: "GN", "BN" or "".
             prior_prob: initial foreground probability of the classifier.
             dgqp, dgqp_topk, dgqp_hidden: GFLv2 quality predictor, see :class:`DGQP`.
+            max_filter, aux_classifier: the add-ons of :class:`DenseHead`.
 
         Raises:
             ValueError: levels with different channels, or bad sizes.
         """
-        super().__init__()
-        in_channels = check_head_inputs(input_shape, num_classes, "GFL")
+        super().__init__(input_shape=input_shape, num_classes=num_classes, num_convs=num_convs,
+                         norm=norm, name="GFL")
         if reg_max < 1:
-            raise ValueError(f"MODEL.GFL.REG_MAX must be >= 1, got {reg_max}")
-        self.num_classes = num_classes
-        self.strides = [s.stride for s in input_shape]
+            raise ValueError(f"MODEL.GFL_HEAD.REG_MAX must be >= 1, got {reg_max}")
         self.reg_max = reg_max
-        self.cls_tower = conv_tower(in_channels, num_convs, norm)
-        self.box_tower = conv_tower(in_channels, num_convs, norm)
-        self.cls_logits = nn.Conv2d(in_channels, num_classes, 3, padding=1)
-        self.box_pred = nn.Conv2d(in_channels, 4 * (reg_max + 1), 3, padding=1)
+        self.cls_logits = nn.Conv2d(self.in_channels, num_classes, 3, padding=1)
+        self.box_pred = nn.Conv2d(self.in_channels, 4 * (reg_max + 1), 3, padding=1)
         self.scales = nn.ModuleList([Scale(1.0) for _ in input_shape])
         self.dgqp = DGQP(reg_max, dgqp_topk, dgqp_hidden) if dgqp else None
-        init_conv_normal(self)
-        nn.init.constant_(self.cls_logits.bias, prior_bias(prior_prob))
+        self.finish(prior_prob, max_filter, aux_classifier)
 
     @classmethod
     def from_config(cls, cfg, input_shape: List[ShapeSpec]):
-        c, g = cfg.MODEL.FCOS, cfg.MODEL.GFL
-        return {
-            "input_shape": input_shape, "num_classes": c.NUM_CLASSES, "reg_max": g.REG_MAX,
-            "num_convs": c.NUM_CONVS, "norm": c.NORM, "prior_prob": c.PRIOR_PROB, "dgqp": g.DGQP,
-            "dgqp_topk": g.DGQP_TOPK, "dgqp_hidden": g.DGQP_HIDDEN,
-        }
+        g = cfg.MODEL.GFL_HEAD
+        return {**cls.base_config(cfg, input_shape), "reg_max": g.REG_MAX, "dgqp": g.DGQP,
+                "dgqp_topk": g.DGQP_TOPK, "dgqp_hidden": g.DGQP_HIDDEN}
 
-    def forward(self, features: List[torch.Tensor]) -> Tuple[List[torch.Tensor], List[torch.Tensor],
-                                                             Optional[List[torch.Tensor]]]:
-        """
-        Args:
-            features: per level [N, C, H_i, W_i], one per stride of ``input_shape``.
+    def predict_level(self, cls_feat, box_feat, level: int) -> Dict[str, torch.Tensor]:
+        """"logits" [N, K, H, W], "box_logits" [N, 4 (n + 1), H, W] and, with DGQP, "quality"."""
+        box_logits = self.scales[level](self.box_pred(box_feat))
+        out = {"logits": self.cls_logits(cls_feat), "box_logits": box_logits}
+        if self.dgqp is not None:
+            out["quality"] = self.dgqp(box_logits)
+        return out
 
-        Returns:
-            (logits, box_logits, quality): lists over levels (``quality`` is ``None`` without
-            DGQP), shapes as in the class docstring.
+    def decode_ltrb(self, flat: Dict[str, torch.Tensor], point_strides: torch.Tensor) -> torch.Tensor:
+        """[N, R, 4] pixels: the integral of each side's distribution (Eq. 6) times the stride;
+        "box_logits" stays in the extras (for the Distribution Focal Loss)."""
+        return distribution_to_distance(flat["box_logits"], self.reg_max) * point_strides[:, None]
 
-        Raises:
-            ValueError: if the number of levels differs from the number of strides.
-        """
-        check_num_levels(features, self.strides)
-        logits, box_logits = [], []
-        for feature, scale in zip(features, self.scales):
-            logits.append(self.cls_logits(self.cls_tower(feature)))
-            box_logits.append(scale(self.box_pred(self.box_tower(feature))))
-        quality = [self.dgqp(b) for b in box_logits] if self.dgqp is not None else None
-        return logits, box_logits, quality
+    @property
+    def cls_scores_activated(self) -> bool:
+        return self.dgqp is not None
+
+    def cls_scores(self, out: DenseOutputs) -> torch.Tensor:
+        """The joint logits; with DGQP the probabilities sigmoid(logits) * quality (GFLv2)."""
+        scores = super().cls_scores(out)
+        if self.dgqp is not None:
+            scores = torch.sigmoid(scores) * out.extras["quality"]
+        return scores
+
+    def inference_scores(self, out: DenseOutputs):
+        """sigmoid(logits) [N, R, K] (times the DGQP quality, GFLv2 Eq. 4; also what the score
+        threshold applies to)."""
+        probs = self.class_probabilities(out)
+        if self.dgqp is not None:
+            probs = probs * out.extras["quality"]
+        return probs, None

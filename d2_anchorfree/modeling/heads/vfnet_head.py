@@ -4,7 +4,7 @@ representation and bounding-box refinement.
 Source: Zhang et al., "VarifocalNet: An IoU-aware Dense Object Detector", CVPR 2021, Sec. 4 and
 Fig. 3, with the layer layout of the authors' code (mmdet ``VFNetHead``).
 """
-from typing import List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -15,9 +15,8 @@ from detectron2.layers import ShapeSpec
 
 from ...layers import Scale
 from ...layers.deform_conv import DeformConv
-from .towers import (
-    MAX_EXP_INPUT, check_head_inputs, check_num_levels, conv_tower, decode_ltrb, init_conv_normal, prior_bias,
-)
+from .base import HEAD_REGISTRY, DenseHead
+from .towers import MAX_EXP_INPUT, conv_tower, decode_ltrb
 
 # Regular 3x3 grid of a dilation-1 kernel, (dy, dx) per kernel position k = 3 i + j (row-major).
 _GRID = [(i - 1, j - 1) for i in range(3) for j in range(3)]
@@ -76,7 +75,8 @@ def scale_offset_gradient(x: torch.Tensor, grad_mul: float) -> torch.Tensor:
     return (1 - grad_mul) * x.detach() + grad_mul * x
 
 
-class VFNetHead(nn.Module):
+@HEAD_REGISTRY.register()
+class VFNetHead(DenseHead):
     """VarifocalNet head (paper Fig. 3), shared across FPN levels.
 
     Layers (authors' code): a cls tower and a box tower of ``num_convs`` x (3x3 conv, norm, ReLU);
@@ -95,14 +95,21 @@ class VFNetHead(nn.Module):
       * on the cls tower -> 3x3 conv -> K IACS logits (sigmoid per class; trained with the
         Varifocal Loss towards the IoU of the refined box).
 
-    Outputs per level i (stride s_i): logits [N, K, H_i, W_i], ltrb_init [N, 4, H_i, W_i] pixels
-    >= 0, ltrb_refine [N, 4, H_i, W_i] pixels >= 0.
+    Outputs per level l (stride s_l): "logits" [N, K, H_l, W_l] IACS logits, "ltrb" [N, 4, H_l, W_l]
+    the refined distances (pixels, >= 0), "ltrb_init" [N, 4, H_l, W_l] the initial ones (pixels,
+    >= 0). Score: sigmoid(IACS logits) (paper Sec. 4: the IACS ranks the detections, no
+    centerness). With 3DMF the filter branch reads the box tower, before the star convolution.
     """
+
+    CONFIG_SECTIONS = ("VFNET_HEAD",)
+    EXTRAS = ("ltrb_init",)
+
 
     @configurable
     def __init__(self, *, input_shape: List[ShapeSpec], num_classes: int, num_convs: int = 3,
                  norm: str = "GN", prior_prob: float = 0.01, offset_grad_mul: float = 0.1,
-                 init_ltrb: float = 4.0):
+                 init_ltrb: float = 4.0, max_filter: Optional[Tuple[int, int]] = None,
+                 aux_classifier: bool = False):
         """
         Args:
             input_shape: per level ShapeSpec; all levels must have the same channel count.
@@ -111,24 +118,20 @@ class VFNetHead(nn.Module):
             offset_grad_mul: in [0, 1], multiplier of the gradient reaching the initial box through
                 the star-conv offsets (0 = detached; paper code: 0.1).
             init_ltrb: initial box distances in stride units (> 0), see the class docstring.
+            max_filter, aux_classifier: the add-ons of :class:`DenseHead`.
 
         Raises:
             ValueError: levels with different channels, or a bad class count / tower depth /
                 offset_grad_mul / init_ltrb.
         """
-        super().__init__()
-        c = check_head_inputs(input_shape, num_classes, "VFNet")
-        if num_convs < 0:
-            raise ValueError(f"MODEL.FCOS.NUM_CONVS must be >= 0, got {num_convs}")
+        super().__init__(input_shape=input_shape, num_classes=num_classes, num_convs=num_convs,
+                         norm=norm, name="VFNet")
         if not 0.0 <= offset_grad_mul <= 1.0:
-            raise ValueError(f"MODEL.VFNET.OFFSET_GRAD_MUL must be in [0, 1], got {offset_grad_mul}")
+            raise ValueError(f"MODEL.VFNET_HEAD.OFFSET_GRAD_MUL must be in [0, 1], got {offset_grad_mul}")
         if init_ltrb <= 0:
             raise ValueError(f"init_ltrb must be > 0 (stride units), got {init_ltrb}")
-        self.num_classes = num_classes
-        self.strides = [s.stride for s in input_shape]
+        c = self.in_channels
         self.offset_grad_mul = float(offset_grad_mul)
-        self.cls_tower = conv_tower(c, num_convs, norm)
-        self.box_tower = conv_tower(c, num_convs, norm)
         self.box_init_conv = conv_tower(c, 1, norm)
         self.box_init_pred = nn.Conv2d(c, 4, 3, padding=1)
         self.box_refine_dconv = DeformConv(c, c, 3, padding=1)
@@ -137,45 +140,27 @@ class VFNetHead(nn.Module):
         self.cls_logits = nn.Conv2d(c, num_classes, 3, padding=1)
         self.scales_init = nn.ModuleList([Scale(1.0) for _ in self.strides])
         self.scales_refine = nn.ModuleList([Scale(1.0) for _ in self.strides])
-        init_conv_normal(self)
+        self.finish(prior_prob, max_filter, aux_classifier)
         for dconv in (self.box_refine_dconv, self.cls_dconv):
             nn.init.normal_(dconv.weight, std=0.01)
-        nn.init.constant_(self.cls_logits.bias, prior_bias(prior_prob))
         nn.init.constant_(self.box_init_pred.bias, float(init_ltrb))
 
     @classmethod
     def from_config(cls, cfg, input_shape: List[ShapeSpec]):
-        c = cfg.MODEL.FCOS
+        return {**cls.base_config(cfg, input_shape), "offset_grad_mul": cfg.MODEL.VFNET_HEAD.OFFSET_GRAD_MUL}
+
+    def predict_level(self, cls_feat, box_feat, level: int) -> Dict[str, torch.Tensor]:
+        """"logits" [N, K, H, W], "ltrb" (refined) and "ltrb_init" [N, 4, H, W] pixels."""
+        stride = self.strides[level]
+        init_reg = self.scales_init[level](self.box_init_pred(self.box_init_conv(box_feat)))
+        init = decode_ltrb(init_reg, stride, norm_reg_targets=True)  # relu(x) * stride, pixels
+        offsets = star_offsets(scale_offset_gradient(init, self.offset_grad_mul), stride)
+        refine_feat = F.relu(self.box_refine_dconv(box_feat, offsets))
+        refine_reg = self.scales_refine[level](self.box_refine_pred(refine_feat))
+        # clamp: keep exp finite early in training (exp(20) ~ 5e8 is far beyond any image).
+        factors = torch.exp(refine_reg.clamp(max=MAX_EXP_INPUT))
         return {
-            "input_shape": input_shape, "num_classes": c.NUM_CLASSES, "num_convs": c.NUM_CONVS,
-            "norm": c.NORM, "prior_prob": c.PRIOR_PROB,
-            "offset_grad_mul": cfg.MODEL.VFNET.OFFSET_GRAD_MUL,
+            "logits": self.cls_logits(F.relu(self.cls_dconv(cls_feat, offsets))),
+            "ltrb": factors * init.detach(),
+            "ltrb_init": init,
         }
-
-    def forward(self, features: List[torch.Tensor]) -> Tuple[List[torch.Tensor], ...]:
-        """
-        Args:
-            features: per level [N, C, H_i, W_i], one per stride of ``input_shape``.
-
-        Returns:
-            (logits, ltrb_init, ltrb_refine): three lists over levels, shapes in the class docstring.
-
-        Raises:
-            ValueError: if the number of levels differs from the number of strides.
-        """
-        check_num_levels(features, self.strides)
-        logits, ltrb_init, ltrb_refine = [], [], []
-        for i, (feature, stride) in enumerate(zip(features, self.strides)):
-            cls_feat = self.cls_tower(feature)
-            box_feat = self.box_tower(feature)
-            init_reg = self.scales_init[i](self.box_init_pred(self.box_init_conv(box_feat)))
-            init = decode_ltrb(init_reg, stride, norm_reg_targets=True)  # relu(x) * stride, pixels
-            offsets = star_offsets(scale_offset_gradient(init, self.offset_grad_mul), stride)
-            refine_feat = F.relu(self.box_refine_dconv(box_feat, offsets))
-            refine_reg = self.scales_refine[i](self.box_refine_pred(refine_feat))
-            # clamp: keep exp finite early in training (exp(20) ~ 5e8 is far beyond any image).
-            factors = torch.exp(refine_reg.clamp(max=MAX_EXP_INPUT))
-            logits.append(self.cls_logits(F.relu(self.cls_dconv(cls_feat, offsets))))
-            ltrb_init.append(init)
-            ltrb_refine.append(factors * init.detach())
-        return logits, ltrb_init, ltrb_refine

@@ -37,7 +37,7 @@ def quality_focal_loss(
         raise ValueError(
             f"quality_focal_loss: pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
     if beta < 0:
-        raise ValueError(f"MODEL.GFL.QFL_BETA must be >= 0, got {beta}")
+        raise ValueError(f"MODEL.QFL.BETA must be >= 0, got {beta}")
     pred, target = pred.float(), target.float()  # fp16 (autocast) would round _EPS to 0
     if activated:
         sigma = pred

@@ -1,0 +1,273 @@
+"""What every dense head shares: the registry, the flattened output type, the per-level loop with
+the cls/box towers, and the one-to-one add-ons any head can carry (3D Max Filtering and an
+auxiliary classifier, DeFCN Sec. 3.3-3.4)."""
+from typing import Dict, List, NamedTuple, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.meta_arch.dense_detector import permute_to_N_HWA_K
+from detectron2.utils.registry import Registry
+
+from ...layers.max_filter import MaxFiltering3D
+from .towers import check_head_inputs, check_num_levels, conv_tower, init_conv_normal, prior_bias
+
+HEAD_REGISTRY = Registry("DENSE_HEAD")
+HEAD_REGISTRY.__doc__ = """
+Registry for dense heads, selected by ``MODEL.DENSE.HEAD``. A head maps the FPN levels to
+per-level predictions (:meth:`DenseHead.forward`), flattens them into :class:`DenseOutputs` and
+defines its scoring rule; it knows nothing about targets.
+"""
+
+
+class DenseOutputs(NamedTuple):
+    """A head's predictions for a batch, all levels concatenated (R = sum_l H_l W_l points,
+    row-major per level, the order of the shift generator's points).
+
+    logits: [N, R, K] float32 class logits (before 3DMF; see :meth:`DenseHead.cls_scores`).
+    ltrb: [N, R, 4] float32 distances (l, t, r, b) in pixels from each point to the sides of its
+        predicted (final) box; boxes are ``geometry.ltrb_to_boxes(points, ltrb)``. IoU losses are
+        computed on ltrb directly (translation-invariant, and exact in float32 on large images).
+    extras: named [N, R, C] float32 tensors of the head: "centerness" (C = 1, logits), "box_logits"
+        (GFL bins), "quality" (DGQP, in (0, 1)), "ltrb_init" (VFNet, pixels), "prob" (TOOD
+        probability-map logits), "filter" (3DMF logits, C = 1), "aux_logits" (C = K, training only).
+    scores: in training, what the classification loss and prediction-aware assigners see
+        (:meth:`DenseHead.cls_scores`), else ``None``. scores_activated: ``scores`` are
+        probabilities (True) or logits (False).
+    """
+
+    logits: torch.Tensor
+    ltrb: torch.Tensor
+    extras: Dict[str, torch.Tensor]
+    scores: Optional[torch.Tensor] = None
+    scores_activated: bool = False
+
+
+def flatten_levels(per_level: List[torch.Tensor]) -> torch.Tensor:
+    """[N, C, H_l, W_l] per level -> [N, sum_l H_l W_l, C] float32 (row-major per level).
+
+    float32 whatever the head's dtype: under AMP (autocast) the head runs in fp16/bf16, and
+    everything after it (assignment, box decoding, losses) is computed in float32.
+    """
+    channels = per_level[0].shape[1]
+    return torch.cat([permute_to_N_HWA_K(x, channels).float() for x in per_level], dim=1)
+
+
+def joint_logits(cls_logits: torch.Tensor, filter_logits: torch.Tensor) -> torch.Tensor:
+    """The logit of DeFCN's final score sigmoid(cls) * sigmoid(filter) (Sec. 3.3, Fig. 3).
+
+    ``sigmoid(joint_logits(a, b)) == sigmoid(a) * sigmoid(b)``, computed in float32 from
+    log-sigmoids: log p = logsigmoid(a) + logsigmoid(b), logit = log p - log(1 - p), so that a
+    logit-based loss (focal, varifocal) trains the product directly.
+
+    Args:
+        cls_logits: [..., K]. filter_logits: broadcastable to it (e.g. [..., 1]).
+
+    Returns:
+        Tensor [..., K] float32 logits; finite (1 - p is clamped to the smallest normal float).
+    """
+    log_p = F.logsigmoid(cls_logits.float()) + F.logsigmoid(filter_logits.float())
+    one_minus_p = (-torch.expm1(log_p)).clamp(min=torch.finfo(torch.float32).tiny)
+    return log_p - torch.log(one_minus_p)
+
+
+class DenseHead(nn.Module):
+    """Base of the dense heads, shared across FPN levels.
+
+    Subclasses build their predictors after ``super().__init__`` (which builds ``cls_tower`` and
+    ``box_tower``: ``num_convs`` x (3x3 conv, norm, ReLU) each), call :meth:`finish` (add-ons and
+    initialisation) and implement :meth:`predict_level`; they may override :meth:`towers`,
+    :meth:`decode_ltrb`, :meth:`cls_scores` and :meth:`inference_scores`.
+
+    Add-ons, on any head (``MODEL.MAX_FILTER``, ``MODEL.DENSE.AUX_ASSIGNER``):
+      * 3D Max Filtering (DeFCN Sec. 3.3): box-tower features of all levels ->
+        :class:`MaxFiltering3D` -> 3x3 conv -> one "filter" logit per point; the class score becomes
+        sigmoid(cls) * sigmoid(filter) (the authors' code puts 3DMF on the box tower);
+      * auxiliary classifier (DeFCN Sec. 3.4): a 3x3 conv on the cls tower -> K "aux_logits",
+        computed in training only (supervised one-to-many, discarded at inference).
+    """
+
+    #: config sections (under MODEL) this head reads besides MODEL.DENSE
+    CONFIG_SECTIONS: Tuple[str, ...] = ()
+    #: names of the head's own extra outputs (besides "logits" and "ltrb")
+    EXTRAS: Tuple[str, ...] = ()
+
+    def __init__(self, *, input_shape: List[ShapeSpec], num_classes: int, num_convs: int = 4,
+                 norm: str = "GN", name: str = "dense"):
+        """
+        Args:
+            input_shape: per level ShapeSpec (equal channels on every level).
+            num_classes: K >= 1. num_convs: tower depth >= 0. norm: "GN", "BN" or "".
+            name: used in error messages.
+
+        Raises:
+            ValueError: unequal channels, K < 1, a negative tower depth or "GN" with channels
+                not divisible by 32.
+        """
+        super().__init__()
+        self.in_channels = check_head_inputs(input_shape, num_classes, name)
+        if num_convs < 0:
+            raise ValueError(f"MODEL.DENSE.NUM_CONVS must be >= 0, got {num_convs}")
+        self.num_classes = num_classes
+        self.strides = [s.stride for s in input_shape]
+        self.norm = norm
+        self.cls_tower = conv_tower(self.in_channels, num_convs, norm)
+        self.box_tower = conv_tower(self.in_channels, num_convs, norm)
+        self.max_filter = None
+        self.filter = None
+        self.aux_logits = None
+
+    @staticmethod
+    def base_config(cfg, input_shape: List[ShapeSpec]) -> Dict:
+        """Constructor arguments every head reads: input_shape, ``MODEL.DENSE.NUM_CLASSES /
+        NUM_CONVS / NORM / PRIOR_PROB`` and the 3DMF add-on (``MODEL.MAX_FILTER``)."""
+        d, m = cfg.MODEL.DENSE, cfg.MODEL.MAX_FILTER
+        return {
+            "input_shape": input_shape, "num_classes": d.NUM_CLASSES, "num_convs": d.NUM_CONVS,
+            "norm": d.NORM, "prior_prob": d.PRIOR_PROB,
+            "max_filter": (m.KERNEL, m.TAU) if m.ENABLED else None,
+        }
+
+    def finish(self, prior_prob: float, max_filter: Optional[Tuple[int, int]] = None,
+               aux_classifier: bool = False):
+        """Build the add-ons and initialise: every Conv2d ~ N(0, 0.01) with zero bias, the
+        classifiers' biases at the prior (RetinaNet Sec. 4.1). Call at the end of a subclass's
+        ``__init__`` (after its predictors, including ``self.cls_logits``).
+
+        Args:
+            prior_prob: initial foreground probability, in (0, 1).
+            max_filter: (kernel, tau) of 3D Max Filtering, or None.
+            aux_classifier: build the auxiliary classifier.
+
+        Raises:
+            ValueError: bad 3DMF window sizes or prior.
+        """
+        c = self.in_channels
+        if max_filter is not None:
+            self.max_filter = MaxFiltering3D(c, max_filter[0], max_filter[1], self.norm)
+            self.filter = nn.Conv2d(c, 1, 3, padding=1)
+        if aux_classifier:
+            self.aux_logits = nn.Conv2d(c, self.num_classes, 3, padding=1)
+        init_conv_normal(self)
+        bias = prior_bias(prior_prob)
+        nn.init.constant_(self.cls_logits.bias, bias)
+        if self.aux_logits is not None:
+            nn.init.constant_(self.aux_logits.bias, bias)
+
+    @property
+    def extra_names(self) -> Tuple[str, ...]:
+        """Names of :attr:`DenseOutputs.extras` in training: :attr:`EXTRAS` and the add-ons'."""
+        names = self.EXTRAS
+        if self.filter is not None:
+            names += ("filter",)
+        if self.aux_logits is not None:
+            names += ("aux_logits",)
+        return names
+
+    def towers(self, feature: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """[N, C, H, W] -> (cls features, box features), each [N, C, H, W]."""
+        return self.cls_tower(feature), self.box_tower(feature)
+
+    def predict_level(self, cls_feat: torch.Tensor, box_feat: torch.Tensor, level: int) -> Dict[str, torch.Tensor]:
+        """The head's predictions of one level (at least "logits" [N, K, H, W]); see subclasses."""
+        raise NotImplementedError
+
+    def forward(self, features: List[torch.Tensor]) -> Dict[str, List[torch.Tensor]]:
+        """
+        Args:
+            features: per level [N, C, H_l, W_l], one per stride of ``input_shape``.
+
+        Returns:
+            dict name -> list over levels of [N, C_name, H_l, W_l]: the subclass's predictions,
+            plus "filter" (3DMF on) and "aux_logits" (auxiliary classifier, training only).
+
+        Raises:
+            ValueError: if the number of levels differs from the number of strides.
+        """
+        check_num_levels(features, self.strides)
+        outputs: Dict[str, List[torch.Tensor]] = {}
+        box_feats = []
+        compute_aux = self.aux_logits is not None and self.training
+        for level, feature in enumerate(features):
+            cls_feat, box_feat = self.towers(feature)
+            for key, value in self.predict_level(cls_feat, box_feat, level).items():
+                outputs.setdefault(key, []).append(value)
+            if compute_aux:
+                outputs.setdefault("aux_logits", []).append(self.aux_logits(cls_feat))
+            box_feats.append(box_feat)
+        if self.max_filter is not None:
+            outputs["filter"] = [self.filter(x) for x in self.max_filter(box_feats)]
+        return outputs
+
+    def decode_ltrb(self, flat: Dict[str, torch.Tensor], point_strides: torch.Tensor) -> torch.Tensor:
+        """[N, R, 4] pixel distances from the flattened predictions (default: the "ltrb" output)."""
+        return flat.pop("ltrb")
+
+    def flatten(self, per_level: Dict[str, List[torch.Tensor]], point_strides: torch.Tensor) -> DenseOutputs:
+        """:meth:`forward`'s output -> :class:`DenseOutputs`.
+
+        Args:
+            per_level: the output of :meth:`forward`.
+            point_strides: [R] stride (pixels) of every point.
+        """
+        flat = {key: flatten_levels(value) for key, value in per_level.items()}
+        logits = flat.pop("logits")
+        ltrb = self.decode_ltrb(flat, point_strides)
+        return DenseOutputs(logits, ltrb, flat)
+
+    def level_outputs(self, per_level: Dict[str, List[torch.Tensor]], image: int, level: int,
+                      point_strides: torch.Tensor) -> DenseOutputs:
+        """One image and level of :meth:`forward`'s output as :class:`DenseOutputs` of [R_l, ...]
+        views (no copy; inference scores each level of each image on its own).
+
+        Args:
+            per_level: the output of :meth:`forward`. image, level: indices.
+            point_strides: [R_l] stride (pixels) of the level's points.
+        """
+        flat = {key: value[level][image].reshape(value[level].shape[1], -1).t().float()
+                for key, value in per_level.items()}
+        logits = flat.pop("logits")
+        ltrb = self.decode_ltrb(flat, point_strides)
+        return DenseOutputs(logits, ltrb, flat)
+
+    @property
+    def cls_scores_activated(self) -> bool:
+        """Whether :meth:`cls_scores` returns probabilities (True) or logits (False)."""
+        return False
+
+    def cls_scores(self, out: DenseOutputs) -> torch.Tensor:
+        """[N, R, K] classification scores that the classification loss trains and the
+        prediction-aware assigners rank by: the class logits, or with 3DMF the logits of
+        sigmoid(cls) * sigmoid(filter) (:func:`joint_logits`). Probabilities instead when
+        :attr:`cls_scores_activated` (GFLv2's DGQP, TOOD)."""
+        if "filter" in out.extras:
+            return joint_logits(out.logits, out.extras["filter"])
+        return out.logits
+
+    def class_probabilities(self, out: DenseOutputs) -> torch.Tensor:
+        """[N, R, K] sigmoid(cls), times sigmoid(filter) with 3DMF (DeFCN Sec. 3.3), in [0, 1]."""
+        probs = torch.sigmoid(out.logits)
+        if "filter" in out.extras:
+            probs = probs * torch.sigmoid(out.extras["filter"])
+        return probs
+
+    def inference_scores(self, out: DenseOutputs) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The head's scoring rule at inference.
+
+        Returns:
+            (scores, candidate_scores): [N, R, K] ranking scores in [0, 1] and, or ``None``, the
+            [N, R, K] scores that ``MODEL.DENSE.SCORE_THRESH_TEST`` applies to (see
+            ``postprocessing.select_candidates``). Default: :meth:`class_probabilities`.
+        """
+        return self.class_probabilities(out), None
+
+
+def build_head(cfg, input_shape: List[ShapeSpec], name: str, aux_classifier: bool) -> DenseHead:
+    """Build the head registered as ``name`` from ``cfg``.
+
+    Raises:
+        KeyError: no head registered under ``name`` (the message lists the known ones).
+    """
+    return HEAD_REGISTRY.get(name)(cfg, input_shape, aux_classifier=aux_classifier)
