@@ -9,6 +9,7 @@ from d2_anchorfree.modeling.assigners.base import BACKGROUND, IGNORE
 from d2_anchorfree.modeling.assigners.tal import (
     TaskAlignedAssigner, alignment_metric, pairwise_iou, topk_mask,
 )
+from d2_anchorfree.modeling.heads.tood_head import TOODHead, TaskDecomposition, aligned_scores, deform_sample
 from d2_anchorfree.modeling.losses.iou import paired_iou
 
 
@@ -231,3 +232,131 @@ def test_chunked_equals_unchunked_and_the_reference_steps_on_a_crowded_image():
     t, _ = alignment_metric(scores, preds, boxes, classes, 1.0, 2.0)
     cand_count = (topk_mask(t, 13) & (t > 0) & ~crowd[None]).sum(dim=1)
     assert (cand_count[pos] > 1).any()
+
+
+# ---------------------------------------------------------------------------------------------
+# Head
+
+
+def _head(**kwargs):
+    torch.manual_seed(0)
+    shapes = [ShapeSpec(channels=32, stride=8), ShapeSpec(channels=32, stride=16)]
+    return TOODHead(input_shape=shapes, num_classes=3, **kwargs)
+
+
+def _features():
+    g = torch.Generator().manual_seed(1)
+    return [torch.randn(2, 32, 6, 8, generator=g), torch.randn(2, 32, 3, 4, generator=g)]
+
+
+def test_head_shapes_and_ltrb_equals_distances_times_stride_with_zero_offsets():
+    head = _head()
+    last = head.reg_offset_module[-1]
+    torch.nn.init.zeros_(last.weight)
+    torch.nn.init.zeros_(last.bias)
+    with torch.no_grad():  # per-level scales that differ, to see them applied per level
+        head.scales[0].scale.fill_(1.5)
+        head.scales[1].scale.fill_(0.5)
+    raw = []
+    handle = head.tood_reg.register_forward_hook(lambda m, i, o: raw.append(o))
+    out = head(_features())
+    handle.remove()
+    assert [tuple(x.shape) for x in out["logits"]] == [(2, 3, 6, 8), (2, 3, 3, 4)]
+    assert [tuple(x.shape) for x in out["prob"]] == [(2, 1, 6, 8), (2, 1, 3, 4)]
+    assert [tuple(x.shape) for x in out["ltrb"]] == [(2, 4, 6, 8), (2, 4, 3, 4)]
+    for level, (stride, scale) in enumerate([(8, 1.5), (16, 0.5)]):
+        expected = scale * torch.exp(raw[level]) * stride  # d in stride units -> pixels
+        torch.testing.assert_close(out["ltrb"][level], expected, rtol=1e-5, atol=1e-4)
+    # At init exp(small) ~ 1 stride per side: ltrb within a factor 2 of scale * stride, > 0.
+    ratio = out["ltrb"][0] / 12
+    assert 0.5 < ratio.min() and ratio.max() < 2
+
+
+def test_head_samples_each_side_at_its_own_offset():
+    # Offsets only through the bias of the last offset conv: the x0 coordinate (channel 0) moves
+    # one cell right (dx = +1 on channel 1); the others stay. With the box maps in stride units
+    # x0(r, c) = c + 0.5 - d_l(r, c), the sampled x0 at (r, c) is x0(r, c + 1) (0 past the border),
+    # so l = (c + 0.5 - x0(r, c + 1)) * s = (d_l(r, c + 1) - 1) * s.
+    head = _head()
+    last = head.reg_offset_module[-1]
+    torch.nn.init.zeros_(last.weight)
+    with torch.no_grad():
+        last.bias.zero_()
+        last.bias[1] = 1.0
+    raw = []
+    handle = head.tood_reg.register_forward_hook(lambda m, i, o: raw.append(o))
+    out = head(_features())
+    handle.remove()
+    d = torch.exp(raw[0]) * 8  # level 0, stride 8, scale 1: pixels
+    ltrb = out["ltrb"][0]
+    torch.testing.assert_close(ltrb[:, 0, :, :-1], d[:, 0, :, 1:] - 8, rtol=1e-5, atol=1e-4)
+    # Last column samples outside the map: x0 = 0, so l = (W - 1 + 0.5) * 8 = 60.
+    torch.testing.assert_close(ltrb[:, 0, :, -1], torch.full_like(ltrb[:, 0, :, -1], 60.0))
+    torch.testing.assert_close(ltrb[:, 1:], d[:, 1:], rtol=1e-5, atol=1e-4)
+
+
+def test_deform_sample_is_a_bilinear_sample():
+    maps = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(1, 2, 3, 4)
+    # channel 0: value 4 r + c; channel 1: 12 + 4 r + c.
+    maps[0, 1] = torch.tensor([[1., 2, 4, 8], [0, 0, 0, 0], [3, 5, 7, 9]])
+    offsets = torch.zeros(1, 4, 3, 4)
+    offsets[0, 0, 0, 0] = 0.5   # channel 0 at (0, 0): dy 0.5
+    offsets[0, 1, 0, 0] = 0.25  # dx 0.25 -> sample (0.5, 0.25) of 4 r + c: 2 + 0.25 = 2.25
+    offsets[0, 3, 1, 1] = 1.5   # channel 1 at (1, 1): dx 1.5 -> (1, 2.5): 0 (row of zeros)
+    offsets[0, 2, 1, 1] = -0.5  # dy -0.5 -> (0.5, 2.5): rows 0 and 1, cols 2 and 3:
+    # 0.5 * (0.5 * 4 + 0.5 * 8) + 0.5 * 0 = 3.0
+    offsets[0, 3, 2, 3] = 0.5   # channel 1 at (2, 3): dx 0.5 -> (2, 3.5): half of 9 + half of 0 = 4.5
+    out = deform_sample(maps, offsets)
+    expected = maps.clone()
+    expected[0, 0, 0, 0] = 2.25
+    expected[0, 1, 1, 1] = 3.0
+    expected[0, 1, 2, 3] = 4.5
+    torch.testing.assert_close(out, expected)
+    with pytest.raises(ValueError, match="offsets"):
+        deform_sample(maps, offsets[:, :2])
+
+
+def test_task_decomposition_equals_scaling_the_layers_then_a_1x1_conv():
+    torch.manual_seed(0)
+    module = TaskDecomposition(8, 3, 2, norm="")
+    feat = torch.randn(2, 24, 5, 4)
+    avg = feat.mean(dim=(2, 3), keepdim=True)
+    w = module.layer_attention(avg)  # [2, 3, 1, 1], one weight per layer
+    assert w.shape == (2, 3, 1, 1)
+    scaled = feat * w.repeat_interleave(8, dim=1)
+    expected = torch.relu(module.reduction_conv(scaled))
+    torch.testing.assert_close(module(feat, avg), expected, rtol=1e-5, atol=1e-6)
+    # Hidden width of the attention: C // la_down_rate = 8 // 2.
+    assert module.layer_attention[0].out_channels == 4
+
+
+def test_head_scores_gradients_and_init():
+    head = _head()
+    out = head(_features())
+    scores = [aligned_scores(lg, pr) for lg, pr in zip(out["logits"], out["prob"])]
+    for s, lg, pr in zip(scores, out["logits"], out["prob"]):
+        assert s.shape == lg.shape and 0 <= s.min() and s.max() <= 1
+        torch.testing.assert_close(s, (lg.sigmoid() * pr.sigmoid()).sqrt())
+    # prior 0.01 on both factors: score ~ sqrt(0.01 * 0.01) = 0.01 at init.
+    assert (scores[0] - 0.01).abs().max() < 0.005
+    # Saturated logits: finite score and gradient (sqrt of an underflowed product would not be).
+    a = torch.tensor([-200.0], requires_grad=True)
+    aligned_scores(a, torch.tensor([-200.0])).sum().backward()
+    assert torch.isfinite(a.grad).all()
+
+    loss = sum(s.sum() for s in scores) + sum(x.sum() for x in out["ltrb"])
+    loss.backward()
+    for name, p in head.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_head_argument_errors():
+    shapes = [ShapeSpec(channels=32, stride=8)]
+    with pytest.raises(ValueError, match="NUM_CONVS"):
+        TOODHead(input_shape=shapes, num_classes=3, num_convs=0)
+    with pytest.raises(ValueError, match="LA_DOWN_RATE"):
+        TOODHead(input_shape=shapes, num_classes=3, la_down_rate=64)
+    with pytest.raises(ValueError, match="OFFSET"):
+        TOODHead(input_shape=shapes, num_classes=3, point_offset=1.0)
+    with pytest.raises(ValueError, match="levels"):
+        _head()(_features()[:1])
