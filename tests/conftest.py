@@ -87,6 +87,61 @@ def train_step_and_predict(cfg, min_detections: int = 0):
     return model, losses
 
 
+class FixedAssigner:
+    """A stub assigner that returns a given assignment: ``matched[i]`` (and ``quality[i]``) for
+    the i-th image it is called on (the detector assigns the images of a batch in order)."""
+
+    def __init__(self, matched, quality=None):
+        self.matched, self.quality, self.calls = matched, quality, 0
+
+    def __call__(self, shifts, gt, pred_scores=None, pred_boxes=None):
+        from d2_anchorfree.modeling.assigners.base import AssignResult
+
+        i = self.calls
+        self.calls += 1
+        return AssignResult(self.matched[i], None if self.quality is None else self.quality[i])
+
+
+def loss_terms_on(model, shifts, gt_instances, matched, flat, quality=None, aux_matched=None):
+    """``model``'s loss terms on hand-made predictions and a fixed assignment, through the
+    detector's own target building (``build_targets``) and loss terms.
+
+    Args:
+        model: a built ``AnchorFreeDetector``.
+        shifts: per level [R_l, 2] points (pixels), one level per stride of the model.
+        gt_instances: N ``Instances``.
+        matched: [N, R] long, GT index / BACKGROUND (-1) / IGNORE (-2) per point.
+        flat: the head's outputs, flattened: name -> [N, R, C] ("logits" and what the head
+            decodes its boxes from: "ltrb" in pixels, or GFL's "box_logits"; plus its extras).
+        quality: optional [N, R] soft targets of the assignment. aux_matched: optional [N, R]
+            labels of the auxiliary assigner.
+
+    Returns:
+        dict of named losses, as ``model(batch)`` in training.
+    """
+    from d2_anchorfree.modeling.geometry import cat_points
+    from d2_anchorfree.modeling.heads import DenseOutputs
+
+    points, point_strides = cat_points(shifts, model.strides)
+    flat = dict(flat)
+    logits = flat.pop("logits")
+    ltrb = model.head.decode_ltrb(flat, point_strides)
+    out = DenseOutputs(logits, ltrb, flat)
+    out = out._replace(scores=model.head.cls_scores(out), scores_activated=model.head.cls_scores_activated)
+    saved = model.assigner, model.aux_assigner, model.initial_assigner
+    try:
+        model.assigner, model.initial_assigner = FixedAssigner(matched, quality), None
+        if aux_matched is not None:
+            model.aux_assigner = FixedAssigner(aux_matched)
+        targets = model.build_targets(shifts, points, point_strides, gt_instances, out)
+    finally:
+        model.assigner, model.aux_assigner, model.initial_assigner = saved
+    losses = {}
+    for term in model.loss_terms:
+        losses.update(term(out, targets))
+    return losses
+
+
 @pytest.fixture
 def tiny_batch():
     return make_batch()

@@ -17,7 +17,7 @@ from d2_anchorfree.modeling.assigners.poto import (
     POTOAssigner, match_one_to_one, match_one_to_one_dense, pair_quality,
 )
 from d2_anchorfree.modeling.assigners.poto_aux import POTOAuxAssigner, candidate_threshold
-from d2_anchorfree.modeling.heads.defcn_head import DeFCNOutputs, joint_logits
+from d2_anchorfree.modeling.heads import joint_logits
 from d2_anchorfree.modeling.shift_generator import ShiftGenerator
 
 DEFCN_CONFIGS = [
@@ -78,12 +78,12 @@ def test_quality_of_one_hand_computed_pair():
     gt = make_instances((32, 32), [[0, 0, 32, 32]], [1])
     pred_logits = torch.tensor([[logit(0.9), logit(0.32768)]])
     pred_boxes = torch.tensor([[0.0, 0.0, 32.0, 1.0]])
-    q = pair_quality(torch.tensor([0]), torch.tensor([0]), gt, pred_logits, pred_boxes, alpha=0.8)
+    q = pair_quality(torch.tensor([0]), torch.tensor([0]), gt, torch.sigmoid(pred_logits), pred_boxes, alpha=0.8)
     assert q.item() == pytest.approx(0.05, rel=1e-5)
     # alpha = 0: class probability only; alpha = 1: IoU only
-    assert pair_quality(torch.tensor([0]), torch.tensor([0]), gt, pred_logits, pred_boxes, 0.0).item() == \
+    assert pair_quality(torch.tensor([0]), torch.tensor([0]), gt, torch.sigmoid(pred_logits), pred_boxes, 0.0).item() == \
         pytest.approx(0.32768, rel=1e-5)
-    assert pair_quality(torch.tensor([0]), torch.tensor([0]), gt, pred_logits, pred_boxes, 1.0).item() == \
+    assert pair_quality(torch.tensor([0]), torch.tensor([0]), gt, torch.sigmoid(pred_logits), pred_boxes, 1.0).item() == \
         pytest.approx(1 / 32, rel=1e-5)
 
 
@@ -114,7 +114,7 @@ def test_poto_is_optimal_where_greedy_is_not(chunk_elements):
     shifts, gt, pred_logits, pred_boxes, quality, in_prior = toy_greedy_trap()
     assigner = POTOAssigner(strides=[8], sizes_of_interest=[], spatial_prior="inside",
                             chunk_elements=max(chunk_elements, 1))
-    matched = assigner(shifts, gt, pred_logits=pred_logits, pred_boxes=pred_boxes)
+    matched = assigner(shifts, gt, pred_scores=torch.sigmoid(pred_logits), pred_boxes=pred_boxes).matched
     # Optimal: GT 1 -> point 0 (0.85), GT 0 -> point 1 (0.8): total 1.65.
     assert matched.tolist() == [1, 0, BACKGROUND, BACKGROUND]
     assert total_quality(quality, matched) == pytest.approx(1.65)
@@ -180,7 +180,7 @@ def test_restricted_matching_equals_unrestricted_on_random_cases(spatial_prior, 
         # chunk_elements small: several GT chunks per level
         assigner = POTOAssigner(strides=strides, sizes_of_interest=sizes, spatial_prior=spatial_prior,
                                 center_sampling_radius=1.5, level_prior=level_prior, chunk_elements=200)
-        matched = assigner(shifts, gt, pred_logits=pred_logits, pred_boxes=pred_boxes)
+        matched = assigner(shifts, gt, pred_scores=torch.sigmoid(pred_logits), pred_boxes=pred_boxes).matched
         quality, in_prior = brute_force_problem(shifts, strides, gt, pred_logits, pred_boxes,
                                                 spatial_prior, 1.5, level_prior, sizes)
         expected = match_one_to_one_dense(quality, in_prior)
@@ -214,7 +214,7 @@ def test_hundreds_of_gts(chunk_elements):
                                                                strides=(8, 16, 32, 64, 128))
     assigner = POTOAssigner(strides=strides, sizes_of_interest=[64, 128, 256, 512],
                             chunk_elements=chunk_elements)
-    matched = assigner(shifts, gt, pred_logits=pred_logits, pred_boxes=pred_boxes)
+    matched = assigner(shifts, gt, pred_scores=torch.sigmoid(pred_logits), pred_boxes=pred_boxes).matched
     quality, in_prior = brute_force_problem(shifts, strides, gt, pred_logits, pred_boxes, "center",
                                             1.5, "all", [64, 128, 256, 512])
     assert torch.equal(matched, match_one_to_one_dense(quality, in_prior))
@@ -228,7 +228,7 @@ def test_poto_no_gt():
     empty = make_instances((32, 48), [], [])
     for assigner in (POTOAssigner(strides=[8, 16], sizes_of_interest=[64]),
                      POTOAuxAssigner(strides=[8, 16], sizes_of_interest=[64])):
-        matched = assigner(shifts, empty, pred_logits=torch.zeros(R, 3), pred_boxes=torch.zeros(R, 4))
+        matched = assigner(shifts, empty, pred_scores=torch.sigmoid(torch.zeros(R, 3)), pred_boxes=torch.zeros(R, 4)).matched
         assert matched.shape == (R,) and matched.dtype == torch.long
         assert (matched == BACKGROUND).all()
 
@@ -244,7 +244,7 @@ def test_gt_without_prior_location_stays_unmatched_and_zero_quality_is_positive(
     points = shifts[0]
     pred_boxes = torch.cat([points, points], 1)
     assigner = POTOAssigner(strides=[8], sizes_of_interest=[], spatial_prior="inside")
-    matched = assigner(shifts, gt, pred_logits=torch.zeros(16, 1), pred_boxes=pred_boxes)
+    matched = assigner(shifts, gt, pred_scores=torch.sigmoid(torch.zeros(16, 1)), pred_boxes=pred_boxes).matched
     assert 0 not in matched.tolist()
     pos = (matched == 1).nonzero().squeeze(1).tolist()
     assert len(pos) == 1 and pos[0] in (0, 1, 4, 5)
@@ -252,7 +252,7 @@ def test_gt_without_prior_location_stays_unmatched_and_zero_quality_is_positive(
     # "center" prior (radius 1.5 strides = 12 px around (8, 8), clipped to GT 1) gives the same
     # four points; GT 0's center region is its box, still without a point.
     center = POTOAssigner(strides=[8], sizes_of_interest=[], spatial_prior="center")
-    matched = center(shifts, gt, pred_logits=torch.zeros(16, 1), pred_boxes=pred_boxes)
+    matched = center(shifts, gt, pred_scores=torch.sigmoid(torch.zeros(16, 1)), pred_boxes=pred_boxes).matched
     assert 0 not in matched.tolist() and int((matched == 1).sum()) == 1
 
 
@@ -264,7 +264,7 @@ def test_crowd_gt_is_never_matched_and_its_points_are_ignored():
     pred_boxes = torch.cat([points - 6, points + 6], 1)
     for assigner in (POTOAssigner(strides=[8], sizes_of_interest=[], spatial_prior="inside"),
                      POTOAuxAssigner(strides=[8], sizes_of_interest=[])):
-        matched = assigner(shifts, gt, pred_logits=torch.zeros(16, 1), pred_boxes=pred_boxes)
+        matched = assigner(shifts, gt, pred_scores=torch.sigmoid(torch.zeros(16, 1)), pred_boxes=pred_boxes).matched
         assert 1 not in matched.tolist()
         # points strictly inside the crowd box: (20|28, 20|28) -> indices 10, 11, 14, 15
         assert matched[[10, 11, 14, 15]].tolist() == [IGNORE] * 4
@@ -278,15 +278,15 @@ def test_bad_poto_settings_raise():
         POTOAssigner(strides=[8], sizes_of_interest=[], level_prior="atss")
     with pytest.raises(ValueError, match="ALPHA"):
         POTOAssigner(strides=[8], sizes_of_interest=[], alpha=1.5)
-    with pytest.raises(ValueError, match="AUX_TOPK"):
+    with pytest.raises(ValueError, match="POTO_AUX.TOPK"):
         POTOAuxAssigner(strides=[8], sizes_of_interest=[], topk=0)
     shifts = grid(16, 16, [8])
     gt = make_instances((16, 16), [[0, 0, 16, 16]], [0])
     with pytest.raises(ValueError, match="pred_boxes"):
-        POTOAssigner(strides=[8], sizes_of_interest=[])(shifts, gt, pred_logits=torch.zeros(4, 1))
-    with pytest.raises(ValueError, match="pred_logits must be"):
+        POTOAssigner(strides=[8], sizes_of_interest=[])(shifts, gt, pred_scores=torch.sigmoid(torch.zeros(4, 1)))
+    with pytest.raises(ValueError, match="pred_scores must be"):
         POTOAssigner(strides=[8], sizes_of_interest=[])(
-            shifts, gt, pred_logits=torch.zeros(3, 1), pred_boxes=torch.zeros(4, 4))
+            shifts, gt, pred_scores=torch.sigmoid(torch.zeros(3, 1)), pred_boxes=torch.zeros(4, 4))
 
 
 # ----------------------------------------------------------------------------- auxiliary assignment
@@ -318,7 +318,7 @@ def test_aux_assignment_topk_per_level_and_statistical_threshold():
     pred_logits = torch.logit(q ** 5)[:, None]
     pred_boxes = torch.tensor([[0.0, 0.0, 40.0, 16.0]]).repeat(9, 1)
     aux = POTOAuxAssigner(strides=[8, 16], sizes_of_interest=[64], topk=4)
-    matched = aux([level0, level1], gt, pred_logits=pred_logits, pred_boxes=pred_boxes)
+    matched = aux([level0, level1], gt, pred_scores=torch.sigmoid(pred_logits), pred_boxes=pred_boxes).matched
     assert (matched == 0).nonzero().squeeze(1).tolist() == [1, 7]
     assert (matched[[0, 2, 3, 4, 5, 6, 8]] == BACKGROUND).all()
 
@@ -331,7 +331,7 @@ def test_aux_point_claimed_by_two_gts_takes_the_higher_quality():
     pred_logits = torch.logit(torch.tensor([[0.5 ** 5, 0.7 ** 5]]))
     pred_boxes = torch.tensor([[0.0, 0.0, 8.0, 8.0]])
     aux = POTOAuxAssigner(strides=[8], sizes_of_interest=[], topk=1)
-    assert aux(shifts, gt, pred_logits=pred_logits, pred_boxes=pred_boxes).tolist() == [1]
+    assert aux(shifts, gt, pred_scores=torch.sigmoid(pred_logits), pred_boxes=pred_boxes).matched.tolist() == [1]
 
 
 # ----------------------------------------------------------------------------- 3D Max Filtering
@@ -408,9 +408,9 @@ def test_max_filtering_block_residual_shapes_and_gradients():
     torch.nn.init.zeros_(plain.conv.weight)
     torch.nn.init.zeros_(plain.conv.bias)
     assert all(torch.equal(o, F.relu(f)) for o, f in zip(plain([f.detach() for f in feats]), feats))
-    with pytest.raises(ValueError, match="MAX_FILTER_TAU"):
+    with pytest.raises(ValueError, match="MAX_FILTER.TAU"):
         MaxFiltering3D(32, tau=1)
-    with pytest.raises(ValueError, match="MAX_FILTER_KERNEL"):
+    with pytest.raises(ValueError, match="MAX_FILTER.KERNEL"):
         max_filter_3d(feats, kernel_size=2)
 
 
@@ -433,10 +433,12 @@ def test_config_trains_one_step_with_one_positive_per_gt_and_predicts(config_fil
     batch = make_batch(128, 160)  # image 0: two objects, image 1: none
     with EventStorage() as storage:
         losses = model(batch)
-        num_pos_per_gt = storage.latest()["defcn/num_pos_per_gt"][0]
-    expected_keys = {"loss_defcn_cls", "loss_defcn_box"}
-    if cfg.MODEL.DEFCN.USE_AUX_LOSS:
-        expected_keys.add("loss_defcn_aux")
+        num_pos_per_gt = storage.latest()["dense/num_pos_per_gt"][0]
+    # AUX_ASSIGNER "" is the DeFCN preset's POTOAuxAssigner; "none" turns the auxiliary loss off.
+    use_aux = cfg.MODEL.DENSE.AUX_ASSIGNER != "none"
+    expected_keys = {"loss_cls", "loss_box"}
+    if use_aux:
+        expected_keys.add("loss_aux")
     assert set(losses) == expected_keys
     assert all(torch.isfinite(v) for v in losses.values())
     assert num_pos_per_gt == 1.0  # POTO: exactly one positive for each of the 2 GTs
@@ -446,11 +448,11 @@ def test_config_trains_one_step_with_one_positive_per_gt_and_predicts(config_fil
     assert not no_grad, no_grad[:5]
     head = model.head
     branches = [head.cls_logits.weight, head.box_pred.weight]
-    if cfg.MODEL.DEFCN.USE_3DMF:
+    if cfg.MODEL.MAX_FILTER.ENABLED:
         branches += [head.filter.weight, head.max_filter.conv.weight]
     else:
         assert head.filter is None and head.max_filter is None
-    if cfg.MODEL.DEFCN.USE_AUX_LOSS:
+    if use_aux:
         branches.append(head.aux_logits.weight)
     else:
         assert head.aux_logits is None
@@ -471,7 +473,7 @@ def test_batch_without_any_gt_trains():
     with EventStorage():
         losses = model(batch)
     assert all(torch.isfinite(v) for v in losses.values())
-    assert losses["loss_defcn_box"].item() == 0.0
+    assert losses["loss_box"].item() == 0.0
     sum(losses.values()).backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
@@ -498,7 +500,7 @@ def constructed_head(box, center_cell, filter_center, filter_other, num_classes=
                 flt[:, 0, r, c] = float(filter_center)
             logits.append(cls)
             filters.append(flt)
-        return DeFCNOutputs(logits, ltrb, filters, [])
+        return {"logits": logits, "ltrb": ltrb, "filter": filters}
     return forward
 
 
@@ -514,22 +516,24 @@ def test_nms_free_inference_keeps_one_detection_per_object_via_the_filter():
         inst = model([{"image": image}])[0]["instances"]
     # 9 neighbouring locations predict the same box with class score 0.993, but the filter
     # branch multiplies 8 of them by sigmoid(-10) = 4.5e-5 (< SCORE_THRESH_TEST 0.05): one left.
-    assert model.nms_free and len(inst) == 1
+    assert model.test_nms_thresh is None and len(inst) == 1  # NMS-free (MODEL.DENSE.POSTPROCESS "topk")
     assert torch.allclose(inst.pred_boxes.tensor[0], torch.tensor(box))
     expected_score = torch.sigmoid(torch.tensor(5.0)) * torch.sigmoid(torch.tensor(10.0))
     assert inst.scores[0].item() == pytest.approx(expected_score.item(), rel=1e-5)
     # Control: a filter that suppresses nothing -> NMS-free inference keeps all 9 duplicates,
-    # and only class-aware NMS (MODEL.DEFCN.NMS_FREE False) merges them.
+    # and only class-aware NMS (MODEL.DENSE.POSTPROCESS "nms") merges them.
     model.head.forward = constructed_head(box, (8, 10), filter_center=10.0, filter_other=10.0)
     with torch.no_grad():
         assert len(model([{"image": image}])[0]["instances"]) == 9
-        model.nms_free = False
+        model_nms = build_model(load_cfg(TINY, "MODEL.DENSE.POSTPROCESS", "nms"))
+        assert model_nms.test_nms_thresh == load_cfg(TINY).MODEL.DENSE.NMS_THRESH_TEST
+        model.test_nms_thresh = model_nms.test_nms_thresh
         assert len(model([{"image": image}])[0]["instances"]) == 1
 
 
 def test_bad_defcn_config_raises():
-    with pytest.raises(ValueError, match="MAX_FILTER_TAU"):
-        build_model(load_cfg(TINY, "MODEL.DEFCN.MAX_FILTER_TAU", 3))
+    with pytest.raises(ValueError, match="MAX_FILTER.TAU"):
+        build_model(load_cfg(TINY, "MODEL.MAX_FILTER.TAU", 3))
     with pytest.raises(ValueError, match="SPATIAL_PRIOR"):
         build_model(load_cfg(TINY, "MODEL.POTO.SPATIAL_PRIOR", "box"))
 

@@ -14,7 +14,7 @@ from d2_anchorfree.modeling.assigners import ATSSAssigner, FCOSAssigner
 from d2_anchorfree.modeling.heads.gfl_head import DGQP, GFLHead, distribution_to_distance
 from d2_anchorfree.modeling.losses import distribution_focal_loss, quality_focal_loss
 
-from conftest import load_cfg, make_batch, make_instances, train_step_and_predict
+from conftest import load_cfg, loss_terms_on, make_batch, make_instances, train_step_and_predict
 
 LOG2 = math.log(2)
 
@@ -151,7 +151,9 @@ def test_head_shapes_and_init(dgqp):
     shapes = [ShapeSpec(channels=32, stride=s) for s in (8, 16)]
     head = GFLHead(input_shape=shapes, num_classes=3, reg_max=7, num_convs=1, norm="GN", dgqp=dgqp)
     feats = [torch.randn(2, 32, 6, 5), torch.randn(2, 32, 3, 3)]
-    logits, box_logits, quality = head(feats)
+    out = head(feats)
+    assert set(out) == ({"logits", "box_logits", "quality"} if dgqp else {"logits", "box_logits"})
+    logits, box_logits, quality = out["logits"], out["box_logits"], out.get("quality")
     for f, l, b in zip(feats, logits, box_logits):
         assert l.shape == (2, 3, *f.shape[-2:]) and b.shape == (2, 32, *f.shape[-2:])
     assert torch.sigmoid(head.cls_logits.bias).tolist() == pytest.approx([0.01] * 3)
@@ -180,76 +182,79 @@ def test_losses_by_hand():
     # Weight = max s of point 0 = 0.5; normalizer max(0.5, 1) = 1 (clamped as in the code).
     # GIoU: 2.0 * 0.5 * (1 - 0.125) = 0.875. DFL: S = 0.2 at every bin -> each side log 5;
     #   0.25 * 0.5 * 4 * log5 / 4 = 0.2011797.
-    model = tiny_gfl("MODEL.FCOS.NUM_CLASSES", 2, "MODEL.GFL.REG_MAX", 4)
+    model = tiny_gfl("MODEL.DENSE.NUM_CLASSES", 2, "MODEL.GFL_HEAD.REG_MAX", 4)
     shifts = [torch.tensor([[4.0, 4.0], [12.0, 4.0]])] + [torch.zeros(0, 2)] * 4
     gt = make_instances((8, 16), [[0, 0, 16, 8]], [1])
     scores = torch.tensor([[[math.log(1 / 3), 0.0], [0.0, 0.0]]], requires_grad=True)
     box_logits = torch.zeros(1, 2, 20, requires_grad=True)
-    losses = model.losses(shifts, [gt], torch.tensor([[0, -1]]), scores, box_logits, activated=False)
-    assert losses["loss_gfl_qfl"].item() == pytest.approx(
+    assert not model.head.cls_scores_activated  # no DGQP: QFL on the logits
+    flat = {"logits": scores, "box_logits": box_logits}
+    losses = loss_terms_on(model, shifts, [gt], torch.tensor([[0, -1]]), flat)
+    assert set(losses) == {"loss_cls", "loss_box", "loss_dfl"}
+    assert losses["loss_cls"].item() == pytest.approx(
         0.0625 * -math.log(0.75) + 0.140625 * LOG2 + 0.5 * LOG2, rel=1e-5)
-    assert losses["loss_gfl_box"].item() == pytest.approx(0.875, rel=1e-5)
-    assert losses["loss_gfl_dfl"].item() == pytest.approx(0.25 * 0.5 * math.log(5), rel=1e-5)
+    assert losses["loss_box"].item() == pytest.approx(0.875, rel=1e-5)
+    assert losses["loss_dfl"].item() == pytest.approx(0.25 * 0.5 * math.log(5), rel=1e-5)
     # The IoU target and the box-loss weights are detached: QFL trains only the scores, the box
     # losses only the distributions.
-    losses["loss_gfl_qfl"].backward(retain_graph=True)
+    losses["loss_cls"].backward(retain_graph=True)
     assert box_logits.grad is None or not box_logits.grad.any()
     qfl_grad = scores.grad.clone()
-    (losses["loss_gfl_box"] + losses["loss_gfl_dfl"]).backward()
+    (losses["loss_box"] + losses["loss_dfl"]).backward()
     assert torch.equal(scores.grad, qfl_grad)  # the box losses add nothing to the scores
     assert box_logits.grad[0, 0].abs().sum() > 0
     # IGNORE (-2) leaves point 1 out of QFL: only point 0's 0.1154539 remains.
-    ignored = model.losses(shifts, [gt], torch.tensor([[0, -2]]), scores, box_logits, activated=False)
+    ignored = loss_terms_on(model, shifts, [gt], torch.tensor([[0, -2]]), flat)
     expected = 0.0625 * -math.log(0.75) + 0.140625 * LOG2
-    assert ignored["loss_gfl_qfl"].item() == pytest.approx(expected, rel=1e-5)
+    assert ignored["loss_cls"].item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_box_losses_normalised_by_the_sum_of_score_weights():
     # Three positives with s = 0.9 at their class: weights sum 2.7 > 1 -> box and DFL losses
     # are per-weight averages; same value as one positive when the three are identical.
-    model = tiny_gfl("MODEL.GFL.REG_MAX", 4)
+    model = tiny_gfl("MODEL.GFL_HEAD.REG_MAX", 4)
     shifts = [torch.tensor([[4.0, 4.0]] * 3)] + [torch.zeros(0, 2)] * 4
     gt = make_instances((8, 16), [[0, 0, 16, 8]], [0])
     scores = torch.full((1, 3, 1), math.log(9))  # sigmoid = 0.9
     box_logits = torch.zeros(1, 3, 20)
     matched = torch.zeros(1, 3, dtype=torch.long)
-    losses = model.losses(shifts, [gt], matched, scores, box_logits, activated=False)
-    assert losses["loss_gfl_box"].item() == pytest.approx(2.0 * 0.875, rel=1e-5)
-    assert losses["loss_gfl_dfl"].item() == pytest.approx(0.25 * math.log(5), rel=1e-5)
+    losses = loss_terms_on(model, shifts, [gt], matched, {"logits": scores, "box_logits": box_logits})
+    assert losses["loss_box"].item() == pytest.approx(2.0 * 0.875, rel=1e-5)
+    assert losses["loss_dfl"].item() == pytest.approx(0.25 * math.log(5), rel=1e-5)
 
 
 def test_image_without_objects_and_targets_beyond_reg_max():
-    model = tiny_gfl("MODEL.GFL.REG_MAX", 2)  # 2 strides: larger objects are clamped to the last bin
+    model = tiny_gfl("MODEL.GFL_HEAD.REG_MAX", 2)  # 2 strides: larger objects are clamped to the last bin
     empty = make_batch(128, 160)[1:]
     with EventStorage():
         losses = model(empty)
-    assert losses["loss_gfl_box"].item() == 0 and losses["loss_gfl_dfl"].item() == 0
-    assert losses["loss_gfl_qfl"].item() > 0
+    assert losses["loss_box"].item() == 0 and losses["loss_dfl"].item() == 0
+    assert losses["loss_cls"].item() > 0
     sum(losses.values()).backward()
     assert model.head.box_pred.weight.grad is not None  # kept in the graph by 0 * sum
     with EventStorage():
         big_gt = make_instances((128, 160), [[2, 2, 150, 120]], [0])
         big = model([{"image": empty[0]["image"], "instances": big_gt}])
-    assert all(torch.isfinite(v) for v in big.values()) and big["loss_gfl_dfl"] > 0
+    assert all(torch.isfinite(v) for v in big.values()) and big["loss_dfl"] > 0
 
 
 # ---- YAMLs
 
 @pytest.mark.parametrize("config_file, opts", [
     ("configs/GFL/GFL_tiny_R_18_cpu.yaml", []),
-    ("configs/GFL/GFL_tiny_R_18_cpu.yaml", ["MODEL.GFL.DGQP", True]),
+    ("configs/GFL/GFL_tiny_R_18_cpu.yaml", ["MODEL.GFL_HEAD.DGQP", True]),
     ("configs/GFL/GFL_R_50_FPN_1x.yaml", []),
 ])
 def test_gfl_configs_train_one_step_and_predict(config_file, opts):
-    model, losses = train_step_and_predict(load_cfg(config_file, "MODEL.FCOS.SCORE_THRESH_TEST", 0.0, *opts), 1)
+    model, losses = train_step_and_predict(load_cfg(config_file, "MODEL.DENSE.SCORE_THRESH_TEST", 0.0, *opts), 1)
     assert type(model).__name__ == "GFL" and isinstance(model.assigner, ATSSAssigner)
-    assert set(losses) == {"loss_gfl_qfl", "loss_gfl_box", "loss_gfl_dfl"}
-    assert losses["loss_gfl_box"] > 0 and losses["loss_gfl_dfl"] > 0  # the objects got positives
-    assert (model.head.dgqp is not None) == ("MODEL.GFL.DGQP" in opts)
+    assert set(losses) == {"loss_cls", "loss_box", "loss_dfl"}
+    assert losses["loss_box"] > 0 and losses["loss_dfl"] > 0  # the objects got positives
+    assert (model.head.dgqp is not None) == ("MODEL.GFL_HEAD.DGQP" in opts)
 
 
 def test_gfl_with_the_fcos_assigner_from_yaml():
-    cfg = load_cfg("configs/GFL/GFL_tiny_R_18_cpu.yaml", "MODEL.GFL.ASSIGNER", "FCOS",
-                   "MODEL.FCOS.SCORE_THRESH_TEST", 0.0)
+    cfg = load_cfg("configs/GFL/GFL_tiny_R_18_cpu.yaml", "MODEL.DENSE.ASSIGNER", "FCOSAssigner",
+                   "MODEL.DENSE.SCORE_THRESH_TEST", 0.0)
     model, _ = train_step_and_predict(cfg, 1)
     assert isinstance(model.assigner, FCOSAssigner)
