@@ -19,7 +19,7 @@ from d2_anchorfree.modeling.backbone_dcn import DeformBottleneckBlock
 from d2_anchorfree.modeling.heads.vfnet_head import VFNetHead, scale_offset_gradient, star_offsets
 from d2_anchorfree.modeling.losses.varifocal import varifocal_loss
 
-from conftest import REPO, load_cfg, make_batch, make_instances, train_step_and_predict
+from conftest import REPO, load_cfg, loss_terms_on, make_batch, make_instances, train_step_and_predict
 
 TINY = "configs/VFNet/VFNet_tiny_R_18_cpu.yaml"
 VFNET_CONFIGS = sorted(
@@ -143,7 +143,9 @@ def _features(seed=1):
 
 
 def test_head_shapes_and_initial_boxes():
-    logits, init, refine = _head()(_features())
+    out = _head()(_features())
+    assert set(out) == {"logits", "ltrb", "ltrb_init"}
+    logits, init, refine = out["logits"], out["ltrb_init"], out["ltrb"]
     assert [t.shape for t in logits] == [(2, 3, 6, 8), (2, 3, 3, 4)]
     assert [t.shape for t in init] == [(2, 4, 6, 8), (2, 4, 3, 4)]
     assert [t.shape for t in refine] == [(2, 4, 6, 8), (2, 4, 3, 4)]
@@ -168,7 +170,8 @@ def test_refinement_decoding_and_detach():
         head.box_refine_pred.bias.fill_(math.log(4.0))
         for s in head.scales_refine:
             s.scale.fill_(0.5)
-    _, init, refine = head(_features())
+    out = head(_features())
+    init, refine = out["ltrb_init"], out["ltrb"]
     for i, r in zip(init, refine):
         torch.testing.assert_close(r, 2 * i.detach())
     sum(r.sum() for r in refine).backward()
@@ -182,7 +185,7 @@ def test_offset_gradient_multiplier_scales_box_gradient_through_offsets():
     grads = {}
     for m in (0.0, 0.1, 1.0):
         head = _head(offset_grad_mul=m, seed=0)
-        logits, _, _ = head(_features())
+        logits = head(_features())["logits"]
         sum((l * l).sum() for l in logits).backward()
         g = head.box_init_pred.weight.grad
         grads[m] = torch.zeros_like(head.box_init_pred.weight) if g is None else g
@@ -205,7 +208,7 @@ def tiny_model():
 def test_assigner_choice():
     model = build_model(load_cfg(TINY))
     assert isinstance(model.assigner, ATSSAssigner)
-    model = build_model(load_cfg(TINY, "MODEL.VFNET.USE_ATSS", False))
+    model = build_model(load_cfg(TINY, "MODEL.DENSE.ASSIGNER", "FCOSAssigner"))
     assert isinstance(model.assigner, FCOSAssigner)
 
 
@@ -219,16 +222,18 @@ def test_iacs_targets_and_box_losses(tiny_model):
     # IACS target: q = IoU of the *refined* box = 1/4. All logits 0 (p = 1/2, BCE = log 2):
     #   positive q log 2 = 0.173287; background 0.75 * 0.25 * log 2 = 0.129965; the ignored point
     #   adds nothing; num_pos = 1 -> 0.303251.
-    shifts = [torch.tensor([[4.0, 4.0], [12.0, 4.0], [20.0, 4.0]])]
+    shifts = [torch.tensor([[4.0, 4.0], [12.0, 4.0], [20.0, 4.0]])] + [torch.zeros(0, 2)] * 4
     gt = [make_instances((32, 32), [[0, 0, 8, 8]], [0])]
     matched = torch.tensor([[0, -1, -2]])
     logits = torch.zeros(1, 3, 1)
     ltrb_init = torch.tensor([[[4.0, 4, 8, 4], [1, 1, 1, 1], [1, 1, 1, 1]]])
     ltrb_refine = torch.tensor([[[2.0, 2, 2, 2], [1, 1, 1, 1], [1, 1, 1, 1]]])
-    losses = tiny_model.losses(shifts, gt, matched, logits, ltrb_init, ltrb_refine)
-    torch.testing.assert_close(losses["loss_vfnet_cls"], torch.tensor(0.303251), atol=1e-5, rtol=0)
-    torch.testing.assert_close(losses["loss_vfnet_box_init"], torch.tensor(1 / 3), atol=1e-5, rtol=0)
-    torch.testing.assert_close(losses["loss_vfnet_box_refine"], torch.tensor(0.375), atol=1e-5, rtol=0)
+    losses = loss_terms_on(tiny_model, shifts, gt, matched,
+                           {"logits": logits, "ltrb": ltrb_refine, "ltrb_init": ltrb_init})
+    assert set(losses) == {"loss_cls", "loss_box_init", "loss_box"}
+    torch.testing.assert_close(losses["loss_cls"], torch.tensor(0.303251), atol=1e-5, rtol=0)
+    torch.testing.assert_close(losses["loss_box_init"], torch.tensor(1 / 3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(losses["loss_box"], torch.tensor(0.375), atol=1e-5, rtol=0)
 
 
 def test_box_loss_normalized_by_iou_sum(tiny_model):
@@ -236,15 +241,16 @@ def test_box_loss_normalized_by_iou_sum(tiny_model):
     # exact initial box (IoU 1, loss 0) and refined boxes of IoU 1 and 1/4 (GIoU 1/4):
     #   refined: 2.0 * (1 * 0 + 0.25 * 0.75) / (1 + 0.25) = 0.3; 2 positives for the VFL:
     #   (1 * log 2 + 0.25 * log 2) / 2 = 0.433217.
-    shifts = [torch.tensor([[4.0, 4.0]])]
+    shifts = [torch.tensor([[4.0, 4.0]])] + [torch.zeros(0, 2)] * 4
     gt = [make_instances((32, 32), [[0, 0, 8, 8]], [0]) for _ in range(2)]
     matched = torch.tensor([[0], [0]])
     ltrb_init = torch.full((2, 1, 4), 4.0)
     ltrb_refine = torch.tensor([[[4.0, 4, 4, 4]], [[2.0, 2, 2, 2]]])
-    losses = tiny_model.losses(shifts, gt, matched, torch.zeros(2, 1, 1), ltrb_init, ltrb_refine)
-    torch.testing.assert_close(losses["loss_vfnet_box_init"], torch.tensor(0.0), atol=1e-6, rtol=0)
-    torch.testing.assert_close(losses["loss_vfnet_box_refine"], torch.tensor(0.3), atol=1e-5, rtol=0)
-    torch.testing.assert_close(losses["loss_vfnet_cls"], torch.tensor(0.433217), atol=1e-5, rtol=0)
+    losses = loss_terms_on(tiny_model, shifts, gt, matched,
+                           {"logits": torch.zeros(2, 1, 1), "ltrb": ltrb_refine, "ltrb_init": ltrb_init})
+    torch.testing.assert_close(losses["loss_box_init"], torch.tensor(0.0), atol=1e-6, rtol=0)
+    torch.testing.assert_close(losses["loss_box"], torch.tensor(0.3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(losses["loss_cls"], torch.tensor(0.433217), atol=1e-5, rtol=0)
 
 
 def test_inference_decodes_refined_boxes(tiny_model):
@@ -260,7 +266,8 @@ def test_inference_decodes_refined_boxes(tiny_model):
     refine = [torch.ones(1, 4, h, w) for h, w in sizes]
     refine[0][0, :, 1, 2] = torch.tensor([3.0, 4.0, 5.0, 6.0])
     images = ImageList(torch.zeros(1, 3, 128, 160), [(128, 160)])
-    (inst,) = tiny_model.forward_inference(images, features, (logits, init, refine))
+    predictions = {"logits": logits, "ltrb": refine, "ltrb_init": init}
+    (inst,) = tiny_model.forward_inference(images, features, predictions)
     assert len(inst) == 1
     torch.testing.assert_close(inst.pred_boxes.tensor, torch.tensor([[17.0, 8.0, 25.0, 18.0]]))
     torch.testing.assert_close(inst.scores, torch.tensor([0.880797]), atol=1e-6, rtol=0)
@@ -275,7 +282,7 @@ def test_only_empty_images_train():
     with EventStorage():
         losses = model(batch)
     total = sum(losses.values())
-    assert torch.isfinite(total) and losses["loss_vfnet_box_refine"] == 0
+    assert torch.isfinite(total) and losses["loss_box"] == 0
     total.backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
@@ -339,10 +346,10 @@ def test_vfnet_configs_found():
 @pytest.mark.parametrize("config_file", VFNET_CONFIGS)
 def test_vfnet_config_trains_one_step_and_predicts(config_file):
     cfg = load_cfg(config_file, "INPUT.MIN_SIZE_TEST", 128, "INPUT.MAX_SIZE_TEST", 160)
-    assert cfg.MODEL.FCOS.NUM_CONVS == 3 and cfg.MODEL.META_ARCHITECTURE == "VFNet"
+    assert cfg.MODEL.DENSE.NUM_CONVS == 3 and cfg.MODEL.META_ARCHITECTURE == "VFNet"
     model, losses = train_step_and_predict(cfg)  # one image with two objects, one with none
     assert isinstance(model.head, VFNetHead)
-    assert set(losses) == {"loss_vfnet_cls", "loss_vfnet_box_init", "loss_vfnet_box_refine"}
+    assert set(losses) == {"loss_cls", "loss_box_init", "loss_box"}
     assert all(torch.isfinite(v) for v in losses.values()), losses
     # ATSS finds positives for the two objects, so every loss is non-zero at initialisation.
     assert all(v > 0 for v in losses.values()), losses
