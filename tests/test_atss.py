@@ -8,7 +8,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
-from d2_anchorfree.modeling.assigners import ASSIGNER_REGISTRY, BACKGROUND, IGNORE, build_assigner
+from d2_anchorfree.modeling.assigners import ASSIGNER_REGISTRY, BACKGROUND, IGNORE, FCOSAssigner, build_assigner
 from d2_anchorfree.modeling.assigners.atss import ATSSAssigner, adaptive_iou_threshold, atss_positives
 from d2_anchorfree.modeling.geometry import paired_iou
 
@@ -72,10 +72,14 @@ def test_toy_candidates_thresholds_and_winners():
     assert thresholds.tolist() == pytest.approx([0.509879, 0.656841, 0.413465], abs=1e-5)
     assert positive.tolist() == [[True, False, False, False]] * 3
     # Point 5 = (12,12) is positive for A (IoU 0.538) and B (IoU 0.778): B, the higher IoU, wins.
-    matched = ATSSAssigner(strides=[8, 16], topk=2, anchor_scale=2.0)(TOY_SHIFTS, instances(TOY_BOXES))
+    result = ATSSAssigner(strides=[8, 16], topk=2, anchor_scale=2.0)(TOY_SHIFTS, instances(TOY_BOXES))
     expected = torch.full((20,), BACKGROUND)
     expected[5], expected[15] = 1, 2
-    assert matched.tolist() == expected.tolist()
+    assert result.matched.tolist() == expected.tolist()
+    # The soft target: the anchor IoU of each positive with its GT, 0 elsewhere.
+    expected_quality = torch.zeros(20)
+    expected_quality[5], expected_quality[15] = 7 / 9, 120 / 256
+    assert result.quality.tolist() == pytest.approx(expected_quality.tolist(), abs=1e-6)
 
 
 def test_threshold_is_mean_plus_unbiased_std():
@@ -97,14 +101,16 @@ def test_positive_point_must_be_inside_by_more_than_0_01_px(x0, positives):
     # the IoU test and the inside rule min(l,t,r,b) > 0.01 decides. Point 17 has l = 12 - x0.
     shifts = [grid(8, 8, 8), grid(4, 4, 16), grid(2, 2, 32)]
     assigner = ATSSAssigner(strides=[8, 16, 32], topk=2, anchor_scale=8.0)
-    matched = assigner(shifts, instances([[x0, 10, 22, 30]]))
+    matched = assigner(shifts, instances([[x0, 10, 22, 30]])).matched
     assert (matched == 0).nonzero().flatten().tolist() == positives
     assert ((matched == 0) | (matched == BACKGROUND)).all()
 
 
 def test_no_gt_is_all_background():
-    matched = ATSSAssigner(strides=[8, 16])(TOY_SHIFTS, instances([]))
+    result = ATSSAssigner(strides=[8, 16])(TOY_SHIFTS, instances([]))
+    matched = result.matched
     assert matched.dtype == torch.long and matched.tolist() == [BACKGROUND] * 20
+    assert result.quality.tolist() == [0.0] * 20
 
 
 def test_crowd_gt_is_never_positive_and_ignores_its_inside():
@@ -112,12 +118,12 @@ def test_crowd_gt_is_never_positive_and_ignores_its_inside():
     # C keeps 15; points strictly inside B that are not positive -> IGNORE: (20,12) = 6 and the
     # level-1 point (8,8) = 16 (5 < 8 < 21, 5 < 8 < 19).
     matched = ATSSAssigner(strides=[8, 16], topk=2, anchor_scale=2.0)(
-        TOY_SHIFTS, instances(TOY_BOXES, crowd=[False, True, False]))
+        TOY_SHIFTS, instances(TOY_BOXES, crowd=[False, True, False])).matched
     expected = torch.full((20,), BACKGROUND)
     expected[5], expected[15], expected[6], expected[16] = 0, 2, IGNORE, IGNORE
     assert matched.tolist() == expected.tolist()
     all_crowd = ATSSAssigner(strides=[8, 16], topk=2, anchor_scale=2.0)(
-        TOY_SHIFTS, instances(TOY_BOXES, crowd=[True, True, True]))
+        TOY_SHIFTS, instances(TOY_BOXES, crowd=[True, True, True])).matched
     assert not (all_crowd >= 0).any() and (all_crowd == IGNORE).any()
 
 
@@ -167,7 +173,7 @@ def test_matches_dense_reference(seed):
     shifts = pyramid(200, 240)
     boxes = random_boxes(40, 200, 240, g)
     expected = reference_atss(shifts, PYRAMID_STRIDES, boxes, topk=9, anchor_scale=8.0)
-    matched = ATSSAssigner(strides=PYRAMID_STRIDES)(shifts, instances(boxes))
+    matched = ATSSAssigner(strides=PYRAMID_STRIDES)(shifts, instances(boxes)).matched
     assert (expected >= 0).sum() > 40  # several positives per GT on average
     assert torch.equal(matched, expected)
 
@@ -184,9 +190,10 @@ def test_chunked_equals_unchunked(seed, num_gt, integer):
     crowd = torch.rand(num_gt, generator=g) < 0.1
     gt = instances(boxes, crowd)
     full = ATSSAssigner(strides=PYRAMID_STRIDES, chunk_elements=num_points * num_gt)(shifts, gt)
-    assert (full >= 0).any()
+    assert (full.matched >= 0).any()
     for chunk in (1, num_points, 7 * num_points + 3):
-        assert torch.equal(ATSSAssigner(strides=PYRAMID_STRIDES, chunk_elements=chunk)(shifts, gt), full)
+        chunked = ATSSAssigner(strides=PYRAMID_STRIDES, chunk_elements=chunk)(shifts, gt)
+        assert torch.equal(chunked.matched, full.matched) and torch.equal(chunked.quality, full.quality)
 
 
 class LargestTensor(TorchDispatchMode):
@@ -211,17 +218,17 @@ def test_two_thousand_gts_stay_within_the_chunk_bound():
     gt = instances(random_boxes(2000, 256, 320, g), crowd=torch.rand(2000, generator=g) < 0.05)
     bound = 16 * num_points
     with LargestTensor() as probe:
-        matched = ATSSAssigner(strides=PYRAMID_STRIDES, chunk_elements=bound)(shifts, gt)
+        matched = ATSSAssigner(strides=PYRAMID_STRIDES, chunk_elements=bound)(shifts, gt).matched
     # Unchunked, the distances alone would be [2000 x 1280] on P3.
     assert 2 * num_points <= probe.numel <= bound
-    unchunked = ATSSAssigner(strides=PYRAMID_STRIDES, chunk_elements=2000 * num_points)(shifts, gt)
+    unchunked = ATSSAssigner(strides=PYRAMID_STRIDES, chunk_elements=2000 * num_points)(shifts, gt).matched
     assert torch.equal(matched, unchunked)
     assert (matched >= 0).sum() > 500 and (matched == IGNORE).any()
 
 
 def test_registry_config_and_bad_arguments():
     cfg = load_cfg("configs/ATSS/ATSS_tiny_R_18_cpu.yaml", "MODEL.ATSS.TOPK", 5,
-                   "MODEL.FCOS.ASSIGN_CHUNK_ELEMENTS", 1000)
+                   "MODEL.DENSE.ASSIGN_CHUNK_ELEMENTS", 1000)
     assigner = build_assigner("ATSSAssigner", cfg, [8, 16])
     assert ASSIGNER_REGISTRY.get("ATSSAssigner") is ATSSAssigner
     settings = (assigner.strides, assigner.topk, assigner.anchor_scale, assigner.chunk_elements)
@@ -237,21 +244,36 @@ def test_registry_config_and_bad_arguments():
 @pytest.mark.parametrize("config_file",
                          ["configs/ATSS/ATSS_tiny_R_18_cpu.yaml", "configs/ATSS/ATSS_R_50_FPN_1x.yaml"])
 def test_atss_configs_train_one_step_and_predict(config_file):
-    model, losses = train_step_and_predict(load_cfg(config_file, "MODEL.FCOS.SCORE_THRESH_TEST", 0.0), 1)
+    model, losses = train_step_and_predict(load_cfg(config_file, "MODEL.DENSE.SCORE_THRESH_TEST", 0.0), 1)
     assert type(model).__name__ == "ATSS" and isinstance(model.assigner, ATSSAssigner)
-    assert set(losses) == {"loss_fcos_cls", "loss_fcos_box", "loss_fcos_ctr"}
-    assert losses["loss_fcos_box"] > 0  # the two objects got ATSS positives
+    assert set(losses) == {"loss_cls", "loss_box", "loss_ctr"}
+    assert losses["loss_box"] > 0  # the two objects got ATSS positives
 
 
 def test_fcos_with_atss_assigner_from_yaml():
-    # The paper's "FCOS + ATSS" setting: META_ARCHITECTURE FCOS, MODEL.FCOS.ASSIGNER ATSS.
-    cfg = load_cfg("configs/FCOS/FCOS_tiny_R_18_cpu.yaml", "MODEL.FCOS.ASSIGNER", "ATSS",
-                   "MODEL.FCOS.SCORE_THRESH_TEST", 0.0)
+    # The paper's "FCOS + ATSS" setting: META_ARCHITECTURE FCOS, MODEL.DENSE.ASSIGNER ATSSAssigner.
+    cfg = load_cfg("configs/FCOS/FCOS_tiny_R_18_cpu.yaml", "MODEL.DENSE.ASSIGNER", "ATSSAssigner",
+                   "MODEL.DENSE.SCORE_THRESH_TEST", 0.0)
     model, _ = train_step_and_predict(cfg, 1)
     assert type(model).__name__ == "FCOS" and isinstance(model.assigner, ATSSAssigner)
 
 
-def test_atss_meta_arch_rejects_another_assigner():
-    cfg = load_cfg("configs/ATSS/ATSS_tiny_R_18_cpu.yaml", "MODEL.FCOS.ASSIGNER", "POTOAssigner")
-    with pytest.raises(ValueError, match="POTOAssigner"):
-        build_model(cfg)
+def test_atss_preset_composes_with_another_assigner():
+    # Replaces "the ATSS meta-arch rejects another assigner": ATSS is now a preset of the composed
+    # detector, so another registered assigner is a valid composition (here POTO's one-to-one
+    # labels with the ATSS head and losses) ...
+    atss_tiny = "configs/ATSS/ATSS_tiny_R_18_cpu.yaml"
+    # (the YAML's MODEL.ATSS keys hold their defaults, so they are accepted unread).
+    cfg = load_cfg(atss_tiny, "MODEL.DENSE.ASSIGNER", "POTOAssigner", "MODEL.DENSE.CENTER_SAMPLING_RADIUS", 1.5,
+                   "MODEL.DENSE.SCORE_THRESH_TEST", 0.0)
+    model, losses = train_step_and_predict(cfg, 1)
+    assert type(model).__name__ == "ATSS" and type(model.assigner).__name__ == "POTOAssigner"
+    assert set(losses) == {"loss_cls", "loss_box", "loss_ctr"}
+    # ... while an unknown assigner fails naming it, and ATSS keys that the chosen assigner does not
+    # read fail naming the key instead of being silently ignored.
+    with pytest.raises(KeyError, match="NoSuchAssigner"):
+        build_model(load_cfg(atss_tiny, "MODEL.DENSE.ASSIGNER", "NoSuchAssigner"))
+    with pytest.raises(ValueError, match=r"MODEL\.ATSS\.TOPK"):
+        build_model(load_cfg(atss_tiny, "MODEL.DENSE.ASSIGNER", "FCOSAssigner", "MODEL.ATSS.TOPK", 5))
+    assert isinstance(build_model(load_cfg(atss_tiny, "MODEL.DENSE.ASSIGNER", "FCOSAssigner")).assigner,
+                      FCOSAssigner)
