@@ -16,7 +16,9 @@ def test_head_output_shapes_per_level(norm_reg):
     shapes = [ShapeSpec(channels=32, stride=s) for s in (8, 16, 32)]
     head = FCOSHead(input_shape=shapes, num_classes=3, num_convs=2, norm="GN", norm_reg_targets=norm_reg)
     feats = [torch.randn(2, 32, h, w) for h, w in ((16, 20), (8, 10), (4, 5))]
-    logits, ltrb, ctr = head(feats)
+    out = head(feats)
+    assert set(out) == {"logits", "ltrb", "centerness"}
+    logits, ltrb, ctr = out["logits"], out["ltrb"], out["centerness"]
     for f, l, d, c in zip(feats, logits, ltrb, ctr):
         h, w = f.shape[-2:]
         assert l.shape == (2, 3, h, w) and d.shape == (2, 4, h, w) and c.shape == (2, 1, h, w)
@@ -30,7 +32,7 @@ def test_norm_reg_targets_scales_by_stride():
     head = FCOSHead(input_shape=shapes, num_classes=1, num_convs=0, norm="", norm_reg_targets=True)
     torch.nn.init.zeros_(head.box_pred.weight)
     torch.nn.init.constant_(head.box_pred.bias, 2.0)  # relu(1.0 * 2) * stride
-    _, ltrb, _ = head([torch.randn(1, 32, 2, 2), torch.randn(1, 32, 1, 1)])
+    ltrb = head([torch.randn(1, 32, 2, 2), torch.randn(1, 32, 1, 1)])["ltrb"]
     assert ltrb[0].unique().tolist() == [16.0] and ltrb[1].unique().tolist() == [32.0]
 
 
@@ -41,8 +43,8 @@ def test_losses_are_normalised_and_finite_without_objects():
     with EventStorage():
         losses = model(empty)
     # No positives: box and centerness losses are exactly zero, classification is not.
-    assert losses["loss_fcos_box"].item() == 0 and losses["loss_fcos_ctr"].item() == 0
-    assert losses["loss_fcos_cls"].item() > 0
+    assert losses["loss_box"].item() == 0 and losses["loss_ctr"].item() == 0
+    assert losses["loss_cls"].item() > 0
 
 
 def test_unknown_class_id_and_degenerate_box_raise():

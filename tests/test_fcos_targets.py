@@ -16,7 +16,9 @@ def assign(shifts, boxes, classes=None, crowd=None, radius=0.0, sizes=(64,), str
         gt.gt_is_crowd = torch.tensor(crowd, dtype=torch.bool)
     assigner = FCOSAssigner(strides=list(strides), sizes_of_interest=list(sizes),
                             center_sampling_radius=radius, chunk_elements=chunk)
-    return assigner([torch.tensor(s, dtype=torch.float32).reshape(-1, 2) for s in shifts], gt).tolist()
+    result = assigner([torch.tensor(s, dtype=torch.float32).reshape(-1, 2) for s in shifts], gt)
+    assert result.quality is None  # FCOS assignment has no soft target
+    return result.matched.tolist()
 
 
 def test_shift_generator_points_and_cache():
