@@ -125,8 +125,8 @@ def add_anchorfree_config(cfg):
     _C.MODEL.QFL = CN()  # Quality Focal Loss (GFL Eq. 5) on a soft IoU target
     _C.MODEL.QFL.BETA = 2.0
     # Soft target: "iou" = IoU(predicted box, GT) (GFL); "assigner" = the assigner's quality
-    # (TOOD: the normalized alignment metric).
-    _C.MODEL.QFL.TARGET = "iou"
+    # (TOOD: the normalized alignment metric); "" = the preset's ("iou" without one).
+    _C.MODEL.QFL.TARGET = ""
     _C.MODEL.QFL.WEIGHT = 1.0
     _C.MODEL.VFL = CN()  # Varifocal Loss (VFNet Eq. 2) on the IoU of the (refined) box
     _C.MODEL.VFL.ALPHA = 0.75

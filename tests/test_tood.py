@@ -7,10 +7,10 @@ from detectron2.layers import ShapeSpec
 
 from d2_anchorfree.modeling.assigners.base import BACKGROUND, IGNORE
 from d2_anchorfree.modeling.assigners.tal import (
-    TaskAlignedAssigner, alignment_metric, pairwise_iou, topk_mask,
+    TaskAlignedAssigner, alignment_metric, topk_mask,
 )
 from d2_anchorfree.modeling.heads.tood_head import TOODHead, TaskDecomposition, aligned_scores, deform_sample
-from d2_anchorfree.modeling.losses.iou import paired_iou
+from d2_anchorfree.modeling.geometry import paired_iou, pairwise_iou
 
 
 def _assign(points, boxes, classes, scores, preds, crowd=None, **kwargs):

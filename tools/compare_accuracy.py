@@ -12,9 +12,11 @@ detections per image).
     python tools/compare_accuracy.py --table-only            # re-print the table from earlier runs
 
 Models (``--only``): FCOS, ATSS, GFL, VFNet, DeFCN (NMS-free), DeFCN+NMS (the DeFCN weights
-evaluated with class-aware NMS at ``MODEL.FCOS.NMS_THRESH_TEST``: NMS only changes inference, so
-this is an ``--eval-only`` run of the DeFCN checkpoint; DeFCN is trained first if needed) and
-RetinaNet (detectron2's, configs/tiny/RetinaNet_tiny_R_18_cpu.yaml).
+evaluated with class-aware NMS at ``MODEL.DENSE.NMS_THRESH_TEST``: NMS only changes inference, so
+this is an ``--eval-only`` run of the DeFCN checkpoint; DeFCN is trained first if needed), TOOD,
+the YAML-only compositions of configs/compositions/ (FCOS+ATSS, FCOS+POTO, NMS-free
+GFL+POTO+3DMF+Aux and VFNet+POTO+3DMF+Aux, each also evaluated with NMS: "+NMS") and RetinaNet
+(detectron2's, configs/tiny/RetinaNet_tiny_R_18_cpu.yaml).
 
 ``--iters N`` overrides ``SOLVER.MAX_ITER`` and scales ``SOLVER.STEPS`` and
 ``SOLVER.WARMUP_ITERS`` by N / MAX_ITER of the config, so every model gets the same (shortened)
@@ -53,8 +55,18 @@ RUNS = {
     "ATSS": ("configs/ATSS/ATSS_tiny_R_18_cpu.yaml", [], None),
     "GFL": ("configs/GFL/GFL_tiny_R_18_cpu.yaml", [], None),
     "VFNet": ("configs/VFNet/VFNet_tiny_R_18_cpu.yaml", [], None),
-    "DeFCN": ("configs/DeFCN/DeFCN_tiny_R_18_cpu.yaml", ["MODEL.DEFCN.NMS_FREE", "True"], None),
-    "DeFCN+NMS": ("configs/DeFCN/DeFCN_tiny_R_18_cpu.yaml", ["MODEL.DEFCN.NMS_FREE", "False"], "DeFCN"),
+    "DeFCN": ("configs/DeFCN/DeFCN_tiny_R_18_cpu.yaml", ["MODEL.DENSE.POSTPROCESS", "topk"], None),
+    "DeFCN+NMS": ("configs/DeFCN/DeFCN_tiny_R_18_cpu.yaml", ["MODEL.DENSE.POSTPROCESS", "nms"], "DeFCN"),
+    "TOOD": ("configs/TOOD/TOOD_tiny_R_18_cpu.yaml", [], None),
+    # Compositions from YAML alone (configs/compositions/)
+    "FCOS+ATSS": ("configs/compositions/FCOS_ATSS_tiny_R_18_cpu.yaml", [], None),
+    "FCOS+POTO": ("configs/compositions/FCOS_POTO_tiny_R_18_cpu.yaml", [], None),
+    "GFL+POTO+3DMF+Aux": ("configs/compositions/GFL_POTO_3DMF_Aux_tiny_R_18_cpu.yaml", [], None),
+    "GFL+POTO+3DMF+Aux+NMS": ("configs/compositions/GFL_POTO_3DMF_Aux_tiny_R_18_cpu.yaml",
+                              ["MODEL.DENSE.POSTPROCESS", "nms"], "GFL+POTO+3DMF+Aux"),
+    "VFNet+POTO+3DMF+Aux": ("configs/compositions/VFNet_POTO_3DMF_Aux_tiny_R_18_cpu.yaml", [], None),
+    "VFNet+POTO+3DMF+Aux+NMS": ("configs/compositions/VFNet_POTO_3DMF_Aux_tiny_R_18_cpu.yaml",
+                                ["MODEL.DENSE.POSTPROCESS", "nms"], "VFNet+POTO+3DMF+Aux"),
     "RetinaNet": ("configs/tiny/RetinaNet_tiny_R_18_cpu.yaml", [], None),
 }
 METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]

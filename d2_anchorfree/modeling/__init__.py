@@ -5,9 +5,9 @@ from .assigners import ASSIGNER_REGISTRY, build_assigner
 from .detector import AnchorFreeDetector
 from .heads import HEAD_REGISTRY
 from .losses.terms import LOSS_REGISTRY
-from .presets import ATSS, FCOS, GFL, PRESETS, DeFCN, VFNet  # noqa: F401  (registers the presets)
+from .presets import ATSS, FCOS, GFL, PRESETS, TOOD, DeFCN, VFNet  # noqa: F401  (registers the presets)
 from .shift_generator import SHIFT_GENERATOR_REGISTRY, ShiftGenerator, build_shift_generator
 
 __all__ = ["ASSIGNER_REGISTRY", "HEAD_REGISTRY", "LOSS_REGISTRY", "SHIFT_GENERATOR_REGISTRY",
            "AnchorFreeDetector", "ShiftGenerator", "build_assigner", "build_shift_generator",
-           "PRESETS", "FCOS", "ATSS", "GFL", "VFNet", "DeFCN"]
+           "PRESETS", "FCOS", "ATSS", "GFL", "VFNet", "DeFCN", "TOOD"]

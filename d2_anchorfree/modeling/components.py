@@ -22,13 +22,14 @@ class Components(NamedTuple):
     box_type: str
     box_weight: float
     box_weighting: str
+    qfl_target: str
     postprocess: str
 
 
 def resolve_components(cfg, preset: Optional[Dict[str, object]], arch: str) -> Components:
     """The components of ``cfg``: each ``MODEL.DENSE`` choice (HEAD, ASSIGNER, AUX_ASSIGNER,
-    INITIAL_ASSIGNER, LOSSES, POSTPROCESS) and ``MODEL.BOX_LOSS`` TYPE / WEIGHT / WEIGHTING, or
-    where it is left empty (a negative WEIGHT) the preset's.
+    INITIAL_ASSIGNER, LOSSES, POSTPROCESS), ``MODEL.BOX_LOSS`` TYPE / WEIGHT / WEIGHTING and
+    ``MODEL.QFL.TARGET``, or where it is left empty (a negative WEIGHT) the preset's.
 
     Args:
         cfg: the config. preset: the preset's choices (keys as in ``presets.PRESETS``), or None.
@@ -79,6 +80,7 @@ def resolve_components(cfg, preset: Optional[Dict[str, object]], arch: str) -> C
         box_type=b.TYPE or preset.get("BOX_LOSS_TYPE", "giou"),
         box_weight=box_weight,
         box_weighting=weighting,
+        qfl_target=cfg.MODEL.QFL.TARGET or preset.get("QFL_TARGET", "iou"),
         postprocess=postprocess,
     )
 

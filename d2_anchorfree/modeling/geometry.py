@@ -142,3 +142,24 @@ def inside_center_regions(points: torch.Tensor, point_strides: torch.Tensor, box
     cy = (boxes[:, 1] + boxes[:, 3]) / 2
     return ((x > torch.max(cx - half, boxes[:, 0])) & (x < torch.min(cx + half, boxes[:, 2]))
             & (y > torch.max(cy - half, boxes[:, 1])) & (y < torch.min(cy + half, boxes[:, 3])))
+
+
+def pairwise_iou(pred_boxes: torch.Tensor, gt_boxes: torch.Tensor) -> torch.Tensor:
+    """IoU of every predicted box with every GT box.
+
+    Args:
+        pred_boxes: [R, 4] XYXY pixels. gt_boxes: [g, 4] XYXY pixels.
+
+    Returns:
+        Tensor [R, g] float32 in [0, 1]; the formula of :func:`paired_iou` (inter / (union + 1e-7),
+        zero-area boxes give 0), computed per coordinate so that no temporary exceeds R * g
+        elements. Elementwise, so the value of a pair does not depend on the other boxes (chunking
+        the GTs changes nothing).
+    """
+    p, b = pred_boxes.float(), gt_boxes.float()
+    iw = (torch.min(p[:, 2:3], b[:, 2]) - torch.max(p[:, 0:1], b[:, 0])).clamp(min=0)
+    ih = (torch.min(p[:, 3:4], b[:, 3]) - torch.max(p[:, 1:2], b[:, 1])).clamp(min=0)
+    inter = iw * ih
+    area_p = (p[:, 2:3] - p[:, 0:1]).clamp(min=0) * (p[:, 3:4] - p[:, 1:2]).clamp(min=0)  # [R, 1]
+    area_b = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)  # [g]
+    return inter / (area_p + area_b - inter + IOU_EPS)

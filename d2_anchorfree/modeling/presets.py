@@ -36,6 +36,11 @@ PRESETS = {
     "DeFCN": {"HEAD": "DeFCNHead", "ASSIGNER": "POTOAssigner", "AUX_ASSIGNER": "POTOAuxAssigner",
               "LOSSES": ["FocalLoss", "BoxLoss"], "BOX_LOSS_TYPE": "giou", "BOX_LOSS_WEIGHT": 2.0,
               "BOX_WEIGHTING": "none", "POSTPROCESS": "topk"},
+    # Feng et al., ICCV 2021: TAL assignment (ATSS for the first MODEL.DENSE.INITIAL_ASSIGNER_ITERS),
+    # QFL on the normalized alignment metric + GIoU weighted by it.
+    "TOOD": {"HEAD": "TOODHead", "ASSIGNER": "TaskAlignedAssigner", "INITIAL_ASSIGNER": "ATSSAssigner",
+             "LOSSES": ["QualityFocalLoss", "BoxLoss"], "BOX_LOSS_TYPE": "giou", "BOX_LOSS_WEIGHT": 2.0,
+             "BOX_WEIGHTING": "quality", "QFL_TARGET": "assigner", "POSTPROCESS": "nms"},
 }
 
 
@@ -53,3 +58,4 @@ ATSS = _register("ATSS", PRESETS["ATSS"])
 GFL = _register("GFL", PRESETS["GFL"])
 VFNet = _register("VFNet", PRESETS["VFNet"])
 DeFCN = _register("DeFCN", PRESETS["DeFCN"])
+TOOD = _register("TOOD", PRESETS["TOOD"])

@@ -14,39 +14,17 @@ from typing import List, Tuple
 
 import torch
 
+from detectron2.config import configurable
 from detectron2.structures import Instances
 
-from .base import BACKGROUND, AssignResult, crowd_flags, gt_chunks, ignore_inside_crowd
-from .geometry import inside_boxes
+from ..geometry import inside_boxes, pairwise_iou
+from .base import ASSIGNER_REGISTRY, BACKGROUND, AssignResult, crowd_flags, gt_chunks, ignore_inside_crowd
 
 # A candidate's point must be farther than this (pixels) from every side of its GT (reference:
 # ``is_in_gts = ... .min(dim=1)[0] > 0.01``), as in ATSSAssigner.
 INSIDE_EPS = 0.01
 # Added to the per-GT max of t before normalizing (reference: ``pos_alignment_metrics.max() + 10e-8``).
 NORM_EPS = 1e-7
-# Same epsilon as ``losses.iou.paired_iou`` (union + eps), so both give the same IoU.
-IOU_EPS = 1e-7
-
-
-def pairwise_iou(pred_boxes: torch.Tensor, gt_boxes: torch.Tensor) -> torch.Tensor:
-    """IoU of every predicted box with every GT box.
-
-    Args:
-        pred_boxes: [R, 4] XYXY pixels. gt_boxes: [g, 4] XYXY pixels.
-
-    Returns:
-        Tensor [R, g] float32 in [0, 1]; the formula of ``paired_iou`` (inter / (union + 1e-7),
-        zero-area boxes give 0), computed per coordinate so that no temporary exceeds R * g
-        elements. Elementwise, so the value of a pair does not depend on the other boxes (chunking
-        the GTs changes nothing).
-    """
-    p, b = pred_boxes.float(), gt_boxes.float()
-    iw = (torch.min(p[:, 2:3], b[:, 2]) - torch.max(p[:, 0:1], b[:, 0])).clamp(min=0)
-    ih = (torch.min(p[:, 3:4], b[:, 3]) - torch.max(p[:, 1:2], b[:, 1])).clamp(min=0)
-    inter = iw * ih
-    area_p = (p[:, 2:3] - p[:, 0:1]).clamp(min=0) * (p[:, 3:4] - p[:, 1:2]).clamp(min=0)  # [R, 1]
-    area_b = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)  # [g]
-    return inter / (area_p + area_b - inter + IOU_EPS)
 
 
 def _power(x: torch.Tensor, p: float) -> torch.Tensor:
@@ -101,6 +79,7 @@ def topk_mask(t: torch.Tensor, k: int) -> torch.Tensor:
     return above | (at & (at.cumsum(dim=0) <= room))
 
 
+@ASSIGNER_REGISTRY.register()
 class TaskAlignedAssigner:
     """Task-aligned sample assignment (TOOD, Sec. 3.2) on points, from the detector's predictions.
 
@@ -132,6 +111,10 @@ class TaskAlignedAssigner:
     identical (bit for bit) to the unchunked computation.
     """
 
+    CONFIG_SECTIONS = ("TAL",)
+    PROVIDES_QUALITY = True
+
+    @configurable
     def __init__(self, *, strides: List[int], topk: int = 13, alpha: float = 1.0, beta: float = 6.0,
                  chunk_elements: int = 1 << 20):
         """
@@ -153,12 +136,18 @@ class TaskAlignedAssigner:
             if not (float(value) >= 0 and float(value) != float("inf")):
                 raise ValueError(f"MODEL.TAL.{key} must be finite and >= 0, got {value}")
         if chunk_elements < 1:
-            raise ValueError(f"MODEL.FCOS.ASSIGN_CHUNK_ELEMENTS must be >= 1, got {chunk_elements}")
+            raise ValueError(f"MODEL.DENSE.ASSIGN_CHUNK_ELEMENTS must be >= 1, got {chunk_elements}")
         self.strides = list(strides)
         self.topk = int(topk)
         self.alpha = float(alpha)
         self.beta = float(beta)
         self.chunk_elements = int(chunk_elements)
+
+    @classmethod
+    def from_config(cls, cfg, strides):
+        t = cfg.MODEL.TAL
+        return {"strides": strides, "topk": t.TOPK, "alpha": t.ALPHA, "beta": t.BETA,
+                "chunk_elements": cfg.MODEL.DENSE.ASSIGN_CHUNK_ELEMENTS}
 
     @torch.no_grad()
     def __call__(self, shifts: List[torch.Tensor], gt: Instances, pred_scores: torch.Tensor,

@@ -5,6 +5,7 @@ from .fcos_head import FCOSHead
 from .gfl_head import GFLHead
 from .vfnet_head import VFNetHead
 from .defcn_head import DeFCNHead
+from .tood_head import TOODHead
 
 __all__ = ["HEAD_REGISTRY", "DenseHead", "DenseOutputs", "build_head", "joint_logits", "FCOSHead",
-           "GFLHead", "VFNetHead", "DeFCNHead"]
+           "GFLHead", "VFNetHead", "DeFCNHead", "TOODHead"]

@@ -77,9 +77,10 @@ class DenseHead(nn.Module):
     """Base of the dense heads, shared across FPN levels.
 
     Subclasses build their predictors after ``super().__init__`` (which builds ``cls_tower`` and
-    ``box_tower``: ``num_convs`` x (3x3 conv, norm, ReLU) each), call :meth:`finish` (add-ons and
-    initialisation) and implement :meth:`predict_level`; they may override :meth:`towers`,
-    :meth:`decode_ltrb`, :meth:`cls_scores` and :meth:`inference_scores`.
+    ``box_tower``: ``num_convs`` x (3x3 conv, norm, ReLU) each, unless ``towers=False``), call
+    :meth:`finish` (add-ons and initialisation) and implement :meth:`predict_level`; they may
+    override :meth:`level_features`, :meth:`decode_ltrb`, :meth:`cls_scores` and
+    :meth:`inference_scores`.
 
     Add-ons, on any head (``MODEL.MAX_FILTER``, ``MODEL.DENSE.AUX_ASSIGNER``):
       * 3D Max Filtering (DeFCN Sec. 3.3): box-tower features of all levels ->
@@ -95,12 +96,15 @@ class DenseHead(nn.Module):
     EXTRAS: Tuple[str, ...] = ()
 
     def __init__(self, *, input_shape: List[ShapeSpec], num_classes: int, num_convs: int = 4,
-                 norm: str = "GN", name: str = "dense"):
+                 norm: str = "GN", name: str = "dense", towers: bool = True):
         """
         Args:
             input_shape: per level ShapeSpec (equal channels on every level).
             num_classes: K >= 1. num_convs: tower depth >= 0. norm: "GN", "BN" or "".
             name: used in error messages.
+            towers: build ``cls_tower`` and ``box_tower`` (False: the subclass has its own
+                feature path, e.g. TOOD's task-interactive convs, and overrides
+                :meth:`level_features`).
 
         Raises:
             ValueError: unequal channels, K < 1, a negative tower depth or "GN" with channels
@@ -113,8 +117,9 @@ class DenseHead(nn.Module):
         self.num_classes = num_classes
         self.strides = [s.stride for s in input_shape]
         self.norm = norm
-        self.cls_tower = conv_tower(self.in_channels, num_convs, norm)
-        self.box_tower = conv_tower(self.in_channels, num_convs, norm)
+        if towers:
+            self.cls_tower = conv_tower(self.in_channels, num_convs, norm)
+            self.box_tower = conv_tower(self.in_channels, num_convs, norm)
         self.max_filter = None
         self.filter = None
         self.aux_logits = None
@@ -131,7 +136,7 @@ class DenseHead(nn.Module):
         }
 
     def finish(self, prior_prob: float, max_filter: Optional[Tuple[int, int]] = None,
-               aux_classifier: bool = False):
+               aux_classifier: bool = False, init_all: bool = True):
         """Build the add-ons and initialise: every Conv2d ~ N(0, 0.01) with zero bias, the
         classifiers' biases at the prior (RetinaNet Sec. 4.1). Call at the end of a subclass's
         ``__init__`` (after its predictors, including ``self.cls_logits``).
@@ -140,6 +145,8 @@ class DenseHead(nn.Module):
             prior_prob: initial foreground probability, in (0, 1).
             max_filter: (kernel, tau) of 3D Max Filtering, or None.
             aux_classifier: build the auxiliary classifier.
+            init_all: initialise every Conv2d of the head (False: the add-ons only; the subclass
+                initialises its own layers, e.g. TOOD's).
 
         Raises:
             ValueError: bad 3DMF window sizes or prior.
@@ -150,9 +157,14 @@ class DenseHead(nn.Module):
             self.filter = nn.Conv2d(c, 1, 3, padding=1)
         if aux_classifier:
             self.aux_logits = nn.Conv2d(c, self.num_classes, 3, padding=1)
-        init_conv_normal(self)
         bias = prior_bias(prior_prob)
-        nn.init.constant_(self.cls_logits.bias, bias)
+        if init_all:
+            init_conv_normal(self)
+            nn.init.constant_(self.cls_logits.bias, bias)
+        else:
+            for addon in (self.max_filter, self.filter, self.aux_logits):
+                if addon is not None:
+                    init_conv_normal(addon)
         if self.aux_logits is not None:
             nn.init.constant_(self.aux_logits.bias, bias)
 
@@ -166,12 +178,14 @@ class DenseHead(nn.Module):
             names += ("aux_logits",)
         return names
 
-    def towers(self, feature: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """[N, C, H, W] -> (cls features, box features), each [N, C, H, W]."""
-        return self.cls_tower(feature), self.box_tower(feature)
+    def level_features(self, feature: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """[N, C, H, W] -> named features of one level: at least "cls" and "box" [N, C, H, W]
+        (the add-ons read them: 3DMF the box features, the auxiliary classifier the cls ones)."""
+        return {"cls": self.cls_tower(feature), "box": self.box_tower(feature)}
 
-    def predict_level(self, cls_feat: torch.Tensor, box_feat: torch.Tensor, level: int) -> Dict[str, torch.Tensor]:
-        """The head's predictions of one level (at least "logits" [N, K, H, W]); see subclasses."""
+    def predict_level(self, feats: Dict[str, torch.Tensor], level: int) -> Dict[str, torch.Tensor]:
+        """The head's predictions of one level from :meth:`level_features` (at least "logits"
+        [N, K, H, W] and, unless :meth:`decode_ltrb` is overridden, "ltrb"); see subclasses."""
         raise NotImplementedError
 
     def forward(self, features: List[torch.Tensor]) -> Dict[str, List[torch.Tensor]]:
@@ -191,12 +205,12 @@ class DenseHead(nn.Module):
         box_feats = []
         compute_aux = self.aux_logits is not None and self.training
         for level, feature in enumerate(features):
-            cls_feat, box_feat = self.towers(feature)
-            for key, value in self.predict_level(cls_feat, box_feat, level).items():
+            feats = self.level_features(feature)
+            for key, value in self.predict_level(feats, level).items():
                 outputs.setdefault(key, []).append(value)
             if compute_aux:
-                outputs.setdefault("aux_logits", []).append(self.aux_logits(cls_feat))
-            box_feats.append(box_feat)
+                outputs.setdefault("aux_logits", []).append(self.aux_logits(feats["cls"]))
+            box_feats.append(feats["box"])
         if self.max_filter is not None:
             outputs["filter"] = [self.filter(x) for x in self.max_filter(box_feats)]
         return outputs

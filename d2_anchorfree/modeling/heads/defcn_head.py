@@ -60,8 +60,9 @@ class DeFCNHead(DenseHead):
     def use_3dmf(self) -> bool:
         return self.filter is not None
 
-    def predict_level(self, cls_feat, box_feat, level: int) -> Dict[str, torch.Tensor]:
+    def predict_level(self, feats, level: int) -> Dict[str, torch.Tensor]:
         """"logits" [N, K, H, W] and "ltrb" [N, 4, H, W] pixels."""
+        cls_feat, box_feat = feats["cls"], feats["box"]
         reg = self.scales[level](self.box_pred(box_feat))
         return {"logits": self.cls_logits(cls_feat),
                 "ltrb": decode_ltrb(reg, self.strides[level], self.norm_reg_targets)}

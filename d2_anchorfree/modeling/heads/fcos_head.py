@@ -67,8 +67,9 @@ class FCOSHead(DenseHead):
         return {**cls.base_config(cfg, input_shape), "norm_reg_targets": h.NORM_REG_TARGETS,
                 "centerness_on_reg": h.CENTERNESS_ON_REG, "score_exponent": h.SCORE_EXPONENT}
 
-    def predict_level(self, cls_feat, box_feat, level: int) -> Dict[str, torch.Tensor]:
+    def predict_level(self, feats, level: int) -> Dict[str, torch.Tensor]:
         """"logits" [N, K, H, W], "ltrb" [N, 4, H, W] pixels, "centerness" [N, 1, H, W] logits."""
+        cls_feat, box_feat = feats["cls"], feats["box"]
         reg = self.scales[level](self.box_pred(box_feat))
         return {
             "logits": self.cls_logits(cls_feat),

@@ -137,8 +137,9 @@ class GFLHead(DenseHead):
         return {**cls.base_config(cfg, input_shape), "reg_max": g.REG_MAX, "dgqp": g.DGQP,
                 "dgqp_topk": g.DGQP_TOPK, "dgqp_hidden": g.DGQP_HIDDEN}
 
-    def predict_level(self, cls_feat, box_feat, level: int) -> Dict[str, torch.Tensor]:
+    def predict_level(self, feats, level: int) -> Dict[str, torch.Tensor]:
         """"logits" [N, K, H, W], "box_logits" [N, 4 (n + 1), H, W] and, with DGQP, "quality"."""
+        cls_feat, box_feat = feats["cls"], feats["box"]
         box_logits = self.scales[level](self.box_pred(box_feat))
         out = {"logits": self.cls_logits(cls_feat), "box_logits": box_logits}
         if self.dgqp is not None:

@@ -7,17 +7,19 @@ Fig. 3, with the layer layout and initialisation of the authors' code (fcjian/TO
 ``mmdet/models/dense_heads/tood_head.py``; MMDetection 3.x ``dense_heads/tood_head.py``,
 ``TOODHead`` with ``anchor_type='anchor_free'`` and ``TaskDecomposition``).
 """
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from detectron2.config import configurable
 from detectron2.layers import ShapeSpec, get_norm
 
 from ...layers import Scale
 from ...layers.deform_conv import _deform_conv2d
-from .towers import MAX_EXP_INPUT, check_head_inputs, check_num_levels, conv_tower, prior_bias
+from .base import HEAD_REGISTRY, DenseHead, DenseOutputs
+from .towers import MAX_EXP_INPUT, conv_tower, prior_bias
 
 
 def aligned_scores(logits: torch.Tensor, prob_logits: torch.Tensor) -> torch.Tensor:
@@ -119,7 +121,8 @@ class TaskDecomposition(nn.Module):
         return F.relu(out)
 
 
-class TOODHead(nn.Module):
+@HEAD_REGISTRY.register()
+class TOODHead(DenseHead):
     """TOOD's task-aligned head (paper Sec. 3.1, Fig. 3), anchor-free, shared across FPN levels.
 
     Per level (stride s, C channels, K classes):
@@ -154,11 +157,20 @@ class TOODHead(nn.Module):
     Init (reference): inter convs normal std 0.01; ``tood_cls`` std 0.01, bias prior_bias;
     ``tood_reg`` std 0.01, bias 0; ``cls_prob_module`` std 0.01, last bias prior_bias;
     ``reg_offset_module`` std 0.001, bias 0; decomposition: see :class:`TaskDecomposition`; Scales 1.
+
+    As a :class:`DenseHead`: the level features are "cls" / "box" (the two decompositions) and
+    "inter"; the classification scores are the probabilities P_align (``cls_scores_activated``),
+    trained with the Quality Focal Loss; 3DMF and the auxiliary classifier attach as on any head.
     """
 
+    CONFIG_SECTIONS = ("TOOD_HEAD",)
+    EXTRAS = ("prob",)
+
+    @configurable
     def __init__(self, *, input_shape: List[ShapeSpec], num_classes: int, num_convs: int = 6,
                  norm: str = "GN", prior_prob: float = 0.01, la_down_rate: int = 8,
-                 point_offset: float = 0.5):
+                 point_offset: float = 0.5, max_filter: Optional[Tuple[int, int]] = None,
+                 aux_classifier: bool = False):
         """
         Args:
             input_shape: per level ShapeSpec (same channels C on every level; ``stride`` set).
@@ -169,26 +181,26 @@ class TOODHead(nn.Module):
             la_down_rate: layer-attention reduction, hidden width C // la_down_rate (reference
                 effective value 8, see :class:`TaskDecomposition`), >= 1 and <= C.
             point_offset: position of a point in its cell, stride units, in [0, 1).
+            max_filter, aux_classifier: the add-ons of :class:`DenseHead`.
 
         Raises:
             ValueError: levels with different channels or no stride, K < 1, C < 4, a bad
                 num_convs / la_down_rate / point_offset / prior_prob, or GN with C % 32 != 0.
         """
-        super().__init__()
-        c = check_head_inputs(input_shape, num_classes, "TOOD")
+        super().__init__(input_shape=input_shape, num_classes=num_classes, num_convs=num_convs,
+                         norm=norm, name="TOOD", towers=False)
+        c = self.in_channels
         if any(s.stride is None or s.stride <= 0 for s in input_shape):
             raise ValueError(f"TOOD head needs a positive stride on every level, got {input_shape}")
         if num_convs < 1:
-            raise ValueError(f"MODEL.TOOD.NUM_CONVS must be >= 1, got {num_convs}")
+            raise ValueError(f"MODEL.DENSE.NUM_CONVS must be >= 1 for TOOD, got {num_convs}")
         if c < 4:
             raise ValueError(f"TOOD head needs >= 4 channels (C/4 in the predictors), got {c}")
         if not 1 <= la_down_rate <= c:
-            raise ValueError(f"MODEL.TOOD.LA_DOWN_RATE must be in [1, {c}], got {la_down_rate}")
+            raise ValueError(f"MODEL.TOOD_HEAD.LA_DOWN_RATE must be in [1, {c}], got {la_down_rate}")
         if not 0.0 <= point_offset < 1.0:
             raise ValueError(f"MODEL.SHIFT_GENERATOR.OFFSET must be in [0, 1), got {point_offset}")
         bias = prior_bias(prior_prob)
-        self.num_classes = num_classes
-        self.strides = [int(s.stride) for s in input_shape]
         self.point_offset = float(point_offset)
         self.inter_convs = nn.ModuleList([conv_tower(c, 1, norm) for _ in range(num_convs)])
         self.cls_decomp = TaskDecomposition(c, num_convs, la_down_rate, norm)
@@ -210,6 +222,12 @@ class TOODHead(nn.Module):
                         nn.init.constant_(m.bias, 0)
         nn.init.constant_(self.tood_cls.bias, bias)
         nn.init.constant_(self.cls_prob_module[-1].bias, bias)
+        self.finish(prior_prob, max_filter, aux_classifier, init_all=False)
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: List[ShapeSpec]):
+        return {**cls.base_config(cfg, input_shape), "la_down_rate": cfg.MODEL.TOOD_HEAD.LA_DOWN_RATE,
+                "point_offset": cfg.MODEL.SHIFT_GENERATOR.OFFSET}
 
     def point_grid(self, height: int, width: int, device=None) -> torch.Tensor:
         """[2, H, W] float32 points (x, y) of one level in **stride units**: (c + offset, r + offset);
@@ -218,42 +236,44 @@ class TOODHead(nn.Module):
         xs = torch.arange(width, dtype=torch.float32, device=device) + self.point_offset
         return torch.stack([xs[None, :].expand(height, width), ys[:, None].expand(height, width)])
 
-    def forward(self, features: List[torch.Tensor]) -> Dict[str, List[torch.Tensor]]:
-        """
-        Args:
-            features: per level [N, C, H_i, W_i], one per stride of ``input_shape``.
+    def level_features(self, feature: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Task-interactive features X_inter [N, C * n, H, W] ("inter") and the two task
+        decompositions, "cls" and "box" [N, C, H, W]."""
+        inter = []
+        x = feature
+        for conv in self.inter_convs:
+            x = conv(x)
+            inter.append(x)
+        inter_feat = torch.cat(inter, dim=1)
+        avg_feat = F.adaptive_avg_pool2d(inter_feat, 1)
+        return {"inter": inter_feat, "cls": self.cls_decomp(inter_feat, avg_feat),
+                "box": self.reg_decomp(inter_feat, avg_feat)}
 
-        Returns:
-            {"logits": [[N, K, H_i, W_i]], "prob": [[N, 1, H_i, W_i]], "ltrb": [[N, 4, H_i, W_i]]},
-            lists over levels; units and ranges in the class docstring.
+    def predict_level(self, feats: Dict[str, torch.Tensor], level: int) -> Dict[str, torch.Tensor]:
+        """"logits" [N, K, H, W], "prob" [N, 1, H, W] logits and "ltrb" [N, 4, H, W] pixels (see
+        the class docstring)."""
+        inter_feat, stride = feats["inter"], self.strides[level]
+        # Box in stride units around the point (reference: decoded at anchor_center / stride,
+        # in float32).
+        dist = self.scales[level](torch.exp(self.tood_reg(feats["box"]).float().clamp(max=MAX_EXP_INPUT)))
+        h, w = inter_feat.shape[-2:]
+        grid = self.point_grid(h, w, inter_feat.device)[None]  # [1, 2, H, W]
+        box = torch.cat([grid - dist[:, :2], grid + dist[:, 2:]], dim=1)  # (x0, y0, x1, y1)
+        aligned = deform_sample(box, self.reg_offset_module(inter_feat).float())
+        return {
+            "logits": self.tood_cls(feats["cls"]),
+            "prob": self.cls_prob_module(inter_feat),
+            "ltrb": torch.cat([grid - aligned[:, :2], aligned[:, 2:] - grid], dim=1) * stride,
+        }
 
-        Raises:
-            ValueError: if the number of levels differs from the number of strides.
-        """
-        check_num_levels(features, self.strides)
-        out: Dict[str, List[torch.Tensor]] = {"logits": [], "prob": [], "ltrb": []}
-        for feature, stride, scale in zip(features, self.strides, self.scales):
-            inter = []
-            x = feature
-            for conv in self.inter_convs:
-                x = conv(x)
-                inter.append(x)
-            inter_feat = torch.cat(inter, dim=1)
-            avg_feat = F.adaptive_avg_pool2d(inter_feat, 1)
-            cls_feat = self.cls_decomp(inter_feat, avg_feat)
-            reg_feat = self.reg_decomp(inter_feat, avg_feat)
+    @property
+    def cls_scores_activated(self) -> bool:
+        return True
 
-            out["logits"].append(self.tood_cls(cls_feat))
-            out["prob"].append(self.cls_prob_module(inter_feat))
+    def cls_scores(self, out: DenseOutputs) -> torch.Tensor:
+        """P_align = sqrt(sigmoid(cls) * sigmoid(prob)) [N, R, K] (3DMF, if on, folded into cls)."""
+        return aligned_scores(super().cls_scores(out), out.extras["prob"])
 
-            # Box in stride units around the point (reference: decoded at anchor_center / stride,
-            # in float32).
-            dist = scale(torch.exp(self.tood_reg(reg_feat).float().clamp(max=MAX_EXP_INPUT)))
-            h, w = feature.shape[-2:]
-            grid = self.point_grid(h, w, feature.device)[None]  # [1, 2, H, W]
-            box = torch.cat([grid - dist[:, :2], grid + dist[:, 2:]], dim=1)  # (x0, y0, x1, y1)
-            offsets = self.reg_offset_module(inter_feat).float()
-            aligned = deform_sample(box, offsets)
-            ltrb = torch.cat([grid - aligned[:, :2], aligned[:, 2:] - grid], dim=1) * stride
-            out["ltrb"].append(ltrb)
-        return out
+    def inference_scores(self, out: DenseOutputs):
+        """P_align [N, R, K], also what the score threshold applies to."""
+        return self.cls_scores(out), None

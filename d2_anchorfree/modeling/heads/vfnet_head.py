@@ -149,8 +149,9 @@ class VFNetHead(DenseHead):
     def from_config(cls, cfg, input_shape: List[ShapeSpec]):
         return {**cls.base_config(cfg, input_shape), "offset_grad_mul": cfg.MODEL.VFNET_HEAD.OFFSET_GRAD_MUL}
 
-    def predict_level(self, cls_feat, box_feat, level: int) -> Dict[str, torch.Tensor]:
+    def predict_level(self, feats, level: int) -> Dict[str, torch.Tensor]:
         """"logits" [N, K, H, W], "ltrb" (refined) and "ltrb_init" [N, 4, H, W] pixels."""
+        cls_feat, box_feat = feats["cls"], feats["box"]
         stride = self.strides[level]
         init_reg = self.scales_init[level](self.box_init_pred(self.box_init_conv(box_feat)))
         init = decode_ltrb(init_reg, stride, norm_reg_targets=True)  # relu(x) * stride, pixels

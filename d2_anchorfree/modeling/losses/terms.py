@@ -160,9 +160,10 @@ class QualityFocalLoss(LossTerm):
         self.NEEDS_QUALITY = target == "assigner"
 
     @classmethod
-    def from_config(cls, cfg):
+    def from_config(cls, cfg, target: str):
+        """``MODEL.QFL.TARGET`` comes resolved (the preset fills an empty one)."""
         q = cfg.MODEL.QFL
-        return {"beta": q.BETA, "target": q.TARGET, "weight": q.WEIGHT}
+        return {"beta": q.BETA, "target": target, "weight": q.WEIGHT}
 
     def __call__(self, out, targets: DenseTargets) -> Dict[str, torch.Tensor]:
         t = targets.main
@@ -364,4 +365,6 @@ def build_loss_term(cfg, name: str, parts) -> LossTerm:
         return cls(cfg, loss_type=parts.box_type, weighting=parts.box_weighting, weight=parts.box_weight)
     if cls is DistributionFocalLoss:
         return cls(cfg, weighting=parts.box_weighting)
+    if cls is QualityFocalLoss:
+        return cls(cfg, target=parts.qfl_target)
     return cls(cfg)
