@@ -72,8 +72,6 @@ import json
 import math
 import os
 import platform
-import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -87,9 +85,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
+from bench.inputs import STRIDES, assign_inputs, make_inputs, parse_size  # noqa: E402
+from bench.memory import CudaPeak, first_call_peak  # noqa: E402
+from bench.timing import LapTimer, TimedCall, interleaved, summarize, synchronize  # noqa: E402
 from dense_fcos_baseline import dense_fcos_assign  # noqa: E402
 
-STRIDES = [8, 16, 32, 64, 128]
 OUR_MODELS = ["FCOS", "ATSS", "GFL", "VFNet", "DeFCN"]
 D2_MODELS = ["d2-RetinaNet", "d2-FCOS"]
 CONFIGS = {  # model -> {backbone: config file}
@@ -110,62 +110,6 @@ TARGET_TIME, TARGET_MEM = 0.5, 0.25  # chunked FCOSAssigner vs dense baseline at
 
 
 # ------------------------------------------------------------------------------------------ utils
-def synchronize(device: str):
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-class LapTimer:
-    """Consecutive wall-clock laps (seconds); synchronizes CUDA before every reading."""
-
-    def __init__(self, device: str):
-        self.device = device
-        synchronize(device)
-        self.last = time.perf_counter()
-        self.laps: Dict[str, float] = {}
-
-    def lap(self, name: str):
-        synchronize(self.device)
-        now = time.perf_counter()
-        self.laps[name] = self.laps.get(name, 0.0) + now - self.last
-        self.last = now
-
-
-class TimedCall:
-    """Timing proxy for a callable attribute (an assigner object or a bound method).
-
-    Calls go through unchanged; ``elapsed`` accumulates their wall time in seconds (CUDA
-    synchronized before and after each call).
-    """
-
-    def __init__(self, fn: Callable, device: str):
-        self.fn = fn
-        self.device = device
-        self.elapsed = 0.0
-
-    def __call__(self, *args, **kwargs):
-        synchronize(self.device)
-        start = time.perf_counter()
-        out = self.fn(*args, **kwargs)
-        synchronize(self.device)
-        self.elapsed += time.perf_counter() - start
-        return out
-
-
-def summarize(values: List[float], scale: float = 1000.0) -> Dict[str, float]:
-    """median / min / max / p25 / p75 of ``values`` times ``scale`` (s -> ms by default)."""
-    v = sorted(x * scale for x in values)
-    if not v:
-        return {}
-    q = statistics.quantiles(v, n=4, method="inclusive") if len(v) > 1 else [v[0]] * 3
-    return {"median": statistics.median(v), "min": v[0], "max": v[-1], "p25": q[0], "p75": q[2], "n": len(v)}
-
-
-def parse_size(text: str):
-    h, w = text.lower().split("x")
-    return int(h), int(w)
-
-
 def fmt(x, digits=1):
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
@@ -176,27 +120,6 @@ def markdown_table(header: List[str], rows: List[List[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)
-
-
-def random_boxes(num: int, height: int, width: int, generator: torch.Generator,
-                 min_size: float = 8.0, max_size: float = 512.0) -> torch.Tensor:
-    """[num, 4] XYXY boxes inside the image; sqrt(area) log-uniform in [min_size, max_size]
-    (capped at half the image), aspect ratio in [0.5, 2]."""
-    max_size = min(max_size, min(height, width) / 2)
-    size = torch.exp(torch.empty(num).uniform_(math.log(min_size), math.log(max_size), generator=generator))
-    ratio = torch.exp(torch.empty(num).uniform_(math.log(0.5), math.log(2.0), generator=generator))
-    w = (size * ratio.sqrt()).clamp(max=width - 1)
-    h = (size / ratio.sqrt()).clamp(max=height - 1)
-    x0 = torch.rand(num, generator=generator) * (width - w)
-    y0 = torch.rand(num, generator=generator) * (height - h)
-    return torch.stack([x0, y0, x0 + w, y0 + h], dim=1)
-
-
-def level_sizes(height: int, width: int, divisibility: int = 32):
-    """Feature sizes of levels with strides 8..128 after padding the input to ``divisibility``."""
-    ph = -(-height // divisibility) * divisibility
-    pw = -(-width // divisibility) * divisibility
-    return [(-(-ph // s), -(-pw // s)) for s in STRIDES]
 
 
 def environment(args) -> Dict:
@@ -283,21 +206,6 @@ def assign_hooks(model) -> List[str]:
 
 
 # ------------------------------------------------------------------------------------ inference
-def make_inputs(batch: int, height: int, width: int, num_gt: int, num_classes: int, seed: int = 0):
-    """``batch`` detectron2 input dicts: random uint8 BGR images and ``num_gt`` random boxes."""
-    from detectron2.structures import Boxes, Instances
-
-    g = torch.Generator().manual_seed(seed)
-    inputs = []
-    for _ in range(batch):
-        inst = Instances((height, width))
-        inst.gt_boxes = Boxes(random_boxes(num_gt, height, width, g))
-        inst.gt_classes = torch.randint(0, num_classes, (num_gt,), generator=g)
-        image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=g)
-        inputs.append({"image": image, "instances": inst, "height": height, "width": width})
-    return inputs
-
-
 def inference_once(model, inputs, timer: LapTimer):
     from detectron2.modeling.postprocessing import detector_postprocess
 
@@ -312,28 +220,6 @@ def inference_once(model, inputs, timer: LapTimer):
     out = [detector_postprocess(r, x["height"], x["width"]) for r, x in zip(results, inputs)]
     timer.lap("post")
     return out
-
-
-class CudaPeak:
-    """Context manager: on CUDA, ``entry["peak_mem_mb"]`` = the largest CUDA memory allocated
-    inside the block beyond what was allocated on entry (the call's activations and gradients,
-    not the weights of the models kept resident), over all blocks of that entry. No-op on CPU."""
-
-    def __init__(self, entry: Dict, device: str):
-        self.entry, self.cuda = entry, device.startswith("cuda")
-
-    def __enter__(self):
-        if self.cuda:
-            torch.cuda.synchronize()
-            self.before = torch.cuda.memory_allocated()
-            torch.cuda.reset_peak_memory_stats()
-
-    def __exit__(self, *exc):
-        if self.cuda:
-            torch.cuda.synchronize()
-            peak = (torch.cuda.max_memory_allocated() - self.before) / 2**20
-            self.entry["peak_mem_mb"] = max(self.entry.get("peak_mem_mb", 0.0), peak)
-        return False
 
 
 def split_matches_forward(model, inputs) -> bool:
@@ -404,31 +290,6 @@ def remove_assign_proxies(model, proxies: Dict[str, "TimedCall"]):
             delattr(model, n)  # back to the class method
         else:
             setattr(model, n, p.fn)
-
-
-def interleaved(entries: List[Dict], rounds: int, warmup: int, measure: Callable[[Dict], Dict[str, float]]):
-    """Time every entry ``warmup + rounds`` times, round-robin: round ``i`` runs the entries in
-    an order rotated by ``i``, so that a slow spell of the machine (another process, frequency
-    changes, allocator warm-up) hits every model alike instead of the one measured at that
-    moment, and no model always runs first. Returns {label: {part: [seconds, ...]}} over the
-    rounds after the warm-up; an entry whose ``measure`` raises gets ``"error"`` and is dropped
-    from later rounds."""
-    samples = {e["label"]: {} for e in entries}
-    alive = list(entries)
-    for i in range(warmup + rounds):
-        k = i % max(len(alive), 1)
-        for e in alive[k:] + alive[:k]:
-            try:
-                laps = measure(e)
-            except Exception as exc:  # one broken model must not stop the others
-                e["error"] = f"{type(exc).__name__}: {exc}"
-                traceback.print_exc()
-                continue
-            if i >= warmup:
-                for part, v in laps.items():
-                    samples[e["label"]].setdefault(part, []).append(v)
-        alive = [e for e in alive if "error" not in e]
-    return samples
 
 
 def build_entries(args, backbone: str, results: Dict) -> List[Dict]:
@@ -548,48 +409,6 @@ def print_progress(section: str, row: Dict):
 
 
 # ----------------------------------------------------------------------------------- assignment
-def proc_status_kib(field: str) -> int:
-    """A "VmRSS"/"VmHWM" line of /proc/self/status, in KiB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's resident-set high-water mark (VmHWM) to the current RSS (Linux >= 4.0,
-    ``echo 5 > /proc/self/clear_refs``). False where that is not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def assign_inputs(height: int, width: int, num_gt: int, num_classes: int, device: str, seed: int = 0):
-    """Points of five levels (strides 8..128, input padded to 32), ``num_gt`` random GT boxes,
-    random predictions (logits [R, K], boxes [R, 4] around each point) for POTO."""
-    from detectron2.structures import Boxes, Instances
-
-    g = torch.Generator().manual_seed(seed)
-    shifts = []
-    for (fh, fw), s in zip(level_sizes(height, width), STRIDES):
-        ys = (torch.arange(fh, dtype=torch.float32) + 0.5) * s
-        xs = (torch.arange(fw, dtype=torch.float32) + 0.5) * s
-        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-        shifts.append(torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1).to(device))
-    gt = Instances((height, width))
-    gt.gt_boxes = Boxes(random_boxes(num_gt, height, width, g).to(device))
-    gt.gt_classes = torch.randint(0, num_classes, (num_gt,), generator=g).to(device)
-    points = torch.cat(shifts)
-    logits = (torch.randn(len(points), num_classes, generator=g) * 2 - 4).to(device)
-    ltrb = torch.exp(torch.empty(len(points), 4).uniform_(math.log(4), math.log(256), generator=g)).to(device)
-    boxes = torch.cat([points - ltrb[:, :2], points + ltrb[:, 2:]], dim=1)
-    return shifts, gt, logits, boxes
-
-
 def make_assign_fn(name: str, shifts, gt, logits, boxes, device: str) -> Callable[[], torch.Tensor]:
     """A no-argument callable running assigner ``name`` on one image (see ``ASSIGNERS``)."""
     from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
@@ -635,28 +454,7 @@ def run_assign_case(spec: Dict) -> Dict:
     h, w = parse_size(spec["size"])
     shifts, gt, logits, boxes = assign_inputs(h, w, spec["num_gt"], 80, device)
     fn = make_assign_fn(spec["assigner"], shifts, gt, logits, boxes, device)
-    gc.collect()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-    else:
-        before = proc_status_kib("VmRSS") * 1024
-        hwm_reset = reset_peak_rss()
-        # Without the reset, ru_maxrss still holds the setup's high-water mark.
-        before_max = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    start = time.perf_counter()
-    out = fn()
-    synchronize(device)
-    first = time.perf_counter() - start
-    if device.startswith("cuda"):
-        peak, bound, method = torch.cuda.max_memory_allocated() - before, False, "cuda.max_memory_allocated"
-    elif hwm_reset:
-        peak, bound, method = proc_status_kib("VmHWM") * 1024 - before, False, "VmHWM after clear_refs"
-    else:
-        after_max = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        bound = after_max <= before_max
-        peak, method = (after_max if not bound else before_max) - before, "ru_maxrss"
+    out, first, peak, bound, method = first_call_peak(fn, device)
     times = []
     for _ in range(spec["runs"]):
         synchronize(device)
