@@ -76,8 +76,7 @@ import subprocess
 import sys
 import time
 import traceback
-from types import SimpleNamespace
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import torch
 
@@ -85,27 +84,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from bench.inputs import STRIDES, assign_inputs, make_inputs, parse_size  # noqa: E402
+from bench.inputs import assign_inputs, make_inputs, parse_size  # noqa: E402
 from bench.memory import CudaPeak, first_call_peak  # noqa: E402
+from bench.models import (ASSIGNERS, CONFIGS, D2_MODELS, DENSE_ASSIGNERS, OUR_MODELS, PotoMatching,  # noqa: E402
+                          assign_hooks, build_entries, import_library, make_assign_fn, set_variant)
 from bench.timing import LapTimer, TimedCall, interleaved, summarize, synchronize  # noqa: E402
-from dense_fcos_baseline import dense_fcos_assign  # noqa: E402
 
-OUR_MODELS = ["FCOS", "ATSS", "GFL", "VFNet", "DeFCN"]
-D2_MODELS = ["d2-RetinaNet", "d2-FCOS"]
-CONFIGS = {  # model -> {backbone: config file}
-    "FCOS": {"R50": "configs/FCOS/FCOS_imprv_R_50_FPN_1x.yaml", "tiny": "configs/FCOS/FCOS_tiny_R_18_cpu.yaml"},
-    "ATSS": {"R50": "configs/ATSS/ATSS_R_50_FPN_1x.yaml", "tiny": "configs/ATSS/ATSS_tiny_R_18_cpu.yaml"},
-    "GFL": {"R50": "configs/GFL/GFL_R_50_FPN_1x.yaml", "tiny": "configs/GFL/GFL_tiny_R_18_cpu.yaml"},
-    "VFNet": {"R50": "configs/VFNet/VFNet_R_50_FPN_1x.yaml", "tiny": "configs/VFNet/VFNet_tiny_R_18_cpu.yaml"},
-    "DeFCN": {"R50": "configs/DeFCN/POTO_3DMF_Aux_R_50_FPN_1x.yaml",
-              "tiny": "configs/DeFCN/DeFCN_tiny_R_18_cpu.yaml"},
-    "d2-RetinaNet": {"R50": "configs/baselines/RetinaNet_R_50_FPN_1x.yaml",
-                     "tiny": "configs/tiny/RetinaNet_tiny_R_18_cpu.yaml"},
-    # d2-FCOS: LazyConfig; backbone, head width and test settings from our FCOS config
-    "d2-FCOS": {"R50": "configs/FCOS/FCOS_imprv_R_50_FPN_1x.yaml", "tiny": "configs/FCOS/FCOS_tiny_R_18_cpu.yaml"},
-}
-ASSIGNERS = ["FCOS", "ATSS", "POTO", "POTOAux", "dense-FCOS", "d2-FCOS", "d2-RetinaNet"]
-DENSE_ASSIGNERS = {"dense-FCOS", "d2-FCOS", "d2-RetinaNet"}  # memory grows with points x GT
 TARGET_TIME, TARGET_MEM = 0.5, 0.25  # chunked FCOSAssigner vs dense baseline at 1000 GT
 
 
@@ -141,70 +125,6 @@ def environment(args) -> Dict:
 
 
 # --------------------------------------------------------------------------------------- models
-def load_yacs(config_file: str, device: str, opts=()):
-    from detectron2.config import get_cfg
-
-    from d2_anchorfree import add_anchorfree_config
-
-    cfg = get_cfg()
-    add_anchorfree_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, config_file))
-    cfg.merge_from_list(["MODEL.DEVICE", device, "MODEL.WEIGHTS", "", *opts])
-    return cfg
-
-
-def build_d2_fcos(cfg):
-    """detectron2's FCOS from its model-zoo LazyConfig, on the backbone built from ``cfg``.
-
-    The LazyConfig ``COCO-Detection/fcos_R_50_FPN_1x.py`` is loaded with
-    ``model_zoo.get_config``; its ``model.backbone`` is replaced by ``build_backbone(cfg)`` (the
-    module our FCOS builds: same ResNet/FPN/P6-P7 from P5), and the head width, number of convs,
-    norm, classes, pixel statistics and test settings are set from ``cfg.MODEL.FCOS``. On v0.6
-    the GN head needs the ``get_norm(norm, 32)`` fix that tools/install_detectron2.py applies
-    (and ``model_zoo`` the ``pkg_resources`` one).
-    """
-    from detectron2 import model_zoo
-    from detectron2.config import instantiate
-    from detectron2.layers import ShapeSpec
-    from detectron2.modeling import build_backbone
-
-    c = cfg.MODEL.FCOS
-    lazy = model_zoo.get_config("COCO-Detection/fcos_R_50_FPN_1x.py").model
-    lazy.backbone = build_backbone(cfg)
-    channels = cfg.MODEL.FPN.OUT_CHANNELS
-    lazy.head.input_shape = [ShapeSpec(channels=channels)] * len(c.IN_FEATURES)
-    lazy.head.conv_dims = [channels] * c.NUM_CONVS
-    lazy.head.norm = c.NORM
-    lazy.head_in_features = list(c.IN_FEATURES)
-    lazy.num_classes = c.NUM_CLASSES
-    lazy.center_sampling_radius = c.CENTER_SAMPLING_RADIUS or 1.5
-    lazy.pixel_mean = list(cfg.MODEL.PIXEL_MEAN)
-    lazy.pixel_std = list(cfg.MODEL.PIXEL_STD)
-    lazy.test_score_thresh = c.SCORE_THRESH_TEST
-    lazy.test_topk_candidates = c.TOPK_CANDIDATES_TEST
-    lazy.test_nms_thresh = c.NMS_THRESH_TEST
-    lazy.max_detections_per_image = cfg.TEST.DETECTIONS_PER_IMAGE
-    return instantiate(lazy).to(torch.device(cfg.MODEL.DEVICE))
-
-
-def build(name: str, backbone: str, device: str):
-    """(model, num_classes) for a model name of ``--models`` on backbone "R50" or "tiny"."""
-    from detectron2.modeling import build_model
-
-    cfg = load_yacs(CONFIGS[name][backbone], device)
-    if name == "d2-FCOS":
-        return build_d2_fcos(cfg), cfg.MODEL.FCOS.NUM_CLASSES
-    num_classes = cfg.MODEL.RETINANET.NUM_CLASSES if name == "d2-RetinaNet" else cfg.MODEL.FCOS.NUM_CLASSES
-    return build_model(cfg), num_classes
-
-
-def assign_hooks(model) -> List[str]:
-    """Attributes holding the target assignment: ours ``assigner`` (+ ``aux_assigner``),
-    detectron2's ``label_anchors``."""
-    names = [n for n in ("assigner", "aux_assigner") if getattr(model, n, None) is not None]
-    return names or (["label_anchors"] if hasattr(model, "label_anchors") else [])
-
-
 # ------------------------------------------------------------------------------------ inference
 def inference_once(model, inputs, timer: LapTimer):
     from detectron2.modeling.postprocessing import detector_postprocess
@@ -290,37 +210,6 @@ def remove_assign_proxies(model, proxies: Dict[str, "TimedCall"]):
             delattr(model, n)  # back to the class method
         else:
             setattr(model, n, p.fn)
-
-
-def build_entries(args, backbone: str, results: Dict) -> List[Dict]:
-    """Build every ``--models`` model on ``backbone``: entries {label, name, model, num_classes,
-    nms_free}; DeFCN adds a "DeFCN+NMS" inference entry on the same model. A model that fails to
-    build gets error rows and no entry."""
-    entries = []
-    for name in args.models:
-        try:
-            model, num_classes = build(name, backbone, args.device)
-        except Exception as e:  # a detector still being written must not stop the others
-            err = f"{type(e).__name__}: {e}"
-            print(f"[{backbone}] {name}: build failed: {err}", file=sys.stderr)
-            for size in args.sizes:
-                for sec in ("inference", "train"):
-                    results[sec].append({"model": name, "backbone": backbone, "size": size, "error": err})
-            continue
-        if args.score_thresh >= 0:
-            model.test_score_thresh = args.score_thresh
-        nms_free = getattr(model, "nms_free", None) if name == "DeFCN" else None
-        entries.append({"label": name, "name": name, "model": model, "num_classes": num_classes,
-                        "nms_free": nms_free})
-        if nms_free:
-            entries.append({"label": "DeFCN+NMS", "name": name, "model": model, "num_classes": num_classes,
-                            "nms_free": False, "infer_only": True})
-    return entries
-
-
-def set_variant(entry: Dict):
-    if entry["nms_free"] is not None:
-        entry["model"].nms_free = entry["nms_free"]
 
 
 def run_models(args, results: Dict):
@@ -409,43 +298,6 @@ def print_progress(section: str, row: Dict):
 
 
 # ----------------------------------------------------------------------------------- assignment
-def make_assign_fn(name: str, shifts, gt, logits, boxes, device: str) -> Callable[[], torch.Tensor]:
-    """A no-argument callable running assigner ``name`` on one image (see ``ASSIGNERS``)."""
-    from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
-
-    from d2_anchorfree.modeling.assigners import build_assigner
-
-    cfg = load_yacs("configs/FCOS/Base-FCOS.yaml", device, ["MODEL.FCOS.CENTER_SAMPLING_RADIUS", 1.5])
-    if name in ("FCOS", "ATSS", "POTO", "POTOAux"):
-        assigner = build_assigner(name + "Assigner", cfg, STRIDES)
-        return lambda: assigner(shifts, gt, pred_logits=logits, pred_boxes=boxes)
-    if name == "dense-FCOS":
-        c = cfg.MODEL.FCOS
-        return lambda: dense_fcos_assign(shifts, gt.gt_boxes.tensor, STRIDES, c.SIZES_OF_INTEREST,
-                                         c.CENTER_SAMPLING_RADIUS)
-    feats = [torch.empty(1, 1, len(torch.unique(s[:, 1])), len(torch.unique(s[:, 0])), device=device)
-             for s in shifts]
-    if name == "d2-FCOS":
-        from detectron2.modeling.meta_arch.fcos import FCOS
-
-        # detectron2's FCOS builds exactly this generator: one stride-sized box per location.
-        anchors = DefaultAnchorGenerator(sizes=[[s] for s in STRIDES], aspect_ratios=[1.0],
-                                         strides=STRIDES).to(device)(feats)
-        this = SimpleNamespace(center_sampling_radius=1.5)
-        return lambda: FCOS.match_anchors(this, anchors, [gt])[0]
-    if name == "d2-RetinaNet":
-        from detectron2.modeling.matcher import Matcher
-        from detectron2.modeling.meta_arch.retinanet import RetinaNet
-
-        sizes = [[x, x * 2 ** (1.0 / 3), x * 2 ** (2.0 / 3)] for x in [32, 64, 128, 256, 512]]
-        anchors = DefaultAnchorGenerator(sizes=sizes, aspect_ratios=[0.5, 1.0, 2.0], strides=STRIDES,
-                                         offset=0.0).to(device)(feats)
-        this = SimpleNamespace(anchor_matcher=Matcher([0.4, 0.5], [0, -1, 1], allow_low_quality_matches=True),
-                               num_classes=logits.shape[1])
-        return lambda: RetinaNet.label_anchors(this, anchors, [gt])[0][0]
-    raise ValueError(f"unknown assigner {name!r}; known: {ASSIGNERS}")
-
-
 def run_assign_case(spec: Dict) -> Dict:
     """One (assigner, number of GT) case, meant to run in a fresh process (see module docstring)."""
     if spec.get("threads"):
@@ -490,30 +342,24 @@ def run_assign(args, results: Dict):
 
 def run_hungarian(args, results: Dict):
     """POTO's matching alone by both solvers (and the whole assigner) for ``--hungarian-gt``."""
-    from d2_anchorfree.modeling.assigners import build_assigner
-    from d2_anchorfree.modeling.assigners.poto import match_one_to_one, pair_quality
-
     h, w = parse_size(args.assign_size)
-    cfg = load_yacs("configs/DeFCN/Base-DeFCN.yaml", args.device)
-    assigner = build_assigner("POTOAssigner", cfg, STRIDES)
+    poto = PotoMatching(args.device)
     for num_gt in args.hungarian_gt:
         row = {"num_gt": num_gt, "size": args.assign_size}
         try:
             shifts, gt, logits, boxes = assign_inputs(h, w, num_gt, 80, args.device)
             num_points = sum(len(s) for s in shifts)
-            point_idx, gt_idx = assigner.prior_pairs(shifts, gt)
-            quality = pair_quality(point_idx, gt_idx, gt, logits, boxes, assigner.alpha)
+            point_idx, gt_idx, quality = poto.pairs(shifts, gt, logits, boxes)
             dense, sparse, whole = [], [], []
             for i in range(args.warmup + args.assign_runs):
                 synchronize(args.device)
                 t0 = time.perf_counter()
-                by_dense = match_one_to_one(point_idx, gt_idx, quality, num_gt, num_points,
-                                            max_dense_elements=2**62)
+                by_dense = poto.match(point_idx, gt_idx, quality, num_gt, num_points, "dense")
                 t1 = time.perf_counter()
-                by_sparse = match_one_to_one(point_idx, gt_idx, quality, num_gt, num_points, max_dense_elements=0)
+                by_sparse = poto.match(point_idx, gt_idx, quality, num_gt, num_points, "sparse")
                 synchronize(args.device)
                 t2 = time.perf_counter()
-                assigner(shifts, gt, pred_logits=logits, pred_boxes=boxes)
+                poto(shifts, gt, logits, boxes)
                 synchronize(args.device)
                 if i >= args.warmup:
                     dense.append(t1 - t0)
@@ -524,7 +370,7 @@ def run_hungarian(args, results: Dict):
                         "dense_matrix_mb": num_gt * columns * 8 / 2**20,
                         "hungarian_ms": summarize(dense), "sparse_ms": summarize(sparse),
                         "same_matching": bool(torch.equal(by_dense, by_sparse)),
-                        "poto_solver": "dense" if num_gt * columns <= assigner.prior.chunk_elements else "sparse",
+                        "poto_solver": poto.solver_for(num_gt, columns),
                         "poto_total_ms": summarize(whole)})
         except Exception as e:
             row["error"] = f"{type(e).__name__}: {e}"
@@ -707,7 +553,7 @@ def main(argv=None):
     if args.assign_case:
         print(json.dumps(run_assign_case(json.loads(args.assign_case))))
         return
-    import d2_anchorfree  # noqa: F401  (registers our meta-architectures and assigners)
+    import_library()
 
     results = {"env": environment(args), "settings": {k: v for k, v in vars(args).items() if k != "assign_case"},
                "inference": [], "train": [], "assign": [], "hungarian": []}
