@@ -5,6 +5,9 @@
 * :mod:`bench.inputs`: synthetic images, GT boxes, FPN points and predictions.
 * :mod:`bench.models`: the detectors and assigners under test; the one module that uses
   d2_anchorfree's internals and config keys.
+* :mod:`bench.inference`, :mod:`bench.training`, :mod:`bench.assign`, :mod:`bench.hungarian`:
+  one section each (``--sections infer,train,assign,hungarian``).
+* :mod:`bench.report`: run description, progress lines and the Markdown tables.
 """
 import os
 

@@ -92,3 +92,17 @@ def interleaved(entries: List[Dict], rounds: int, warmup: int, measure: Callable
         alive = [e for e in alive if "error" not in e]
     return samples
 
+
+def entry_row(entry: Dict, samples: Dict, row: Dict, extra: Callable[[], Dict], device: str, images: int) -> Dict:
+    """``row`` completed for one :func:`interleaved` entry: its error, or the summary of each
+    timed part, then ``extra()``, then on CUDA images/s (``images`` per timed call) and the
+    entry's peak memory (see :class:`bench.memory.CudaPeak`)."""
+    if "error" in entry:
+        row["error"] = entry["error"]
+        return row
+    row.update({k: summarize(v) for k, v in samples[entry["label"]].items()})
+    row.update(extra())
+    if device.startswith("cuda"):
+        row["images_per_s"] = images * 1000.0 / row["total"]["median"]
+        row["peak_mem_mb"] = entry.get("peak_mem_mb")
+    return row
