@@ -1,9 +1,10 @@
-"""tools/benchmark.py times models round-robin (``interleaved``): every round runs every model
-once, in an order rotated by the round, keeps only the rounds after the warm-up, and drops a
-model that raises without stopping the others."""
+"""tools/benchmark.py times models round-robin (``interleaved``, tools/bench/timing.py): every
+round runs every model once, in an order rotated by the round, keeps only the rounds after the
+warm-up, and drops a model that raises without stopping the others."""
 from conftest import load_tool
 
-benchmark = load_tool("benchmark")
+load_tool("benchmark")  # the command line loads; it puts tools/ (with the bench package) on sys.path
+from bench.timing import interleaved  # noqa: E402
 
 
 def test_rounds_rotate_the_order_and_drop_the_warmup():
@@ -14,7 +15,7 @@ def test_rounds_rotate_the_order_and_drop_the_warmup():
         return {"total": float(len(calls))}  # the call's position in the whole sequence
 
     entries = [{"label": x} for x in "ABC"]
-    samples = benchmark.interleaved(entries, rounds=2, warmup=1, measure=measure)
+    samples = interleaved(entries, rounds=2, warmup=1, measure=measure)
     assert "".join(calls) == "ABC" + "BCA" + "CAB"
     # Round 0 (calls 1-3) is warm-up; A ran as calls 6 and 8, B as 4 and 9, C as 5 and 7.
     assert samples == {"A": {"total": [6.0, 8.0]}, "B": {"total": [4.0, 9.0]}, "C": {"total": [5.0, 7.0]}}
@@ -30,7 +31,7 @@ def test_a_failing_model_is_reported_and_skipped_afterwards():
         return {"total": 1.0}
 
     entries = [{"label": x} for x in "ABC"]
-    samples = benchmark.interleaved(entries, rounds=3, warmup=0, measure=measure)
+    samples = interleaved(entries, rounds=3, warmup=0, measure=measure)
     assert entries[1]["error"] == "RuntimeError: out of memory at 800x1333"
     assert "error" not in entries[0] and "error" not in entries[2]
     assert calls.count("B") == 2 and calls.count("A") == 3 and calls.count("C") == 3
