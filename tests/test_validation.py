@@ -12,22 +12,23 @@ from conftest import load_cfg
 from d2_anchorfree.modeling.heads import DeFCNHead, FCOSHead, GFLHead, VFNetHead
 from d2_anchorfree.modeling.heads.towers import check_head_inputs, decode_ltrb
 from d2_anchorfree.modeling.losses import check_focal_parameters, focal_loss_with_labels
+from d2_anchorfree.modeling.losses.terms import FocalLoss
 from d2_anchorfree.modeling.postprocessing import dense_inference, select_candidates
 
 FCOS_TINY = "configs/FCOS/FCOS_tiny_R_18_cpu.yaml"
 
 
 @pytest.mark.parametrize("key,value", [
-    ("MODEL.FCOS.TOPK_CANDIDATES_TEST", 0),
-    ("MODEL.FCOS.SCORE_THRESH_TEST", -0.01),
-    ("MODEL.FCOS.SCORE_THRESH_TEST", 1.0),  # would keep nothing: scores are <= 1
-    ("MODEL.FCOS.NMS_THRESH_TEST", 0.0),  # would suppress every overlapping box
-    ("MODEL.FCOS.NMS_THRESH_TEST", 1.5),
+    ("MODEL.DENSE.TOPK_CANDIDATES_TEST", 0),
+    ("MODEL.DENSE.SCORE_THRESH_TEST", -0.01),
+    ("MODEL.DENSE.SCORE_THRESH_TEST", 1.0),  # would keep nothing: scores are <= 1
+    ("MODEL.DENSE.NMS_THRESH_TEST", 0.0),  # would suppress every overlapping box
+    ("MODEL.DENSE.NMS_THRESH_TEST", 1.5),
     ("TEST.DETECTIONS_PER_IMAGE", 0),
-    ("MODEL.FCOS.SCORE_EXPONENT", 0.0),  # every score would be 1
-    ("MODEL.FCOS.SCORE_EXPONENT", 1.5),
-    ("MODEL.FCOS.FOCAL_LOSS_ALPHA", 1.5),
-    ("MODEL.FCOS.FOCAL_LOSS_GAMMA", -1.0),
+    ("MODEL.FCOS_HEAD.SCORE_EXPONENT", 0.0),  # every score would be 1
+    ("MODEL.FCOS_HEAD.SCORE_EXPONENT", 1.5),
+    ("MODEL.FOCAL_LOSS.ALPHA", 1.5),
+    ("MODEL.FOCAL_LOSS.GAMMA", -1.0),
 ])
 def test_bad_fcos_test_and_loss_settings_raise_naming_the_key(key, value):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
@@ -38,19 +39,20 @@ def test_boundary_settings_are_accepted():
     # SCORE_THRESH_TEST 0 (keep everything), NMS 1.0 (suppress only identical boxes), exponent 1
     # (the plain product), alpha < 0 (fvcore: no alpha weighting), gamma 0 (plain BCE).
     model = build_model(load_cfg(
-        FCOS_TINY, "MODEL.FCOS.SCORE_THRESH_TEST", 0.0, "MODEL.FCOS.NMS_THRESH_TEST", 1.0,
-        "MODEL.FCOS.SCORE_EXPONENT", 1.0, "MODEL.FCOS.FOCAL_LOSS_ALPHA", -1.0,
-        "MODEL.FCOS.FOCAL_LOSS_GAMMA", 0.0, "MODEL.FCOS.TOPK_CANDIDATES_TEST", 1,
+        FCOS_TINY, "MODEL.DENSE.SCORE_THRESH_TEST", 0.0, "MODEL.DENSE.NMS_THRESH_TEST", 1.0,
+        "MODEL.FCOS_HEAD.SCORE_EXPONENT", 1.0, "MODEL.FOCAL_LOSS.ALPHA", -1.0,
+        "MODEL.FOCAL_LOSS.GAMMA", 0.0, "MODEL.DENSE.TOPK_CANDIDATES_TEST", 1,
         "TEST.DETECTIONS_PER_IMAGE", 1))
-    assert model.test_score_thresh == 0.0 and model.focal_alpha == -1.0
+    (focal,) = [t for t in model.loss_terms if isinstance(t, FocalLoss)]
+    assert model.test_score_thresh == 0.0 and focal.alpha == -1.0
 
 
 def test_bad_defcn_focal_and_vfnet_settings_raise_naming_the_key():
-    with pytest.raises(ValueError, match=r"MODEL\.FCOS\.FOCAL_LOSS_ALPHA"):
-        build_model(load_cfg("configs/DeFCN/DeFCN_tiny_R_18_cpu.yaml", "MODEL.FCOS.FOCAL_LOSS_ALPHA", 2.0))
+    with pytest.raises(ValueError, match=r"MODEL\.FOCAL_LOSS\.ALPHA"):
+        build_model(load_cfg("configs/DeFCN/DeFCN_tiny_R_18_cpu.yaml", "MODEL.FOCAL_LOSS.ALPHA", 2.0))
     vfnet = "configs/VFNet/VFNet_tiny_R_18_cpu.yaml"
     # VFL's alpha weighs the negatives; a negative value would make their loss negative.
-    for key, value in (("MODEL.VFNET.ALPHA", -0.5), ("MODEL.VFNET.ALPHA", 1.5), ("MODEL.VFNET.GAMMA", -2.0)):
+    for key, value in (("MODEL.VFL.ALPHA", -0.5), ("MODEL.VFL.ALPHA", 1.5), ("MODEL.VFL.GAMMA", -2.0)):
         with pytest.raises(ValueError, match=key.replace(".", r"\.")):
             build_model(load_cfg(vfnet, key, value))
 
@@ -81,7 +83,7 @@ def shapes(*strides, channels=32):
 
 @pytest.mark.parametrize("make_head", [
     lambda: FCOSHead(input_shape=shapes(8, 16, 32), num_classes=2, num_convs=0, norm=""),
-    lambda: DeFCNHead(input_shape=shapes(8, 16, 32), num_classes=2, num_convs=0, norm="", use_3dmf=False),
+    lambda: DeFCNHead(input_shape=shapes(8, 16, 32), num_classes=2, num_convs=0, norm="", max_filter=None),
     lambda: GFLHead(input_shape=shapes(8, 16, 32), num_classes=2, num_convs=0, norm=""),
     lambda: VFNetHead(input_shape=shapes(8, 16, 32), num_classes=2, num_convs=0, norm=""),
 ])
