@@ -2,7 +2,7 @@
 one image per process) gives the same gradients as 1 process on both images.
 
 What makes this hold is the loss normalization: every worker divides its summed losses by the
-number of positives (and the other normalizers) *averaged over workers* (meta_arch/base.py
+number of positives (and the other normalizers) *averaged over workers* (modeling/targets.py
 ``reduce_mean``: all_reduce SUM / world size), so that DDP's gradient average
 (1/W) sum_w grad(S_w / mean_w N_w) equals grad(sum_w S_w / sum_w N_w) of the single process.
 The negative control replaces ``reduce_mean`` by the identity (each worker normalizes by its own
@@ -14,7 +14,6 @@ reason that has nothing to do with the loss. The test therefore uses GN in the R
 (``MODEL.RESNETS.NORM "GN"``: per-image statistics, like the GN of the heads).
 """
 import os
-import sys
 import time
 from datetime import timedelta
 
@@ -26,7 +25,9 @@ import torch.multiprocessing as mp
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from d2_anchorfree.modeling.meta_arch import base as base_module
+from d2_anchorfree.modeling import detector as detector_module
+from d2_anchorfree.modeling import targets as targets_module
+from d2_anchorfree.modeling.losses import terms as terms_module
 
 from conftest import load_cfg, make_batch, make_instances
 
@@ -79,15 +80,14 @@ def worker(rank, init_file, tmp_dir, names):
             for mode in ("global", "local"):
                 model = build(name)
                 model.load_state_dict(torch.load(os.path.join(tmp_dir, f"{name}_init.pth")))
-                meta_module = base_module  # loss_normalizer looks reduce_mean up here
-                original = meta_module.reduce_mean
+                original = targets_module.reduce_mean  # loss_normalizer looks reduce_mean up here
                 if mode == "local":
-                    meta_module.reduce_mean = lambda value: value
+                    targets_module.reduce_mean = lambda value: value
                 try:
                     ddp = torch.nn.parallel.DistributedDataParallel(model)
                     loss, grads = loss_and_grads(ddp, inputs)
                 finally:
-                    meta_module.reduce_mean = original
+                    targets_module.reduce_mean = original
                 losses = [torch.zeros(()) for _ in range(WORLD)]
                 dist.all_gather(losses, loss)
                 if rank == 0:  # after DDP's all-reduce every rank holds the averaged gradients
@@ -121,8 +121,12 @@ def runs(tmp_path_factory):
     for name in CONFIGS:
         torch.manual_seed(0)
         model = build(name)
-        assert "loss_normalizer" in vars(sys.modules[type(model).__module__]), \
-            f"{name} no longer normalizes with loss_normalizer: update the negative control"
+        # The detector (positives) and the loss terms (box weights, auxiliary positives) normalize
+        # with targets.loss_normalizer, whose reduce_mean the negative control replaces.
+        for module in (detector_module, terms_module):
+            assert module.loss_normalizer is targets_module.loss_normalizer, \
+                f"{module.__name__} no longer normalizes with targets.loss_normalizer: update the negative control"
+        assert isinstance(model, detector_module.AnchorFreeDetector), name
         torch.save(model.state_dict(), tmp / f"{name}_init.pth")
         single[name] = loss_and_grads(model, two_images())
     run_workers(str(tmp / "init"), str(tmp))
