@@ -90,4 +90,5 @@ def run_inference(args, entries: List[Dict], base: Dict, height: int, width: int
         results["inference"].append(row)
         print_progress("infer", row)
     for e in entries:
-        set_variant(e)  # DeFCN back to its configured nms_free
+        if not e.get("infer_only"):
+            set_variant(e)  # DeFCN back to its configured post-processing

@@ -1,12 +1,13 @@
 """The detectors and target assigners under test, built alike for every section.
 
 This is the only module of the benchmark that uses d2_anchorfree's internals (its config keys
-``MODEL.FCOS.*``, ``build_assigner``, the assigners' call signature and attributes, POTO's
+``MODEL.DENSE.*``, ``build_assigner``, the assigners' call signature and ``AssignResult``, POTO's
 ``match_one_to_one`` / ``pair_quality``, the models' ``assigner`` / ``aux_assigner`` /
-``nms_free`` attributes): when the library changes, adapt this file.
+``test_nms_thresh`` attributes): when the library changes, adapt this file.
 
 Models (``--models``): ours FCOS, ATSS, GFL, VFNet, DeFCN (+ "DeFCN+NMS": the same DeFCN model
-with ``nms_free`` off, inference only), and detectron2's ``d2-RetinaNet`` (yacs:
+with class-aware NMS instead of NMS-free top-k, inference only), TOOD, and detectron2's
+``d2-RetinaNet`` (yacs:
 configs/baselines/RetinaNet_R_50_FPN_1x.yaml, configs/tiny/RetinaNet_tiny_R_18_cpu.yaml) and
 ``d2-FCOS`` (``detectron2.modeling.meta_arch.fcos.FCOS`` from the LazyConfig
 ``COCO-Detection/fcos_R_50_FPN_1x.py`` via ``model_zoo.get_config`` + ``instantiate``; its
@@ -17,8 +18,8 @@ R-18 + FPN-64, 1 class). All models are detectron2 ``DenseDetector`` subclasses,
 calls time every one of them.
 
 Assigners (``--assigners``, :func:`make_assign_fn`): ours FCOS (scale ranges + center sampling
-1.5), ATSS, POTO (prior + quality + Hungarian matching) and POTO's auxiliary one-to-many
-assignment; the dense FCOS baseline (tools/dense_fcos_baseline.py, [points x GT x 4] tensors);
+1.5), ATSS, POTO (prior + quality + Hungarian matching), POTO's auxiliary one-to-many
+assignment and TOOD's TAL; the dense FCOS baseline (tools/dense_fcos_baseline.py, [points x GT x 4] tensors);
 detectron2's FCOS ``match_anchors`` and RetinaNet ``label_anchors`` (both dense too).
 """
 import os
@@ -33,7 +34,7 @@ from dense_fcos_baseline import dense_fcos_assign
 from . import REPO
 from .inputs import STRIDES
 
-OUR_MODELS = ["FCOS", "ATSS", "GFL", "VFNet", "DeFCN"]
+OUR_MODELS = ["FCOS", "ATSS", "GFL", "VFNet", "DeFCN", "TOOD"]
 D2_MODELS = ["d2-RetinaNet", "d2-FCOS"]
 CONFIGS = {  # model -> {backbone: config file}
     "FCOS": {"R50": "configs/FCOS/FCOS_imprv_R_50_FPN_1x.yaml", "tiny": "configs/FCOS/FCOS_tiny_R_18_cpu.yaml"},
@@ -42,12 +43,15 @@ CONFIGS = {  # model -> {backbone: config file}
     "VFNet": {"R50": "configs/VFNet/VFNet_R_50_FPN_1x.yaml", "tiny": "configs/VFNet/VFNet_tiny_R_18_cpu.yaml"},
     "DeFCN": {"R50": "configs/DeFCN/POTO_3DMF_Aux_R_50_FPN_1x.yaml",
               "tiny": "configs/DeFCN/DeFCN_tiny_R_18_cpu.yaml"},
+    "TOOD": {"R50": "configs/TOOD/TOOD_R_50_FPN_1x.yaml", "tiny": "configs/TOOD/TOOD_tiny_R_18_cpu.yaml"},
     "d2-RetinaNet": {"R50": "configs/baselines/RetinaNet_R_50_FPN_1x.yaml",
                      "tiny": "configs/tiny/RetinaNet_tiny_R_18_cpu.yaml"},
     # d2-FCOS: LazyConfig; backbone, head width and test settings from our FCOS config
     "d2-FCOS": {"R50": "configs/FCOS/FCOS_imprv_R_50_FPN_1x.yaml", "tiny": "configs/FCOS/FCOS_tiny_R_18_cpu.yaml"},
 }
-ASSIGNERS = ["FCOS", "ATSS", "POTO", "POTOAux", "dense-FCOS", "d2-FCOS", "d2-RetinaNet"]
+ASSIGNERS = ["FCOS", "ATSS", "POTO", "POTOAux", "TAL", "dense-FCOS", "d2-FCOS", "d2-RetinaNet"]
+OUR_ASSIGNERS = {"FCOS": "FCOSAssigner", "ATSS": "ATSSAssigner", "POTO": "POTOAssigner",
+                 "POTOAux": "POTOAuxAssigner", "TAL": "TaskAlignedAssigner"}
 DENSE_ASSIGNERS = {"dense-FCOS", "d2-FCOS", "d2-RetinaNet"}  # memory grows with points x GT
 
 
@@ -74,7 +78,7 @@ def build_d2_fcos(cfg):
     The LazyConfig ``COCO-Detection/fcos_R_50_FPN_1x.py`` is loaded with
     ``model_zoo.get_config``; its ``model.backbone`` is replaced by ``build_backbone(cfg)`` (the
     module our FCOS builds: same ResNet/FPN/P6-P7 from P5), and the head width, number of convs,
-    norm, classes, pixel statistics and test settings are set from ``cfg.MODEL.FCOS``. On v0.6
+    norm, classes, pixel statistics and test settings are set from ``cfg.MODEL.DENSE``. On v0.6
     the GN head needs the ``get_norm(norm, 32)`` fix that tools/install_detectron2.py applies
     (and ``model_zoo`` the ``pkg_resources`` one).
     """
@@ -83,7 +87,7 @@ def build_d2_fcos(cfg):
     from detectron2.layers import ShapeSpec
     from detectron2.modeling import build_backbone
 
-    c = cfg.MODEL.FCOS
+    c = cfg.MODEL.DENSE
     lazy = model_zoo.get_config("COCO-Detection/fcos_R_50_FPN_1x.py").model
     lazy.backbone = build_backbone(cfg)
     channels = cfg.MODEL.FPN.OUT_CHANNELS
@@ -108,15 +112,15 @@ def build(name: str, backbone: str, device: str):
 
     cfg = load_yacs(CONFIGS[name][backbone], device)
     if name == "d2-FCOS":
-        return build_d2_fcos(cfg), cfg.MODEL.FCOS.NUM_CLASSES
-    num_classes = cfg.MODEL.RETINANET.NUM_CLASSES if name == "d2-RetinaNet" else cfg.MODEL.FCOS.NUM_CLASSES
+        return build_d2_fcos(cfg), cfg.MODEL.DENSE.NUM_CLASSES
+    num_classes = cfg.MODEL.RETINANET.NUM_CLASSES if name == "d2-RetinaNet" else cfg.MODEL.DENSE.NUM_CLASSES
     return build_model(cfg), num_classes
 
 
 def build_entries(args, backbone: str, results: Dict) -> List[Dict]:
     """Build every ``--models`` model on ``backbone``: entries {label, name, model, num_classes,
-    nms_free}; DeFCN adds a "DeFCN+NMS" inference entry on the same model. A model that fails to
-    build gets error rows and no entry."""
+    nms_thresh}; DeFCN adds a "DeFCN+NMS" inference entry on the same model (NMS at
+    ``MODEL.DENSE.NMS_THRESH_TEST``). A model that fails to build gets error rows and no entry."""
     entries = []
     for name in args.models:
         try:
@@ -130,19 +134,20 @@ def build_entries(args, backbone: str, results: Dict) -> List[Dict]:
             continue
         if args.score_thresh >= 0:
             model.test_score_thresh = args.score_thresh
-        nms_free = getattr(model, "nms_free", None) if name == "DeFCN" else None
+        nms_thresh = getattr(model, "test_nms_thresh", "n/a")
         entries.append({"label": name, "name": name, "model": model, "num_classes": num_classes,
-                        "nms_free": nms_free})
-        if nms_free:
+                        "nms_thresh": nms_thresh})
+        if name == "DeFCN" and nms_thresh is None:
+            nms = load_yacs(CONFIGS[name][backbone], args.device).MODEL.DENSE.NMS_THRESH_TEST
             entries.append({"label": "DeFCN+NMS", "name": name, "model": model, "num_classes": num_classes,
-                            "nms_free": False, "infer_only": True})
+                            "nms_thresh": nms, "infer_only": True})
     return entries
 
 
 def set_variant(entry: Dict):
-    """Put the entry's model in the entry's variant (DeFCN: ``nms_free`` on or off)."""
-    if entry["nms_free"] is not None:
-        entry["model"].nms_free = entry["nms_free"]
+    """Put the entry's model in the entry's variant (DeFCN: NMS-free or NMS)."""
+    if entry["nms_thresh"] != "n/a":
+        entry["model"].test_nms_thresh = entry["nms_thresh"]
 
 
 def assign_hooks(model) -> List[str]:
@@ -153,17 +158,19 @@ def assign_hooks(model) -> List[str]:
 
 
 def make_assign_fn(name: str, shifts, gt, logits, boxes, device: str) -> Callable[[], torch.Tensor]:
-    """A no-argument callable running assigner ``name`` on one image (see ``ASSIGNERS``)."""
+    """A no-argument callable running assigner ``name`` on one image (see ``ASSIGNERS``),
+    returning its matched indices [R]."""
     from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 
     from d2_anchorfree.modeling.assigners import build_assigner
 
-    cfg = load_yacs("configs/FCOS/Base-FCOS.yaml", device, ["MODEL.FCOS.CENTER_SAMPLING_RADIUS", 1.5])
-    if name in ("FCOS", "ATSS", "POTO", "POTOAux"):
-        assigner = build_assigner(name + "Assigner", cfg, STRIDES)
-        return lambda: assigner(shifts, gt, pred_logits=logits, pred_boxes=boxes)
+    cfg = load_yacs("configs/FCOS/Base-FCOS.yaml", device, ["MODEL.DENSE.CENTER_SAMPLING_RADIUS", 1.5])
+    if name in OUR_ASSIGNERS:
+        assigner = build_assigner(OUR_ASSIGNERS[name], cfg, STRIDES)
+        probs = torch.sigmoid(logits)
+        return lambda: assigner(shifts, gt, pred_scores=probs, pred_boxes=boxes).matched
     if name == "dense-FCOS":
-        c = cfg.MODEL.FCOS
+        c = cfg.MODEL.DENSE
         return lambda: dense_fcos_assign(shifts, gt.gt_boxes.tensor, STRIDES, c.SIZES_OF_INTEREST,
                                          c.CENTER_SAMPLING_RADIUS)
     feats = [torch.empty(1, 1, len(torch.unique(s[:, 1])), len(torch.unique(s[:, 0])), device=device)
@@ -204,7 +211,8 @@ class PotoMatching:
     def pairs(self, shifts, gt, logits, boxes):
         """(point index, GT index, quality) of the in-prior pairs."""
         point_idx, gt_idx = self.assigner.prior_pairs(shifts, gt)
-        return point_idx, gt_idx, self.pair_quality(point_idx, gt_idx, gt, logits, boxes, self.assigner.alpha)
+        probs = torch.sigmoid(logits)
+        return point_idx, gt_idx, self.pair_quality(point_idx, gt_idx, gt, probs, boxes, self.assigner.alpha)
 
     def match(self, point_idx, gt_idx, quality, num_gt: int, num_points: int, solver: str):
         """The matching by ``solver`` "dense" (``linear_sum_assignment`` on the [G x in-prior
@@ -217,4 +225,4 @@ class PotoMatching:
         return "dense" if num_gt * columns <= self.assigner.prior.chunk_elements else "sparse"
 
     def __call__(self, shifts, gt, logits, boxes):
-        return self.assigner(shifts, gt, pred_logits=logits, pred_boxes=boxes)
+        return self.assigner(shifts, gt, pred_scores=torch.sigmoid(logits), pred_boxes=boxes).matched
