@@ -360,3 +360,65 @@ def test_head_argument_errors():
         TOODHead(input_shape=shapes, num_classes=3, point_offset=1.0)
     with pytest.raises(ValueError, match="levels"):
         _head()(_features()[:1])
+
+
+# ---- the TOOD preset: initial (ATSS) assigner, then TAL, and the soft targets reaching the losses
+
+def _tood_model(initial_iters=2):
+    from conftest import load_cfg
+    from detectron2.modeling import build_model
+
+    cfg = load_cfg("configs/TOOD/TOOD_tiny_R_18_cpu.yaml", "MODEL.DENSE.INITIAL_ASSIGNER_ITERS", initial_iters)
+    torch.manual_seed(0)
+    return build_model(cfg)
+
+
+def test_tood_preset_switches_from_atss_to_tal_at_initial_assigner_iters():
+    from conftest import make_batch
+    from detectron2.utils.events import EventStorage
+
+    model = _tood_model(initial_iters=2)
+    assert type(model.assigner).__name__ == "TaskAlignedAssigner"
+    assert type(model.initial_assigner).__name__ == "ATSSAssigner"
+    used = []
+    for name in ("assigner", "initial_assigner"):
+        real = getattr(model, name)
+        setattr(model, name, lambda *a, _real=real, _name=name, **k: (used.append(_name), _real(*a, **k))[1])
+    batch = make_batch()
+    for it, want in ((0, "initial_assigner"), (1, "initial_assigner"), (2, "assigner"), (5, "assigner")):
+        used.clear()
+        with EventStorage(it):
+            losses = model(batch)
+        assert set(used) == {want}, (it, used)
+        assert all(torch.isfinite(v) for v in losses.values())
+    # With 0 warm-up iterations there is no initial assigner at all.
+    assert _tood_model(initial_iters=0).initial_assigner is None
+
+
+def test_tood_losses_use_the_assigners_soft_targets():
+    """QFL's target and the box weights are AssignResult.quality at the positives. With a constant
+    quality c at every positive (P of them, P c >= 1): the box loss sum(c l) / sum(c) = mean(l)
+    does not depend on c, the QFL (target c at the GT class) does."""
+    from conftest import make_batch
+    from d2_anchorfree.modeling.assigners import AssignResult
+
+    model = _tood_model(initial_iters=0)
+    batch = make_batch()
+    real = model.assigner
+    positives = []
+
+    def losses_with(c):
+        def constant(*a, **k):
+            r = real(*a, **k)
+            positives.append(int((r.matched >= 0).sum()))
+            return AssignResult(r.matched, torch.where(r.matched >= 0, c, 0.0))
+        model.assigner = constant
+        try:
+            return model(batch)
+        finally:
+            model.assigner = real
+
+    one, half = losses_with(1.0), losses_with(0.5)
+    assert sum(positives[:2]) * 0.5 >= 1  # both normalizers above their floor of 1
+    assert one["loss_box"].item() == pytest.approx(half["loss_box"].item(), rel=1e-6)
+    assert one["loss_cls"].item() != pytest.approx(half["loss_cls"].item(), rel=1e-3)
