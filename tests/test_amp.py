@@ -58,9 +58,12 @@ def one_step_losses(cfg, device: str, dtype=None):
 
 
 def _tensors(out):
-    """The tensors of a head output (nested lists / tuples / named tuples)."""
+    """The tensors of a head output (dicts of per-level lists, nested lists / tuples / named tuples)."""
     if isinstance(out, torch.Tensor):
         yield out
+    elif isinstance(out, dict):
+        for o in out.values():
+            yield from _tensors(o)
     elif isinstance(out, (list, tuple)):
         for o in out:
             if o is not None:
