@@ -64,7 +64,7 @@ def test_train_net_trains_then_evaluates_checkpoint(toy, tmp_path):
 
 def test_bad_config_key_and_missing_config_fail_loudly(toy, tmp_path):
     cmd = [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", CONFIG]
-    bad = subprocess.run(cmd + ["MODEL.FCOS.NOT_A_KEY", "1"], cwd=REPO, capture_output=True, text=True)
+    bad = subprocess.run(cmd + ["MODEL.DENSE.NOT_A_KEY", "1"], cwd=REPO, capture_output=True, text=True)
     assert bad.returncode != 0 and "NOT_A_KEY" in bad.stderr
     missing = subprocess.run([sys.executable, os.path.join(REPO, "train_net.py"), "--config-file",
                               str(tmp_path / "nope.yaml")], cwd=REPO, capture_output=True, text=True)
@@ -105,7 +105,7 @@ def test_resume_is_exact(toy, tmp_path):
 def test_default_predictor_round_trip_and_predict_tool(toy, tmp_path):
     # Untrained: every class probability is the prior 0.01, below the default SCORE_THRESH_TEST
     # 0.05 that FCOS applies to it (paper Sec. 3.1); threshold 0 so that there are detections.
-    untrained = ("MODEL.FCOS.SCORE_THRESH_TEST", "0.0")
+    untrained = ("MODEL.DENSE.SCORE_THRESH_TEST", "0.0")
     args = argparse.Namespace(config_file=CONFIG, opts=opts(toy, tmp_path, *untrained), eval_only=False,
                               resume=False)
     cfg = setup_cfg(args, default_setup_logging=False)
