@@ -339,14 +339,14 @@ def test_check_num_classes_names_both_numbers_and_the_dataset(tmp_path, names):
     register_datasets_from_config(cfg)
     cfg.DATASETS.TRAIN = (name,)
     cfg.MODEL.META_ARCHITECTURE = "FCOS"
-    cfg.MODEL.FCOS.NUM_CLASSES = 80
+    cfg.MODEL.DENSE.NUM_CLASSES = 80
     with pytest.raises(ValueError, match=re.escape(
-            f"MODEL.FCOS.NUM_CLASSES is 80 but the training dataset '{name}' has 2 classes (['cat', 'dog']); "
-            "set MODEL.FCOS.NUM_CLASSES 2")):
+            f"MODEL.DENSE.NUM_CLASSES is 80 but the training dataset '{name}' has 2 classes (['cat', 'dog']); "
+            "set MODEL.DENSE.NUM_CLASSES 2")):
         check_num_classes(cfg)
-    cfg.MODEL.FCOS.NUM_CLASSES = 2
+    cfg.MODEL.DENSE.NUM_CLASSES = 2
     assert check_num_classes(cfg) == 2
-    for arch in ("ATSS", "GFL", "VFNet", "DeFCN"):
+    for arch in ("ATSS", "GFL", "VFNet", "DeFCN", "TOOD", "AnchorFreeDetector"):
         cfg.MODEL.META_ARCHITECTURE = arch
         assert check_num_classes(cfg) == 2
     cfg.MODEL.META_ARCHITECTURE = "RetinaNet"  # detectron2's baseline reads its own key

@@ -25,7 +25,7 @@ from conftest import REPO, load_cfg, load_tool
 CONFIG = os.path.join(REPO, "configs", "FCOS", "FCOS_tiny_R_18_cpu.yaml")
 # No dataset; small test images; an untrained model detects nothing above the default threshold.
 OPTS = ["DATASETS.REGISTER_COCO", "()", "DATASETS.TRAIN", "()", "DATASETS.TEST", "()",
-        "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "96", "MODEL.FCOS.SCORE_THRESH_TEST", "0.0",
+        "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "96", "MODEL.DENSE.SCORE_THRESH_TEST", "0.0",
         "TEST.DETECTIONS_PER_IMAGE", "5", "MODEL.DEVICE", "cpu"]
 
 predict = load_tool("predict")

@@ -121,8 +121,8 @@ def test_growth_limit_and_disable():
 
 def test_trainer_refuses_num_classes_that_differ_from_the_dataset(toy, tmp_path):
     opts = ["DATASETS.REGISTER_COCO", f"('toy_health_k_train,{toy}/train.json,{toy}/images',)",
-            "DATASETS.TRAIN", "('toy_health_k_train',)", "DATASETS.TEST", "()", "MODEL.FCOS.NUM_CLASSES", "3",
+            "DATASETS.TRAIN", "('toy_health_k_train',)", "DATASETS.TEST", "()", "MODEL.DENSE.NUM_CLASSES", "3",
             "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", str(tmp_path)]
     cfg = setup_cfg(argparse.Namespace(config_file=TOY_CONFIG, opts=opts), default_setup_logging=False)
-    with pytest.raises(ValueError, match=r"MODEL\.FCOS\.NUM_CLASSES is 3 but .*'toy_health_k_train' has 2 classes"):
+    with pytest.raises(ValueError, match=r"MODEL\.DENSE\.NUM_CLASSES is 3 but .*'toy_health_k_train' has 2 classes"):
         AnchorFreeTrainer(cfg)
