@@ -35,11 +35,13 @@ def _output_size(size: Tuple[int, int], kernel, stride, padding, dilation) -> Tu
     )
 
 
-def _deform_conv2d(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor,
+def deform_conv2d_fp32(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor,
                    bias: Optional[torch.Tensor], stride, padding, dilation,
                    mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``torchvision.ops.deform_conv2d``, computed in float32 under autocast (AMP) or for
-    float16 / bfloat16 inputs, the result cast back to ``x``'s dtype.
+    float16 / bfloat16 inputs, the result cast back to ``x``'s dtype (shapes and arguments as
+    torchvision's: x [N, C, H, W], offset [N, 2 G k_h k_w, H_out, W_out] in input pixels (dy, dx),
+    weight [C_out, C / groups, k_h, k_w]).
 
     torchvision's CUDA autocast wrapper of ``deform_conv2d`` does the same; its CPU kernel has no
     bfloat16 / float16 version at all ("deformable_im2col not implemented for 'BFloat16'"), and
@@ -142,7 +144,7 @@ class DeformConv(_DeformConvBase):
 
     def forward(self, x: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
         self._check(x, "offset", offset, 2)
-        out = _deform_conv2d(x, offset, self.weight, self.bias, self.stride, self.padding,
+        out = deform_conv2d_fp32(x, offset, self.weight, self.bias, self.stride, self.padding,
                              self.dilation)
         return self._finish(out)
 
@@ -169,6 +171,6 @@ class ModulatedDeformConv(_DeformConvBase):
     def forward(self, x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         self._check(x, "offset", offset, 2)
         self._check(x, "mask", mask, 1)
-        out = _deform_conv2d(x, offset, self.weight, self.bias, self.stride, self.padding,
+        out = deform_conv2d_fp32(x, offset, self.weight, self.bias, self.stride, self.padding,
                              self.dilation, mask=mask)
         return self._finish(out)

@@ -17,7 +17,7 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec, get_norm
 
 from ...layers import Scale
-from ...layers.deform_conv import _deform_conv2d
+from ...layers.deform_conv import deform_conv2d_fp32
 from .base import HEAD_REGISTRY, DenseHead, DenseOutputs
 from .towers import MAX_EXP_INPUT, conv_tower, prior_bias
 
@@ -43,7 +43,7 @@ def deform_sample(maps: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     ``TOODHead.deform_sampling``).
 
     Implemented, as the reference does, as a depthwise deformable convolution with a 1x1 kernel of
-    weight 1 (``torchvision.ops.deform_conv2d`` through ``layers.deform_conv._deform_conv2d``, which
+    weight 1 (``torchvision.ops.deform_conv2d`` through ``layers.deform_conv.deform_conv2d_fp32``, which
     computes in float32 under AMP): it is the reference's operator, so borders behave the same
     (samples outside the map read 0 and are blended bilinearly, as in mmcv/torchvision), offsets are
     taken directly in feature-map pixels (no [-1, 1] normalization as ``grid_sample`` would need),
@@ -64,7 +64,7 @@ def deform_sample(maps: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     if tuple(offsets.shape) != (n, 2 * c, h, w):
         raise ValueError(f"offsets must be {(n, 2 * c, h, w)} for maps {tuple(maps.shape)}, got {tuple(offsets.shape)}")
     weight = maps.new_ones(c, 1, 1, 1)
-    return _deform_conv2d(maps, offsets, weight, None, (1, 1), (0, 0), (1, 1))
+    return deform_conv2d_fp32(maps, offsets, weight, None, (1, 1), (0, 0), (1, 1))
 
 
 class TaskDecomposition(nn.Module):
