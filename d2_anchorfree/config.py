@@ -240,10 +240,23 @@ MOVED_KEYS = {
 }
 
 
+# Sections of the old layout that no longer exist at all: a YAML that sets a key under one is
+# caught by yacs at the section level, so the section is registered too, its message listing
+# where each of its keys went.
+REMOVED_SECTIONS = {"MODEL.FCOS": "MODEL.DENSE", "MODEL.GFL": "MODEL.GFL_HEAD",
+                    "MODEL.VFNET": "MODEL.VFNET_HEAD", "MODEL.DEFCN": "MODEL.MAX_FILTER"}
+
+
 def register_moved_keys(cfg) -> None:
     """Register :data:`MOVED_KEYS` as yacs renamed keys of ``cfg``: merging a YAML file or an
-    option list that sets one raises ``KeyError`` naming the new key."""
+    option list that sets one raises ``KeyError`` naming the new key. A YAML section of the old
+    layout (e.g. ``MODEL: FCOS: NUM_CLASSES: 3``) raises naming the new key of every key of that
+    section (yacs stops at the first unknown level, the section)."""
     for old, new in MOVED_KEYS.items():
         target = new.split(" ")[0]
         note = new[len(target):].strip(" ()") or None
         cfg.register_renamed_key(old, target, message=note)
+    for section, target in REMOVED_SECTIONS.items():
+        moves = "; ".join(f"{old[len(section) + 1:]} -> {new.split(' ')[0]}"
+                          for old, new in MOVED_KEYS.items() if old.startswith(section + "."))
+        cfg.register_renamed_key(section, target, message=f"the keys of {section} moved: {moves}")

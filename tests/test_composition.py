@@ -53,13 +53,15 @@ def test_old_key_of_a_kept_section_in_a_yaml_fails_naming_the_new_key(tmp_path):
         base_cfg().merge_from_file(path)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "library bug (reported): a YAML that sets a key of a removed section (MODEL.FCOS, MODEL.GFL, "
-    "MODEL.VFNET, MODEL.DEFCN) fails with yacs' \"Non-existent config key: MODEL.FCOS\", which names "
-    "neither the old key nor its replacement; only option lists get the MOVED_KEYS message"))
-def test_old_key_of_a_removed_section_in_a_yaml_fails_naming_the_new_key(tmp_path):
-    path = write_yaml(tmp_path, "MODEL:\n  FCOS:\n    NUM_CLASSES: 3\n")
-    with pytest.raises(KeyError, match=r"MODEL\.DENSE\.NUM_CLASSES"):
+@pytest.mark.parametrize("section, key, new", [
+    ("FCOS", "NUM_CLASSES", "MODEL.DENSE.NUM_CLASSES"),
+    ("GFL", "REG_MAX", "MODEL.GFL_HEAD.REG_MAX"),
+    ("VFNET", "ALPHA", "MODEL.VFL.ALPHA"),
+    ("DEFCN", "USE_3DMF", "MODEL.MAX_FILTER.ENABLED"),
+])
+def test_old_key_of_a_removed_section_in_a_yaml_fails_naming_the_new_key(tmp_path, section, key, new):
+    path = write_yaml(tmp_path, f"MODEL:\n  {section}:\n    {key}: 1\n")
+    with pytest.raises(KeyError, match=rf"MODEL\.{section} was renamed.*{key} -> {new.replace('.', '[.]')}"):
         base_cfg().merge_from_file(path)
 
 
