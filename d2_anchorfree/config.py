@@ -51,6 +51,9 @@ def add_anchorfree_config(cfg):
     # Assigner of the first INITIAL_ASSIGNER_ITERS iterations (TOOD: ATSS in the first epochs).
     _C.MODEL.DENSE.INITIAL_ASSIGNER = ""
     _C.MODEL.DENSE.INITIAL_ASSIGNER_ITERS = 0
+    # Loss terms while the initial assigner is used ([] = the preset's, else LOSSES; TOOD: focal
+    # loss on hard labels and the box loss weighted by MODEL.BOX_LOSS.INITIAL_WEIGHTING).
+    _C.MODEL.DENSE.INITIAL_LOSSES = []
     _C.MODEL.DENSE.LOSSES = []  # LOSS_REGISTRY names, e.g. ["FocalLoss", "BoxLoss", "CenternessLoss"]
     # "nms": class-aware NMS at NMS_THRESH_TEST; "topk": NMS-free, the top TEST.DETECTIONS_PER_IMAGE.
     _C.MODEL.DENSE.POSTPROCESS = ""
@@ -91,7 +94,7 @@ def add_anchorfree_config(cfg):
     _C.MODEL.DEFCN_HEAD = CN()  # DeFCN (Wang et al., CVPR 2021): FCOS towers, no centerness
     _C.MODEL.DEFCN_HEAD.NORM_REG_TARGETS = True
     _C.MODEL.TOOD_HEAD = CN()  # TOOD (Feng et al., ICCV 2021)
-    _C.MODEL.TOOD_HEAD.LA_DOWN_RATE = 8  # layer attention: hidden = C * NUM_CONVS // this
+    _C.MODEL.TOOD_HEAD.LA_DOWN_RATE = 8  # layer attention hidden width = C // this (reference: C / 8)
 
     # ---- 3D Max Filtering (DeFCN Sec. 3.3), on any head: a filter branch on the box tower whose
     # sigmoid multiplies the class score
@@ -142,6 +145,9 @@ def add_anchorfree_config(cfg):
     # centerness target), "max_score" (GFL: highest predicted class score), "iou" (VFNet: IoU of
     # the box with its GT), "quality" (TOOD: the assigner's soft target); "" = the preset's.
     _C.MODEL.BOX_LOSS.WEIGHTING = ""
+    # The weighting while the initial assigner is used ("" = the preset's, else WEIGHTING; TOOD:
+    # "centerness", as the reference's warm-up).
+    _C.MODEL.BOX_LOSS.INITIAL_WEIGHTING = ""
     _C.MODEL.INIT_BOX_LOSS = CN()  # VFNet: GIoU on the initial boxes, IoU-weighted
     _C.MODEL.INIT_BOX_LOSS.WEIGHT = 1.5
     _C.MODEL.CENTERNESS_LOSS = CN()  # FCOS: BCE on the centerness targets (Eq. 3)

@@ -252,10 +252,13 @@ def test_atss_configs_train_one_step_and_predict(config_file):
 
 def test_fcos_with_atss_assigner_from_yaml():
     # The paper's "FCOS + ATSS" setting: META_ARCHITECTURE FCOS, MODEL.DENSE.ASSIGNER ATSSAssigner.
-    cfg = load_cfg("configs/FCOS/FCOS_tiny_R_18_cpu.yaml", "MODEL.DENSE.ASSIGNER", "ATSSAssigner",
-                   "MODEL.DENSE.SCORE_THRESH_TEST", 0.0)
+    cfg = load_cfg("configs/compositions/FCOS_ATSS_tiny_R_18_cpu.yaml", "MODEL.DENSE.SCORE_THRESH_TEST", 0.0)
     model, _ = train_step_and_predict(cfg, 1)
     assert type(model).__name__ == "FCOS" and isinstance(model.assigner, ATSSAssigner)
+    # On the FCOS config itself, the FCOS assigner's regress ranges and center-sampling radius
+    # would be silently ignored by ATSS: the build names them instead.
+    with pytest.raises(ValueError, match=r"SIZES_OF_INTEREST.*CENTER_SAMPLING_RADIUS"):
+        build_model(load_cfg("configs/FCOS/FCOS_tiny_R_18_cpu.yaml", "MODEL.DENSE.ASSIGNER", "ATSSAssigner"))
 
 
 def test_atss_preset_composes_with_another_assigner():

@@ -135,3 +135,51 @@ def test_new_composition_trains_and_predicts():
     assert type(model.assigner).__name__ == "POTOAssigner" and model.head.filter is not None
     assert model.test_nms_thresh is None
     assert set(losses) == {"loss_cls", "loss_box", "loss_dfl"}
+
+
+# ----------------------------------------------------------------- key-level reads, phase checks
+GFL_TINY = "configs/GFL/GFL_tiny_R_18_cpu.yaml"
+GFL_AUX = ["MODEL.DENSE.AUX_ASSIGNER", "POTOAuxAssigner"]
+
+
+@pytest.mark.parametrize("config, opts, key", [
+    # only the auxiliary loss uses the focal loss here, and it reads ALPHA / GAMMA, not WEIGHT
+    (GFL_TINY, [*GFL_AUX, "MODEL.FOCAL_LOSS.WEIGHT", 5.0], "MODEL.FOCAL_LOSS.WEIGHT"),
+    # POTOAuxAssigner reads POTO.ALPHA / LEVEL_PRIOR; the spatial prior is POTOAssigner's
+    (GFL_TINY, [*GFL_AUX, "MODEL.POTO.SPATIAL_PRIOR", "inside"], "MODEL.POTO.SPATIAL_PRIOR"),
+    # NMS-free post-processing has no NMS threshold
+    ("configs/DeFCN/DeFCN_tiny_R_18_cpu.yaml", ["MODEL.DENSE.NMS_THRESH_TEST", 0.5], "MODEL.DENSE.NMS_THRESH_TEST"),
+])
+def test_keys_read_by_no_component_fail_at_key_level(config, opts, key):
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        build_model(load_cfg(config, *opts))
+
+
+@pytest.mark.parametrize("losses, message", [
+    (["FocalLoss", "QualityFocalLoss", "BoxLoss"], r"several terms producing \['loss_cls'\]"),
+    (["FocalLoss", "BoxLoss", "BoxLoss"], r"several terms producing \['loss_box'\]"),
+    (["BoxLoss"], r"no term producing \['loss_cls'\]"),
+    (["FocalLoss", "CenternessLoss"], r"no term producing \['loss_box'\]"),
+])
+def test_loss_lists_that_would_drop_or_overwrite_a_loss_fail(losses, message):
+    with pytest.raises(ValueError, match=message):
+        build_model(load_cfg(FCOS_TINY, "MODEL.DENSE.LOSSES", losses))
+
+
+def test_initial_assigner_and_its_iterations_come_together():
+    tood = "configs/TOOD/TOOD_tiny_R_18_cpu.yaml"
+    with pytest.raises(ValueError, match=r"INITIAL_ASSIGNER is 'ATSSAssigner' .*INITIAL_ASSIGNER_ITERS is 0"):
+        build_model(load_cfg(tood, "MODEL.DENSE.INITIAL_ASSIGNER_ITERS", 0))
+    with pytest.raises(ValueError, match=r"the TOOD preset's"):
+        build_model(load_cfg("configs/FCOS/FCOS_tiny_R_18_cpu.yaml", "MODEL.META_ARCHITECTURE", "TOOD",
+                             "MODEL.DENSE.SIZES_OF_INTEREST", [64, 128, 256, 512],
+                             "MODEL.DENSE.CENTER_SAMPLING_RADIUS", 0.0))
+    with pytest.raises(ValueError, match=r"INITIAL_ASSIGNER_ITERS is 10 but there is no initial assigner"):
+        build_model(load_cfg(FCOS_TINY, "MODEL.DENSE.INITIAL_ASSIGNER_ITERS", 10))
+    with pytest.raises(ValueError, match=r"INITIAL_LOSSES"):
+        build_model(load_cfg(FCOS_TINY, "MODEL.DENSE.INITIAL_LOSSES", ["FocalLoss", "BoxLoss"]))
+    # an explicit initial assigner on another preset, with its iterations, is a valid composition
+    model = build_model(load_cfg("configs/ATSS/ATSS_tiny_R_18_cpu.yaml", "MODEL.DENSE.INITIAL_ASSIGNER",
+                                 "FCOSAssigner", "MODEL.DENSE.INITIAL_ASSIGNER_ITERS", 5))
+    assert type(model.initial_assigner).__name__ == "FCOSAssigner"
+    assert model.initial_loss_terms is model.loss_terms

@@ -368,7 +368,10 @@ def _tood_model(initial_iters=2):
     from conftest import load_cfg
     from detectron2.modeling import build_model
 
-    cfg = load_cfg("configs/TOOD/TOOD_tiny_R_18_cpu.yaml", "MODEL.DENSE.INITIAL_ASSIGNER_ITERS", initial_iters)
+    opts = ["MODEL.DENSE.INITIAL_ASSIGNER_ITERS", initial_iters]
+    if initial_iters == 0:
+        opts += ["MODEL.DENSE.INITIAL_ASSIGNER", "none"]
+    cfg = load_cfg("configs/TOOD/TOOD_tiny_R_18_cpu.yaml", *opts)
     torch.manual_seed(0)
     return build_model(cfg)
 
@@ -422,3 +425,87 @@ def test_tood_losses_use_the_assigners_soft_targets():
     assert sum(positives[:2]) * 0.5 >= 1  # both normalizers above their floor of 1
     assert one["loss_box"].item() == pytest.approx(half["loss_box"].item(), rel=1e-6)
     assert one["loss_cls"].item() != pytest.approx(half["loss_cls"].item(), rel=1e-3)
+
+
+def test_qfl_with_the_assigners_target_is_divided_by_the_sum_of_the_targets():
+    """TOOD's classification loss (reference ``loss_by_feat``: cls_avg_factor = sum of the normalized
+    alignment metrics): QFL on P_align with soft targets at the positives, / sum(targets)."""
+    from conftest import loss_terms_on
+    from d2_anchorfree.modeling.heads.tood_head import aligned_scores as align
+
+    model = _tood_model(initial_iters=0)
+    gt = make_instances((64, 64), [[0.0, 0.0, 32.0, 32.0]], [0])
+    shifts = [torch.tensor([[4.0, 4.0], [12.0, 4.0], [40.0, 40.0]])] + [torch.zeros(0, 2)] * 4
+    logits = torch.tensor([[[0.5], [-1.0], [2.0]]])
+    prob = torch.tensor([[[1.0], [0.0], [-0.5]]])
+    ltrb = torch.tensor([[[4.0, 4.0, 20.0, 20.0], [8.0, 4.0, 16.0, 24.0], [5.0, 5.0, 5.0, 5.0]]])
+    quality = torch.tensor([[0.8, 0.6, 0.0]])
+    losses = loss_terms_on(model, shifts, [gt], torch.tensor([[0, 0, -1]]),
+                           {"logits": logits, "prob": prob, "ltrb": ltrb}, quality=quality)
+    p = align(logits, prob)[0, :, 0]  # sqrt(sigmoid(a) sigmoid(b))
+    y = quality[0]
+    qfl = -(y * torch.log(p) + (1 - y) * torch.log(1 - p)) * (y - p).abs() ** 2  # GFL Eq. 5
+    torch.testing.assert_close(losses["loss_cls"], qfl.sum() / 1.4)  # not / 2 positives
+
+
+def test_tood_warm_up_uses_focal_loss_and_centerness_weighted_boxes():
+    """Reference: ``initial_loss_cls`` (focal loss on probabilities, hard labels) and box weights =
+    centerness targets while epoch < initial_epoch."""
+    from d2_anchorfree.modeling.losses.terms import BoxLoss, FocalLoss, QualityFocalLoss
+
+    model = _tood_model(initial_iters=3)
+    warm = [type(t) for t in model.initial_loss_terms]
+    assert warm == [FocalLoss, BoxLoss] and model.initial_loss_terms[1].weighting == "centerness"
+    assert [type(t) for t in model.loss_terms] == [QualityFocalLoss, BoxLoss]
+    assert model.loss_terms[1].weighting == "quality" and model.loss_terms[0].target == "assigner"
+
+
+def test_focal_loss_on_probabilities_equals_the_logit_form():
+    from fvcore.nn import sigmoid_focal_loss
+
+    from d2_anchorfree.modeling.losses import focal_loss_on_probabilities
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(50, 3, generator=g, dtype=torch.float64) * 3
+    labels = torch.randint(0, 4, (50,), generator=g)
+    valid = torch.rand(50, generator=g) > 0.2
+    targets = torch.nn.functional.one_hot(labels, 4)[:, :3].double()
+    for alpha, gamma in ((0.25, 2.0), (-1.0, 0.0), (0.5, 1.5)):
+        want = sigmoid_focal_loss(logits[valid], targets[valid], alpha=alpha, gamma=gamma, reduction="sum")
+        got = focal_loss_on_probabilities(torch.sigmoid(logits), labels, valid, alpha, gamma)
+        torch.testing.assert_close(got, want.float(), rtol=1e-4, atol=1e-4)
+    # saturated probabilities stay finite (log clamped at -100, as binary_cross_entropy)
+    edge = focal_loss_on_probabilities(torch.tensor([[0.0], [1.0]]), torch.tensor([0, 1]),
+                                       torch.tensor([True, True]), 0.25, 2.0)
+    assert torch.isfinite(edge) and edge.item() == pytest.approx(0.25 * 100 + 0.75 * 100)
+
+
+def test_aligned_boxes_are_ordered_so_that_iou_losses_keep_a_gradient():
+    head = _head()
+    conv = head.reg_offset_module[-1]
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.bias.zero_()
+        conv.bias[1] = 3.0  # x0 (coordinate 0) sampled 3 cells to the right: past x1 at init
+    out = head(_features())
+    for ltrb in out["ltrb"]:  # ordered everywhere, borders included
+        assert ((ltrb[:, 0] + ltrb[:, 2]) >= 0).all() and ((ltrb[:, 1] + ltrb[:, 3]) >= 0).all()
+    # Away from the right border's zero padding (x0 sampled 3 of the 8 columns to the right), the
+    # sampled x0 lies right of the point: l < 0, the point is outside its (valid) box.
+    assert (out["ltrb"][0][:, 0, :, :4] < 0).all()
+    from d2_anchorfree.modeling.geometry import ltrb_as_boxes
+    from d2_anchorfree.modeling.losses import iou_loss
+
+    pred = out["ltrb"][0][0, :, 2, 2].reshape(1, 4)
+    target = torch.tensor([[8.0, 8.0, 8.0, 8.0]])
+    loss = iou_loss(ltrb_as_boxes(pred), ltrb_as_boxes(target), "giou")
+    grad, = torch.autograd.grad(loss, conv.bias)
+    assert grad.abs().sum() > 0
+
+
+def test_tood_head_refuses_another_shift_generator():
+    from conftest import load_cfg
+    from detectron2.modeling import build_model
+
+    with pytest.raises(ValueError, match="SHIFT_GENERATOR.NAME"):
+        build_model(load_cfg("configs/TOOD/TOOD_tiny_R_18_cpu.yaml", "MODEL.SHIFT_GENERATOR.NAME", "Other"))

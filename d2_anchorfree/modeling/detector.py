@@ -28,7 +28,7 @@ from .geometry import boxes_to_ltrb, cat_points, ltrb_to_boxes
 from .heads import DenseOutputs, build_head
 from .losses.terms import AuxFocalLoss, build_loss_term
 from .postprocessing import dense_inference
-from .components import check_unused_sections, resolve_components
+from .components import check_unused_keys, resolve_components
 from .shift_generator import build_shift_generator
 from .targets import DenseTargets, check_gt_instances, gather_positive_targets, loss_normalizer
 
@@ -50,6 +50,46 @@ def current_iteration() -> int:
         return 0
 
 
+def check_composition(head, assigner, aux_assigner=None, initial_assigner=None, loss_terms=(),
+                      initial_loss_terms=None) -> None:
+    """Reject compositions that would train the wrong thing silently.
+
+    Raises:
+        ValueError: the head's auxiliary classifier without an auxiliary assigner (or the
+            reverse); a loss term the head cannot feed (``LossTerm.check_head``); a term needing
+            soft targets (``NEEDS_QUALITY``) with an assigner of its phase that gives none; two
+            terms of a phase with the same output name (one would overwrite the other); a phase
+            without a classification ("loss_cls") or a box ("loss_box") term. Each message names
+            the config key to change.
+    """
+    has_aux_branch = getattr(head, "aux_logits", None) is not None
+    if has_aux_branch != (aux_assigner is not None):
+        raise ValueError(
+            f"the head's auxiliary classifier (present: {has_aux_branch}) and the auxiliary "
+            f"assigner (present: {aux_assigner is not None}) must come together (MODEL.DENSE.AUX_ASSIGNER)")
+    phases = [("MODEL.DENSE.LOSSES", loss_terms, assigner)]
+    if initial_assigner is not None:
+        phases.append(("MODEL.DENSE.INITIAL_LOSSES", initial_loss_terms or loss_terms, initial_assigner))
+    for key, terms, phase_assigner in phases:
+        outputs = []
+        for term in terms:
+            term.check_head(head)
+            if term.NEEDS_QUALITY and not getattr(phase_assigner, "PROVIDES_QUALITY", False):
+                raise ValueError(
+                    f"loss term {type(term).__name__} of {key} needs the assigner's soft targets "
+                    f"(MODEL.QFL.TARGET 'assigner' or MODEL.BOX_LOSS.WEIGHTING 'quality'), which "
+                    f"{type(phase_assigner).__name__} does not give")
+            outputs.extend(term.OUTPUTS)
+        repeated = sorted({o for o in outputs if outputs.count(o) > 1})
+        if repeated:
+            raise ValueError(f"{key} has several terms producing {repeated}: "
+                             f"{[type(t).__name__ for t in terms]}; keep one of each")
+        missing = [o for o in ("loss_cls", "loss_box") if o not in outputs]
+        if missing:
+            raise ValueError(f"{key} {[type(t).__name__ for t in terms]} has no term producing {missing}: "
+                             "a detector needs a classification and a box loss")
+
+
 class AnchorFreeDetector(DenseDetector):
     """A dense anchor-free detector composed of registered parts.
 
@@ -67,6 +107,7 @@ class AnchorFreeDetector(DenseDetector):
     def __init__(self, *, backbone, head, head_in_features, shift_generator, assigner, loss_terms,
                  num_classes: int, pixel_mean, pixel_std, input_format: str = "BGR",
                  aux_assigner=None, initial_assigner=None, initial_assigner_iters: int = 0,
+                 initial_loss_terms=None,
                  test_score_thresh: float = 0.05, test_topk_candidates: int = 1000,
                  test_nms_thresh: Optional[float] = 0.6, max_detections_per_image: int = 100):
         """
@@ -82,7 +123,9 @@ class AnchorFreeDetector(DenseDetector):
             input_format: "BGR" or "RGB" (``INPUT.FORMAT``).
             aux_assigner: one-to-many assigner of the head's auxiliary classifier, or None.
             initial_assigner, initial_assigner_iters: assigner of the first iterations (TOOD's
-                ATSS warm-up), or None.
+                ATSS warm-up), or None. The iteration is detectron2's (``EventStorage.iter``, set
+                by the trainer before every step, so resuming keeps the phase); 0 outside a trainer.
+            initial_loss_terms: the loss terms of those iterations, or None: ``loss_terms``.
             test_score_thresh: in [0, 1), candidate score threshold (``MODEL.DENSE.SCORE_THRESH_TEST``;
                 the head's scoring rule says which score it applies to).
             test_topk_candidates: >= 1, candidates kept per level (``MODEL.DENSE.TOPK_CANDIDATES_TEST``).
@@ -91,9 +134,8 @@ class AnchorFreeDetector(DenseDetector):
             max_detections_per_image: >= 1 (``TEST.DETECTIONS_PER_IMAGE``).
 
         Raises:
-            ValueError: a test-time setting outside its range, an auxiliary assigner without the
-                head's auxiliary classifier (or the reverse), a loss term the head cannot feed or
-                that needs soft targets the assigner does not give; naming the config key.
+            ValueError: a test-time setting outside its range, or a composition that
+                :func:`check_composition` rejects; naming the config key.
         """
         super().__init__(backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std)
         if test_topk_candidates < 1:
@@ -104,25 +146,14 @@ class AnchorFreeDetector(DenseDetector):
             raise ValueError(f"MODEL.DENSE.NMS_THRESH_TEST must be in (0, 1], got {test_nms_thresh}")
         if max_detections_per_image < 1:
             raise ValueError(f"TEST.DETECTIONS_PER_IMAGE must be >= 1, got {max_detections_per_image}")
-        has_aux_branch = getattr(head, "aux_logits", None) is not None
-        if has_aux_branch != (aux_assigner is not None):
-            raise ValueError(
-                f"the head's auxiliary classifier (present: {has_aux_branch}) and the auxiliary "
-                f"assigner (present: {aux_assigner is not None}) must come together (MODEL.DENSE.AUX_ASSIGNER)")
-        for term in loss_terms:
-            term.check_head(head)
-            for a in (assigner, initial_assigner):
-                if term.NEEDS_QUALITY and a is not None and not getattr(a, "PROVIDES_QUALITY", False):
-                    raise ValueError(
-                        f"loss term {type(term).__name__} needs the assigner's soft targets "
-                        f"(MODEL.QFL.TARGET 'assigner' or MODEL.BOX_LOSS.WEIGHTING 'quality'), which "
-                        f"{type(a).__name__} does not give")
+        check_composition(head, assigner, aux_assigner, initial_assigner, loss_terms, initial_loss_terms)
         self.shift_generator = shift_generator
         self.assigner = assigner
         self.aux_assigner = aux_assigner
         self.initial_assigner = initial_assigner
         self.initial_assigner_iters = int(initial_assigner_iters)
         self.loss_terms = list(loss_terms)
+        self.initial_loss_terms = list(initial_loss_terms) if initial_loss_terms else self.loss_terms
         self.num_classes = num_classes
         self.input_format = input_format
         self.test_score_thresh = test_score_thresh
@@ -136,8 +167,9 @@ class AnchorFreeDetector(DenseDetector):
 
         Raises:
             ValueError: a feature of ``MODEL.DENSE.IN_FEATURES`` that the backbone does not
-                produce, a missing component choice, or a key of a component the detector does
-                not use (``presets.check_unused_sections``).
+                produce, a missing component choice, a composition that :func:`check_composition`
+                rejects, or a key that no component of the detector reads
+                (``components.check_unused_keys``).
             KeyError: a component name that is not registered.
         """
         parts = resolve_components(cfg, cls.PRESET, cfg.MODEL.META_ARCHITECTURE)
@@ -155,9 +187,16 @@ class AnchorFreeDetector(DenseDetector):
         aux_assigner = build_assigner(parts.aux_assigner, cfg, strides) if parts.aux_assigner else None
         initial = build_assigner(parts.initial_assigner, cfg, strides) if parts.initial_assigner else None
         terms = [build_loss_term(cfg, name, parts) for name in parts.losses]
+        initial_terms = None
+        if initial is not None and parts.initial_losses is not None:
+            initial_terms = [build_loss_term(cfg, name, parts, initial=True) for name in parts.initial_losses]
         if aux_assigner is not None:
             terms.append(AuxFocalLoss(cfg))
-        check_unused_sections(cfg, [head, assigner, aux_assigner, initial, *terms])
+            if initial_terms is not None:
+                initial_terms.append(AuxFocalLoss(cfg))
+        check_composition(head, assigner, aux_assigner, initial, terms, initial_terms)
+        check_unused_keys(cfg, [head, assigner, aux_assigner, initial, *terms, *(initial_terms or [])],
+                          parts.postprocess)
         return {
             "backbone": backbone,
             "head": head,
@@ -168,6 +207,7 @@ class AnchorFreeDetector(DenseDetector):
             "initial_assigner": initial,
             "initial_assigner_iters": d.INITIAL_ASSIGNER_ITERS,
             "loss_terms": terms,
+            "initial_loss_terms": initial_terms,
             "num_classes": d.NUM_CLASSES,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
@@ -203,8 +243,14 @@ class AnchorFreeDetector(DenseDetector):
             return matched, torch.stack([r.quality for r in results])
         return matched, None
 
+    @property
+    def in_initial_phase(self) -> bool:
+        """Whether this training step uses the initial assigner and loss terms (the trainer's
+        iteration is below ``initial_assigner_iters``)."""
+        return self.initial_assigner is not None and current_iteration() < self.initial_assigner_iters
+
     def build_targets(self, shifts: List[torch.Tensor], points: torch.Tensor, point_strides: torch.Tensor,
-                      gt_instances: List[Instances], out: DenseOutputs) -> DenseTargets:
+                      gt_instances: List[Instances], out: DenseOutputs, assigner=None) -> DenseTargets:
         """Assign every image (main and auxiliary assigner) from the detached predictions and
         gather the batch's targets.
 
@@ -212,14 +258,13 @@ class AnchorFreeDetector(DenseDetector):
             shifts: per level [R_l, 2] pixels; points [R, 2] and point_strides [R] (pixels), the
                 same points concatenated (``geometry.cat_points``). gt_instances: N ``Instances``.
             out: the head's outputs with ``scores`` set.
+            assigner: the assigner of this step (default: ``self.assigner``).
         """
         with torch.no_grad():
             scores = out.scores.detach()
             pred_scores = scores if out.scores_activated else torch.sigmoid(scores)
             pred_boxes = ltrb_to_boxes(points, out.ltrb.detach())
-        assigner = self.assigner
-        if self.initial_assigner is not None and current_iteration() < self.initial_assigner_iters:
-            assigner = self.initial_assigner
+        assigner = self.assigner if assigner is None else assigner
         matched, quality = self.assign(assigner, shifts, gt_instances, pred_scores, pred_boxes)
         main = gather_positive_targets(gt_instances, matched, self.num_classes)
         gt_ltrb = boxes_to_ltrb(points[main.pos_point], main.gt_boxes)  # [P, 4] pixels
@@ -256,9 +301,11 @@ class AnchorFreeDetector(DenseDetector):
         points, point_strides = cat_points(shifts, self.strides)
         out = self.head.flatten(predictions, point_strides)
         out = out._replace(scores=self.head.cls_scores(out), scores_activated=self.head.cls_scores_activated)
-        targets = self.build_targets(shifts, points, point_strides, gt_instances, out)
+        initial = self.in_initial_phase
+        targets = self.build_targets(shifts, points, point_strides, gt_instances, out,
+                                     self.initial_assigner if initial else self.assigner)
         losses: Dict[str, torch.Tensor] = {}
-        for term in self.loss_terms:
+        for term in (self.initial_loss_terms if initial else self.loss_terms):
             losses.update(term(out, targets))
         return losses
 

@@ -1,9 +1,10 @@
 """The named detectors as presets of :class:`~d2_anchorfree.modeling.detector.AnchorFreeDetector`.
 
-A preset only chooses components: it fills the ``MODEL.DENSE`` choices (HEAD, ASSIGNER,
-AUX_ASSIGNER, INITIAL_ASSIGNER, LOSSES, POSTPROCESS) and ``MODEL.BOX_LOSS.WEIGHTING`` that the
-config leaves empty; every number comes from the config (``configs/<Detector>/`` hold each paper's
-values). ``META_ARCHITECTURE: "AnchorFreeDetector"`` is the bare detector: every choice from the
+A preset chooses components: it fills the ``MODEL.DENSE`` choices (HEAD, ASSIGNER, AUX_ASSIGNER,
+INITIAL_ASSIGNER, LOSSES, INITIAL_LOSSES, POSTPROCESS) and the few keys whose paper values differ
+between detectors for a shared loss term (``MODEL.BOX_LOSS`` TYPE / WEIGHT / WEIGHTING /
+INITIAL_WEIGHTING, ``MODEL.QFL.TARGET``) where the config leaves them empty; every other number
+comes from the config (``configs/<Detector>/`` hold each paper's values). ``META_ARCHITECTURE: "AnchorFreeDetector"`` is the bare detector: every choice from the
 config.
 So "FCOS with POTO" is ``META_ARCHITECTURE: "FCOS"`` plus ``MODEL.DENSE.ASSIGNER: "POTOAssigner"``.
 """
@@ -36,10 +37,12 @@ PRESETS = {
     "DeFCN": {"HEAD": "DeFCNHead", "ASSIGNER": "POTOAssigner", "AUX_ASSIGNER": "POTOAuxAssigner",
               "LOSSES": ["FocalLoss", "BoxLoss"], "BOX_LOSS_TYPE": "giou", "BOX_LOSS_WEIGHT": 2.0,
               "BOX_WEIGHTING": "none", "POSTPROCESS": "topk"},
-    # Feng et al., ICCV 2021: TAL assignment (ATSS for the first MODEL.DENSE.INITIAL_ASSIGNER_ITERS),
-    # QFL on the normalized alignment metric + GIoU weighted by it.
+    # Feng et al., ICCV 2021: TAL assignment, QFL on the normalized alignment metric + GIoU weighted
+    # by it; for the first MODEL.DENSE.INITIAL_ASSIGNER_ITERS ATSS, focal loss and GIoU weighted by
+    # the centerness targets (the reference's initial_epoch / initial_loss_cls).
     "TOOD": {"HEAD": "TOODHead", "ASSIGNER": "TaskAlignedAssigner", "INITIAL_ASSIGNER": "ATSSAssigner",
-             "LOSSES": ["QualityFocalLoss", "BoxLoss"], "BOX_LOSS_TYPE": "giou", "BOX_LOSS_WEIGHT": 2.0,
+             "LOSSES": ["QualityFocalLoss", "BoxLoss"], "INITIAL_LOSSES": ["FocalLoss", "BoxLoss"],
+             "INITIAL_BOX_WEIGHTING": "centerness", "BOX_LOSS_TYPE": "giou", "BOX_LOSS_WEIGHT": 2.0,
              "BOX_WEIGHTING": "quality", "QFL_TARGET": "assigner", "POSTPROCESS": "nms"},
 }
 

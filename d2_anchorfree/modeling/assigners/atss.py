@@ -138,7 +138,7 @@ class ATSSAssigner:
     ([chunk x topk*L]).
     """
 
-    CONFIG_SECTIONS = ("ATSS",)
+    CONFIG_KEYS = ("ATSS.*",)
     PROVIDES_QUALITY = True  # AssignResult.quality: the anchor IoU of each positive
 
     @configurable

@@ -34,7 +34,7 @@ class FCOSAssigner:
     ``chunk_elements`` elements; the result is identical to the unchunked computation.
     """
 
-    CONFIG_SECTIONS = ()  # MODEL.DENSE.SIZES_OF_INTEREST / CENTER_SAMPLING_RADIUS / ASSIGN_CHUNK_ELEMENTS
+    CONFIG_KEYS = ("DENSE.SIZES_OF_INTEREST", "DENSE.CENTER_SAMPLING_RADIUS")
 
     @configurable
     def __init__(self, *, strides: List[int], sizes_of_interest: List[float],

@@ -245,6 +245,9 @@ class PriorConfig:
         self.radius = float(radius)
         self.level_prior = level_prior
         self.chunk_elements = int(chunk_elements)
+        #: the MODEL.DENSE keys these settings read
+        self.dense_keys = ((("DENSE.CENTER_SAMPLING_RADIUS",) if spatial_prior == "center" else ())
+                           + (("DENSE.SIZES_OF_INTEREST",) if level_prior == "fcos" else ()))
 
     def mask(self, shifts: List[torch.Tensor], gt_boxes: torch.Tensor) -> torch.Tensor:
         """:func:`prior_mask` of every level, concatenated.
@@ -281,7 +284,6 @@ class POTOAssigner:
     IGNORE, and crowd GTs are never matched. No GT -> all BACKGROUND.
     """
 
-    CONFIG_SECTIONS = ("POTO",)
 
     @configurable
     def __init__(self, *, strides: List[int], sizes_of_interest: List[float], alpha: float = 0.8,
@@ -303,6 +305,8 @@ class POTOAssigner:
         self.alpha = check_alpha(alpha)
         self.prior = PriorConfig(strides, sizes_of_interest, spatial_prior, center_sampling_radius,
                                  level_prior, chunk_elements)
+        # config keys read with these settings (``components.check_unused_keys``)
+        self.config_keys = ("POTO.*",) + self.prior.dense_keys
 
     @classmethod
     def from_config(cls, cfg, strides):

@@ -54,7 +54,6 @@ class POTOAuxAssigner:
     Memory: [points x GT-chunk] tensors, bounded by ``chunk_elements``.
     """
 
-    CONFIG_SECTIONS = ("POTO", "POTO_AUX")
 
     @configurable
     def __init__(self, *, strides: List[int], sizes_of_interest: List[float], alpha: float = 0.8,
@@ -74,6 +73,8 @@ class POTOAuxAssigner:
         self.topk = int(topk)
         # the spatial prior of this assignment is always the GT box
         self.prior = PriorConfig(strides, sizes_of_interest, "inside", 0.0, level_prior, chunk_elements)
+        # config keys read with these settings (``components.check_unused_keys``)
+        self.config_keys = ("POTO.ALPHA", "POTO.LEVEL_PRIOR", "POTO_AUX.*") + self.prior.dense_keys
 
     @classmethod
     def from_config(cls, cfg, strides):

@@ -111,7 +111,7 @@ class TaskAlignedAssigner:
     identical (bit for bit) to the unchunked computation.
     """
 
-    CONFIG_SECTIONS = ("TAL",)
+    CONFIG_KEYS = ("TAL.*",)
     PROVIDES_QUALITY = True
 
     @configurable

@@ -90,8 +90,9 @@ class DenseHead(nn.Module):
         computed in training only (supervised one-to-many, discarded at inference).
     """
 
-    #: config sections (under MODEL) this head reads besides MODEL.DENSE
-    CONFIG_SECTIONS: Tuple[str, ...] = ()
+    #: config keys (under MODEL, "SECTION.KEY" or "SECTION.*") this head reads besides the shared
+    #: MODEL.DENSE ones (see ``components.check_unused_keys``)
+    CONFIG_KEYS: Tuple[str, ...] = ()
     #: names of the head's own extra outputs (besides "logits" and "ltrb")
     EXTRAS: Tuple[str, ...] = ()
 

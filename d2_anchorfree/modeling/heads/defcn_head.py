@@ -26,7 +26,7 @@ class DeFCNHead(DenseHead):
       sigmoid(cls) without 3DMF.
     """
 
-    CONFIG_SECTIONS = ("DEFCN_HEAD",)
+    CONFIG_KEYS = ("DEFCN_HEAD.*",)
 
     @configurable
     def __init__(self, *, input_shape: List[ShapeSpec], num_classes: int, num_convs: int = 4,

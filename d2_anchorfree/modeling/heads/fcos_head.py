@@ -27,7 +27,7 @@ class FCOSHead(DenseHead):
     (p_cls * sigmoid(centerness)) ** ``score_exponent``.
     """
 
-    CONFIG_SECTIONS = ("FCOS_HEAD",)
+    CONFIG_KEYS = ("FCOS_HEAD.*",)
     EXTRAS = ("centerness",)
 
     @configurable

@@ -151,8 +151,10 @@ class TOODHead(DenseHead):
       * ``"ltrb"``: [N, 4, H, W] float32, pixels: (x - x0, y - y0, x1 - x, y1 - y) of the aligned
         box around the cell's point (x, y). Because each side is sampled elsewhere, the aligned box
         need not contain its point, so entries **may be negative** (decode with x0 = x - l etc.,
-        which stays correct; IoU losses on these boxes are fine, "positive distance" assumptions
-        are not). With zero offsets ltrb = d * s.
+        which stays correct; "positive distance" assumptions do not hold); its coordinates are
+        ordered (min / max of the two sampled x and y), so l + r >= 0 and t + b >= 0 and IoU
+        losses keep their gradient (the reference leaves inverted boxes to an IoU loss without
+        area clamping). With zero offsets ltrb = d * s.
 
     Init (reference): inter convs normal std 0.01; ``tood_cls`` std 0.01, bias prior_bias;
     ``tood_reg`` std 0.01, bias 0; ``cls_prob_module`` std 0.01, last bias prior_bias;
@@ -163,7 +165,7 @@ class TOODHead(DenseHead):
     trained with the Quality Focal Loss; 3DMF and the auxiliary classifier attach as on any head.
     """
 
-    CONFIG_SECTIONS = ("TOOD_HEAD",)
+    CONFIG_KEYS = ("TOOD_HEAD.*",)
     EXTRAS = ("prob",)
 
     @configurable
@@ -226,6 +228,11 @@ class TOODHead(DenseHead):
 
     @classmethod
     def from_config(cls, cfg, input_shape: List[ShapeSpec]):
+        """Raises ValueError unless the detector's points come from ``ShiftGenerator`` (the head
+        rebuilds its grid with ``MODEL.SHIFT_GENERATOR.OFFSET``)."""
+        if cfg.MODEL.SHIFT_GENERATOR.NAME != "ShiftGenerator":
+            raise ValueError(f"TOODHead builds the ShiftGenerator's point grid itself; "
+                             f"MODEL.SHIFT_GENERATOR.NAME {cfg.MODEL.SHIFT_GENERATOR.NAME!r} is not supported")
         return {**cls.base_config(cfg, input_shape), "la_down_rate": cfg.MODEL.TOOD_HEAD.LA_DOWN_RATE,
                 "point_offset": cfg.MODEL.SHIFT_GENERATOR.OFFSET}
 
@@ -260,6 +267,12 @@ class TOODHead(DenseHead):
         grid = self.point_grid(h, w, inter_feat.device)[None]  # [1, 2, H, W]
         box = torch.cat([grid - dist[:, :2], grid + dist[:, 2:]], dim=1)  # (x0, y0, x1, y1)
         aligned = deform_sample(box, self.reg_offset_module(inter_feat).float())
+        # Each coordinate is sampled elsewhere, so x0 > x1 (or y0 > y1) can happen; order them so
+        # that the box is valid (l + r >= 0, t + b >= 0) and IoU losses keep a gradient (an
+        # inverted box has zero clamped area and no IoU gradient).
+        lo = torch.min(aligned[:, :2], aligned[:, 2:])
+        hi = torch.max(aligned[:, :2], aligned[:, 2:])
+        aligned = torch.cat([lo, hi], dim=1)
         return {
             "logits": self.tood_cls(feats["cls"]),
             "prob": self.cls_prob_module(inter_feat),

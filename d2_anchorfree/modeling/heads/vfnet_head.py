@@ -101,7 +101,7 @@ class VFNetHead(DenseHead):
     centerness). With 3DMF the filter branch reads the box tower, before the star convolution.
     """
 
-    CONFIG_SECTIONS = ("VFNET_HEAD",)
+    CONFIG_KEYS = ("VFNET_HEAD.*",)
     EXTRAS = ("ltrb_init",)
 
 

@@ -52,10 +52,51 @@ def focal_loss_with_labels(
         ValueError: a label outside [0, K], naming the first offending value.
     """
     logits = logits.float()
-    num_classes = logits.shape[1]
+    targets = one_hot_targets(labels, logits.shape[1]).to(logits.dtype)
+    return sigmoid_focal_loss(logits[valid], targets[valid], alpha=alpha, gamma=gamma, reduction="sum")
+
+
+def one_hot_targets(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """[R] labels in [0, K] (K = background) -> [R, K] one-hot long targets (background: zeros).
+
+    Raises:
+        ValueError: a label outside [0, K], naming the first offending value.
+    """
     bad = (labels < 0) | (labels > num_classes)
     if bad.any():
         first = labels[bad][0].item()
         raise ValueError(f"focal loss labels must be in [0, K={num_classes}] (K = background), got {first}")
-    targets = F.one_hot(labels, num_classes + 1)[:, :num_classes].to(logits.dtype)
-    return sigmoid_focal_loss(logits[valid], targets[valid], alpha=alpha, gamma=gamma, reduction="sum")
+    return F.one_hot(labels, num_classes + 1)[:, :num_classes]
+
+
+def focal_loss_on_probabilities(
+    probs: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, alpha: float, gamma: float
+) -> torch.Tensor:
+    """Summed focal loss (Lin et al., ICCV 2017, Eq. 5) over valid locations, for heads whose
+    classification scores are already probabilities (TOOD's P_align, GFLv2's quality-weighted
+    score): FL = -alpha_t (1 - p_t)^gamma log(p_t), with p_t = p for the label's class and 1 - p
+    otherwise (MMDetection's ``py_focal_loss_with_prob``, which TOOD's warm-up loss
+    ``initial_loss_cls`` uses).
+
+    Args:
+        probs: [R, K] probabilities in [0, 1]. labels: [R] long in [0, K] (K = background).
+        valid: [R] bool (False: ignored). alpha: weight of positives in [0, 1], < 0 disables.
+        gamma: focusing exponent >= 0.
+
+    Returns:
+        Tensor: scalar float32 sum (the caller normalizes). log(p) and log(1 - p) are clamped at
+        -100, as ``torch.nn.functional.binary_cross_entropy`` does, so p in {0, 1} stays finite.
+
+    Raises:
+        ValueError: a label outside [0, K] (see :func:`one_hot_targets`).
+    """
+    probs = probs.float()
+    targets = one_hot_targets(labels, probs.shape[1]).to(probs.dtype)
+    p, t = probs[valid], targets[valid]
+    log_p = torch.log(p).clamp(min=-100.0)
+    log_not_p = torch.log1p(-p).clamp(min=-100.0)
+    p_t = p * t + (1 - p) * (1 - t)
+    loss = -(t * log_p + (1 - t) * log_not_p) * (1 - p_t) ** gamma
+    if alpha >= 0:
+        loss = loss * (alpha * t + (1 - alpha) * (1 - t))
+    return loss.sum()

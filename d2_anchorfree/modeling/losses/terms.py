@@ -20,7 +20,7 @@ from ..assigners.fcos import centerness_targets
 from ..geometry import ltrb_as_boxes, paired_iou
 from ..targets import DenseTargets, gather_positive_targets, loss_normalizer  # noqa: F401
 from .distribution_focal import distribution_focal_loss
-from .focal import check_focal_parameters, focal_loss_with_labels
+from .focal import check_focal_parameters, focal_loss_on_probabilities, focal_loss_with_labels
 from .iou import check_iou_loss_type, iou_loss
 from .quality_focal import quality_focal_loss
 from .varifocal import varifocal_loss
@@ -40,13 +40,15 @@ BOX_WEIGHTINGS = ("none", "centerness", "max_score", "iou", "quality")
 class LossTerm:
     """Base of the loss terms.
 
-    Class attributes: ``CONFIG_SECTIONS`` (config sections under MODEL it reads),
+    Class attributes: ``CONFIG_KEYS`` (config keys under MODEL it reads, "SECTION.KEY" or
+    "SECTION.*"), ``OUTPUTS`` (the names of the losses it returns),
     ``REQUIRED_EXTRAS`` (head outputs it needs, e.g. "centerness"), ``NEEDS_LOGITS`` (it trains
     logits, so the head's classification scores must not be probabilities), ``NEEDS_QUALITY``
     (it needs the assigner's soft targets).
     """
 
-    CONFIG_SECTIONS: Tuple[str, ...] = ()
+    CONFIG_KEYS: Tuple[str, ...] = ()
+    OUTPUTS: Tuple[str, ...] = ()
     REQUIRED_EXTRAS: Tuple[str, ...] = ()
     NEEDS_LOGITS = False
     NEEDS_QUALITY = False
@@ -112,10 +114,12 @@ def soft_class_targets(scores: torch.Tensor, targets: DenseTargets, values: torc
 @LOSS_REGISTRY.register()
 class FocalLoss(LossTerm):
     """Sigmoid focal loss (Lin et al., ICCV 2017, Eq. 5) on the hard labels of the assigner
-    (FCOS, ATSS, DeFCN), IGNORE left out, divided by the positives. Output "loss_cls"."""
+    (FCOS, ATSS, DeFCN; TOOD's warm-up), IGNORE left out, divided by the positives. On logits, or
+    on the probabilities of heads whose scores are activated (:func:`focal_loss_on_probabilities`).
+    Output "loss_cls"."""
 
-    CONFIG_SECTIONS = ("FOCAL_LOSS",)
-    NEEDS_LOGITS = True
+    CONFIG_KEYS = ("FOCAL_LOSS.*",)
+    OUTPUTS = ("loss_cls",)
 
     @configurable
     def __init__(self, *, alpha: float = 0.25, gamma: float = 2.0, weight: float = 1.0):
@@ -133,8 +137,9 @@ class FocalLoss(LossTerm):
 
     def __call__(self, out, targets: DenseTargets) -> Dict[str, torch.Tensor]:
         t = targets.main
-        loss = focal_loss_with_labels(out.scores.flatten(0, 1), t.labels.flatten(), t.valid.flatten(),
-                                      self.alpha, self.gamma) / targets.num_pos
+        focal = focal_loss_on_probabilities if out.scores_activated else focal_loss_with_labels
+        loss = focal(out.scores.flatten(0, 1), t.labels.flatten(), t.valid.flatten(),
+                     self.alpha, self.gamma) / targets.num_pos
         return {"loss_cls": self.weight * loss}
 
 
@@ -144,9 +149,12 @@ class QualityFocalLoss(LossTerm):
     each positive, 0 elsewhere, IGNORE left out, divided by the positives. The target is the IoU
     of the (detached) predicted box with its GT ("iou", GFL) or the assigner's soft target
     ("assigner", TOOD's normalized alignment metric). Trains logits or, for heads whose scores are
-    probabilities (DGQP, TOOD), the probabilities. Output "loss_cls"."""
+    probabilities (DGQP, TOOD), the probabilities. Normalizer: the positives (GFL, ``GFLHead.loss``)
+    or, with the assigner's target, the sum of the targets (TOOD, ``loss_by_feat``:
+    ``cls_avg_factor`` = sum of the normalized alignment metrics), floor 1. Output "loss_cls"."""
 
-    CONFIG_SECTIONS = ("QFL",)
+    CONFIG_KEYS = ("QFL.*",)
+    OUTPUTS = ("loss_cls",)
 
     @configurable
     def __init__(self, *, beta: float = 2.0, target: str = "iou", weight: float = 1.0):
@@ -173,7 +181,8 @@ class QualityFocalLoss(LossTerm):
             values = targets.quality[t.pos]
         soft = soft_class_targets(out.scores, targets, values)
         loss = quality_focal_loss(out.scores[t.valid], soft[t.valid], self.beta, out.scores_activated)
-        return {"loss_cls": self.weight * (loss / targets.num_pos)}
+        norm = targets.num_pos if self.target == "iou" else loss_normalizer(values.sum(), 1.0)
+        return {"loss_cls": self.weight * (loss / norm)}
 
 
 @LOSS_REGISTRY.register()
@@ -183,7 +192,8 @@ class VarifocalLoss(LossTerm):
     at the GT class of positives, 0 elsewhere; IGNORE left out; divided by the positives.
     Output "loss_cls"."""
 
-    CONFIG_SECTIONS = ("VFL",)
+    CONFIG_KEYS = ("VFL.*",)
+    OUTPUTS = ("loss_cls",)
     NEEDS_LOGITS = True
 
     @configurable
@@ -217,7 +227,8 @@ class BoxLoss(LossTerm):
     ltrb and the GT ltrb of every positive, weighted and normalized per :func:`box_weights`.
     Output "loss_box"."""
 
-    CONFIG_SECTIONS = ("BOX_LOSS",)
+    CONFIG_KEYS = ("BOX_LOSS.*",)
+    OUTPUTS = ("loss_box",)
 
     @configurable
     def __init__(self, *, loss_type: str = "giou", weighting: str = "none", weight: float = 1.0):
@@ -249,7 +260,8 @@ class InitBoxLoss(LossTerm):
     detached IoU of its initial box with the GT (>= 1e-6), divided by their sum (VFNet authors'
     code). Output "loss_box_init"."""
 
-    CONFIG_SECTIONS = ("INIT_BOX_LOSS",)
+    CONFIG_KEYS = ("INIT_BOX_LOSS.*",)
+    OUTPUTS = ("loss_box_init",)
     REQUIRED_EXTRAS = ("ltrb_init",)
 
     @configurable
@@ -273,7 +285,8 @@ class CenternessLoss(LossTerm):
     """FCOS centerness: binary cross-entropy between the "centerness" logits of positives and
     their centerness targets (Eq. 3), divided by the positives. Output "loss_ctr"."""
 
-    CONFIG_SECTIONS = ("CENTERNESS_LOSS",)
+    CONFIG_KEYS = ("CENTERNESS_LOSS.*",)
+    OUTPUTS = ("loss_ctr",)
     REQUIRED_EXTRAS = ("centerness",)
 
     @configurable
@@ -298,7 +311,8 @@ class DistributionFocalLoss(LossTerm):
     four sides, weighted and normalized like the box loss (``MODEL.BOX_LOSS.WEIGHTING``; GFL:
     "max_score"). Output "loss_dfl"."""
 
-    CONFIG_SECTIONS = ("DFL", "BOX_LOSS")
+    CONFIG_KEYS = ("DFL.*", "BOX_LOSS.WEIGHTING")
+    OUTPUTS = ("loss_dfl",)
     REQUIRED_EXTRAS = ("box_logits",)
 
     @configurable
@@ -331,7 +345,8 @@ class AuxFocalLoss(LossTerm):
     assigner, divided by its own positives. Added by the detector whenever
     ``MODEL.DENSE.AUX_ASSIGNER`` names one. Output "loss_aux"."""
 
-    CONFIG_SECTIONS = ("AUX_LOSS", "FOCAL_LOSS")
+    CONFIG_KEYS = ("AUX_LOSS.*", "FOCAL_LOSS.ALPHA", "FOCAL_LOSS.GAMMA")
+    OUTPUTS = ("loss_aux",)
     REQUIRED_EXTRAS = ("aux_logits",)
 
     @configurable
@@ -352,19 +367,21 @@ class AuxFocalLoss(LossTerm):
         return {"loss_aux": self.weight * loss}
 
 
-def build_loss_term(cfg, name: str, parts) -> LossTerm:
+def build_loss_term(cfg, name: str, parts, initial: bool = False) -> LossTerm:
     """Build the loss term registered as ``name``; ``parts`` (``components.Components``) holds
     the resolved ``MODEL.BOX_LOSS`` keys for the box loss and for the terms that weight positives
-    like it (DFL).
+    like it (DFL), and the QFL target; ``initial``: a term of the initial-assigner phase (its box
+    weighting is ``parts.initial_box_weighting``).
 
     Raises:
         KeyError: no term registered under ``name`` (the message lists the known ones).
     """
     cls = LOSS_REGISTRY.get(name)
+    weighting = parts.initial_box_weighting if initial else parts.box_weighting
     if cls is BoxLoss:
-        return cls(cfg, loss_type=parts.box_type, weighting=parts.box_weighting, weight=parts.box_weight)
+        return cls(cfg, loss_type=parts.box_type, weighting=weighting, weight=parts.box_weight)
     if cls is DistributionFocalLoss:
-        return cls(cfg, weighting=parts.box_weighting)
+        return cls(cfg, weighting=weighting)
     if cls is QualityFocalLoss:
         return cls(cfg, target=parts.qfl_target)
     return cls(cfg)
