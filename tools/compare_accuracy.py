@@ -14,7 +14,7 @@ detections per image).
 Models (``--only``): FCOS, ATSS, GFL, VFNet, DeFCN (NMS-free), DeFCN+NMS (the DeFCN weights
 evaluated with class-aware NMS at ``MODEL.DENSE.NMS_THRESH_TEST``: NMS only changes inference, so
 this is an ``--eval-only`` run of the DeFCN checkpoint; DeFCN is trained first if needed), TOOD,
-the YAML-only compositions of configs/compositions/ (FCOS+ATSS, FCOS+POTO, NMS-free
+the YAML-only compositions of configs/compositions/ (FCOS+ATSS, and the NMS-free FCOS+POTO,
 GFL+POTO+3DMF+Aux and VFNet+POTO+3DMF+Aux, each also evaluated with NMS: "+NMS") and RetinaNet
 (detectron2's, configs/tiny/RetinaNet_tiny_R_18_cpu.yaml).
 
@@ -61,6 +61,8 @@ RUNS = {
     # Compositions from YAML alone (configs/compositions/)
     "FCOS+ATSS": ("configs/compositions/FCOS_ATSS_tiny_R_18_cpu.yaml", [], None),
     "FCOS+POTO": ("configs/compositions/FCOS_POTO_tiny_R_18_cpu.yaml", [], None),
+    "FCOS+POTO+NMS": ("configs/compositions/FCOS_POTO_tiny_R_18_cpu.yaml", ["MODEL.DENSE.POSTPROCESS", "nms"],
+                      "FCOS+POTO"),
     "GFL+POTO+3DMF+Aux": ("configs/compositions/GFL_POTO_3DMF_Aux_tiny_R_18_cpu.yaml", [], None),
     "GFL+POTO+3DMF+Aux+NMS": ("configs/compositions/GFL_POTO_3DMF_Aux_tiny_R_18_cpu.yaml",
                               ["MODEL.DENSE.POSTPROCESS", "nms"], "GFL+POTO+3DMF+Aux"),
