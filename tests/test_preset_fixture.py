@@ -13,24 +13,9 @@ import torch
 
 from conftest import REPO, load_cfg
 from d2_anchorfree.config import MOVED_KEYS
-from fixtures.make_preset_fixture import CASES_OLD, COMMON_OLD, run_case
-
-MODEL_KEYS = {old: new.split(" ")[0] for old, new in MOVED_KEYS.items()}
+from fixtures.make_preset_fixture import CASES, CASES_OLD, COMMON, COMMON_OLD, CURRENT_OVERRIDES, run_case
 
 FIXTURE = os.path.join(REPO, "tests", "fixtures", "presets_before_redesign.pt")
-
-# The recorded cases' overrides in the current config keys.
-COMMON = [MODEL_KEYS.get(k, k) for k in COMMON_OLD]
-NEW_OVERRIDES = {
-    # The keys the FCOS assigner read and ATSS does not are reset (unread keys are an error now).
-    "fcos_with_atss": ["MODEL.DENSE.ASSIGNER", "ATSSAssigner", "MODEL.DENSE.CENTER_SAMPLING_RADIUS", 0.0,
-                       "MODEL.DENSE.SIZES_OF_INTEREST", [64, 128, 256, 512]],
-    "gfl_dgqp": ["MODEL.GFL_HEAD.DGQP", True],
-    # configs/tiny/Base-Tiny.yaml set these regress ranges for every tiny config before.
-    "vfnet_fcos_assigner": ["MODEL.DENSE.ASSIGNER", "FCOSAssigner", "MODEL.DENSE.SIZES_OF_INTEREST", [32, 64, 128, 256]],
-    "defcn_tiny_nms": ["MODEL.DENSE.POSTPROCESS", "nms"],
-}
-CASES = {name: (config, NEW_OVERRIDES.get(name, [])) for name, (config, _) in CASES_OLD.items()}
 # Loss names: recorded (per detector) -> current (per loss term).
 LOSS_NAMES = {
     "loss_fcos_cls": "loss_cls", "loss_fcos_box": "loss_box", "loss_fcos_ctr": "loss_ctr",
@@ -41,7 +26,10 @@ LOSS_NAMES = {
 
 
 def test_cases_cover_every_recorded_override():
-    assert {name for name, (_, old) in CASES_OLD.items() if old} == set(NEW_OVERRIDES)
+    assert {name for name, (_, old) in CASES_OLD.items() if old} == set(CURRENT_OVERRIDES)
+    # the common overrides are the recorded ones in today's keys
+    moved = {old: new.split(" ")[0] for old, new in MOVED_KEYS.items()}
+    assert COMMON == [moved.get(k, k) for k in COMMON_OLD]
 
 
 @pytest.fixture(scope="module")
