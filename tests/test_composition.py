@@ -4,7 +4,6 @@ replaced them, keys of a component the detector does not use fail naming the key
 import os
 
 import pytest
-import torch
 
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model

@@ -122,7 +122,6 @@ def component_sections() -> List[str]:
     for registry in (HEAD_REGISTRY, ASSIGNER_REGISTRY, LOSS_REGISTRY):
         for _, obj in registry:
             sections.update(k.split(".")[0] for k in getattr(obj, "CONFIG_KEYS", ()))
-    sections.update(("POTO", "POTO_AUX"))  # POTO's assigners declare their keys per instance
     sections.discard("DENSE")
     return sorted(sections)
 

@@ -327,6 +327,8 @@ class AnchorFreeDetector(DenseDetector):
             ``DenseDetector.forward`` rescales them to the requested output size.
         """
         shifts = self.shift_generator(features)
+        level_strides = [points.new_full((len(points),), float(stride))
+                         for points, stride in zip(shifts, self.strides)]
         results = []
         for i, image_size in enumerate(images.image_sizes):
             # The scoring rule runs per image and level on [R_l, ...] views of the head's maps:
@@ -334,8 +336,8 @@ class AnchorFreeDetector(DenseDetector):
             # (vectorized loops and their scalar tails round sigmoid / pow differently in the last
             # bit), so a detection does not depend on the other images of its batch.
             scores, ltrb, gates = [], [], []
-            for l, (points, stride) in enumerate(zip(shifts, self.strides)):
-                level = self.head.level_outputs(predictions, i, l, points.new_full((len(points),), float(stride)))
+            for l, point_strides in enumerate(level_strides):
+                level = self.head.level_outputs(predictions, i, l, point_strides)
                 level_scores, level_gates = self.head.inference_scores(level)
                 scores.append(level_scores)
                 ltrb.append(level.ltrb)

@@ -284,6 +284,10 @@ class POTOAssigner:
     IGNORE, and crowd GTs are never matched. No GT -> all BACKGROUND.
     """
 
+    #: the most this assigner reads; ``config_keys`` (per instance) adds the MODEL.DENSE keys of
+    #: its priors (``components.check_unused_keys``)
+    CONFIG_KEYS = ("POTO.*",)
+
 
     @configurable
     def __init__(self, *, strides: List[int], sizes_of_interest: List[float], alpha: float = 0.8,
@@ -306,7 +310,7 @@ class POTOAssigner:
         self.prior = PriorConfig(strides, sizes_of_interest, spatial_prior, center_sampling_radius,
                                  level_prior, chunk_elements)
         # config keys read with these settings (``components.check_unused_keys``)
-        self.config_keys = ("POTO.*",) + self.prior.dense_keys
+        self.config_keys = self.CONFIG_KEYS + self.prior.dense_keys
 
     @classmethod
     def from_config(cls, cfg, strides):

@@ -54,6 +54,9 @@ class POTOAuxAssigner:
     Memory: [points x GT-chunk] tensors, bounded by ``chunk_elements``.
     """
 
+    #: its own keys; ``config_keys`` (per instance) adds the MODEL.DENSE keys of its level prior
+    CONFIG_KEYS = ("POTO.ALPHA", "POTO.LEVEL_PRIOR", "POTO_AUX.*")
+
 
     @configurable
     def __init__(self, *, strides: List[int], sizes_of_interest: List[float], alpha: float = 0.8,
@@ -74,7 +77,7 @@ class POTOAuxAssigner:
         # the spatial prior of this assignment is always the GT box
         self.prior = PriorConfig(strides, sizes_of_interest, "inside", 0.0, level_prior, chunk_elements)
         # config keys read with these settings (``components.check_unused_keys``)
-        self.config_keys = ("POTO.ALPHA", "POTO.LEVEL_PRIOR", "POTO_AUX.*") + self.prior.dense_keys
+        self.config_keys = self.CONFIG_KEYS + self.prior.dense_keys
 
     @classmethod
     def from_config(cls, cfg, strides):

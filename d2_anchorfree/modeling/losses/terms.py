@@ -18,7 +18,7 @@ from detectron2.utils.registry import Registry
 
 from ..assigners.fcos import centerness_targets
 from ..geometry import ltrb_as_boxes, paired_iou
-from ..targets import DenseTargets, gather_positive_targets, loss_normalizer  # noqa: F401
+from ..targets import DenseTargets, loss_normalizer
 from .distribution_focal import distribution_focal_loss
 from .focal import check_focal_parameters, focal_loss_on_probabilities, focal_loss_with_labels
 from .iou import check_iou_loss_type, iou_loss
@@ -68,6 +68,24 @@ class LossTerm:
         raise NotImplementedError
 
 
+def positive_ious(ltrb: torch.Tensor, targets: DenseTargets) -> torch.Tensor:
+    """[P] IoU in [0, 1] of each positive's predicted box (``ltrb`` [N, R, 4] pixels, detached)
+    with its GT box: the soft target of QFL / VFL and VFNet's box weights."""
+    return paired_iou(ltrb_as_boxes(ltrb[targets.main.pos]).detach(), ltrb_as_boxes(targets.gt_ltrb))
+
+
+def weighted_box_loss(ltrb: torch.Tensor, loss_type: str, weighting: str, out,
+                      targets: DenseTargets) -> torch.Tensor:
+    """IoU-family loss (``iou_loss``) between the positives' ``ltrb`` [N, R, 4] (pixels) and their
+    GT ltrb, weighted and normalized per :func:`box_weights`; a zero times ``ltrb.sum()`` keeps
+    every prediction in the graph when there is no positive. Returns a scalar (unweighted by the
+    term's WEIGHT)."""
+    weights, norm = box_weights(weighting, ltrb, out, targets)
+    loss = iou_loss(ltrb_as_boxes(ltrb[targets.main.pos]), ltrb_as_boxes(targets.gt_ltrb), loss_type,
+                    weight=weights) / norm
+    return loss + 0.0 * ltrb.sum()
+
+
 def box_weights(weighting: str, ltrb: torch.Tensor, out, targets: DenseTargets) -> Tuple[Optional[torch.Tensor], float]:
     """Per-positive weights of a box-regression term and their normalizer.
 
@@ -94,8 +112,7 @@ def box_weights(weighting: str, ltrb: torch.Tensor, out, targets: DenseTargets) 
         scores = out.scores[t.pos].detach()
         weights = (scores if out.scores_activated else torch.sigmoid(scores)).max(dim=1).values
     elif weighting == "iou":
-        weights = paired_iou(ltrb_as_boxes(ltrb[t.pos]).detach(), ltrb_as_boxes(targets.gt_ltrb))
-        weights = weights.clamp(min=MIN_IOU_TARGET)
+        weights = positive_ious(ltrb, targets).clamp(min=MIN_IOU_TARGET)
     elif weighting == "quality":
         weights = targets.quality[t.pos]
     else:
@@ -176,7 +193,7 @@ class QualityFocalLoss(LossTerm):
     def __call__(self, out, targets: DenseTargets) -> Dict[str, torch.Tensor]:
         t = targets.main
         if self.target == "iou":
-            values = paired_iou(ltrb_as_boxes(out.ltrb[t.pos]).detach(), ltrb_as_boxes(targets.gt_ltrb))
+            values = positive_ious(out.ltrb, targets)
         else:
             values = targets.quality[t.pos]
         soft = soft_class_targets(out.scores, targets, values)
@@ -214,8 +231,7 @@ class VarifocalLoss(LossTerm):
 
     def __call__(self, out, targets: DenseTargets) -> Dict[str, torch.Tensor]:
         t = targets.main
-        ious = paired_iou(ltrb_as_boxes(out.ltrb[t.pos]).detach(), ltrb_as_boxes(targets.gt_ltrb))
-        soft = soft_class_targets(out.scores, targets, ious.clamp(min=MIN_IOU_TARGET))
+        soft = soft_class_targets(out.scores, targets, positive_ious(out.ltrb, targets).clamp(min=MIN_IOU_TARGET))
         loss = varifocal_loss(out.scores[t.valid], soft[t.valid], self.alpha, self.gamma,
                               self.iou_weighted) / targets.num_pos
         return {"loss_cls": self.weight * loss}
@@ -248,10 +264,8 @@ class BoxLoss(LossTerm):
         return {"loss_type": loss_type, "weighting": weighting, "weight": weight}
 
     def __call__(self, out, targets: DenseTargets) -> Dict[str, torch.Tensor]:
-        weights, norm = box_weights(self.weighting, out.ltrb, out, targets)
-        loss = iou_loss(ltrb_as_boxes(out.ltrb[targets.main.pos]), ltrb_as_boxes(targets.gt_ltrb),
-                        self.loss_type, weight=weights) / norm
-        return {"loss_box": self.weight * (loss + 0.0 * out.ltrb.sum())}
+        loss = weighted_box_loss(out.ltrb, self.loss_type, self.weighting, out, targets)
+        return {"loss_box": self.weight * loss}
 
 
 @LOSS_REGISTRY.register()
@@ -273,11 +287,8 @@ class InitBoxLoss(LossTerm):
         return {"weight": cfg.MODEL.INIT_BOX_LOSS.WEIGHT}
 
     def __call__(self, out, targets: DenseTargets) -> Dict[str, torch.Tensor]:
-        ltrb = out.extras["ltrb_init"]
-        weights, norm = box_weights("iou", ltrb, out, targets)
-        loss = iou_loss(ltrb_as_boxes(ltrb[targets.main.pos]), ltrb_as_boxes(targets.gt_ltrb), "giou",
-                        weight=weights) / norm
-        return {"loss_box_init": self.weight * (loss + 0.0 * ltrb.sum())}
+        loss = weighted_box_loss(out.extras["ltrb_init"], "giou", "iou", out, targets)
+        return {"loss_box_init": self.weight * loss}
 
 
 @LOSS_REGISTRY.register()
