@@ -29,6 +29,9 @@ def add_anchorfree_config(cfg):
     # ---- backbone: ResNet-FPN with P6/P7 (FCOS paper: from P5; RetinaNet: from C5)
     _C.MODEL.FPN.TOP_LEVELS = 2  # number of extra levels above P5 (P6, P7)
     _C.MODEL.FPN.TOP_LEVELS_IN_FEATURE = "p5"  # "p5" (FCOS) or "res5" (RetinaNet)
+    # ReLU before each extra conv but the first (P7 = conv(relu(P6)), FCOS and RetinaNet); False:
+    # P7 = conv(P6) (MMDetection's relu_before_extra_convs=False: its ATSS, GFL, VFNet, TOOD).
+    _C.MODEL.FPN.TOP_LEVELS_RELU = True
 
     # ---- shift (location) generator: one point per feature-map cell
     _C.MODEL.SHIFT_GENERATOR = CN()
@@ -60,6 +63,13 @@ def add_anchorfree_config(cfg):
     # Towers of every head: depth, norm ("GN", "BN" or ""), classifier prior.
     _C.MODEL.DENSE.NUM_CONVS = 4
     _C.MODEL.DENSE.NORM = "GN"
+    # Bias of the tower convs: "auto" = only without a norm (a norm's shift makes it redundant;
+    # MMDetection's conv_bias="auto"); "always" (the FCOS authors' and AdelaiDet's towers,
+    # MMDetection's FCOS with conv_bias=True).
+    _C.MODEL.DENSE.TOWER_CONV_BIAS = "auto"
+    # The last conv of the cls and box towers is a DCNv2 with its own offset conv (MMDetection's
+    # dcn_on_last_conv, e.g. its VFNet R-50 DCN checkpoints); heads with the shared towers only.
+    _C.MODEL.DENSE.DCN_ON_LAST_CONV = False
     _C.MODEL.DENSE.PRIOR_PROB = 0.01  # cls bias init: -log((1 - p) / p)
     # Regress ranges: level i takes objects whose max(l, t, r, b) (pixels) lies in
     # [SIZES[i-1], SIZES[i]], with 0 and +inf at the ends (FCOS Sec. 3.2; the FCOS assigner and
@@ -74,6 +84,9 @@ def add_anchorfree_config(cfg):
     # Inference
     _C.MODEL.DENSE.SCORE_THRESH_TEST = 0.05
     _C.MODEL.DENSE.TOPK_CANDIDATES_TEST = 1000  # per level, before NMS / top-k
+    # Which score picks those candidates: "score" (the ranking score, e.g. FCOS's p * centerness;
+    # the FCOS authors) or "candidate" (the thresholded class probability; MMDetection).
+    _C.MODEL.DENSE.TOPK_CANDIDATES_BY = "score"
     _C.MODEL.DENSE.NMS_THRESH_TEST = 0.6
 
     # ---- heads (one section each; the tower keys are in MODEL.DENSE)
@@ -83,6 +96,10 @@ def add_anchorfree_config(cfg):
     _C.MODEL.FCOS_HEAD.CENTERNESS_ON_REG = False  # centerness branch on the box tower (imprv)
     # score = (p_cls * centerness) ** SCORE_EXPONENT; 0.5 = sqrt of the product, 1.0 = product.
     _C.MODEL.FCOS_HEAD.SCORE_EXPONENT = 0.5
+    # "ltrb": the 4 outputs are distances (above); "anchor_delta": MMDetection's anchor-based
+    # ATSS, deltas (dx, dy, dw, dh) of a square anchor of side MODEL.ATSS.ANCHOR_SCALE * stride
+    # centred on the point (for its converted checkpoints).
+    _C.MODEL.FCOS_HEAD.BOX_CODER = "ltrb"
     _C.MODEL.GFL_HEAD = CN()  # GFL (Li et al., NeurIPS 2020) and GFLv2's DGQP (CVPR 2021)
     _C.MODEL.GFL_HEAD.REG_MAX = 16  # distribution over REG_MAX + 1 bins, in stride units
     _C.MODEL.GFL_HEAD.DGQP = False  # GFLv2 Distribution-Guided Quality Predictor
@@ -91,6 +108,9 @@ def add_anchorfree_config(cfg):
     _C.MODEL.VFNET_HEAD = CN()  # VarifocalNet (Zhang et al., CVPR 2021)
     # Gradient into the initial box through the star-conv offsets is scaled by this (paper: 0.1).
     _C.MODEL.VFNET_HEAD.OFFSET_GRAD_MUL = 0.1
+    # Initial box: "reg_denom" exp(s x) * 8 stride (the authors'), "stride" exp(s x) * stride,
+    # "relu" relu(s x) * stride (starting at 4 strides per side).
+    _C.MODEL.VFNET_HEAD.INIT_BOX_NORM = "reg_denom"
     _C.MODEL.DEFCN_HEAD = CN()  # DeFCN (Wang et al., CVPR 2021): FCOS towers, no centerness
     _C.MODEL.DEFCN_HEAD.NORM_REG_TARGETS = True
     _C.MODEL.TOOD_HEAD = CN()  # TOOD (Feng et al., ICCV 2021)

@@ -130,11 +130,11 @@ def test_scale_offset_gradient():
 
 # ---------------------------------------------------------------- head
 
-def _head(offset_grad_mul=0.1, seed=0):
+def _head(offset_grad_mul=0.1, seed=0, init_box_norm="reg_denom"):
     torch.manual_seed(seed)
     shapes = [ShapeSpec(channels=32, stride=8), ShapeSpec(channels=32, stride=16)]
     return VFNetHead(input_shape=shapes, num_classes=3, num_convs=1, norm="GN",
-                     offset_grad_mul=offset_grad_mul)
+                     offset_grad_mul=offset_grad_mul, init_box_norm=init_box_norm)
 
 
 def _features(seed=1):
@@ -149,15 +149,23 @@ def test_head_shapes_and_initial_boxes():
     assert [t.shape for t in logits] == [(2, 3, 6, 8), (2, 3, 3, 4)]
     assert [t.shape for t in init] == [(2, 4, 6, 8), (2, 4, 3, 4)]
     assert [t.shape for t in refine] == [(2, 4, 6, 8), (2, 4, 3, 4)]
-    # Init boxes start near 4 strides per side (bias 4, weights ~N(0, 0.01)); refinement factors
+    # The authors' init boxes (reg_denom) start near exp(0) * 8 strides per side (bias 0, weights
+    # ~N(0, 0.01): x ~ N(0, ~0.2), so exp(x) within a factor 2 of 1, median ~1); refinement factors
     # start near exp(0) = 1; scores start near the prior 0.01.
     for level, stride in enumerate((8, 16)):
-        torch.testing.assert_close(init[level], torch.full_like(init[level], 4.0 * stride),
-                                   atol=stride, rtol=0)
+        log_ratio = (init[level] / (8.0 * stride)).log()
+        assert log_ratio.abs().max() < 0.7 and log_ratio.median().abs() < 0.1
         torch.testing.assert_close(refine[level], init[level], atol=0.0, rtol=0.2)
     assert (logits[0].sigmoid() - 0.01).abs().max() < 0.01
+    # "relu": relu(s x) * stride from a bias of 4, so 4 strides per side (+- 1 stride).
+    relu_init = _head(init_box_norm="relu")(_features())["ltrb_init"]
+    for level, stride in enumerate((8, 16)):
+        torch.testing.assert_close(relu_init[level], torch.full_like(relu_init[level], 4.0 * stride),
+                                   atol=stride, rtol=0)
     with pytest.raises(ValueError, match="OFFSET_GRAD_MUL"):
         _head(offset_grad_mul=1.5)
+    with pytest.raises(ValueError, match="INIT_BOX_NORM"):
+        _head(init_box_norm="exp")
 
 
 def test_refinement_decoding_and_detach():

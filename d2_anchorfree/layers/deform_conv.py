@@ -174,3 +174,33 @@ class ModulatedDeformConv(_DeformConvBase):
         out = deform_conv2d_fp32(x, offset, self.weight, self.bias, self.stride, self.padding,
                              self.dilation, mask=mask)
         return self._finish(out)
+
+
+class ModulatedDeformConvWithOffsets(ModulatedDeformConv):
+    """A DCNv2 (Zhu et al., CVPR 2019) that predicts its own offsets and masks from its input with
+    a plain conv ``conv_offset`` of the same kernel, stride, padding and dilation (zero-initialised,
+    so it starts as a regular conv with every sample weighted sigmoid(0) = 0.5): a drop-in for a
+    ``nn.Conv2d`` (MMDetection's ``DCNv2`` conv layer, mmcv ``ModulatedDeformConv2dPack``; used
+    by ``dcn_on_last_conv`` heads).
+
+    ``conv_offset`` outputs 3 * dg * kh * kw channels: the first two thirds are the offsets
+    (layout of this module: channel 2k is dy, 2k + 1 is dx of kernel point k), the last third
+    the mask logits. Shapes: [N, C_in, H, W] -> [N, C_out, H_out, W_out].
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, deformable_groups=1, bias=True, norm=None, activation=None):
+        """Arguments as :class:`ModulatedDeformConv`."""
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+                         deformable_groups, bias, norm, activation)
+        kh, kw = self.kernel_size
+        self.conv_offset = nn.Conv2d(in_channels, 3 * deformable_groups * kh * kw, self.kernel_size,
+                                     stride=self.stride, padding=self.padding, dilation=self.dilation)
+        nn.init.zeros_(self.conv_offset.weight)
+        nn.init.zeros_(self.conv_offset.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """[N, C_in, H, W] -> [N, C_out, H_out, W_out] (offsets and masks from ``conv_offset(x)``)."""
+        out = self.conv_offset(x)
+        num_offsets = out.shape[1] // 3 * 2
+        return super().forward(x, out[:, :num_offsets], torch.sigmoid(out[:, num_offsets:]))

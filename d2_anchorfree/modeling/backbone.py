@@ -16,12 +16,22 @@ class LastLevelsFromFeature(nn.Module):
 
     ``x`` is P5 (FCOS paper, Sec. 3.2) or C5 (RetinaNet). Shapes: [N, C_in, H, W] ->
     ``num_levels`` maps [N, C_out, ceil(H / 2^k), ceil(W / 2^k)], k = 1..num_levels.
+    Without ``relu_between``, P7 = conv3x3/2(P6) (MMDetection's FPN with
+    ``relu_before_extra_convs=False``, as in its ATSS, GFL, VFNet and TOOD configs).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, num_levels: int, in_feature: str):
+    def __init__(self, in_channels: int, out_channels: int, num_levels: int, in_feature: str,
+                 relu_between: bool = True):
+        """
+        Args:
+            in_channels: channels of ``x``. out_channels: of every extra level.
+            num_levels: how many extra levels (>= 1). in_feature: "p5" or "res5" (for FPN).
+            relu_between: ReLU before every extra conv but the first (``MODEL.FPN.TOP_LEVELS_RELU``).
+        """
         super().__init__()
         self.num_levels = num_levels
         self.in_feature = in_feature
+        self.relu_between = relu_between
         self.convs = nn.ModuleList()
         for i in range(num_levels):
             conv = nn.Conv2d(in_channels if i == 0 else out_channels, out_channels, 3, 2, 1)
@@ -35,11 +45,11 @@ class LastLevelsFromFeature(nn.Module):
 
         Returns:
             ``num_levels`` maps [N, C_out, ceil(H / 2^k), ceil(W / 2^k)], k = 1..num_levels
-            (e.g. P6, P7): the first conv takes ``x``, each later one relu of the previous output.
+            (e.g. P6, P7): the first conv takes ``x``, each later one (relu of) the previous output.
         """
         outs = []
         for i, conv in enumerate(self.convs):
-            x = conv(x if i == 0 else F.relu(x))
+            x = conv(F.relu(x) if i > 0 and self.relu_between else x)
             outs.append(x)
         return outs
 
@@ -47,8 +57,9 @@ class LastLevelsFromFeature(nn.Module):
 def fpn_with_top_levels(cfg, bottom_up: Backbone) -> FPN:
     """detectron2's ``FPN`` on ``bottom_up`` (levels of ``MODEL.FPN.IN_FEATURES``, e.g. P3-P5)
     plus ``MODEL.FPN.TOP_LEVELS`` extra levels (e.g. P6, P7) from ``MODEL.FPN.TOP_LEVELS_IN_FEATURE``:
-    "p5" (FCOS paper, Sec. 3.2) or "res5" (RetinaNet). Other keys: ``MODEL.FPN.OUT_CHANNELS``,
-    ``NORM``, ``FUSE_TYPE``.
+    "p5" (FCOS paper, Sec. 3.2) or "res5" (RetinaNet), with a ReLU between them unless
+    ``MODEL.FPN.TOP_LEVELS_RELU`` is False. Other keys: ``MODEL.FPN.OUT_CHANNELS``, ``NORM``,
+    ``FUSE_TYPE``.
 
     Raises:
         ValueError: unknown ``TOP_LEVELS_IN_FEATURE`` or a negative ``TOP_LEVELS``.
@@ -66,7 +77,8 @@ def fpn_with_top_levels(cfg, bottom_up: Backbone) -> FPN:
             in_channels = bottom_up.output_shape()["res5"].channels
         else:
             raise ValueError(f"MODEL.FPN.TOP_LEVELS_IN_FEATURE must be 'p5' or 'res5', got {source!r}")
-        top_block = LastLevelsFromFeature(in_channels, out_channels, num_top, source)
+        top_block = LastLevelsFromFeature(in_channels, out_channels, num_top, source,
+                                          relu_between=cfg.MODEL.FPN.TOP_LEVELS_RELU)
     return FPN(
         bottom_up=bottom_up,
         in_features=cfg.MODEL.FPN.IN_FEATURES,

@@ -27,7 +27,7 @@ from .assigners import build_assigner
 from .geometry import boxes_to_ltrb, cat_points, ltrb_to_boxes
 from .heads import DenseOutputs, build_head
 from .losses.terms import AuxFocalLoss, build_loss_term
-from .postprocessing import dense_inference
+from .postprocessing import TOPK_BY, dense_inference
 from .components import check_unused_keys, resolve_components
 from .shift_generator import build_shift_generator
 from .targets import DenseTargets, check_gt_instances, gather_positive_targets, loss_normalizer
@@ -109,7 +109,8 @@ class AnchorFreeDetector(DenseDetector):
                  aux_assigner=None, initial_assigner=None, initial_assigner_iters: int = 0,
                  initial_loss_terms=None,
                  test_score_thresh: float = 0.05, test_topk_candidates: int = 1000,
-                 test_nms_thresh: Optional[float] = 0.6, max_detections_per_image: int = 100):
+                 test_nms_thresh: Optional[float] = 0.6, max_detections_per_image: int = 100,
+                 test_topk_by: str = "score"):
         """
         Args:
             backbone: a detectron2 ``Backbone`` (e.g. ResNet-FPN with P6/P7).
@@ -132,6 +133,8 @@ class AnchorFreeDetector(DenseDetector):
             test_nms_thresh: in (0, 1], class-aware NMS IoU threshold, or None for NMS-free
                 inference (``MODEL.DENSE.NMS_THRESH_TEST`` / ``POSTPROCESS``).
             max_detections_per_image: >= 1 (``TEST.DETECTIONS_PER_IMAGE``).
+            test_topk_by: "score" or "candidate", which score picks the candidates of a level
+                (``MODEL.DENSE.TOPK_CANDIDATES_BY``, see ``postprocessing.select_candidates``).
 
         Raises:
             ValueError: a test-time setting outside its range, or a composition that
@@ -146,6 +149,8 @@ class AnchorFreeDetector(DenseDetector):
             raise ValueError(f"MODEL.DENSE.NMS_THRESH_TEST must be in (0, 1], got {test_nms_thresh}")
         if max_detections_per_image < 1:
             raise ValueError(f"TEST.DETECTIONS_PER_IMAGE must be >= 1, got {max_detections_per_image}")
+        if test_topk_by not in TOPK_BY:
+            raise ValueError(f"MODEL.DENSE.TOPK_CANDIDATES_BY must be one of {TOPK_BY}, got {test_topk_by!r}")
         check_composition(head, assigner, aux_assigner, initial_assigner, loss_terms, initial_loss_terms)
         self.shift_generator = shift_generator
         self.assigner = assigner
@@ -160,6 +165,7 @@ class AnchorFreeDetector(DenseDetector):
         self.test_topk_candidates = test_topk_candidates
         self.test_nms_thresh = test_nms_thresh
         self.max_detections_per_image = max_detections_per_image
+        self.test_topk_by = test_topk_by
 
     @classmethod
     def from_config(cls, cfg):
@@ -216,6 +222,7 @@ class AnchorFreeDetector(DenseDetector):
             "test_topk_candidates": d.TOPK_CANDIDATES_TEST,
             "test_nms_thresh": None if parts.postprocess == "topk" else d.NMS_THRESH_TEST,
             "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "test_topk_by": d.TOPK_CANDIDATES_BY,
         }
 
     @property
@@ -345,5 +352,5 @@ class AnchorFreeDetector(DenseDetector):
             results.append(dense_inference(
                 scores, ltrb, shifts, image_size, self.test_score_thresh, self.test_topk_candidates,
                 self.test_nms_thresh, self.max_detections_per_image,
-                candidate_scores=None if gates[0] is None else gates))
+                candidate_scores=None if gates[0] is None else gates, topk_by=self.test_topk_by))
         return results

@@ -9,8 +9,12 @@ from detectron2.structures import Boxes, Instances
 from .geometry import ltrb_to_boxes
 
 
+TOPK_BY = ("score", "candidate")
+
+
 def select_candidates(scores: torch.Tensor, score_thresh: float, topk: int,
-                      candidate_scores: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, ...]:
+                      candidate_scores: Optional[torch.Tensor] = None,
+                      topk_by: str = "score") -> Tuple[torch.Tensor, ...]:
     """Keep the ``topk`` highest (point, class) scores among those above ``score_thresh`` on one level
     (FCOS, Tian et al. ICCV 2019, Sec. 3.1 "Inference": locations with p > 0.05 are positive
     samples; the authors' code keeps at most ``pre_nms_top_n`` = 1000 per level).
@@ -22,21 +26,28 @@ def select_candidates(scores: torch.Tensor, score_thresh: float, topk: int,
         candidate_scores: optional [R, K] scores the threshold applies to; FCOS thresholds the
             class probability and ranks by p * centerness (FCOS paper Sec. 3.1 "Inference"; the
             authors' code: pre_nms_thresh on p).
+        topk_by: which score picks the ``topk``: "score" (the ranking score; the FCOS authors'
+            code) or "candidate" (the thresholded ``candidate_scores``; MMDetection's
+            ``filter_scores_and_topk`` on the class probability, before the centerness factor).
 
     Returns:
         (scores [M], point_idx [M] long, class_idx [M] long), M <= topk, sorted by score desc.
 
     Raises:
-        ValueError: ``scores`` not 2-D, or ``candidate_scores`` of another shape.
+        ValueError: ``scores`` not 2-D, ``candidate_scores`` of another shape, or unknown ``topk_by``.
     """
     if scores.dim() != 2:
         raise ValueError(f"scores must be [R, K], got {tuple(scores.shape)}")
     if candidate_scores is not None and candidate_scores.shape != scores.shape:
         raise ValueError(
             f"candidate_scores {tuple(candidate_scores.shape)} must match scores {tuple(scores.shape)}")
+    if topk_by not in TOPK_BY:
+        raise ValueError(f"MODEL.DENSE.TOPK_CANDIDATES_BY must be one of {TOPK_BY}, got {topk_by!r}")
     flat = scores.flatten()
     gate = flat if candidate_scores is None else candidate_scores.flatten()
     keep = torch.nonzero(gate > score_thresh).squeeze(1)
+    if topk_by == "candidate" and keep.numel() > topk:
+        keep = keep[gate[keep].topk(topk).indices]
     kept = flat[keep]
     if kept.numel() > topk:
         kept, order = kept.topk(topk)
@@ -58,6 +69,7 @@ def dense_inference(
     nms_thresh: Optional[float],
     max_detections: int,
     candidate_scores: Optional[List[torch.Tensor]] = None,
+    topk_by: str = "score",
 ) -> Instances:
     """Turn one image's per-level dense predictions into detections: per level the candidates of
     :func:`select_candidates`, decoded to boxes (FCOS Eq. 1 inverted), clipped, then class-aware
@@ -75,6 +87,7 @@ def dense_inference(
         max_detections: detections kept per image (TEST.DETECTIONS_PER_IMAGE).
         candidate_scores: optional per level [R_i, K] scores that ``score_thresh`` applies to
             (see :func:`select_candidates`); default: ``scores``.
+        topk_by: "score" or "candidate", see :func:`select_candidates`.
 
     Returns:
         Instances with ``pred_boxes`` (Boxes, XYXY pixels clipped to the image), ``scores`` [D],
@@ -91,7 +104,7 @@ def dense_inference(
         raise ValueError(f"levels differ: {len(scores)} scores, {len(candidate_scores)} candidate_scores")
     gates = candidate_scores if candidate_scores is not None else [None] * len(scores)
     for s, d, p, gate in zip(scores, ltrb, shifts, gates):
-        sc, point_idx, cls = select_candidates(s, score_thresh, topk_candidates, gate)
+        sc, point_idx, cls = select_candidates(s, score_thresh, topk_candidates, gate, topk_by)
         all_boxes.append(ltrb_to_boxes(p[point_idx], d[point_idx]))
         all_scores.append(sc)
         all_classes.append(cls)

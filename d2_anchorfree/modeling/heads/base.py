@@ -97,7 +97,8 @@ class DenseHead(nn.Module):
     EXTRAS: Tuple[str, ...] = ()
 
     def __init__(self, *, input_shape: List[ShapeSpec], num_classes: int, num_convs: int = 4,
-                 norm: str = "GN", name: str = "dense", towers: bool = True):
+                 norm: str = "GN", name: str = "dense", towers: bool = True,
+                 tower_conv_bias: str = "auto", dcn_on_last_conv: bool = False):
         """
         Args:
             input_shape: per level ShapeSpec (equal channels on every level).
@@ -106,10 +107,14 @@ class DenseHead(nn.Module):
             towers: build ``cls_tower`` and ``box_tower`` (False: the subclass has its own
                 feature path, e.g. TOOD's task-interactive convs, and overrides
                 :meth:`level_features`).
+            tower_conv_bias: "auto" or "always", see :func:`towers.conv_tower`
+                (``MODEL.DENSE.TOWER_CONV_BIAS``).
+            dcn_on_last_conv: the last conv of both towers is a DCNv2 (``MODEL.DENSE.DCN_ON_LAST_CONV``,
+                see :func:`towers.conv_tower`).
 
         Raises:
-            ValueError: unequal channels, K < 1, a negative tower depth or "GN" with channels
-                not divisible by 32.
+            ValueError: unequal channels, K < 1, a negative tower depth, "GN" with channels
+                not divisible by 32, or ``dcn_on_last_conv`` without ``towers``.
         """
         super().__init__()
         self.in_channels = check_head_inputs(input_shape, num_classes, name)
@@ -117,10 +122,14 @@ class DenseHead(nn.Module):
             raise ValueError(f"MODEL.DENSE.NUM_CONVS must be >= 0, got {num_convs}")
         self.num_classes = num_classes
         self.strides = [s.stride for s in input_shape]
+        if dcn_on_last_conv and not towers:
+            raise ValueError(f"MODEL.DENSE.DCN_ON_LAST_CONV needs a head with the shared cls/box towers; "
+                             f"the {name} head has its own feature path")
         self.norm = norm
+        self.tower_conv_bias = tower_conv_bias
         if towers:
-            self.cls_tower = conv_tower(self.in_channels, num_convs, norm)
-            self.box_tower = conv_tower(self.in_channels, num_convs, norm)
+            self.cls_tower = conv_tower(self.in_channels, num_convs, norm, tower_conv_bias, dcn_on_last_conv)
+            self.box_tower = conv_tower(self.in_channels, num_convs, norm, tower_conv_bias, dcn_on_last_conv)
         self.max_filter = None
         self.filter = None
         self.aux_logits = None
@@ -128,11 +137,12 @@ class DenseHead(nn.Module):
     @staticmethod
     def base_config(cfg, input_shape: List[ShapeSpec]) -> Dict:
         """Constructor arguments every head reads: input_shape, ``MODEL.DENSE.NUM_CLASSES /
-        NUM_CONVS / NORM / PRIOR_PROB`` and the 3DMF add-on (``MODEL.MAX_FILTER``)."""
+        NUM_CONVS / NORM / TOWER_CONV_BIAS / DCN_ON_LAST_CONV / PRIOR_PROB`` and the 3DMF add-on (``MODEL.MAX_FILTER``)."""
         d, m = cfg.MODEL.DENSE, cfg.MODEL.MAX_FILTER
         return {
             "input_shape": input_shape, "num_classes": d.NUM_CLASSES, "num_convs": d.NUM_CONVS,
-            "norm": d.NORM, "prior_prob": d.PRIOR_PROB,
+            "norm": d.NORM, "tower_conv_bias": d.TOWER_CONV_BIAS,
+            "dcn_on_last_conv": d.DCN_ON_LAST_CONV, "prior_prob": d.PRIOR_PROB,
             "max_filter": (m.KERNEL, m.TAU) if m.ENABLED else None,
         }
 

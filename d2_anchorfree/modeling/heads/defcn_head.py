@@ -30,7 +30,8 @@ class DeFCNHead(DenseHead):
 
     @configurable
     def __init__(self, *, input_shape: List[ShapeSpec], num_classes: int, num_convs: int = 4,
-                 norm: str = "GN", prior_prob: float = 0.01, norm_reg_targets: bool = True,
+                 norm: str = "GN", tower_conv_bias: str = "auto", dcn_on_last_conv: bool = False,
+                 prior_prob: float = 0.01, norm_reg_targets: bool = True,
                  max_filter: Optional[Tuple[int, int]] = (3, 2), aux_classifier: bool = True):
         """
         Args:
@@ -39,13 +40,14 @@ class DeFCNHead(DenseHead):
                 and 3DMF). prior_prob: initial foreground probability of both classifiers.
             norm_reg_targets: see class docstring.
             max_filter: (kernel, tau) of 3DMF, or None. aux_classifier: build the auxiliary
-                classifier.
+                classifier. tower_conv_bias, dcn_on_last_conv: as :class:`DenseHead`.
 
         Raises:
             ValueError: unequal channels, K < 1, or bad 3DMF window sizes.
         """
         super().__init__(input_shape=input_shape, num_classes=num_classes, num_convs=num_convs,
-                         norm=norm, name="DeFCN")
+                         norm=norm, name="DeFCN", tower_conv_bias=tower_conv_bias,
+                         dcn_on_last_conv=dcn_on_last_conv)
         self.norm_reg_targets = norm_reg_targets
         self.cls_logits = nn.Conv2d(self.in_channels, num_classes, 3, padding=1)
         self.box_pred = nn.Conv2d(self.in_channels, 4, 3, padding=1)

@@ -105,7 +105,8 @@ class GFLHead(DenseHead):
 
     @configurable
     def __init__(self, *, input_shape: List[ShapeSpec], num_classes: int, reg_max: int = 16,
-                 num_convs: int = 4, norm: str = "GN", prior_prob: float = 0.01, dgqp: bool = False,
+                 num_convs: int = 4, norm: str = "GN", tower_conv_bias: str = "auto", dcn_on_last_conv: bool = False,
+                 prior_prob: float = 0.01, dgqp: bool = False,
                  dgqp_topk: int = 4, dgqp_hidden: int = 64,
                  max_filter: Optional[Tuple[int, int]] = None, aux_classifier: bool = False):
         """
@@ -115,13 +116,14 @@ class GFLHead(DenseHead):
             num_convs: tower depth >= 0. norm: "GN", "BN" or "".
             prior_prob: initial foreground probability of the classifier.
             dgqp, dgqp_topk, dgqp_hidden: GFLv2 quality predictor, see :class:`DGQP`.
-            max_filter, aux_classifier: the add-ons of :class:`DenseHead`.
+            tower_conv_bias, dcn_on_last_conv, max_filter, aux_classifier: as :class:`DenseHead`.
 
         Raises:
             ValueError: levels with different channels, or bad sizes.
         """
         super().__init__(input_shape=input_shape, num_classes=num_classes, num_convs=num_convs,
-                         norm=norm, name="GFL")
+                         norm=norm, name="GFL", tower_conv_bias=tower_conv_bias,
+                         dcn_on_last_conv=dcn_on_last_conv)
         if reg_max < 1:
             raise ValueError(f"MODEL.GFL_HEAD.REG_MAX must be >= 1, got {reg_max}")
         self.reg_max = reg_max

@@ -170,7 +170,8 @@ class TOODHead(DenseHead):
 
     @configurable
     def __init__(self, *, input_shape: List[ShapeSpec], num_classes: int, num_convs: int = 6,
-                 norm: str = "GN", prior_prob: float = 0.01, la_down_rate: int = 8,
+                 norm: str = "GN", tower_conv_bias: str = "auto", dcn_on_last_conv: bool = False,
+                 prior_prob: float = 0.01, la_down_rate: int = 8,
                  point_offset: float = 0.5, max_filter: Optional[Tuple[int, int]] = None,
                  aux_classifier: bool = False):
         """
@@ -183,14 +184,15 @@ class TOODHead(DenseHead):
             la_down_rate: layer-attention reduction, hidden width C // la_down_rate (reference
                 effective value 8, see :class:`TaskDecomposition`), >= 1 and <= C.
             point_offset: position of a point in its cell, stride units, in [0, 1).
-            max_filter, aux_classifier: the add-ons of :class:`DenseHead`.
+            tower_conv_bias, dcn_on_last_conv, max_filter, aux_classifier: as :class:`DenseHead`.
 
         Raises:
             ValueError: levels with different channels or no stride, K < 1, C < 4, a bad
                 num_convs / la_down_rate / point_offset / prior_prob, or GN with C % 32 != 0.
         """
         super().__init__(input_shape=input_shape, num_classes=num_classes, num_convs=num_convs,
-                         norm=norm, name="TOOD", towers=False)
+                         norm=norm, name="TOOD", tower_conv_bias=tower_conv_bias,
+                         dcn_on_last_conv=dcn_on_last_conv, towers=False)
         c = self.in_channels
         if any(s.stride is None or s.stride <= 0 for s in input_shape):
             raise ValueError(f"TOOD head needs a positive stride on every level, got {input_shape}")
@@ -204,7 +206,7 @@ class TOODHead(DenseHead):
             raise ValueError(f"MODEL.SHIFT_GENERATOR.OFFSET must be in [0, 1), got {point_offset}")
         bias = prior_bias(prior_prob)
         self.point_offset = float(point_offset)
-        self.inter_convs = nn.ModuleList([conv_tower(c, 1, norm) for _ in range(num_convs)])
+        self.inter_convs = nn.ModuleList([conv_tower(c, 1, norm, tower_conv_bias) for _ in range(num_convs)])
         self.cls_decomp = TaskDecomposition(c, num_convs, la_down_rate, norm)
         self.reg_decomp = TaskDecomposition(c, num_convs, la_down_rate, norm)
         self.tood_cls = nn.Conv2d(c, num_classes, 3, padding=1)

@@ -8,25 +8,42 @@ from torch import nn
 
 from detectron2.layers import ShapeSpec, get_norm
 
+from ...layers.deform_conv import ModulatedDeformConvWithOffsets
+
 # exp() inputs are clamped to at most this: exp(20) ~ 5e8 pixels is far beyond any image, and the
 # clamp keeps the distances finite early in training.
 MAX_EXP_INPUT = 20.0
 
 
-def conv_tower(in_channels: int, num_convs: int, norm: str) -> nn.Sequential:
+TOWER_CONV_BIAS = ("auto", "always")
+
+
+def conv_tower(in_channels: int, num_convs: int, norm: str, conv_bias: str = "auto",
+               dcn_on_last: bool = False) -> nn.Sequential:
     """``num_convs`` x (3x3 conv, norm, ReLU), keeping ``in_channels`` channels.
 
     Args:
         norm: "GN" (32 groups), "BN", "SyncBN" or "" (none); see detectron2's ``get_norm``.
+        conv_bias: "auto" (a conv bias only without a norm) or "always"
+            (``MODEL.DENSE.TOWER_CONV_BIAS``; the FCOS authors' towers have one before GN).
+        dcn_on_last: the last conv is a DCNv2 predicting its own offsets
+            (:class:`~d2_anchorfree.layers.deform_conv.ModulatedDeformConvWithOffsets`;
+            ``MODEL.DENSE.DCN_ON_LAST_CONV``, MMDetection's ``dcn_on_last_conv``).
 
     Raises:
-        ValueError: "GN" with a channel count not divisible by 32.
+        ValueError: "GN" with a channel count not divisible by 32, or an unknown ``conv_bias``.
     """
     if norm == "GN" and in_channels % 32 != 0:
         raise ValueError(f"NORM 'GN' uses 32 groups; head channels {in_channels} not divisible by 32")
+    if conv_bias not in TOWER_CONV_BIAS:
+        raise ValueError(f"MODEL.DENSE.TOWER_CONV_BIAS must be one of {TOWER_CONV_BIAS}, got {conv_bias!r}")
     layers: List[nn.Module] = []
-    for _ in range(num_convs):
-        layers.append(nn.Conv2d(in_channels, in_channels, 3, padding=1, bias=not norm))
+    bias = conv_bias == "always" or not norm
+    for i in range(num_convs):
+        if dcn_on_last and i == num_convs - 1:
+            layers.append(ModulatedDeformConvWithOffsets(in_channels, in_channels, 3, padding=1, bias=bias))
+        else:
+            layers.append(nn.Conv2d(in_channels, in_channels, 3, padding=1, bias=bias))
         if norm:
             layers.append(get_norm(norm, in_channels))
         layers.append(nn.ReLU())
@@ -34,9 +51,11 @@ def conv_tower(in_channels: int, num_convs: int, norm: str) -> nn.Sequential:
 
 
 def init_conv_normal(module: nn.Module, std: float = 0.01):
-    """Normal(0, std) weights and zero bias for every Conv2d in ``module`` (FCOS/RetinaNet init)."""
+    """Normal(0, std) weights and zero bias for every Conv2d and tower DCN in ``module``
+    (FCOS/RetinaNet init); a DCN's own offset conv stays at zero (it starts as a regular conv)."""
+    offset_convs = {id(m.conv_offset) for m in module.modules() if isinstance(m, ModulatedDeformConvWithOffsets)}
     for m in module.modules():
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, (nn.Conv2d, ModulatedDeformConvWithOffsets)) and id(m) not in offset_convs:
             nn.init.normal_(m.weight, std=std)
             if m.bias is not None:
                 nn.init.constant_(m.bias, 0)
@@ -98,3 +117,36 @@ def decode_ltrb(reg: torch.Tensor, stride: int, norm_reg_targets: bool) -> torch
     if norm_reg_targets:
         return F.relu(reg) * stride
     return torch.exp(reg.clamp(max=MAX_EXP_INPUT))
+
+
+# MMDetection's DeltaXYWHBBoxCoder as configured for ATSS: target_stds, and the largest |log| of
+# a width/height ratio (wh_ratio_clip = 16 / 1000), mmdet/models/task_modules/coders/
+# delta_xywh_bbox_coder.py.
+DELTA_STDS = (0.1, 0.1, 0.2, 0.2)
+DELTA_MAX_LOG_RATIO = abs(math.log(16 / 1000))
+
+
+def anchor_deltas_to_ltrb(deltas: torch.Tensor, anchor_side: float) -> torch.Tensor:
+    """Distances (l, t, r, b) from a point to the box that (dx, dy, dw, dh) make of the square
+    anchor of side ``anchor_side`` centred on that point (the anchor-based ATSS of MMDetection:
+    one anchor per location, ``octave_base_scale`` 8, ``center_offset`` 0).
+
+    With (d'x, d'y, d'w, d'h) = deltas * (0.1, 0.1, 0.2, 0.2) and d'w, d'h clamped to
+    +-|log(16 / 1000)|, the box has centre point + a (d'x, d'y) and size a (exp d'w, exp d'h)
+    (a = ``anchor_side``; Girshick et al., Fast R-CNN, the box parametrization of Eq. in Sec.
+    2.3; MMDetection ``delta2bbox``). So l = a exp(d'w) / 2 - a d'x, r = a exp(d'w) / 2 + a d'x,
+    t and b likewise; a side may be negative (a box that does not contain its point).
+
+    Args:
+        deltas: [N, 4, H, W] (dx, dy, dw, dh) of one level, after its Scale.
+        anchor_side: a > 0 in pixels (``MODEL.ATSS.ANCHOR_SCALE`` x stride).
+
+    Returns:
+        Tensor [N, 4, H, W] float32 distances in pixels.
+    """
+    stds = deltas.new_tensor(DELTA_STDS, dtype=torch.float32).view(1, 4, 1, 1)
+    d = deltas.float() * stds
+    dx, dy = d[:, 0] * anchor_side, d[:, 1] * anchor_side
+    half_w = anchor_side * torch.exp(d[:, 2].clamp(-DELTA_MAX_LOG_RATIO, DELTA_MAX_LOG_RATIO)) / 2
+    half_h = anchor_side * torch.exp(d[:, 3].clamp(-DELTA_MAX_LOG_RATIO, DELTA_MAX_LOG_RATIO)) / 2
+    return torch.stack([half_w - dx, half_h - dy, half_w + dx, half_h + dy], dim=1)

@@ -18,6 +18,10 @@ from ...layers.deform_conv import DeformConv
 from .base import HEAD_REGISTRY, DenseHead
 from .towers import MAX_EXP_INPUT, conv_tower, decode_ltrb
 
+# Initial-box normalizers, in strides (see VFNetHead): "reg_denom" = MMDetection's reg_denoms for
+# its default regress ranges (64 ... 512, 1024 on strides 8 ... 128); "relu" has no exp.
+INIT_BOX_NORMS = {"reg_denom": 8.0, "stride": 1.0, "relu": 1.0}
+
 # Regular 3x3 grid of a dilation-1 kernel, (dy, dx) per kernel position k = 3 i + j (row-major).
 _GRID = [(i - 1, j - 1) for i in range(3) for j in range(3)]
 
@@ -80,13 +84,18 @@ class VFNetHead(DenseHead):
     """VarifocalNet head (paper Fig. 3), shared across FPN levels.
 
     Layers (authors' code): a cls tower and a box tower of ``num_convs`` x (3x3 conv, norm, ReLU);
-    on the box tower one more (3x3 conv, norm, ReLU) and a 3x3 conv predict the initial box
-    ltrb_init = relu(scale_i * x) * s_i (pixels, per-level learnable Scale, FCOS-style normalized
-    regression). The bias of that conv starts at ``init_ltrb`` so that every initial box starts as
-    a square of side 2 * init_ltrb * s_i around its location (default 4: the 8-stride ATSS anchor;
-    the authors' code starts at exp(0) * 8 s_i per side). Without it the initial boxes start at a
-    few pixels, their IoU with the GT is ~0, and the IoU-weighted box losses and IoU targets of the
-    Varifocal Loss all start near zero.
+    on the box tower one more (3x3 conv, norm, ReLU) and a 3x3 conv x (per-level learnable Scale
+    s_i) predict the initial box, by ``init_box_norm``:
+      * "reg_denom" (default, the authors' ``bbox_norm_type='reg_denom'``, mmdet
+        ``vfnet_head.py``): ltrb_init = exp(s_i x) * 8 s_i pixels (their ``reg_denoms`` are the
+        upper regress ranges 64, 128, 256, 512 and 2 * 512, i.e. 8 strides on P3-P7); the bias
+        starts at 0, so every initial box starts as a square of side 16 s_i;
+      * "stride" (the authors' ``bbox_norm_type='stride'``): exp(s_i x) * s_i, bias 0;
+      * "relu": relu(s_i x) * s_i (FCOS-style normalized regression; this project's choice before
+        the converted checkpoints), the bias starting at ``init_ltrb`` so that every initial box
+        starts as a square of side 2 * init_ltrb * s_i (default 4: the 8-stride ATSS anchor;
+        without it the initial boxes start at a few pixels, their IoU with the GT is ~0, and the
+        IoU-weighted losses and IoU targets start near zero).
     ``star_offsets(ltrb_init)`` (gradient scaled by ``offset_grad_mul``) drive two 3x3 deformable
     convs (+ ReLU):
       * on the box tower -> 3x3 conv -> 4 factors f = exp(scale_refine_i * x), and
@@ -107,8 +116,10 @@ class VFNetHead(DenseHead):
 
     @configurable
     def __init__(self, *, input_shape: List[ShapeSpec], num_classes: int, num_convs: int = 3,
-                 norm: str = "GN", prior_prob: float = 0.01, offset_grad_mul: float = 0.1,
-                 init_ltrb: float = 4.0, max_filter: Optional[Tuple[int, int]] = None,
+                 norm: str = "GN", tower_conv_bias: str = "auto", dcn_on_last_conv: bool = False,
+                 prior_prob: float = 0.01, offset_grad_mul: float = 0.1,
+                 init_box_norm: str = "reg_denom", init_ltrb: float = 4.0,
+                 max_filter: Optional[Tuple[int, int]] = None,
                  aux_classifier: bool = False):
         """
         Args:
@@ -117,22 +128,28 @@ class VFNetHead(DenseHead):
             prior_prob: initial foreground probability of the IACS classifier.
             offset_grad_mul: in [0, 1], multiplier of the gradient reaching the initial box through
                 the star-conv offsets (0 = detached; paper code: 0.1).
-            init_ltrb: initial box distances in stride units (> 0), see the class docstring.
-            max_filter, aux_classifier: the add-ons of :class:`DenseHead`.
+            init_box_norm: "reg_denom", "stride" or "relu" (``MODEL.VFNET_HEAD.INIT_BOX_NORM``),
+                see the class docstring.
+            init_ltrb: initial box distances in stride units (> 0) with "relu".
+            tower_conv_bias, dcn_on_last_conv, max_filter, aux_classifier: as :class:`DenseHead`.
 
         Raises:
             ValueError: levels with different channels, or a bad class count / tower depth /
-                offset_grad_mul / init_ltrb.
+                offset_grad_mul / init_box_norm / init_ltrb.
         """
         super().__init__(input_shape=input_shape, num_classes=num_classes, num_convs=num_convs,
-                         norm=norm, name="VFNet")
+                         norm=norm, name="VFNet", tower_conv_bias=tower_conv_bias,
+                         dcn_on_last_conv=dcn_on_last_conv)
         if not 0.0 <= offset_grad_mul <= 1.0:
             raise ValueError(f"MODEL.VFNET_HEAD.OFFSET_GRAD_MUL must be in [0, 1], got {offset_grad_mul}")
+        if init_box_norm not in INIT_BOX_NORMS:
+            raise ValueError(f"MODEL.VFNET_HEAD.INIT_BOX_NORM must be one of {tuple(INIT_BOX_NORMS)}, "
+                             f"got {init_box_norm!r}")
         if init_ltrb <= 0:
             raise ValueError(f"init_ltrb must be > 0 (stride units), got {init_ltrb}")
         c = self.in_channels
         self.offset_grad_mul = float(offset_grad_mul)
-        self.box_init_conv = conv_tower(c, 1, norm)
+        self.box_init_conv = conv_tower(c, 1, norm, tower_conv_bias)
         self.box_init_pred = nn.Conv2d(c, 4, 3, padding=1)
         self.box_refine_dconv = DeformConv(c, c, 3, padding=1)
         self.box_refine_pred = nn.Conv2d(c, 4, 3, padding=1)
@@ -143,18 +160,24 @@ class VFNetHead(DenseHead):
         self.finish(prior_prob, max_filter, aux_classifier)
         for dconv in (self.box_refine_dconv, self.cls_dconv):
             nn.init.normal_(dconv.weight, std=0.01)
-        nn.init.constant_(self.box_init_pred.bias, float(init_ltrb))
+        self.init_box_norm = init_box_norm
+        nn.init.constant_(self.box_init_pred.bias, float(init_ltrb) if init_box_norm == "relu" else 0.0)
 
     @classmethod
     def from_config(cls, cfg, input_shape: List[ShapeSpec]):
-        return {**cls.base_config(cfg, input_shape), "offset_grad_mul": cfg.MODEL.VFNET_HEAD.OFFSET_GRAD_MUL}
+        h = cfg.MODEL.VFNET_HEAD
+        return {**cls.base_config(cfg, input_shape), "offset_grad_mul": h.OFFSET_GRAD_MUL,
+                "init_box_norm": h.INIT_BOX_NORM}
 
     def predict_level(self, feats, level: int) -> Dict[str, torch.Tensor]:
         """"logits" [N, K, H, W], "ltrb" (refined) and "ltrb_init" [N, 4, H, W] pixels."""
         cls_feat, box_feat = feats["cls"], feats["box"]
         stride = self.strides[level]
         init_reg = self.scales_init[level](self.box_init_pred(self.box_init_conv(box_feat)))
-        init = decode_ltrb(init_reg, stride, norm_reg_targets=True)  # relu(x) * stride, pixels
+        if self.init_box_norm == "relu":
+            init = decode_ltrb(init_reg, stride, norm_reg_targets=True)  # relu(x) * stride, pixels
+        else:
+            init = torch.exp(init_reg.float().clamp(max=MAX_EXP_INPUT)) * (INIT_BOX_NORMS[self.init_box_norm] * stride)
         offsets = star_offsets(scale_offset_gradient(init, self.offset_grad_mul), stride)
         refine_feat = F.relu(self.box_refine_dconv(box_feat, offsets))
         refine_reg = self.scales_refine[level](self.box_refine_pred(refine_feat))

@@ -1,0 +1,134 @@
+"""MMDetection (2.x and 3.x) checkpoints -> d2_anchorfree.
+
+Both layouts store the model under ``"state_dict"`` with the same module names (2.x keeps the
+class names in ``meta["CLASSES"]``, 3.x in ``meta["dataset_meta"]["classes"]``). Names read from
+MMDetection 3.3.0: ``mmdet/models/backbones/resnet.py`` (``conv1``/``bn1`` stem,
+``layer{i}.{j}.conv{k}``/``bn{k}``, ``downsample.0/1``, DCN ``conv2.conv_offset``),
+``mmdet/models/necks/fpn.py`` (``lateral_convs.{i}.conv``, ``fpn_convs.{i}.conv``, the extra
+levels appended to ``fpn_convs``), mmcv's ``ConvModule`` (``.conv``, ``.gn``/``.bn``) and the
+heads ``fcos_head.py``, ``atss_head.py``, ``gfl_head.py``, ``vfnet_head.py``, ``tood_head.py``.
+
+Our side: detectron2's ResNet (``backbone.bottom_up.stem.conv1[.norm]``,
+``res{i+1}.{j}.conv{k}[.norm]``, ``shortcut[.norm]``, DCN ``conv2_offset``), detectron2's FPN
+(``backbone.fpn_lateral{L}``, ``fpn_output{L}``) with the extra levels in
+``backbone.top_block.convs.{t}``, and the heads' names (``heads/*.py``).
+"""
+import re
+from typing import Callable, Collection, Optional
+
+NAME = "MMDetection"
+
+IGNORED = (
+    r".*\.num_batches_tracked",  # BN update counters: not weights, unused by frozen BN
+)
+
+# Predictor names per MMDetection head -> ours ("towers" are cls_convs/reg_convs everywhere).
+_HEAD_LAYERS = {
+    # FCOSHead
+    "conv_cls": "cls_logits", "conv_reg": "box_pred", "conv_centerness": "centerness",
+    # ATSSHead
+    "atss_cls": "cls_logits", "atss_reg": "box_pred", "atss_centerness": "centerness",
+    # GFLHead
+    "gfl_cls": "cls_logits", "gfl_reg": "box_pred",
+    # VFNetHead
+    "vfnet_reg": "box_init_pred", "vfnet_reg_refine_dconv": "box_refine_dconv",
+    "vfnet_reg_refine": "box_refine_pred", "vfnet_cls_dconv": "cls_dconv", "vfnet_cls": "cls_logits",
+    "scales_refine": "scales_refine",
+    # TOODHead (its own names are kept)
+    "tood_cls": "tood_cls", "tood_reg": "tood_reg",
+}
+
+
+def detect(state) -> bool:
+    """A state dict from MMDetection: it has ``bbox_head.*`` and ``backbone.*`` keys."""
+    return any(k.startswith("bbox_head.") for k in state) and any(k.startswith("backbone.") for k in state)
+
+
+def _backbone(key: str) -> Optional[str]:
+    m = re.fullmatch(r"conv1\.weight", key)
+    if m:
+        return "stem.conv1.weight"
+    m = re.fullmatch(r"bn1\.(weight|bias|running_mean|running_var)", key)
+    if m:
+        return f"stem.conv1.norm.{m.group(1)}"
+    m = re.fullmatch(r"layer(\d)\.(\d+)\.(.+)", key)
+    if not m:
+        return None
+    stage, block, rest = int(m.group(1)) + 1, m.group(2), m.group(3)
+    rules = (
+        (r"conv(\d)\.weight", r"conv\1.weight"),
+        (r"bn(\d)\.(weight|bias|running_mean|running_var)", r"conv\1.norm.\2"),
+        (r"conv2\.conv_offset\.(weight|bias)", r"conv2_offset.\1"),  # DCN / DCNv2 offsets (+ masks)
+        (r"downsample\.0\.weight", "shortcut.weight"),
+        (r"downsample\.1\.(weight|bias|running_mean|running_var)", r"shortcut.norm.\1"),
+    )
+    for pattern, repl in rules:
+        if re.fullmatch(pattern, rest):
+            return f"res{stage}.{block}." + re.sub(pattern, repl, rest)
+    return None
+
+
+def _tower_index(layer: int, part: str, has_norm: bool) -> int:
+    # our conv_tower: [conv, norm, ReLU] per layer with a norm, [conv, ReLU] without
+    per_layer = 3 if has_norm else 2
+    return layer * per_layer + (0 if part == "conv" else 1)
+
+
+def make_renamer(cfg, target_keys: Collection[str]) -> Callable[[str], Optional[str]]:
+    """Renamer for a model built from ``cfg``: MMDetection FPN level i (of the used backbone levels,
+    from ``start_level``) is our ``MODEL.FPN.IN_FEATURES[i]``; ``fpn_convs`` beyond them are
+    the extra levels (our ``top_block.convs``); head towers follow ``MODEL.DENSE.NORM``.
+
+    Args:
+        cfg: our config. target_keys: the model's state-dict keys (VFNet's ``scales`` are our
+            ``scales_init``).
+
+    Returns:
+        callable: MMDetection key -> our key, or ``None`` for a key with no counterpart.
+    """
+    levels = [int(f[-1]) for f in cfg.MODEL.FPN.IN_FEATURES]  # "res3" -> 3
+    has_norm = bool(cfg.MODEL.DENSE.NORM)
+    vfnet = "head.scales_init.0.scale" in target_keys
+
+    def rename(key: str) -> Optional[str]:
+        if key.startswith("backbone."):
+            new = _backbone(key[len("backbone."):])
+            return None if new is None else "backbone.bottom_up." + new
+        m = re.fullmatch(r"neck\.(lateral_convs|fpn_convs)\.(\d+)\.conv\.(weight|bias)", key)
+        if m:
+            kind, i, param = m.group(1), int(m.group(2)), m.group(3)
+            if i < len(levels):
+                name = "fpn_lateral" if kind == "lateral_convs" else "fpn_output"
+                return f"backbone.{name}{levels[i]}.{param}"
+            if kind == "fpn_convs":
+                return f"backbone.top_block.convs.{i - len(levels)}.{param}"
+            return None
+        if not key.startswith("bbox_head."):
+            return None
+        rest = key[len("bbox_head."):]
+        m = re.fullmatch(r"(cls|reg)_convs\.(\d+)\.(conv|gn|bn)\.((?:conv_offset\.)?(?:weight|bias))", rest)
+        if m:
+            tower = "cls_tower" if m.group(1) == "cls" else "box_tower"
+            return f"head.{tower}.{_tower_index(int(m.group(2)), m.group(3), has_norm)}.{m.group(4)}"
+        m = re.fullmatch(r"inter_convs\.(\d+)\.(conv|gn|bn)\.(weight|bias)", rest)  # TOOD
+        if m:
+            return f"head.inter_convs.{m.group(1)}.{_tower_index(0, m.group(2), has_norm)}.{m.group(3)}"
+        m = re.fullmatch(r"vfnet_reg_conv\.(conv|gn|bn)\.(weight|bias)", rest)  # VFNet
+        if m:
+            return f"head.box_init_conv.{_tower_index(0, m.group(1), has_norm)}.{m.group(2)}"
+        m = re.fullmatch(r"(cls|reg)_decomp\.reduction_conv\.(conv|gn|bn)\.(weight|bias)", rest)  # TOOD
+        if m:
+            part = "reduction_conv" if m.group(2) == "conv" else "norm"
+            return f"head.{m.group(1)}_decomp.{part}.{m.group(3)}"
+        m = re.fullmatch(r"((cls|reg)_decomp\.layer_attention|cls_prob_module|reg_offset_module)\.(\d)\.(weight|bias)", rest)
+        if m:  # TOOD: same Sequential layout (conv, ReLU, conv[, Sigmoid])
+            return f"head.{m.group(1)}.{m.group(3)}.{m.group(4)}"
+        m = re.fullmatch(r"scales\.(\d+)\.scale", rest)
+        if m:
+            return f"head.{'scales_init' if vfnet else 'scales'}.{m.group(1)}.scale"
+        m = re.fullmatch(r"(\w+)\.(weight|bias|\d+\.scale)", rest)
+        if m and m.group(1) in _HEAD_LAYERS:
+            return f"head.{_HEAD_LAYERS[m.group(1)]}.{m.group(2)}"
+        return None
+
+    return rename
