@@ -480,26 +480,31 @@ def test_focal_loss_on_probabilities_equals_the_logit_form():
     assert torch.isfinite(edge) and edge.item() == pytest.approx(0.25 * 100 + 0.75 * 100)
 
 
-def test_aligned_boxes_are_ordered_so_that_iou_losses_keep_a_gradient():
+def test_inverted_aligned_boxes_fall_back_to_the_unaligned_box():
+    # Reference (mmdet TOODHead.forward): an aligned box with x0 > x1 or y0 > y1 is replaced as a
+    # whole by the box decoded from the distances alone.
     head = _head()
     conv = head.reg_offset_module[-1]
     with torch.no_grad():
         conv.weight.zero_()
         conv.bias.zero_()
-        conv.bias[1] = 3.0  # x0 (coordinate 0) sampled 3 cells to the right: past x1 at init
+    unaligned = [t.detach() for t in head(_features())["ltrb"]]  # zero offsets: d * stride
+    with torch.no_grad():
+        conv.bias[1] = 3.0  # x0 (coordinate 0) sampled 3 cells to the right: past x1 (d ~ 1 cell)
     out = head(_features())
-    for ltrb in out["ltrb"]:  # ordered everywhere, borders included
+    for ltrb in out["ltrb"]:  # valid everywhere, borders included
         assert ((ltrb[:, 0] + ltrb[:, 2]) >= 0).all() and ((ltrb[:, 1] + ltrb[:, 3]) >= 0).all()
-    # Away from the right border's zero padding (x0 sampled 3 of the 8 columns to the right), the
-    # sampled x0 lies right of the point: l < 0, the point is outside its (valid) box.
-    assert (out["ltrb"][0][:, 0, :, :4] < 0).all()
+    # Away from the right border's zero padding (3 of the 8 columns), every box was inverted and
+    # is exactly the unaligned one; at the border x0 reads the padding (~0), the box stays aligned.
+    torch.testing.assert_close(out["ltrb"][0][..., :4], unaligned[0][..., :4], rtol=0, atol=0)
+    assert not torch.equal(out["ltrb"][0][..., -1], unaligned[0][..., -1])
     from d2_anchorfree.modeling.geometry import ltrb_as_boxes
     from d2_anchorfree.modeling.losses import iou_loss
 
     pred = out["ltrb"][0][0, :, 2, 2].reshape(1, 4)
-    target = torch.tensor([[8.0, 8.0, 8.0, 8.0]])
+    target = torch.tensor([[8.0, 8.0, 12.0, 12.0]])
     loss = iou_loss(ltrb_as_boxes(pred), ltrb_as_boxes(target), "giou")
-    grad, = torch.autograd.grad(loss, conv.bias)
+    grad, = torch.autograd.grad(loss, head.tood_reg.bias)  # the fallback box keeps a gradient
     assert grad.abs().sum() > 0
 
 

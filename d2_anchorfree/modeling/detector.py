@@ -352,5 +352,6 @@ class AnchorFreeDetector(DenseDetector):
             results.append(dense_inference(
                 scores, ltrb, shifts, image_size, self.test_score_thresh, self.test_topk_candidates,
                 self.test_nms_thresh, self.max_detections_per_image,
-                candidate_scores=None if gates[0] is None else gates, topk_by=self.test_topk_by))
+                candidate_scores=None if gates[0] is None else gates, topk_by=self.test_topk_by,
+                clip_boxes=self.head.clip_boxes_before_nms))
         return results

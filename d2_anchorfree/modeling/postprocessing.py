@@ -70,11 +70,14 @@ def dense_inference(
     max_detections: int,
     candidate_scores: Optional[List[torch.Tensor]] = None,
     topk_by: str = "score",
+    clip_boxes: bool = True,
 ) -> Instances:
     """Turn one image's per-level dense predictions into detections: per level the candidates of
-    :func:`select_candidates`, decoded to boxes (FCOS Eq. 1 inverted), clipped, then class-aware
-    NMS (FCOS Sec. 3.1 and the authors' code) or, NMS-free, the top scores (DeFCN, Wang et al.
-    CVPR 2021, Sec. 3: one-to-one training makes duplicates rare, so no NMS is needed).
+    :func:`select_candidates`, decoded to boxes (FCOS Eq. 1 inverted), clipped, empty boxes
+    (width or height <= 0) dropped, then class-aware NMS (FCOS Sec. 3.1 and the authors' code)
+    or, NMS-free, the top scores (DeFCN, Wang et al. CVPR 2021, Sec. 3: one-to-one training makes
+    duplicates rare, so no NMS is needed). Dropping empty boxes before NMS is MMDetection's
+    ``min_bbox_size=0``; detectron2 drops them after, which could leave fewer detections.
 
     Args:
         scores: per level [R_i, K] final scores in [0, 1] (e.g. sqrt(cls * centerness)).
@@ -88,9 +91,11 @@ def dense_inference(
         candidate_scores: optional per level [R_i, K] scores that ``score_thresh`` applies to
             (see :func:`select_candidates`); default: ``scores``.
         topk_by: "score" or "candidate", see :func:`select_candidates`.
+        clip_boxes: clip the candidate boxes to ``image_size`` before NMS / top-k (False: TOOD's
+            reference; the caller clips the final detections).
 
     Returns:
-        Instances with ``pred_boxes`` (Boxes, XYXY pixels clipped to the image), ``scores`` [D],
+        Instances with ``pred_boxes`` (Boxes, XYXY pixels, clipped to the image with ``clip_boxes``), ``scores`` [D],
         ``pred_classes`` [D] long, D <= max_detections, sorted by score.
 
     Raises:
@@ -109,9 +114,13 @@ def dense_inference(
         all_scores.append(sc)
         all_classes.append(cls)
     boxes = Boxes(torch.cat(all_boxes))
-    boxes.clip(image_size)
+    if clip_boxes:
+        boxes.clip(image_size)
     det_scores = torch.cat(all_scores)
     classes = torch.cat(all_classes)
+    nonempty = boxes.nonempty()
+    if not bool(nonempty.all()):
+        boxes, det_scores, classes = boxes[nonempty], det_scores[nonempty], classes[nonempty]
     if nms_thresh is not None:
         keep = batched_nms(boxes.tensor, det_scores, classes, nms_thresh)[:max_detections]
     else:

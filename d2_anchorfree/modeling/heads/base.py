@@ -95,6 +95,9 @@ class DenseHead(nn.Module):
     CONFIG_KEYS: Tuple[str, ...] = ()
     #: names of the head's own extra outputs (besides "logits" and "ltrb")
     EXTRAS: Tuple[str, ...] = ()
+    #: inference clips the candidate boxes to the image before NMS / top-k (the reference code of
+    #: every head but TOOD's does; the final detections are clipped in any case)
+    clip_boxes_before_nms: bool = True
 
     def __init__(self, *, input_shape: List[ShapeSpec], num_classes: int, num_convs: int = 4,
                  norm: str = "GN", name: str = "dense", towers: bool = True,

@@ -151,10 +151,15 @@ class TOODHead(DenseHead):
       * ``"ltrb"``: [N, 4, H, W] float32, pixels: (x - x0, y - y0, x1 - x, y1 - y) of the aligned
         box around the cell's point (x, y). Because each side is sampled elsewhere, the aligned box
         need not contain its point, so entries **may be negative** (decode with x0 = x - l etc.,
-        which stays correct; "positive distance" assumptions do not hold); its coordinates are
-        ordered (min / max of the two sampled x and y), so l + r >= 0 and t + b >= 0 and IoU
-        losses keep their gradient (the reference leaves inverted boxes to an IoU loss without
-        area clamping). With zero offsets ltrb = d * s.
+        which stays correct; "positive distance" assumptions do not hold). An aligned box that
+        comes out inverted (x0 > x1 or y0 > y1) is replaced as a whole by the unaligned box d
+        around the point (reference ``TOODHead.forward``, mmdet ``tood_head.py``): l + r >= 0 and
+        t + b >= 0 always, and IoU losses keep a gradient (through d). With zero offsets
+        ltrb = d * s.
+
+    Post-processing (reference ``_predict_by_feat_single``): the boxes are not clipped to the image
+    before NMS (:attr:`clip_boxes_before_nms`; the detections are clipped afterwards, as every
+    detectron2 model's).
 
     Init (reference): inter convs normal std 0.01; ``tood_cls`` std 0.01, bias prior_bias;
     ``tood_reg`` std 0.01, bias 0; ``cls_prob_module`` std 0.01, last bias prior_bias;
@@ -167,6 +172,8 @@ class TOODHead(DenseHead):
 
     CONFIG_KEYS = ("TOOD_HEAD.*",)
     EXTRAS = ("prob",)
+    #: the reference clips no box before NMS (only the final detections are clipped)
+    clip_boxes_before_nms = False
 
     @configurable
     def __init__(self, *, input_shape: List[ShapeSpec], num_classes: int, num_convs: int = 6,
@@ -269,12 +276,10 @@ class TOODHead(DenseHead):
         grid = self.point_grid(h, w, inter_feat.device)[None]  # [1, 2, H, W]
         box = torch.cat([grid - dist[:, :2], grid + dist[:, 2:]], dim=1)  # (x0, y0, x1, y1)
         aligned = deform_sample(box, self.reg_offset_module(inter_feat).float())
-        # Each coordinate is sampled elsewhere, so x0 > x1 (or y0 > y1) can happen; order them so
-        # that the box is valid (l + r >= 0, t + b >= 0) and IoU losses keep a gradient (an
-        # inverted box has zero clamped area and no IoU gradient).
-        lo = torch.min(aligned[:, :2], aligned[:, 2:])
-        hi = torch.max(aligned[:, :2], aligned[:, 2:])
-        aligned = torch.cat([lo, hi], dim=1)
+        # Each coordinate is sampled elsewhere, so x0 > x1 (or y0 > y1) can happen: such a box is
+        # replaced by the unaligned one (reference), which is valid and keeps an IoU gradient.
+        inverted = (aligned[:, 0:1] > aligned[:, 2:3]) | (aligned[:, 1:2] > aligned[:, 3:4])
+        aligned = torch.where(inverted, box, aligned)
         return {
             "logits": self.tood_cls(feats["cls"]),
             "prob": self.cls_prob_module(inter_feat),
