@@ -26,7 +26,8 @@ TOWER_BIAS = r"^head\.(cls|box)_tower\.(0|3|6|9)\.bias$"
 TOWER_BIAS_REASON = ("source towers have a conv bias before the norm (AdelaiDet fcos.py L158-162, "
                      "DeFCN fcos.py L598-613); ours have none with a norm: needs e.g. "
                      "MODEL.DENSE.TOWER_CONV_BIAS")
-PER_LEVEL_BN_SOURCE = r"^proposal_generator\.fcos_head\.(cls|bbox)_tower\.(1|4|7|10)\.[0-2]\.(weight|bias|running_mean|running_var)$"
+PER_LEVEL_BN_SOURCE = (r"^proposal_generator\.fcos_head\.(cls|bbox)_tower\.(1|4|7|10)\.[0-2]\."
+                       r"(weight|bias|running_mean|running_var)$")
 PER_LEVEL_BN_OURS = r"^head\.(cls|box)_tower\.(1|4|7|10)\.(weight|bias|running_mean|running_var|num_batches_tracked)$"
 PER_LEVEL_BN_REASON = ("AdelaiDet NORM 'SyncBN' heads hold one BN per FPN level (ModuleListDial, "
                        "fcos.py L29-39, L167-174); ours share one: needs a per-level head norm option")
