@@ -87,6 +87,9 @@ def add_anchorfree_config(cfg):
     # Which score picks those candidates: "score" (the ranking score, e.g. FCOS's p * centerness;
     # the FCOS authors) or "candidate" (the thresholded class probability; MMDetection).
     _C.MODEL.DENSE.TOPK_CANDIDATES_BY = "score"
+    # At most as many candidates as the level has points (min(TOPK_CANDIDATES_TEST, H x W); DeFCN's
+    # cvpods code); False: TOPK_CANDIDATES_TEST (point, class) pairs whatever the level's size.
+    _C.MODEL.DENSE.TOPK_CANDIDATES_WITHIN_POINTS = False
     _C.MODEL.DENSE.NMS_THRESH_TEST = 0.6
 
     # ---- heads (one section each; the tower keys are in MODEL.DENSE)

@@ -110,7 +110,7 @@ class AnchorFreeDetector(DenseDetector):
                  initial_loss_terms=None,
                  test_score_thresh: float = 0.05, test_topk_candidates: int = 1000,
                  test_nms_thresh: Optional[float] = 0.6, max_detections_per_image: int = 100,
-                 test_topk_by: str = "score"):
+                 test_topk_by: str = "score", test_topk_within_points: bool = False):
         """
         Args:
             backbone: a detectron2 ``Backbone`` (e.g. ResNet-FPN with P6/P7).
@@ -135,6 +135,8 @@ class AnchorFreeDetector(DenseDetector):
             max_detections_per_image: >= 1 (``TEST.DETECTIONS_PER_IMAGE``).
             test_topk_by: "score" or "candidate", which score picks the candidates of a level
                 (``MODEL.DENSE.TOPK_CANDIDATES_BY``, see ``postprocessing.select_candidates``).
+            test_topk_within_points: a level keeps at most min(test_topk_candidates, its number of
+                points) candidates (``MODEL.DENSE.TOPK_CANDIDATES_WITHIN_POINTS``; DeFCN's code).
 
         Raises:
             ValueError: a test-time setting outside its range, or a composition that
@@ -166,6 +168,7 @@ class AnchorFreeDetector(DenseDetector):
         self.test_nms_thresh = test_nms_thresh
         self.max_detections_per_image = max_detections_per_image
         self.test_topk_by = test_topk_by
+        self.test_topk_within_points = test_topk_within_points
 
     @classmethod
     def from_config(cls, cfg):
@@ -223,6 +226,7 @@ class AnchorFreeDetector(DenseDetector):
             "test_nms_thresh": None if parts.postprocess == "topk" else d.NMS_THRESH_TEST,
             "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
             "test_topk_by": d.TOPK_CANDIDATES_BY,
+            "test_topk_within_points": d.TOPK_CANDIDATES_WITHIN_POINTS,
         }
 
     @property
@@ -353,5 +357,5 @@ class AnchorFreeDetector(DenseDetector):
                 scores, ltrb, shifts, image_size, self.test_score_thresh, self.test_topk_candidates,
                 self.test_nms_thresh, self.max_detections_per_image,
                 candidate_scores=None if gates[0] is None else gates, topk_by=self.test_topk_by,
-                clip_boxes=self.head.clip_boxes_before_nms))
+                clip_boxes=self.head.clip_boxes_before_nms, topk_within_points=self.test_topk_within_points))
         return results

@@ -71,6 +71,7 @@ def dense_inference(
     candidate_scores: Optional[List[torch.Tensor]] = None,
     topk_by: str = "score",
     clip_boxes: bool = True,
+    topk_within_points: bool = False,
 ) -> Instances:
     """Turn one image's per-level dense predictions into detections: per level the candidates of
     :func:`select_candidates`, decoded to boxes (FCOS Eq. 1 inverted), clipped, empty boxes
@@ -93,6 +94,8 @@ def dense_inference(
         topk_by: "score" or "candidate", see :func:`select_candidates`.
         clip_boxes: clip the candidate boxes to ``image_size`` before NMS / top-k (False: TOOD's
             reference; the caller clips the final detections).
+        topk_within_points: per level at most min(``topk_candidates``, R_i) candidates (DeFCN's
+            cvpods ``inference_single_image``: a small level such as P7 keeps fewer pairs).
 
     Returns:
         Instances with ``pred_boxes`` (Boxes, XYXY pixels, clipped to the image with ``clip_boxes``), ``scores`` [D],
@@ -109,7 +112,8 @@ def dense_inference(
         raise ValueError(f"levels differ: {len(scores)} scores, {len(candidate_scores)} candidate_scores")
     gates = candidate_scores if candidate_scores is not None else [None] * len(scores)
     for s, d, p, gate in zip(scores, ltrb, shifts, gates):
-        sc, point_idx, cls = select_candidates(s, score_thresh, topk_candidates, gate, topk_by)
+        topk = min(topk_candidates, len(s)) if topk_within_points else topk_candidates
+        sc, point_idx, cls = select_candidates(s, score_thresh, topk, gate, topk_by)
         all_boxes.append(ltrb_to_boxes(p[point_idx], d[point_idx]))
         all_scores.append(sc)
         all_classes.append(cls)

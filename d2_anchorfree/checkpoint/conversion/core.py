@@ -5,9 +5,12 @@ A *source* is a module with:
 * ``NAME`` (str) and ``detect(state) -> bool`` (does a state dict come from this framework?);
 * ``make_renamer(cfg, target_keys) -> Callable[[str], Optional[str]]``: source key -> our key, or ``None``
   when the key has no counterpart in our model (the conversion then fails, naming it);
-* ``IGNORED``: regexes of source keys that are dropped on purpose (e.g. BN counters);
+* ``IGNORED``: regexes (``re.search``) of source keys that are dropped on purpose (e.g. BN
+  counters);
 * ``ZERO_FILLED``: regexes of our keys that the source model does not have because they are
-  exactly zero in its arithmetic (e.g. a conv bias it never had); optional.
+  exactly zero in its arithmetic (e.g. a conv bias it never had); optional;
+* ``convert_tensor(our_key, tensor) -> tensor``: optional, for a tensor stored in another shape
+  with the same values (e.g. a [1] Scale that is 0-d in our model).
 
 :func:`convert_state_dict` applies a source and refuses any partial result: a source tensor left
 unused, a model tensor left unset, two source tensors landing on one key, or a shape that does
@@ -125,7 +128,7 @@ def load_source_checkpoint(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str
 
 
 def _matches(key: str, patterns: Iterable[str]) -> bool:
-    return any(re.fullmatch(p, key) for p in patterns)
+    return any(re.search(p, key) for p in patterns)
 
 
 def _listing(keys: Sequence[str], limit: int = 12) -> str:
@@ -162,6 +165,8 @@ def convert_state_dict(state: Mapping[str, torch.Tensor], source, cfg,
             report.ignored.append(key)
             continue
         new = rename(key)
+        if new is not None and hasattr(source, "convert_tensor"):
+            value = source.convert_tensor(new, value)
         if new is None:
             unused.append(key)
         elif new in out:

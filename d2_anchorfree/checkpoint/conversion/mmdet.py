@@ -19,7 +19,7 @@ from typing import Callable, Collection, Optional
 NAME = "MMDetection"
 
 IGNORED = (
-    r".*\.num_batches_tracked",  # BN update counters: not weights, unused by frozen BN
+    r"\.num_batches_tracked$",  # BN update counters: not weights, unused by frozen BN
 )
 
 # Predictor names per MMDetection head -> ours ("towers" are cls_convs/reg_convs everywhere).
