@@ -3,7 +3,7 @@
 d2_anchorfree checkpoint for the model that a config builds.
 
     python tools/convert_checkpoint.py --config-file configs/zoo/mmdet/gfl_r50_fpn_1x_coco.yaml \
-        gfl_r50_fpn_1x_coco_20200629_121244-25944287.pth --output gfl_r50_mmdet.pth
+        --output gfl_r50_mmdet.pth gfl_r50_fpn_1x_coco_20200629_121244-25944287.pth
     python train_net.py --config-file configs/zoo/mmdet/gfl_r50_fpn_1x_coco.yaml --eval-only \
         MODEL.WEIGHTS gfl_r50_mmdet.pth
 
@@ -12,8 +12,7 @@ complete and exact or it stops: a source tensor without a counterpart, a model t
 or a shape mismatch is an error naming the keys (usually: the wrong config for this checkpoint).
 The file is read without running code from it (``torch.load(weights_only=True)``, numpy scalars
 allowed); a file that holds other Python objects is refused with the command to re-save its
-tensors from a trusted copy. Extra ``KEY VALUE`` pairs override the config (e.g.
-``MODEL.DENSE.NUM_CLASSES 1`` for a CrowdHuman model).
+tensors from a trusted copy. ``KEY VALUE`` pairs after the checkpoint override the config.
 """
 import argparse
 import logging
@@ -27,10 +26,10 @@ from d2_anchorfree.engine import setup_cfg
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("checkpoint", help="the source checkpoint (.pth / .pkl)")
     p.add_argument("--config-file", required=True, help="our config of the same model, e.g. configs/zoo/...")
     p.add_argument("--output", required=True, help="where to write the converted .pth")
     p.add_argument("--source", default="auto", choices=["auto", *sorted(SOURCES)])
+    p.add_argument("checkpoint", help="the source checkpoint (.pth / .pkl), after the options")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE pairs")
     return p.parse_args(argv)
 

@@ -67,6 +67,7 @@ def convert_checkpoint(path: str, cfg, output: Optional[str] = None, source: str
     if name not in SOURCES:
         raise KeyError(f"unknown checkpoint source {name!r}; known: {sorted(SOURCES)}")
     cfg = cfg.clone()
+    cfg.defrost()
     cfg.MODEL.DEVICE = "cpu"
     model = build_model(cfg)
     target = {k: tuple(v.shape) for k, v in model.state_dict().items()}

@@ -169,14 +169,17 @@ def convert_state_dict(state: Mapping[str, torch.Tensor], source, cfg,
             value = source.convert_tensor(new, value)
         if new is None:
             unused.append(key)
-        elif new in out:
+            continue
+        if new in origin:
             clashes.append(f"{origin[new]} and {key} -> {new}")
-        elif new not in target_shapes:
+            continue
+        origin[new] = key
+        if new not in target_shapes:
             unknown.append(f"{key} -> {new}")
         elif tuple(value.shape) != tuple(target_shapes[new]):
             shapes.append(f"{key} {tuple(value.shape)} -> {new} {tuple(target_shapes[new])}")
         else:
-            out[new], origin[new] = value.detach().clone(), key
+            out[new] = value.detach().clone()
     unset = []
     for key, shape in target_shapes.items():
         if key in out:

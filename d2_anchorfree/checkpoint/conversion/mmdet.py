@@ -20,6 +20,9 @@ NAME = "MMDetection"
 
 IGNORED = (
     r"\.num_batches_tracked$",  # BN update counters: not weights, unused by frozen BN
+    # GFLHead's Integral: the constant bin values 0..reg_max, a saved buffer (our
+    # distribution_to_distance builds them)
+    r"^bbox_head\.integral\.project$",
 )
 
 # Predictor names per MMDetection head -> ours ("towers" are cls_convs/reg_convs everywhere).
