@@ -13,6 +13,7 @@ from fvcore.nn import sigmoid_focal_loss
 from d2_anchorfree.modeling.assigners import ATSSAssigner, FCOSAssigner
 from d2_anchorfree.modeling.heads.gfl_head import DGQP, GFLHead, distribution_to_distance
 from d2_anchorfree.modeling.losses import distribution_focal_loss, quality_focal_loss
+from d2_anchorfree.modeling.targets import floored_positives_per_image
 
 from conftest import load_cfg, loss_terms_on, make_batch, make_instances, train_step_and_predict
 
@@ -207,6 +208,29 @@ def test_losses_by_hand():
     ignored = loss_terms_on(model, shifts, [gt], torch.tensor([[0, -2]]), flat)
     expected = 0.0625 * -math.log(0.75) + 0.140625 * LOG2
     assert ignored["loss_cls"].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_qfl_normalizer_counts_an_image_without_positives_as_one():
+    # The points, GT and logits of test_losses_by_hand in image 0; image 1 has no object and
+    # logits 0 at both points. QFL sums: image 0 0.0179801 + 0.0974738 + 0.3465736 = 0.4620275;
+    # image 1: four (point, class) pairs with s = 0.5, y = 0: 4 * 0.25 log2 = log2 = 0.6931472.
+    # Normalizer (MMDetection gfl_head.py): max(1, 1) + max(0, 1) = 2, not max(1 positive, 1) = 1:
+    # loss_cls = (0.4620275 + 0.6931472) / 2 = 0.5775874.
+    # The box losses keep their own normalizer: max(sum of weights 0.5, 1) = 1 -> GIoU 0.875.
+    model = tiny_gfl("MODEL.DENSE.NUM_CLASSES", 2, "MODEL.GFL_HEAD.REG_MAX", 4)
+    shifts = [torch.tensor([[4.0, 4.0], [12.0, 4.0]])] + [torch.zeros(0, 2)] * 4
+    gts = [make_instances((8, 16), [[0, 0, 16, 8]], [1]), make_instances((8, 16), [], [])]
+    scores = torch.tensor([[[math.log(1 / 3), 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    flat = {"logits": scores, "box_logits": torch.zeros(2, 2, 20)}
+    losses = loss_terms_on(model, shifts, gts, torch.tensor([[0, -1], [-1, -1]]), flat)
+    image0 = 0.0625 * -math.log(0.75) + 0.140625 * LOG2 + 0.5 * LOG2
+    assert losses["loss_cls"].item() == pytest.approx((image0 + LOG2) / 2, rel=1e-5)
+    assert losses["loss_box"].item() == pytest.approx(0.875, rel=1e-5)
+    # A batch whose images all have positives divides by the positives (here 1 + 2 = 3).
+    assert floored_positives_per_image(torch.tensor([[True, False], [True, True]])).item() == 3
+    assert floored_positives_per_image(torch.tensor([[True, False], [False, False]])).item() == 2
+    with pytest.raises(ValueError, match=r"pos must be \[N, R\], got \(2,\)"):
+        floored_positives_per_image(torch.tensor([True, False]))
 
 
 def test_box_losses_normalised_by_the_sum_of_score_weights():
