@@ -19,7 +19,7 @@ from detectron2.utils.registry import Registry
 from ..assigners.fcos import centerness_targets
 from ..geometry import ltrb_as_boxes, paired_iou
 from ..targets import DenseTargets, floored_positives_per_image, loss_normalizer
-from .distribution_focal import distribution_focal_loss
+from .distribution_focal import dfl_targets, distribution_focal_loss
 from .focal import check_focal_parameters, focal_loss_on_probabilities, focal_loss_with_labels
 from .iou import check_iou_loss_type, iou_loss
 from .quality_focal import quality_focal_loss
@@ -325,7 +325,8 @@ class CenternessLoss(LossTerm):
 @LOSS_REGISTRY.register()
 class DistributionFocalLoss(LossTerm):
     """GFL's Distribution Focal Loss (Eq. 7) on the four side distributions ("box_logits") of the
-    positives, targets = GT distances in stride units clamped to [0, REG_MAX], averaged over the
+    positives, targets = GT distances in stride units clamped to [0, REG_MAX - 0.1]
+    (:func:`~.distribution_focal.dfl_targets`, MMDetection's ``bbox2distance``), averaged over the
     four sides, weighted and normalized like the box loss (``MODEL.BOX_LOSS.WEIGHTING``; GFL:
     "max_score"). Output "loss_dfl"."""
 
@@ -348,8 +349,8 @@ class DistributionFocalLoss(LossTerm):
         bins = box_logits.shape[-1] // 4
         weights, norm = box_weights(self.weighting, out.ltrb, out, targets)
         pos_strides = targets.point_strides[t.pos_point][:, None]
-        dfl_targets = (targets.gt_ltrb / pos_strides).clamp(min=0, max=bins - 1)  # stride units
-        loss = distribution_focal_loss(box_logits[t.pos].reshape(-1, bins), dfl_targets.reshape(-1))
+        side_targets = dfl_targets(targets.gt_ltrb / pos_strides, bins - 1)  # stride units
+        loss = distribution_focal_loss(box_logits[t.pos].reshape(-1, bins), side_targets.reshape(-1))
         if weights is not None:
             loss = loss * weights.repeat_interleave(4)
         loss = loss.sum() / 4.0 / norm
