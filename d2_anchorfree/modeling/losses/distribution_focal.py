@@ -9,7 +9,7 @@ DFL_TARGET_EPS = 0.1
 def dfl_targets(distances: torch.Tensor, reg_max: int) -> torch.Tensor:
     """GT distances (stride units) as DFL targets: clamped to [0, REG_MAX - 0.1].
 
-    Source: MMDetection 3.3.0 ``mmdet/models/dense_heads/gfl_head.py`` line 297-299 encodes the
+    Source: MMDetection 3.3.0 ``mmdet/models/dense_heads/gfl_head.py`` lines 297-299 encode the
     targets with ``DistancePointBBoxCoder.encode(..., max_dis=self.reg_max)``, i.e.
     ``mmdet/structures/bbox/transforms.py`` ``bbox2distance`` (lines 206-230): each side
     clamped to [0, max_dis - eps], eps = 0.1 (:data:`DFL_TARGET_EPS`), "to ensure target <
