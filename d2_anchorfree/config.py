@@ -162,7 +162,9 @@ def add_anchorfree_config(cfg):
     # IoU-family loss on the (final) boxes of the positives. The detectors' papers differ in all
     # three keys, so "" / a negative WEIGHT mean the preset's value (modeling/presets.py).
     _C.MODEL.BOX_LOSS = CN()
-    _C.MODEL.BOX_LOSS.TYPE = ""  # "iou" (-log IoU), "linear_iou" (1 - IoU) or "giou"
+    # "iou" (-log((I + 1) / (U + 1)), areas in pixels^2: the FCOS authors' IoU loss),
+    # "linear_iou" (1 - IoU) or "giou" (1 - GIoU); see losses/iou.py.
+    _C.MODEL.BOX_LOSS.TYPE = ""
     _C.MODEL.BOX_LOSS.WEIGHT = -1.0
     # Per-positive weight and normalizer: "none" (1, / positives), "centerness" (FCOS: the
     # centerness target), "max_score" (GFL: highest predicted class score), "iou" (VFNet: IoU of

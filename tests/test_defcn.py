@@ -70,6 +70,35 @@ def total_quality(quality, matched):
     return quality[matched[pos], pos.nonzero().squeeze(1)].sum().item()
 
 
+def in_prior_part(matched, in_prior):
+    """``matched`` [R] with its out-of-prior positives set to BACKGROUND."""
+    pos = (matched >= 0).nonzero().squeeze(1)
+    inside = in_prior[matched[pos], pos]
+    kept = matched.clone()
+    kept[pos[~inside]] = BACKGROUND
+    return kept
+
+
+def authors_objective(quality, in_prior, matched):
+    """The DeFCN authors' matching value: Q of each matched pair, -1 outside the prior."""
+    pos = (matched >= 0).nonzero().squeeze(1)
+    g = matched[pos]
+    return torch.where(in_prior[g, pos], quality[g, pos].double(), torch.tensor(-1.0, dtype=torch.float64)).sum().item()
+
+
+def assert_same_optimum_as_the_authors(matched, quality, in_prior):
+    """Our two-stage POTO vs the authors' full [G, R] matching (``match_one_to_one_dense``):
+    the same in-prior pairs, the same number of positives (min(G, R) when nothing is crowd),
+    each GT at most once, and the same objective value."""
+    authors = match_one_to_one_dense(quality, in_prior)
+    assert torch.equal(in_prior_part(matched, in_prior), in_prior_part(authors, in_prior))
+    pos = matched >= 0
+    assert int(pos.sum()) == int((authors >= 0).sum()) == min(quality.shape)
+    assert len(set(matched[pos].tolist())) == int(pos.sum())
+    assert authors_objective(quality, in_prior, matched) == pytest.approx(
+        authors_objective(quality, in_prior, authors), abs=1e-9)
+
+
 # ----------------------------------------------------------------------------- POTO quality
 def test_quality_of_one_hand_computed_pair():
     # GT box [0, 0, 32, 32] of class 1; predicted box [0, 0, 32, 1] lies inside it:
@@ -183,28 +212,25 @@ def test_restricted_matching_equals_unrestricted_on_random_cases(spatial_prior, 
         matched = assigner(shifts, gt, pred_scores=torch.sigmoid(pred_logits), pred_boxes=pred_boxes).matched
         quality, in_prior = brute_force_problem(shifts, strides, gt, pred_logits, pred_boxes,
                                                 spatial_prior, 1.5, level_prior, sizes)
-        expected = match_one_to_one_dense(quality, in_prior)
-        assert torch.equal(matched, expected), (trial, spatial_prior, level_prior)
-        pos = matched >= 0
-        # one-to-one, and every positive lies in its GT's prior
-        assert len(set(matched[pos].tolist())) == int(pos.sum())
-        assert in_prior[matched[pos], pos.nonzero().squeeze(1)].all()
+        assert_same_optimum_as_the_authors(matched, quality, in_prior)
+        # every GT exactly once (G <= R here)
+        assert sorted(matched[matched >= 0].tolist()) == list(range(num_gt)), trial
 
 
 @pytest.mark.parametrize("max_dense_elements", [1 << 20, 0])  # dense solver / sparse solver
 def test_restricted_matching_equals_dense_with_more_gts_than_columns(max_dense_elements):
-    # 6 GTs compete for 4 usable columns out of 10 points: 2 GTs must stay unmatched.
+    # 6 GTs compete for 4 usable columns out of 10 points: in the prior, 2 GTs stay unmatched
+    # (the first stage); the authors' full matching gives them out-of-prior points.
     gen = torch.Generator().manual_seed(3)
     for _ in range(20):
         quality = torch.rand(6, 10, generator=gen)
         in_prior = torch.zeros(6, 10, dtype=torch.bool)
         in_prior[:, [1, 4, 5, 8]] = torch.rand(6, 4, generator=gen) < 0.7
         gi, pi = in_prior.nonzero(as_tuple=True)
-        sparse = match_one_to_one(pi, gi, quality[gi, pi], num_gt=6, num_points=10,
-                                  max_dense_elements=max_dense_elements)
-        dense = match_one_to_one_dense(quality, in_prior)
-        assert torch.equal(sparse, dense)
-        assert int((sparse >= 0).sum()) <= 4
+        first = match_one_to_one(pi, gi, quality[gi, pi], num_gt=6, num_points=10,
+                                 max_dense_elements=max_dense_elements)
+        assert torch.equal(first, in_prior_part(match_one_to_one_dense(quality, in_prior), in_prior))
+        assert int((first >= 0).sum()) <= 4
 
 
 @pytest.mark.parametrize("chunk_elements", [1 << 20, 1000])  # dense solver / sparse solver
@@ -217,9 +243,8 @@ def test_hundreds_of_gts(chunk_elements):
     matched = assigner(shifts, gt, pred_scores=torch.sigmoid(pred_logits), pred_boxes=pred_boxes).matched
     quality, in_prior = brute_force_problem(shifts, strides, gt, pred_logits, pred_boxes, "center",
                                             1.5, "all", [64, 128, 256, 512])
-    assert torch.equal(matched, match_one_to_one_dense(quality, in_prior))
-    pos = matched >= 0
-    assert len(set(matched[pos].tolist())) == int(pos.sum()) > 100
+    assert_same_optimum_as_the_authors(matched, quality, in_prior)
+    assert sorted(matched[matched >= 0].tolist()) == list(range(300))  # 428 points >= 300 GTs
 
 
 def test_poto_no_gt():
@@ -233,27 +258,83 @@ def test_poto_no_gt():
         assert (matched == BACKGROUND).all()
 
 
-def test_gt_without_prior_location_stays_unmatched_and_zero_quality_is_positive():
+def test_gt_without_prior_location_gets_the_nearest_free_point_and_zero_quality_is_positive():
     # One level, stride 8, 32x32 image: points at 4, 12, 20, 28 on each axis.
-    # GT 0 [5, 5, 11, 11] contains no point (4 < 5 and 12 > 11): it gets no positive.
+    # GT 0 [5, 5, 11, 11] contains no point (4 < 5 and 12 > 11): in the authors' matching
+    # (Q = -1 outside the prior) it still gets one point, outside its prior.
     # GT 1 [0, 0, 16, 16] contains points (4,4), (12,4), (4,12), (12,12) = indices 0, 1, 4, 5.
     # Every predicted box is degenerate (zero area) -> IoU 0 -> Q = 0 for all pairs; GT 1 still
-    # gets exactly one positive inside its prior (needed to start training).
+    # gets exactly one positive inside its prior (needed to start training). GT 0's tie (Q = 0
+    # everywhere) goes to the free point nearest its center (8, 8): one of the three of 0, 1, 4, 5
+    # GT 1 left (all at distance sqrt(32)), the lowest index.
     shifts = grid(32, 32, [8])
     gt = make_instances((32, 32), [[5, 5, 11, 11], [0, 0, 16, 16]], [0, 0])
     points = shifts[0]
     pred_boxes = torch.cat([points, points], 1)
+    for spatial_prior in ("inside", "center"):
+        # "center" (radius 1.5 strides = 12 px around (8, 8), clipped to GT 1) gives the same four
+        # points for GT 1; GT 0's center region is its box, still without a point.
+        assigner = POTOAssigner(strides=[8], sizes_of_interest=[], spatial_prior=spatial_prior)
+        matched = assigner(shifts, gt, pred_scores=torch.sigmoid(torch.zeros(16, 1)), pred_boxes=pred_boxes).matched
+        gt1 = (matched == 1).nonzero().squeeze(1).tolist()
+        gt0 = (matched == 0).nonzero().squeeze(1).tolist()
+        assert len(gt1) == 1 and gt1[0] in (0, 1, 4, 5)
+        assert gt0 == [min(set([0, 1, 4, 5]) - set(gt1))]
+        assert int((matched >= 0).sum()) == 2
+
+
+def two_gts_one_prior_point():
+    """16x16 image, one level of stride 8: points 0 (4, 4), 1 (12, 4), 2 (4, 12), 3 (12, 12).
+
+    GT 0 (class 0) and GT 1 (class 1) have the same box [2, 2, 6, 6]: both priors ("inside")
+    hold point 0 only. Every point predicts that box (IoU 1), so Q = p^0.2 and p = Q^5:
+        Q      point 0   point 1   point 2   point 3
+        GT 0     0.9      0.95      0.95      0.95     (outside GT 0's prior: -1 for the authors)
+        GT 1     0.6      0.5       0.7       0.3      (outside GT 1's prior: -1 for the authors)
+    """
+    shifts = grid(16, 16, [8])
+    gt = make_instances((16, 16), [[2, 2, 6, 6], [2, 2, 6, 6]], [0, 1])
+    quality = torch.tensor([[0.9, 0.95, 0.95, 0.95], [0.6, 0.5, 0.7, 0.3]])
+    pred_scores = quality.t() ** 5  # [point, class]
+    pred_boxes = torch.tensor([[2.0, 2.0, 6.0, 6.0]]).repeat(4, 1)
+    in_prior = torch.tensor([[True, False, False, False]] * 2)
+    return shifts, gt, pred_scores, pred_boxes, quality, in_prior
+
+
+@pytest.mark.parametrize("chunk_elements", [1 << 20, 1])  # dense solver / sparse solver
+def test_two_gts_with_the_same_single_prior_point_both_get_one_location(chunk_elements):
+    shifts, gt, pred_scores, pred_boxes, quality, in_prior = two_gts_one_prior_point()
+    assigner = POTOAssigner(strides=[8], sizes_of_interest=[], spatial_prior="inside",
+                            chunk_elements=chunk_elements)
+    matched = assigner(shifts, gt, pred_scores=pred_scores, pred_boxes=pred_boxes).matched
+    # Authors' objective (Q in the prior, -1 outside, both GTs matched):
+    #   GT 0 -> point 0 (0.9), GT 1 outside (-1): -0.1;  GT 1 -> point 0 (0.6), GT 0 outside: -0.4.
+    # So GT 0 keeps point 0, GT 1 takes a free point outside its prior: all are worth -1 to the
+    # authors; here the one of highest Q for GT 1, point 2 (0.7 > 0.5 > 0.3).
+    assert matched.tolist() == [0, BACKGROUND, 1, BACKGROUND]
+    assert authors_objective(quality, in_prior, matched) == pytest.approx(0.9 - 1.0)
+    assert_same_optimum_as_the_authors(matched, quality, in_prior)
+
+
+def test_more_gts_than_points_matches_every_point():
+    # Five GTs with the box [2, 2, 6, 6] of test_two_gts_...: only point 0 is in their prior;
+    # 4 points. Q of GT g: 0.5 + 0.1 g at point 0 (GT 4 has the best, 0.9, and keeps it),
+    # 0.5 at the other points. min(5, 4) = 4 GTs get a point, like linear_sum_assignment on
+    # [5, 4]: GT 4 point 0; then, in index order, GT 0, 1, 2 take the free points. Their Q ties
+    # at 0.5, so the distance to the box center (4, 4) decides: points 1 (12, 4) and 2 (4, 12)
+    # are 8 px away (tie: lower index first), point 3 (12, 12) 8 sqrt(2) px:
+    # GT 0 -> point 1, GT 1 -> point 2, GT 2 -> point 3; GT 3 gets none.
+    shifts = grid(16, 16, [8])
+    gt = make_instances((16, 16), [[2, 2, 6, 6]] * 5, [0, 1, 2, 3, 4])
+    quality = torch.full((5, 4), 0.5)
+    quality[:, 0] = torch.tensor([0.5, 0.6, 0.7, 0.8, 0.9])
+    pred_boxes = torch.tensor([[2.0, 2.0, 6.0, 6.0]]).repeat(4, 1)
     assigner = POTOAssigner(strides=[8], sizes_of_interest=[], spatial_prior="inside")
-    matched = assigner(shifts, gt, pred_scores=torch.sigmoid(torch.zeros(16, 1)), pred_boxes=pred_boxes).matched
-    assert 0 not in matched.tolist()
-    pos = (matched == 1).nonzero().squeeze(1).tolist()
-    assert len(pos) == 1 and pos[0] in (0, 1, 4, 5)
-    assert int((matched >= 0).sum()) == 1
-    # "center" prior (radius 1.5 strides = 12 px around (8, 8), clipped to GT 1) gives the same
-    # four points; GT 0's center region is its box, still without a point.
-    center = POTOAssigner(strides=[8], sizes_of_interest=[], spatial_prior="center")
-    matched = center(shifts, gt, pred_scores=torch.sigmoid(torch.zeros(16, 1)), pred_boxes=pred_boxes).matched
-    assert 0 not in matched.tolist() and int((matched == 1).sum()) == 1
+    matched = assigner(shifts, gt, pred_scores=quality.t() ** 5, pred_boxes=pred_boxes).matched
+    assert matched.tolist() == [4, 0, 1, 2]
+    in_prior = torch.zeros(5, 4, dtype=torch.bool)
+    in_prior[:, 0] = True
+    assert_same_optimum_as_the_authors(matched, quality, in_prior)
 
 
 def test_crowd_gt_is_never_matched_and_its_points_are_ignored():

@@ -1,4 +1,6 @@
 """FCOS head shapes, regression parametrisations, loss bookkeeping and input checks."""
+import math
+
 import pytest
 import torch
 
@@ -8,7 +10,7 @@ from detectron2.utils.events import EventStorage
 
 from d2_anchorfree.modeling.heads import FCOSHead
 
-from conftest import load_cfg, make_batch, make_instances
+from conftest import load_cfg, loss_terms_on, make_batch, make_instances
 
 
 @pytest.mark.parametrize("norm_reg", [False, True])
@@ -45,6 +47,30 @@ def test_losses_are_normalised_and_finite_without_objects():
     # No positives: box and centerness losses are exactly zero, classification is not.
     assert losses["loss_box"].item() == 0 and losses["loss_ctr"].item() == 0
     assert losses["loss_cls"].item() > 0
+
+
+def test_fcos_preset_box_loss_is_the_authors_iou_loss():
+    # The FCOS preset's box loss "iou" (FCOS paper config) is the FCOS authors' -log((I + 1) / (U + 1))
+    # in pixels^2 (fcos_core/layers/iou_loss.py). One stride-8 point (4, 4), positive for GT
+    # [0, 0, 16, 8] (ltrb (4, 4, 12, 4), area 128). The predicted ltrb (0, 2, 0, 2) has zero
+    # width (a ReLU output at 0): I = 0, U = 128 + 0 - 0 = 128, loss log(129) = 4.8598124
+    # (-log(max(IoU, 1e-7)) gave 16.118 and no gradient). Centerness weighting of one positive:
+    # w / w = 1. Gradient on l (and r): -(dI/dl) / (I + 1) + (dU/dl) / (U + 1), dI/dl = h_I = 4,
+    # dU/dl = (t + b) - h_I = 0 -> -4: the loss opens the box; on t and b: dI/dt = w_I = 0,
+    # dU/dt = (l + r) - 0 = 0 -> 0.
+    assert load_cfg("configs/FCOS/FCOS_R_50_FPN_1x.yaml").MODEL.BOX_LOSS.TYPE == "iou"
+    model = build_model(load_cfg("configs/FCOS/FCOS_tiny_R_18_cpu.yaml", "MODEL.BOX_LOSS.TYPE", "",
+                                 "MODEL.BOX_LOSS.WEIGHT", -1.0))
+    box_term = next(t for t in model.loss_terms if type(t).__name__ == "BoxLoss")
+    assert (box_term.loss_type, box_term.weight) == ("iou", 1.0)  # the FCOS preset's
+    shifts = [torch.tensor([[4.0, 4.0]])] + [torch.zeros(0, 2)] * 4
+    gt = make_instances((8, 16), [[0, 0, 16, 8]], [0])
+    ltrb = torch.tensor([[[0.0, 2.0, 0.0, 2.0]]], requires_grad=True)
+    flat = {"logits": torch.zeros(1, 1, 1), "ltrb": ltrb, "centerness": torch.zeros(1, 1, 1)}
+    losses = loss_terms_on(model, shifts, [gt], torch.tensor([[0]]), flat)
+    assert losses["loss_box"].item() == pytest.approx(math.log(129), rel=1e-6)
+    losses["loss_box"].backward()
+    assert ltrb.grad[0, 0].tolist() == pytest.approx([-4.0, 0.0, -4.0, 0.0], abs=1e-6)
 
 
 def test_unknown_class_id_and_degenerate_box_raise():

@@ -116,6 +116,10 @@ def test_centerness_targets_by_hand():
     ltrb = torch.tensor([[10.0, 20.0, 30.0, 40.0], [5.0, 5.0, 5.0, 5.0]])
     # sqrt(min(10,30)/max(10,30) * min(20,40)/max(20,40)) = sqrt(1/3 * 1/2); center -> 1.
     assert centerness_targets(ltrb).tolist() == pytest.approx([math.sqrt(1 / 6), 1.0])
+    # Points outside their box (POTO's out-of-prior positives): 2 px left of it (l = -2) -> 0;
+    # beyond two sides (l = t = -2): 0, not sqrt((2 / 10) * (2 / 10)) = 0.2.
+    outside = torch.tensor([[-2.0, 5.0, 10.0, 5.0], [-2.0, -2.0, 10.0, 10.0]])
+    assert centerness_targets(outside).tolist() == [0.0, 0.0]
 
 
 def test_bad_sizes_of_interest_raise():

@@ -12,7 +12,8 @@ from fvcore.nn import sigmoid_focal_loss
 
 from d2_anchorfree.modeling.assigners import ATSSAssigner, FCOSAssigner
 from d2_anchorfree.modeling.heads.gfl_head import DGQP, GFLHead, distribution_to_distance
-from d2_anchorfree.modeling.losses import distribution_focal_loss, quality_focal_loss
+from d2_anchorfree.modeling.losses import dfl_targets, distribution_focal_loss, quality_focal_loss
+from d2_anchorfree.modeling.targets import floored_positives_per_image
 
 from conftest import load_cfg, loss_terms_on, make_batch, make_instances, train_step_and_predict
 
@@ -112,6 +113,41 @@ def test_dfl_rejects_targets_outside_the_bins():
         distribution_focal_loss(torch.zeros(1, 17), torch.tensor([-0.1]))
 
 
+def test_dfl_targets_stop_one_tenth_below_reg_max():
+    # MMDetection's bbox2distance clamps each side to [0, REG_MAX - 0.1]: with REG_MAX 4,
+    # 4.0 and 5.5 -> 3.9, 3.95 -> 3.9, 0.5 stays, -1 (point outside the box) -> 0.
+    got = dfl_targets(torch.tensor([4.0, 5.5, 3.95, 0.5, -1.0]), 4)
+    assert got.tolist() == pytest.approx([3.9, 3.9, 3.9, 0.5, 0.0])
+    # y = 3.9: bins 3 and 4 with weights 0.1 and 0.9. S = (1, 2, 3, 4, 10) / 20:
+    # -(0.1 log 0.2 + 0.9 log 0.5) = 0.1609438 + 0.6238325 = 0.7847763 (y = 4 gave -log 0.5).
+    logits = torch.log(torch.tensor([[1.0, 2.0, 3.0, 4.0, 10.0]]))
+    assert distribution_focal_loss(logits, got[:1]).item() == pytest.approx(
+        -(0.1 * math.log(0.2) + 0.9 * math.log(0.5)), rel=1e-5)
+    with pytest.raises(ValueError, match="REG_MAX must be >= 1, got 0"):
+        dfl_targets(torch.zeros(1), 0)
+
+
+def test_dfl_term_target_at_exactly_reg_max():
+    # REG_MAX 4, one stride-8 level; point (4, 4) is positive for GT [0, 0, 36, 8]:
+    # ltrb = (4, 4, 32, 4) px = (0.5, 0.5, 4.0, 0.5) strides; the right side is exactly REG_MAX
+    # -> target 3.9 (bins 3 and 4, weights 0.1 and 0.9).
+    # Box logits: 0 for l, t, b (uniform S = 0.2: y = 0.5 costs log 5 each); right side
+    # (0, 0, 0, 0, log 4) -> S = (1/8, 1/8, 1/8, 1/8, 1/2): 0.1 log 8 + 0.9 log 2 = 1.2 log 2
+    # = 0.8317766 (the old target 4.0 gave log 2).
+    # Weight: max class score 0.5 (logits log(1/3), 0); normalizer max(0.5, 1) = 1;
+    # loss_dfl = 0.25 (DFL.WEIGHT) * 0.5 * (3 log 5 + 1.2 log 2) / 4 sides = 0.1768778.
+    model = tiny_gfl("MODEL.DENSE.NUM_CLASSES", 2, "MODEL.GFL_HEAD.REG_MAX", 4)
+    shifts = [torch.tensor([[4.0, 4.0]])] + [torch.zeros(0, 2)] * 4
+    gt = make_instances((8, 40), [[0, 0, 36, 8]], [1])
+    box_logits = torch.zeros(1, 1, 20)
+    box_logits[0, 0, 14] = math.log(4)  # side 2 (r), bin 4
+    flat = {"logits": torch.tensor([[[math.log(1 / 3), 0.0]]]), "box_logits": box_logits}
+    losses = loss_terms_on(model, shifts, [gt], torch.tensor([[0]]), flat)
+    expected = 0.25 * 0.5 * (3 * math.log(5) + 1.2 * LOG2) / 4
+    assert expected == pytest.approx(0.1768778, rel=1e-6)
+    assert losses["loss_dfl"].item() == pytest.approx(expected, rel=1e-5)
+
+
 # ---- Integral decoding (Eq. 6) and DGQP
 
 def test_integral_is_the_expectation_in_stride_units():
@@ -207,6 +243,29 @@ def test_losses_by_hand():
     ignored = loss_terms_on(model, shifts, [gt], torch.tensor([[0, -2]]), flat)
     expected = 0.0625 * -math.log(0.75) + 0.140625 * LOG2
     assert ignored["loss_cls"].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_qfl_normalizer_counts_an_image_without_positives_as_one():
+    # The points, GT and logits of test_losses_by_hand in image 0; image 1 has no object and
+    # logits 0 at both points. QFL sums: image 0 0.0179801 + 0.0974738 + 0.3465736 = 0.4620275;
+    # image 1: four (point, class) pairs with s = 0.5, y = 0: 4 * 0.25 log2 = log2 = 0.6931472.
+    # Normalizer (MMDetection gfl_head.py): max(1, 1) + max(0, 1) = 2, not max(1 positive, 1) = 1:
+    # loss_cls = (0.4620275 + 0.6931472) / 2 = 0.5775874.
+    # The box losses keep their own normalizer: max(sum of weights 0.5, 1) = 1 -> GIoU 0.875.
+    model = tiny_gfl("MODEL.DENSE.NUM_CLASSES", 2, "MODEL.GFL_HEAD.REG_MAX", 4)
+    shifts = [torch.tensor([[4.0, 4.0], [12.0, 4.0]])] + [torch.zeros(0, 2)] * 4
+    gts = [make_instances((8, 16), [[0, 0, 16, 8]], [1]), make_instances((8, 16), [], [])]
+    scores = torch.tensor([[[math.log(1 / 3), 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    flat = {"logits": scores, "box_logits": torch.zeros(2, 2, 20)}
+    losses = loss_terms_on(model, shifts, gts, torch.tensor([[0, -1], [-1, -1]]), flat)
+    image0 = 0.0625 * -math.log(0.75) + 0.140625 * LOG2 + 0.5 * LOG2
+    assert losses["loss_cls"].item() == pytest.approx((image0 + LOG2) / 2, rel=1e-5)
+    assert losses["loss_box"].item() == pytest.approx(0.875, rel=1e-5)
+    # A batch whose images all have positives divides by the positives (here 1 + 2 = 3).
+    assert floored_positives_per_image(torch.tensor([[True, False], [True, True]])).item() == 3
+    assert floored_positives_per_image(torch.tensor([[True, False], [False, False]])).item() == 2
+    with pytest.raises(ValueError, match=r"pos must be \[N, R\], got \(2,\)"):
+        floored_positives_per_image(torch.tensor([True, False]))
 
 
 def test_box_losses_normalised_by_the_sum_of_score_weights():

@@ -12,7 +12,8 @@ def test_iou_losses_on_nested_ltrb():
     # pred ltrb (1,1,1,1) -> box [-1,-1,1,1] (area 4) inside target (2,2,2,2) (area 16): IoU = 1/4.
     pred = ltrb_as_boxes(torch.tensor([[1.0, 1, 1, 1]]))
     target = ltrb_as_boxes(torch.tensor([[2.0, 2, 2, 2]]))
-    assert iou_loss(pred, target, "iou").item() == pytest.approx(-math.log(0.25))
+    # "iou" is the FCOS authors' -log((I + 1) / (U + 1)): I = 4, U = 16 -> -log(5 / 17) = 1.2237754.
+    assert iou_loss(pred, target, "iou").item() == pytest.approx(-math.log(5 / 17))
     assert iou_loss(pred, target, "linear_iou").item() == pytest.approx(0.75)
     # enclosing box = target, so GIoU = IoU.
     assert iou_loss(pred, target, "giou").item() == pytest.approx(0.75)
@@ -23,6 +24,26 @@ def test_giou_of_disjoint_boxes():
     a, b = torch.tensor([[0.0, 0, 1, 1]]), torch.tensor([[2.0, 0, 3, 1]])
     assert paired_iou(a, b, giou=True).item() == pytest.approx(-1 / 3, abs=1e-6)
     assert iou_loss(a, b, "giou").item() == pytest.approx(4 / 3, abs=1e-6)
+
+
+def test_fcos_iou_loss_is_finite_with_a_gradient_at_zero_iou():
+    # FCOS authors' form (fcos_core/layers/iou_loss.py): -log((I + 1) / (U + 1)), pixels.
+    # Disjoint [0, 0, 1, 1] and [2, 0, 3, 1]: I = 0, U = 1 + 1 = 2 -> log 3 = 1.0986123
+    # (-log(max(IoU, eps)) gave -log(eps) and no gradient). d/dbox of log(U + 1) with
+    # U = (x1 - x0)(y1 - y0) + 1: (1 / 3) * (-1, -1, 1, 1): the loss shrinks the predicted box.
+    pred = torch.tensor([[0.0, 0, 1, 1]], requires_grad=True)
+    loss = iou_loss(pred, torch.tensor([[2.0, 0, 3, 1]]), "iou")
+    assert loss.item() == pytest.approx(math.log(3), rel=1e-6)
+    loss.backward()
+    assert pred.grad[0].tolist() == pytest.approx([-1 / 3, -1 / 3, 1 / 3, 1 / 3], rel=1e-6)
+    # A predicted ltrb of zero height (1, 0, 1, 0) at the center of the target (2, 2, 2, 2):
+    # I = 2 * 0 = 0, U = 16 -> log 17 = 2.8332133. d/dt = -(dI/dt) / (I + 1) + (dU/dt) / (U + 1)
+    # with dI/dt = w_I = 2 and dU/dt = (l + r) - dI/dt = 0: -2 (the same for b); l and r: 0.
+    ltrb = torch.tensor([[1.0, 0, 1, 0]], requires_grad=True)
+    loss = iou_loss(ltrb_as_boxes(ltrb), ltrb_as_boxes(torch.tensor([[2.0, 2, 2, 2]])), "iou")
+    assert loss.item() == pytest.approx(math.log(17), rel=1e-6)
+    loss.backward()
+    assert ltrb.grad[0].tolist() == pytest.approx([0.0, -2.0, 0.0, -2.0], abs=1e-6)
 
 
 def test_iou_loss_weights_and_errors():

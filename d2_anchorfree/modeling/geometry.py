@@ -8,7 +8,7 @@ Conventions (pixels of the network input throughout):
   * point-versus-box tests return [R, g] tensors computed per coordinate, never an [R, g, 4]
     copy (the assigners' memory bound); "inside" is strict, as in FCOS (min(l, t, r, b) > 0).
 """
-from typing import List
+from typing import List, Tuple
 
 import torch
 
@@ -77,6 +77,30 @@ def ltrb_as_boxes(ltrb: torch.Tensor) -> torch.Tensor:
     return torch.cat([-ltrb[..., :2], ltrb[..., 2:]], dim=-1)
 
 
+def paired_intersection_union(boxes1: torch.Tensor, boxes2: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Intersection and union areas of ``boxes1[i]`` and ``boxes2[i]``.
+
+    Args:
+        boxes1, boxes2: [..., 4] boxes (x0, y0, x1, y1) in pixels, same shape.
+
+    Returns:
+        (intersection [...], union [...]) float32, pixels^2, >= 0 (a degenerate box has area 0).
+        Computed in float32 whatever the input dtype: areas overflow float16 above 65504 px^2.
+
+    Raises:
+        ValueError: if the two inputs have different shapes (no silent broadcasting).
+    """
+    if boxes1.shape != boxes2.shape:
+        raise ValueError(f"paired_iou needs equal shapes, got {tuple(boxes1.shape)} and {tuple(boxes2.shape)}")
+    boxes1, boxes2 = boxes1.float(), boxes2.float()
+    lt = torch.max(boxes1[..., :2], boxes2[..., :2])
+    rb = torch.min(boxes1[..., 2:], boxes2[..., 2:])
+    inter = (rb - lt).clamp(min=0).prod(dim=-1)
+    area1 = (boxes1[..., 2:] - boxes1[..., :2]).clamp(min=0).prod(dim=-1)
+    area2 = (boxes2[..., 2:] - boxes2[..., :2]).clamp(min=0).prod(dim=-1)
+    return inter, area1 + area2 - inter
+
+
 def paired_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, giou: bool = False) -> torch.Tensor:
     """IoU (or GIoU) of ``boxes1[i]`` with ``boxes2[i]``.
 
@@ -92,15 +116,8 @@ def paired_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, giou: bool = False) -
     Raises:
         ValueError: if the two inputs have different shapes (no silent broadcasting).
     """
-    if boxes1.shape != boxes2.shape:
-        raise ValueError(f"paired_iou needs equal shapes, got {tuple(boxes1.shape)} and {tuple(boxes2.shape)}")
+    inter, union = paired_intersection_union(boxes1, boxes2)
     boxes1, boxes2 = boxes1.float(), boxes2.float()
-    lt = torch.max(boxes1[..., :2], boxes2[..., :2])
-    rb = torch.min(boxes1[..., 2:], boxes2[..., 2:])
-    inter = (rb - lt).clamp(min=0).prod(dim=-1)
-    area1 = (boxes1[..., 2:] - boxes1[..., :2]).clamp(min=0).prod(dim=-1)
-    area2 = (boxes2[..., 2:] - boxes2[..., :2]).clamp(min=0).prod(dim=-1)
-    union = area1 + area2 - inter
     iou = inter / (union + IOU_EPS)
     if not giou:
         return iou

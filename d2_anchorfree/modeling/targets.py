@@ -36,6 +36,32 @@ def loss_normalizer(total: torch.Tensor, floor: float = 1.0) -> float:
     return max(reduce_mean(total.detach().float()).item(), floor / comm.get_world_size())
 
 
+def floored_positives_per_image(pos: torch.Tensor) -> torch.Tensor:
+    """GFL's classification normalizer before the worker average: the sum over the batch's
+    images of max(positives of the image, 1).
+
+    Source: MMDetection 3.3.0 ``mmdet/models/dense_heads/gfl_head.py``: ``get_targets`` sums
+    ``SamplingResult.avg_factor`` over the images (lines 536-537), which is
+    ``max(pos_inds.numel(), 1)`` per image (``task_modules/samplers/sampling_result.py`` line 96;
+    ``PseudoSampler`` sets ``avg_factor_with_neg=False``), and ``loss_by_feat`` averages it over
+    workers (lines 374-375) and divides the QFL by it (the GFL authors' mmdet 2.x code:
+    ``num_total_pos = sum(max(inds.numel(), 1) ...)``). An image without positives thus counts 1,
+    unlike max(positives of the batch, 1).
+
+    Args:
+        pos: [N, R] bool, the positives of each image.
+
+    Returns:
+        Tensor: float32 scalar >= N (no gradient); pass it to :func:`loss_normalizer`.
+
+    Raises:
+        ValueError: ``pos`` not 2-D [N, R].
+    """
+    if pos.dim() != 2:
+        raise ValueError(f"floored_positives_per_image: pos must be [N, R], got {tuple(pos.shape)}")
+    return pos.sum(dim=1).clamp(min=1).sum().float()
+
+
 def check_gt_instances(gt_instances: List[Instances], num_classes: int):
     """Reject ground truth that would silently train the wrong thing.
 

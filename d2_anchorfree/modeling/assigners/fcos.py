@@ -111,11 +111,14 @@ def centerness_targets(ltrb: torch.Tensor) -> torch.Tensor:
     """FCOS centerness target, Eq. 3: sqrt(min(l,r)/max(l,r) * min(t,b)/max(t,b)).
 
     Args:
-        ltrb: [R, 4] positive distances (any unit).
+        ltrb: [R, 4] distances (any unit) from each point to its box; negative ones (a point
+            outside its box, e.g. a POTO positive outside its GT's prior) count as 0.
 
     Returns:
-        Tensor [R] in [0, 1]; 1 at the box center.
+        Tensor [R] in [0, 1]; 1 at the box center, 0 on or outside the box's border (without the
+        clamp, a point beyond two sides, e.g. l < 0 and t < 0, would get a positive target).
     """
+    ltrb = ltrb.clamp(min=0)
     lr = ltrb[:, [0, 2]]
     tb = ltrb[:, [1, 3]]
     ratio = (lr.min(dim=1).values / lr.max(dim=1).values) * (tb.min(dim=1).values / tb.max(dim=1).values)

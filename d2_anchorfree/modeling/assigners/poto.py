@@ -1,16 +1,22 @@
 """POTO: Prediction-aware One-To-One label assignment (DeFCN).
 
 Source: Wang et al., "End-to-End Object Detection with Fully Convolutional Network", CVPR 2021,
-Sec. 3.2, Eq. 2-3: every GT i is given at most one location pi(i) maximizing the total matching
+Sec. 3.2, Eq. 2-3: every GT i is given exactly one location pi(i) maximizing the total matching
 quality
 
     Q_ij = 1[j in Omega_i] * p_hat_ij^(1 - alpha) * IoU_ij^alpha,
 
 where Omega_i is GT i's spatial (and level) prior, p_hat_ij the predicted probability of GT i's
-class at location j and IoU_ij the IoU of location j's predicted box with GT i. The matching is
-a maximum-weight bipartite matching solved exactly with ``scipy.optimize.linear_sum_assignment``
-(or, for large problems, scipy's sparse ``min_weight_full_bipartite_matching``: same optimum,
-memory O(pairs), see :func:`match_one_to_one`).
+class at location j and IoU_ij the IoU of location j's predicted box with GT i. The authors'
+code (Megvii-BaseDetection/DeFCN, ``playground/detection/coco/poto.res50.fpn.coco.800size.3x_ms/
+fcos.py``, ``get_ground_truth``, lines 228-252) sets Q = -1 outside the prior (not 0) and runs
+``scipy.optimize.linear_sum_assignment(quality, maximize=True)`` on the full [G, R] matrix: every
+GT gets exactly one location (min(G, R) GTs when there are more GTs than locations), an
+out-of-prior one when its in-prior locations are all taken or it has none. Here the same optimum
+is found in two stages with memory O(in-prior pairs + R) instead of O(G R):
+:func:`match_one_to_one` (the in-prior pairs; dense ``linear_sum_assignment`` or, for large
+problems, scipy's sparse ``min_weight_full_bipartite_matching``) and :func:`assign_out_of_prior`
+(a free location for each GT left over).
 """
 from typing import List, Optional, Tuple
 
@@ -115,19 +121,18 @@ def prior_mask(points: torch.Tensor, stride: float, regress_range: Tuple[float, 
 
 def match_one_to_one(point_idx: torch.Tensor, gt_idx: torch.Tensor, quality: torch.Tensor,
                      num_gt: int, num_points: int, max_dense_elements: int = 1 << 20) -> torch.Tensor:
-    """Maximum-weight one-to-one matching on the (point, GT) pairs inside the priors.
+    """First stage of POTO: maximum-weight one-to-one matching on the in-prior (point, GT) pairs.
 
     The weight of an in-prior pair is ``Q + 1`` and of every other pair 0, i.e. the maximized
-    objective is ``sum over matched GTs of Q - (number of GTs left without a positive)``:
-    exactly the objective of the authors' code (which sets Q = -1 outside the prior).
-    Consequences:
-      * A matched pair is a positive iff it lies in the prior, **whatever its Q**: an in-prior
-        pair with Q == 0 (e.g. an untrained, degenerate predicted box with IoU 0) is a
-        positive (weight 1 > 0), so that training can start; a zero-weight (out-of-prior) pair
-        is never a positive.
-      * A GT with no point in its prior, or whose prior points are all taken by other GTs,
-        stays unmatched (no positive). The authors' code instead labels an arbitrary
-        out-of-prior point positive for it.
+    objective is ``sum over matched GTs of Q - (number of GTs left without an in-prior
+    point)``: the objective of the authors' code (Q = -1 outside the prior, every GT matched;
+    see the module docstring) up to the constant min(G, R). So the in-prior pairs of the
+    authors' matching are an optimum here, and :func:`assign_out_of_prior` completes it.
+      * An in-prior pair with Q == 0 (e.g. an untrained, degenerate predicted box with IoU 0)
+        is matched like any other (weight 1 > 0), so that training can start.
+      * A GT with no point in its prior, or whose prior points are all taken by other GTs, is
+        left unmatched here; every point still free then lies outside its prior (a free
+        in-prior point would have raised the objective by >= 1).
 
     Solved exactly, on the columns of points that lie in at least one GT's prior (a point
     outside every prior can never be a positive), by one of two scipy solvers chosen by size:
@@ -150,8 +155,8 @@ def match_one_to_one(point_idx: torch.Tensor, gt_idx: torch.Tensor, quality: tor
             in :class:`POTOAssigner`); 0 always uses the sparse solver.
 
     Returns:
-        Tensor [R] long: the matched GT index, or BACKGROUND (-1). Each GT index appears at
-        most once. On ``point_idx``'s device.
+        Tensor [R] long: the matched GT index, or BACKGROUND (-1); every matched pair is in the
+        prior. Each GT index appears at most once. On ``point_idx``'s device.
     """
     matched = torch.full((num_points,), BACKGROUND, dtype=torch.long, device=point_idx.device)
     if point_idx.numel() == 0:
@@ -196,26 +201,84 @@ def solve_sparse(rows: np.ndarray, cols: np.ndarray, quality: np.ndarray, num_ro
     return r[in_prior], c[in_prior]
 
 
+@torch.no_grad()
+def assign_out_of_prior(matched: torch.Tensor, points: torch.Tensor, gt: Instances, pred_scores: torch.Tensor,
+                        pred_boxes: torch.Tensor, alpha: float, exclude: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Second stage of POTO: one out-of-prior point for every GT that :func:`match_one_to_one`
+    left unmatched, as the authors' full matching does.
+
+    In the authors' objective all out-of-prior pairs are worth -1, so any free point completes
+    the matching optimally (there, scipy's solver picks one by its internal order). Here the
+    choice is made by a fixed rule: the GTs left over, in index order, each take the free point
+    (matched to no GT) of highest Q = p^(1 - alpha) IoU^alpha (:func:`pair_quality`, from the same
+    predictions), ties broken by the smallest distance from the point to the GT box's center,
+    then the lowest point index. When the free points run out (more GTs than points), the
+    remaining GTs stay unmatched, as min(G, R) GTs are matched by ``linear_sum_assignment``.
+    Such a positive lies outside its GT's prior and maybe outside its box (some of its GT ltrb
+    distances negative).
+
+    Memory and time: O(R) per GT left over (one row of Q at a time).
+
+    Args:
+        matched: [R] long, :func:`match_one_to_one`'s result (GT index or BACKGROUND); modified
+            in place.
+        points: [R, 2] (x, y) pixels, all levels concatenated.
+        gt: ``Instances`` with ``gt_boxes`` (XYXY pixels) and ``gt_classes``.
+        pred_scores: [R, K] class probabilities in [0, 1]. pred_boxes: [R, 4] XYXY pixels.
+        alpha: [0, 1], as in :func:`pair_quality`.
+        exclude: optional [G] bool, GTs never to match (crowd boxes).
+
+    Returns:
+        The updated ``matched`` [R]: each non-excluded GT exactly once when there are enough
+        points.
+    """
+    num_gt, num_points = len(gt), len(matched)
+    has_point = torch.zeros(num_gt, dtype=torch.bool, device=matched.device)
+    has_point[matched[matched >= 0]] = True
+    if exclude is not None:
+        has_point |= exclude.to(matched.device)
+    left_over = (~has_point).nonzero().squeeze(1).tolist()
+    if not left_over:
+        return matched
+    free = matched == BACKGROUND
+    all_points = torch.arange(num_points, device=matched.device)
+    boxes = gt.gt_boxes.tensor.to(points.dtype)
+    centers = (boxes[:, :2] + boxes[:, 2:]) / 2
+    for g in left_over:
+        if not free.any():
+            break
+        q = pair_quality(all_points, torch.full_like(all_points, g), gt, pred_scores, pred_boxes, alpha)
+        q = torch.where(free, q, torch.full_like(q, -1.0))  # Q >= 0 at the free points
+        candidates = free & (q == q.max())
+        dist2 = ((points - centers[g]) ** 2).sum(dim=1)
+        point = torch.where(candidates, dist2, torch.full_like(dist2, float("inf"))).argmin()
+        matched[point] = g
+        free[point] = False
+    return matched
+
+
 def match_one_to_one_dense(quality: torch.Tensor, in_prior: torch.Tensor) -> torch.Tensor:
-    """Reference for :func:`match_one_to_one` on the unrestricted [G, R] problem (all points).
+    """The authors' formulation, a reference for the two stages (:func:`match_one_to_one`,
+    :func:`assign_out_of_prior`): ``linear_sum_assignment(maximize=True)`` on the full [G, R]
+    matrix with Q in the prior and -1 outside (DeFCN ``fcos.py`` ``get_ground_truth``:
+    ``quality[~is_in_boxes] = -1``).
 
     Args:
         quality: [G, R] Q in [0, 1] (values outside the prior are not used).
         in_prior: [G, R] bool.
 
     Returns:
-        Tensor [R] long (GT index or BACKGROUND), same rules as :func:`match_one_to_one`.
-        Kept to prove (tests) that restricting the columns changes nothing.
+        Tensor [R] long (GT index or BACKGROUND): min(G, R) matched pairs, in or out of the
+        prior. Its in-prior pairs equal :func:`match_one_to_one`'s up to ties between equally
+        good matchings; its out-of-prior points are scipy's choice among equal ones (tests).
     """
     num_gt, num_points = quality.shape
     matched = torch.full((num_points,), BACKGROUND, dtype=torch.long)
     if num_gt == 0 or num_points == 0:
         return matched
-    weights = torch.where(in_prior, quality.double() + 1.0, torch.zeros_like(quality, dtype=torch.float64))
-    weights = weights.cpu().numpy()
-    rows, cols = linear_sum_assignment(weights, maximize=True)
-    positive = weights[rows, cols] > 0
-    matched[torch.as_tensor(cols[positive], dtype=torch.long)] = torch.as_tensor(rows[positive], dtype=torch.long)
+    weights = torch.where(in_prior, quality.double(), torch.full_like(quality, -1.0, dtype=torch.float64))
+    rows, cols = linear_sum_assignment(weights.cpu().numpy(), maximize=True)
+    matched[torch.as_tensor(cols, dtype=torch.long)] = torch.as_tensor(rows, dtype=torch.long)
     return matched
 
 
@@ -279,9 +342,11 @@ class POTOAssigner:
 
     Per image: the in-prior (point, GT) pairs are found in GT chunks (bounded memory, see
     :func:`prior_mask`), their quality Q = p^(1-alpha) IoU^alpha is computed from the detached
-    predictions, and :func:`match_one_to_one` gives each GT at most one point. Unmatched
-    points are BACKGROUND; BACKGROUND points strictly inside a crowd box (``gt_is_crowd``) are
-    IGNORE, and crowd GTs are never matched. No GT -> all BACKGROUND.
+    predictions, :func:`match_one_to_one` matches GTs to in-prior points, and
+    :func:`assign_out_of_prior` gives each GT left over a point outside its prior, so every GT
+    gets exactly one point (while points last), as in the authors' code. Other points are
+    BACKGROUND; BACKGROUND points strictly inside a crowd box (``gt_is_crowd``) are IGNORE, and
+    crowd GTs are never matched. No GT -> all BACKGROUND.
     """
 
     #: the most this assigner reads; ``config_keys`` (per instance) adds the MODEL.DENSE keys of
@@ -367,8 +432,8 @@ class POTOAssigner:
             pred_boxes: [R, 4] decoded predicted boxes, XYXY pixels, detached.
 
         Returns:
-            :class:`AssignResult`: ``matched`` [R] long: GT index (each at most once),
-            BACKGROUND (-1) or IGNORE (-2); no soft target.
+            :class:`AssignResult`: ``matched`` [R] long: GT index (each non-crowd GT exactly
+            once, or min(G, R) of them), BACKGROUND (-1) or IGNORE (-2); no soft target.
 
         Raises:
             ValueError: missing predictions or shapes that do not match the R points.
@@ -380,5 +445,7 @@ class POTOAssigner:
         quality = pair_quality(point_idx, gt_idx, gt, pred_scores, pred_boxes, self.alpha)
         matched = match_one_to_one(point_idx, gt_idx, quality, len(gt), num_points,
                                    max_dense_elements=self.prior.chunk_elements)
-        return AssignResult(ignore_inside_crowd(matched, torch.cat(shifts), gt.gt_boxes.tensor, crowd,
+        points = torch.cat(shifts)
+        matched = assign_out_of_prior(matched, points, gt, pred_scores, pred_boxes, self.alpha, exclude=crowd)
+        return AssignResult(ignore_inside_crowd(matched, points, gt.gt_boxes.tensor, crowd,
                                                 self.prior.chunk_elements))

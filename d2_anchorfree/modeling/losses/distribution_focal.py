@@ -2,6 +2,35 @@
 import torch
 import torch.nn.functional as F
 
+#: DFL targets stop this far (stride units) below REG_MAX: MMDetection's ``bbox2distance`` ``eps``.
+DFL_TARGET_EPS = 0.1
+
+
+def dfl_targets(distances: torch.Tensor, reg_max: int) -> torch.Tensor:
+    """GT distances (stride units) as DFL targets: clamped to [0, REG_MAX - 0.1].
+
+    Source: MMDetection 3.3.0 ``mmdet/models/dense_heads/gfl_head.py`` lines 297-299 encode the
+    targets with ``DistancePointBBoxCoder.encode(..., max_dis=self.reg_max)``, i.e.
+    ``mmdet/structures/bbox/transforms.py`` ``bbox2distance`` (lines 206-230): each side
+    clamped to [0, max_dis - eps], eps = 0.1 (:data:`DFL_TARGET_EPS`), "to ensure target <
+    max_dis". So a distance at or beyond REG_MAX (a large object on its level) trains the last
+    two bins with weights (0.1, 0.9), not the last bin alone; a point outside its GT's box (a
+    negative distance) trains bin 0.
+
+    Args:
+        distances: any shape, (l, t, r, b) from the point to its GT box in stride units.
+        reg_max: n >= 1 (``MODEL.GFL_HEAD.REG_MAX``; the distributions have n + 1 bins).
+
+    Returns:
+        Tensor of the same shape and dtype, in [0, n - 0.1].
+
+    Raises:
+        ValueError: ``reg_max`` < 1.
+    """
+    if reg_max < 1:
+        raise ValueError(f"MODEL.GFL_HEAD.REG_MAX must be >= 1, got {reg_max}")
+    return distances.clamp(min=0.0, max=reg_max - DFL_TARGET_EPS)
+
 
 def distribution_focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-distance Distribution Focal Loss.
@@ -14,8 +43,8 @@ def distribution_focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch
 
     i.e. a cross-entropy towards the two bins around y, weighted so that the optimum (S_i, S_{i+1})
     = (y_{i+1} - y, y - y_i) has expectation y. At the upper edge y == n the bins are (n-1, n), so
-    the loss is -log S_n (no clamping to n - 0.01 is needed); an integer y < n puts all the
-    weight on bin y.
+    the loss is -log S_n; an integer y < n puts all the weight on bin y. (GFL's targets stop at
+    n - 0.1, see :func:`dfl_targets`; this function accepts all of [0, n].)
 
     Args:
         logits: [M, n + 1] bin logits (S = softmax over the last dim), n >= 1.

@@ -3,7 +3,7 @@ from typing import Optional
 
 import torch
 
-from ..geometry import IOU_EPS, paired_iou
+from ..geometry import paired_intersection_union, paired_iou
 from .reduction import reduce_loss
 
 IOU_LOSS_TYPES = ("iou", "linear_iou", "giou")
@@ -29,22 +29,37 @@ def iou_loss(
 ) -> torch.Tensor:
     """IoU-family loss between paired boxes.
 
+    ``loss_type``:
+      * "iou": -log((I + 1) / (U + 1)), I and U the intersection and union areas in pixels^2:
+        the IoU loss of UnitBox (Yu et al. 2016) as the FCOS authors compute it
+        (tianzhi0549/FCOS ``fcos_core/layers/iou_loss.py`` lines 36-39; AdelaiDet
+        ``adet/utils/comm.py`` ``compute_ious`` line 100 with ``adet/layers/iou_loss.py``).
+        The +1 keeps the loss finite and its gradient non-zero at IoU = 0 (e.g. disjoint boxes,
+        where it shrinks the union), where -log(max(IoU, eps)) (MMDetection's ``IoULoss``,
+        ``mmdet/models/losses/iou_loss.py``) has none. The +1 is an area, so the boxes must be in pixels
+        (the FCOS paper config regresses pixels; ``BoxLoss`` always passes pixels).
+        Intersections are clamped at 0 (the authors' ltrb formula never needs it: their boxes
+        share a point inside both).
+      * "linear_iou": 1 - IoU; "giou": 1 - GIoU (Rezatofighi et al., CVPR 2019), IoU and GIoU
+        from ``geometry.paired_iou`` (no +1).
+
     Args:
-        pred, target: [R, 4] boxes (x0, y0, x1, y1), or (l, t, r, b) distances from the same
-            point passed through ``geometry.ltrb_as_boxes`` (IoU is the same either way).
-        loss_type: "iou" = -log(IoU) (UnitBox, Yu et al. 2016, used by the FCOS paper),
-            "linear_iou" = 1 - IoU, "giou" = 1 - GIoU (Rezatofighi et al., CVPR 2019).
+        pred, target: [R, 4] boxes (x0, y0, x1, y1) in pixels, or (l, t, r, b) distances (pixels)
+            from the same point passed through ``geometry.ltrb_as_boxes`` (IoU, I and U are the
+            same either way).
+        loss_type: "iou", "linear_iou" or "giou" (above).
         weight: optional [R] per-box weights (e.g. centerness targets in FCOS).
         reduction: "sum", "mean" or "none".
 
     Returns:
-        Tensor: scalar (sum/mean) or [R] ("none").
+        Tensor float32: scalar (sum/mean) or [R] ("none"); >= 0.
 
     Raises:
-        ValueError: unknown ``loss_type`` or ``reduction``.
+        ValueError: unknown ``loss_type`` or ``reduction``, or shapes that differ.
     """
     if loss_type == "iou":
-        loss = -torch.log(paired_iou(pred, target).clamp(min=IOU_EPS))
+        inter, union = paired_intersection_union(pred, target)
+        loss = -torch.log((inter + 1.0) / (union + 1.0))
     elif loss_type == "linear_iou":
         loss = 1.0 - paired_iou(pred, target)
     elif loss_type == "giou":

@@ -18,8 +18,8 @@ from detectron2.utils.registry import Registry
 
 from ..assigners.fcos import centerness_targets
 from ..geometry import ltrb_as_boxes, paired_iou
-from ..targets import DenseTargets, loss_normalizer
-from .distribution_focal import distribution_focal_loss
+from ..targets import DenseTargets, floored_positives_per_image, loss_normalizer
+from .distribution_focal import dfl_targets, distribution_focal_loss
 from .focal import check_focal_parameters, focal_loss_on_probabilities, focal_loss_with_labels
 from .iou import check_iou_loss_type, iou_loss
 from .quality_focal import quality_focal_loss
@@ -166,9 +166,13 @@ class QualityFocalLoss(LossTerm):
     each positive, 0 elsewhere, IGNORE left out, divided by the positives. The target is the IoU
     of the (detached) predicted box with its GT ("iou", GFL) or the assigner's soft target
     ("assigner", TOOD's normalized alignment metric). Trains logits or, for heads whose scores are
-    probabilities (DGQP, TOOD), the probabilities. Normalizer: the positives (GFL, ``GFLHead.loss``)
-    or, with the assigner's target, the sum of the targets (TOOD, ``loss_by_feat``:
-    ``cls_avg_factor`` = sum of the normalized alignment metrics), floor 1. Output "loss_cls"."""
+    probabilities (DGQP, TOOD), the probabilities. Normalizer, averaged over workers:
+      * "iou" (GFL): the sum over images of max(positives of the image, 1)
+        (:func:`~d2_anchorfree.modeling.targets.floored_positives_per_image`; MMDetection 3.3.0
+        ``gfl_head.py`` ``get_targets`` / ``loss_by_feat``), so an image without objects adds 1;
+      * "assigner" (TOOD): the sum of the targets, floor 1 (``tood_head.py`` ``loss_by_feat``:
+        ``cls_avg_factor`` = sum of the normalized alignment metrics).
+    Output "loss_cls"."""
 
     CONFIG_KEYS = ("QFL.*",)
     OUTPUTS = ("loss_cls",)
@@ -198,7 +202,10 @@ class QualityFocalLoss(LossTerm):
             values = targets.quality[t.pos]
         soft = soft_class_targets(out.scores, targets, values)
         loss = quality_focal_loss(out.scores[t.valid], soft[t.valid], self.beta, out.scores_activated)
-        norm = targets.num_pos if self.target == "iou" else loss_normalizer(values.sum(), 1.0)
+        if self.target == "iou":
+            norm = loss_normalizer(floored_positives_per_image(t.pos), 1.0)
+        else:
+            norm = loss_normalizer(values.sum(), 1.0)
         return {"loss_cls": self.weight * (loss / norm)}
 
 
@@ -318,7 +325,8 @@ class CenternessLoss(LossTerm):
 @LOSS_REGISTRY.register()
 class DistributionFocalLoss(LossTerm):
     """GFL's Distribution Focal Loss (Eq. 7) on the four side distributions ("box_logits") of the
-    positives, targets = GT distances in stride units clamped to [0, REG_MAX], averaged over the
+    positives, targets = GT distances in stride units clamped to [0, REG_MAX - 0.1]
+    (:func:`~.distribution_focal.dfl_targets`, MMDetection's ``bbox2distance``), averaged over the
     four sides, weighted and normalized like the box loss (``MODEL.BOX_LOSS.WEIGHTING``; GFL:
     "max_score"). Output "loss_dfl"."""
 
@@ -341,8 +349,8 @@ class DistributionFocalLoss(LossTerm):
         bins = box_logits.shape[-1] // 4
         weights, norm = box_weights(self.weighting, out.ltrb, out, targets)
         pos_strides = targets.point_strides[t.pos_point][:, None]
-        dfl_targets = (targets.gt_ltrb / pos_strides).clamp(min=0, max=bins - 1)  # stride units
-        loss = distribution_focal_loss(box_logits[t.pos].reshape(-1, bins), dfl_targets.reshape(-1))
+        side_targets = dfl_targets(targets.gt_ltrb / pos_strides, bins - 1)  # stride units
+        loss = distribution_focal_loss(box_logits[t.pos].reshape(-1, bins), side_targets.reshape(-1))
         if weights is not None:
             loss = loss * weights.repeat_interleave(4)
         loss = loss.sum() / 4.0 / norm
