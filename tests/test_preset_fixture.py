@@ -13,10 +13,17 @@ the code matched it bit for bit. Issue 11's fidelity fixes changed, on purpose, 
     -log((I + 1) / (U + 1)) (the only case with TYPE "iou");
   * gfl, gfl_tiny, gfl_dgqp loss_cls (x 27/28): QFL divides by the sum over images of
     max(positives, 1) (MMDetection's GFLHead): 27 positives in image 0, 1 for the empty image 1.
-Everything else, detections included, is unchanged: no GT distance of the batch exceeds
-REG_MAX - 0.1 strides (the DFL clamp), POTO finds an in-prior point for every GT of the batch (the
-out-of-prior stage adds nothing), and every FCOS/ATSS positive lies inside its box (the
-centerness clamp).
+  * vfnet, vfnet_tiny, vfnet_fcos_assigner losses and detections: VFNet's initial box is the
+    authors' exp(s x) * 8 strides (MODEL.VFNET_HEAD.INIT_BOX_NORM "reg_denom"), not relu(s x) *
+    stride from a bias of 4;
+  * the detections of fcos_imprv, fcos_tiny, fcos_with_atss, atss, atss_tiny and the five DeFCN
+    cases: empty boxes (relu-decoded sides at 0, common after one step) are dropped before NMS /
+    top-k (MMDetection's min_bbox_size=0), no longer after it; each image now keeps 100
+    detections, and the old ones (16-40) are exactly the first of them.
+Everything else is unchanged: no GT distance of the batch exceeds REG_MAX - 0.1 strides (the DFL
+clamp), POTO finds an in-prior point for every GT of the batch (the out-of-prior stage adds
+nothing), every FCOS/ATSS positive lies inside its box (the centerness clamp), and no TOOD
+aligned box of the batch comes out inverted (the reference's fallback) or changes NMS unclipped.
 """
 import os
 
