@@ -321,8 +321,9 @@ def checkpoint_dict(model: nn.Module, cfg: Config, classes: tuple, layout: str, 
     3.x: meta as mmengine's Runner.save_checkpoint writes it (epoch, iter, cfg, seed,
     experiment_name, time, mmengine_version, dataset_meta {classes, palette}) plus
     ``mmdet_version`` '3.3.0'. 2.x: meta as mmdet 2.x's train script + mmcv 1.x's runner write
-    it (mmdet_version, CLASSES, config, epoch, iter, mmcv_version, time, seed, exp_name); the
-    config text is the 3.x one (a real 2.x file holds its 2.x config). Both keep the state
+    it (env_info, config, seed, exp_name, mmdet_version, CLASSES, epoch, iter, hook_msgs,
+    mmcv_version, time); the config text is the 3.x one (a real 2.x file holds its 2.x
+    config). Both keep the state
     dict's ``_metadata`` (module versions) as mmengine's ``weights_to_cpu`` does."""
     state_dict = weights_to_cpu(model.state_dict())
     experiment = os.path.splitext(os.path.basename(config))[0]
@@ -334,9 +335,14 @@ def checkpoint_dict(model: nn.Module, cfg: Config, classes: tuple, layout: str, 
                     time=stamp, mmengine_version=mmengine.__version__,
                     dataset_meta=dict(classes=classes, palette=palette))
     elif layout == "2.x":
-        meta = dict(mmdet_version="2.28.2", CLASSES=classes, config=cfg.pretty_text,
-                    epoch=12, iter=87960, mmcv_version="1.7.1", time=time.asctime(),
-                    seed=seed, exp_name=os.path.basename(config))
+        # mmdet 2.28 tools/train.py: env_info, config, seed, exp_name in runner.meta and
+        # checkpoint_config.meta = mmdet_version, CLASSES; mmcv 1.x runner/CheckpointHook: epoch,
+        # iter, hook_msgs; mmcv.runner.save_checkpoint: mmcv_version, time (asctime)
+        meta = dict(env_info=f"sys.platform: linux\nPyTorch: {torch.__version__}",
+                    config=cfg.pretty_text, seed=seed, exp_name=os.path.basename(config),
+                    mmdet_version="2.28.2", CLASSES=classes, epoch=12, iter=87960,
+                    hook_msgs=dict(last_ckpt=f"work_dirs/{experiment}/epoch_12.pth"),
+                    mmcv_version="1.7.1", time=time.asctime())
     else:
         raise ValueError(layout)
     return dict(meta=meta, state_dict=state_dict)
