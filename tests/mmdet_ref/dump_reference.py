@@ -553,7 +553,7 @@ def main(argv=None) -> dict:
     print(f"  calibration: {calibration}")
     for r in results:
         print(f"  {os.path.basename(r['path'])} {r['metainfo']['img_shape']}: {r['stats']}")
-    print(f"  timing (s): " + ", ".join(
+    print("  timing (s): " + ", ".join(
         f"{k}={[round(x, 1) for x in v] if isinstance(v, list) else round(v, 1)}"
         for k, v in timing.items()))
     if problems:
