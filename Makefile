@@ -1,7 +1,8 @@
 # d2-anchorfree: the two commands of the README.
 #   make demo   create the environment if missing, prepare the bundled tree-crown data, train the
 #               tiny FCOS on CPU, evaluate COCO AP on val, draw predictions on val images.
-#   make test   create the environment if missing, run the test suite.
+#   make test   create the environment if missing (and the MMDetection reference environment of the
+#               converter's parity tests, tools/setup_mmdet_env.sh), run the test suite.
 #   make test-d2main   the same suite on detectron2 main (02b5c4e) with its compiled ops, built by
 #               tools/setup_d2main.sh from $(D2MAIN_ARCHIVE) (skipped, with the reason, when absent).
 # The environment lives in $(D2AF_VENV) (default ~/.cache/d2af/venv), see tools/setup_env.sh.
@@ -33,7 +34,9 @@ demo: data
 	  --output $(OUT)/predictions MODEL.WEIGHTS $(OUT)/model_final.pth
 
 test: env
-	@PY=$$(bash tools/setup_env.sh 2>/dev/null)/bin/python; $$PY -m pytest -q $(PYTEST_ARGS)
+	@set -euo pipefail; VENV=$$(bash tools/setup_env.sh 2>/dev/null); \
+	D2AF_VENV=$$VENV bash tools/setup_mmdet_env.sh >/dev/null; \
+	D2AF_REQUIRE_MMDET=1 $$VENV/bin/python -m pytest -q $(PYTEST_ARGS)
 
 test-d2main: env
 	@set -euo pipefail; PY=$$(bash tools/setup_env.sh 2>/dev/null)/bin/python; \
@@ -42,7 +45,8 @@ test-d2main: env
 	  exit 0; fi; \
 	D2MAIN=$$(D2MAIN_ARCHIVE="$(D2MAIN_ARCHIVE)" bash tools/setup_d2main.sh); \
 	echo "[test-d2main] detectron2 main with _C from $$D2MAIN"; \
-	PYTHONPATH="$$D2MAIN$${PYTHONPATH:+:$$PYTHONPATH}" D2AF_EXPECT_D2MAIN=1 $$PY -m pytest -q $(PYTEST_ARGS)
+	D2AF_VENV=$${PY%/bin/python} bash tools/setup_mmdet_env.sh >/dev/null; \
+	PYTHONPATH="$$D2MAIN$${PYTHONPATH:+:$$PYTHONPATH}" D2AF_EXPECT_D2MAIN=1 D2AF_REQUIRE_MMDET=1 $$PY -m pytest -q $(PYTEST_ARGS)
 
 clean:
 	rm -rf output

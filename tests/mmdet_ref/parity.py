@@ -9,16 +9,18 @@ from the matching ``configs/zoo/mmdet/*.yaml``, and on every image compare
   reference's outputs reads in our head's terms),
 * the final detections of our full model (our preprocessing, NMS / top-k, rescaling) with the
   reference's ``predict``: same number, and matched one to one with the same class, boxes within
-  ``BOX_ATOL`` pixels and scores within ``SCORE_ATOL``.
+  ``BOX_ATOL`` pixels and scores within ``SCORE_ATOL``. Like every detectron2 model, ours clips
+  its final boxes to the image and drops empty ones; the reference's boxes are clipped the same
+  way, and those entirely outside the image (TOOD's reference clips nothing) are left out and
+  counted in ``result["outside"]``.
 """
 import os
 import re
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from detectron2.config import get_cfg
 
@@ -115,8 +117,16 @@ def match_detections(ours, ref) -> Tuple[int, float, float]:
     return unmatched, worst_box, worst_score
 
 
-def compare(dump_dir: str, layout_note: str = "") -> Dict[str, object]:
+def compare(dump_dir: str, edit_state: Optional[Callable[[dict], None]] = None,
+            images: Optional[List[str]] = None) -> Dict[str, object]:
     """Convert the dump's checkpoint, run our model, compare; returns the measured differences.
+
+    Args:
+        dump_dir: a ``dump_reference.py`` output folder.
+        images: where the dump's images are now (matched by file name; a cached dump may have
+            been made from files that are gone); default: the paths recorded in the dump.
+        edit_state: optional, called on the converted state dict before loading (negative
+            controls: a perturbed tensor must be caught).
 
     Returns:
         dict with "features" (max abs difference over the FPN levels of all images), "head"
@@ -129,6 +139,8 @@ def compare(dump_dir: str, layout_note: str = "") -> Dict[str, object]:
     from detectron2.modeling import build_model
 
     model = build_model(cfg).eval()
+    if edit_state is not None:
+        edit_state(state)
     model.load_state_dict(state, strict=True)
     head_type = re.search(r"type='(\w+Head)'", ref["config_text"].split("bbox_head=", 1)[1]).group(1)
     result = {"report": report.summary(), "features": 0.0, "head": {}, "detections": []}
@@ -149,7 +161,8 @@ def compare(dump_dir: str, layout_note: str = "") -> Dict[str, object]:
                                      model.head.strides[level], offset)
                     diff = float((ours_t - ref_t).abs().max())
                     result["head"][name] = max(result["head"].get(name, 0.0), diff)
-            bgr = read_bgr(image["path"])
+            by_name = {os.path.basename(p): p for p in images or []}
+            bgr = read_bgr(by_name.get(os.path.basename(image["path"]), image["path"]))
             h, w = bgr.shape[:2]
             arr = bgr if cfg.INPUT.FORMAT == "BGR" else bgr[:, :, ::-1]
             inp = torch.as_tensor(np.ascontiguousarray(arr.transpose(2, 0, 1)))
@@ -159,8 +172,13 @@ def compare(dump_dir: str, layout_note: str = "") -> Dict[str, object]:
             ref_boxes = det["bboxes"].clone()
             ref_boxes[:, 0::2] = ref_boxes[:, 0::2].clamp(0, w)  # detectron2 clips the final boxes
             ref_boxes[:, 1::2] = ref_boxes[:, 1::2].clamp(0, h)
-            unmatched, worst_box, worst_score = match_detections(ours, (ref_boxes, det["scores"], det["labels"]))
-            result["detections"].append((len(inst), len(det["scores"]), unmatched, worst_box, worst_score))
+            # ... and drops those left empty (detector_postprocess): a reference box entirely
+            # outside the image (TOOD's reference never clips) has no detectron2 counterpart.
+            kept = (ref_boxes[:, 2] > ref_boxes[:, 0]) & (ref_boxes[:, 3] > ref_boxes[:, 1])
+            result["outside"] = result.get("outside", 0) + int((~kept).sum())
+            unmatched, worst_box, worst_score = match_detections(
+                ours, (ref_boxes[kept], det["scores"][kept], det["labels"][kept]))
+            result["detections"].append((len(inst), int(kept.sum()), unmatched, worst_box, worst_score))
     return result
 
 
