@@ -69,7 +69,7 @@ def test_images(tmp_path_factory):
     return sorted(str(p) for p in out.iterdir())
 
 
-def _digest(config: str, layout: str, images) -> str:
+def _digest(config: str, layout: str, images, cfg_options=()) -> str:
     h = hashlib.sha256()
     for name in ("dump_reference.py", "mmcv_ops_shim.py"):
         with open(os.path.join(REF_DIR, name), "rb") as f:
@@ -77,20 +77,23 @@ def _digest(config: str, layout: str, images) -> str:
     for path in images:
         with open(path, "rb") as f:
             h.update(hashlib.sha256(f.read()).digest())
-    h.update(f"{config}|{layout}|{SEED}".encode())
+    h.update(f"{config}|{layout}|{SEED}|{' '.join(cfg_options)}".encode())
     return h.hexdigest()[:16]
 
 
-def reference(mmdet_python, images, config: str, layout: str = "3.x") -> str:
-    """Directory of the (cached) MMDetection dump of ``config``: checkpoint.pth and outputs.pt."""
+def reference(mmdet_python, images, config: str, layout: str = "3.x", cfg_options=()) -> str:
+    """Directory of the (cached) MMDetection dump of ``config``: checkpoint.pth and outputs.pt
+    (``cfg_options``: MMDetection ``--cfg-options`` such as ``model.test_cfg.nms_pre=50``)."""
     name = os.path.splitext(os.path.basename(config))[0]
-    target = os.path.join(CACHE, f"{name}-{layout}-{_digest(config, layout, images)}")
+    target = os.path.join(CACHE, f"{name}-{layout}-{_digest(config, layout, images, cfg_options)}")
     if os.path.isfile(os.path.join(target, "outputs.pt")):
         return target
     os.makedirs(CACHE, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=name + ".", dir=CACHE)
     cmd = [mmdet_python, os.path.join(REF_DIR, "dump_reference.py"), "--config", config, "--images",
            *images, "--seed", str(SEED), "--out", tmp, "--layout", layout]
+    if cfg_options:
+        cmd += ["--cfg-options", *cfg_options]
     run = subprocess.run(cmd, capture_output=True, text=True)
     if run.returncode != 0:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -136,4 +139,52 @@ def test_parity_check_catches_a_wrong_conversion(mmdet_python, test_images):
     assert any(unmatched > 0 for _, _, unmatched, _, _ in result["detections"])
     # and the unperturbed conversion of the same dump passes
     _check(parity.compare(reference(mmdet_python, test_images, CONFIGS[3]), images=test_images))
-    assert torch.isfinite(torch.tensor(result["features"]))
+
+
+def test_topk_candidates_by_class_score_is_what_mmdetection_does(mmdet_python, test_images):
+    """With 50 candidates per level (nms_pre=50 there, TOPK_CANDIDATES_TEST 50 here) the top-k
+    choice decides the detections: MMDetection picks them by class score before the centerness
+    factor (MODEL.DENSE.TOPK_CANDIDATES_BY "candidate"); ranking by the product does not match."""
+    dump = reference(mmdet_python, test_images, CONFIGS[0], cfg_options=["model.test_cfg.nms_pre=50"])
+    opts = ["MODEL.DENSE.TOPK_CANDIDATES_TEST", 50]
+    _check(parity.compare(dump, images=test_images, opts=opts))
+    wrong = parity.compare(dump, images=test_images, opts=opts + ["MODEL.DENSE.TOPK_CANDIDATES_BY", "score"])
+    assert any(unmatched > 0 for _, _, unmatched, _, _ in wrong["detections"]), wrong
+
+
+def test_a_config_that_does_not_describe_the_file_is_refused(mmdet_python, test_images):
+    """The head's key family and the config text of a 2.x file are checked against our config."""
+    from d2_anchorfree.checkpoint.conversion import ConversionError, convert_checkpoint
+
+    atss = os.path.join(reference(mmdet_python, test_images, CONFIGS[2]), "checkpoint.pth")
+    with pytest.raises(ConversionError, match="BOX_CODER 'anchor_delta'"):
+        convert_checkpoint(atss, parity.zoo_config(CONFIGS[0]))  # ATSS file, FCOS config
+    gfl_2x = os.path.join(reference(mmdet_python, test_images, CONFIGS[3], layout="2.x"), "checkpoint.pth")
+    for opts, message in ((["INPUT.FORMAT", "BGR"], "takes RGB input"),
+                          (["MODEL.RESNETS.STRIDE_IN_1X1", True], "pytorch-style"),
+                          (["MODEL.FPN.TOP_LEVELS_RELU", True], "relu_before_extra_convs=False"),
+                          (["MODEL.PIXEL_STD", [1.0, 1.0, 1.0]], "std=")):
+        with pytest.raises(ConversionError, match=message):
+            convert_checkpoint(gfl_2x, parity.zoo_config(CONFIGS[3], opts))
+
+
+def test_numpy1_metadata_of_published_files_loads(mmdet_python, tmp_path):
+    """Published checkpoints were pickled under numpy 1.x (numpy.core.multiarray names): their
+    numpy scalars and arrays in the metadata load under our numpy 2, with weights_only."""
+    from d2_anchorfree.checkpoint.conversion import load_source_checkpoint
+
+    path = tmp_path / "np1.pth"
+    code = ("import sys, numpy as np, torch; assert np.__version__.startswith('1.'); "
+            "torch.save({'meta': {'seed': np.int64(3), 'lr': np.float64(0.1), 'a': np.arange(3)}, "
+            "'state_dict': {'w': torch.ones(2)}}, sys.argv[1], _use_new_zipfile_serialization=False)")
+    subprocess.run([mmdet_python, "-c", code, str(path)], check=True)
+    state, meta = load_source_checkpoint(str(path))
+    assert torch.equal(state["w"], torch.ones(2))
+    assert int(meta["meta"]["seed"]) == 3 and list(meta["meta"]["a"]) == [0, 1, 2]
+
+
+def test_mmcv_ops_shim_matches_mmcv_kernel_layout(mmdet_python):
+    """The shim's NMS and deformable convs (what the MMDetection side runs on) pass their
+    self-check against mmcv's kernel layout and a plain greedy NMS (check_shim.py)."""
+    run = subprocess.run([mmdet_python, os.path.join(REF_DIR, "check_shim.py")], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]

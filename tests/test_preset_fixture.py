@@ -14,8 +14,9 @@ the code matched it bit for bit. Issue 11's fidelity fixes changed, on purpose, 
   * gfl, gfl_tiny, gfl_dgqp loss_cls (x 27/28): QFL divides by the sum over images of
     max(positives, 1) (MMDetection's GFLHead): 27 positives in image 0, 1 for the empty image 1.
   * vfnet, vfnet_tiny, vfnet_fcos_assigner losses and detections: VFNet's initial box is the
-    authors' exp(s x) * 8 strides (MODEL.VFNET_HEAD.INIT_BOX_NORM "reg_denom"), not relu(s x) *
-    stride from a bias of 4;
+    authors' exp(s x) * D_l, D_l the upper regress-range bound of level l (8 strides by default;
+    vfnet_fcos_assigner's ranges [32, 64, 128, 256] give 4) (MODEL.VFNET_HEAD.INIT_BOX_NORM
+    "reg_denom"), not relu(s x) * stride from a bias of 4;
   * the detections of fcos_imprv, fcos_tiny, fcos_with_atss, atss, atss_tiny and the five DeFCN
     cases: empty boxes (relu-decoded sides at 0, common after one step) are dropped before NMS /
     top-k (MMDetection's min_bbox_size=0), no longer after it; each image now keeps 100

@@ -35,12 +35,14 @@ SCORE_ATOL = 1e-4
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def zoo_config(name: str):
-    """Our config for the MMDetection config ``name`` (e.g. "gfl/gfl_r50_fpn_1x_coco.py")."""
+def zoo_config(name: str, opts=()):
+    """Our config for the MMDetection config ``name`` (e.g. "gfl/gfl_r50_fpn_1x_coco.py"), with
+    the ``KEY, VALUE`` overrides ``opts``."""
     cfg = get_cfg()
     add_anchorfree_config(cfg)
     base = os.path.splitext(os.path.basename(name))[0]
     cfg.merge_from_file(os.path.join(REPO, "configs", "zoo", "mmdet", base + ".yaml"))
+    cfg.merge_from_list(list(opts))
     cfg.MODEL.DEVICE = "cpu"
     return cfg
 
@@ -118,13 +120,15 @@ def match_detections(ours, ref) -> Tuple[int, float, float]:
 
 
 def compare(dump_dir: str, edit_state: Optional[Callable[[dict], None]] = None,
-            images: Optional[List[str]] = None) -> Dict[str, object]:
+            images: Optional[List[str]] = None, opts=()) -> Dict[str, object]:
     """Convert the dump's checkpoint, run our model, compare; returns the measured differences.
 
     Args:
         dump_dir: a ``dump_reference.py`` output folder.
         images: where the dump's images are now (matched by file name; a cached dump may have
             been made from files that are gone); default: the paths recorded in the dump.
+        opts: overrides of our zoo config (``KEY, VALUE, ...``), e.g. to match the dump's
+            ``--cfg-options``.
         edit_state: optional, called on the converted state dict before loading (negative
             controls: a perturbed tensor must be caught).
 
@@ -134,7 +138,7 @@ def compare(dump_dir: str, edit_state: Optional[Callable[[dict], None]] = None,
         count reference, unmatched, worst box, worst score), and the conversion report.
     """
     ref = torch.load(os.path.join(dump_dir, "outputs.pt"), weights_only=False)
-    cfg = zoo_config(ref["config"])
+    cfg = zoo_config(ref["config"], opts)
     state, report = convert_checkpoint(os.path.join(dump_dir, "checkpoint.pth"), cfg)
     from detectron2.modeling import build_model
 

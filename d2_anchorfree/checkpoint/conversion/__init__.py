@@ -8,7 +8,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from . import mmdet
+from . import adelaidet, defcn, mmdet
 from .core import ConversionError, ConversionReport, convert_state_dict, load_source_checkpoint
 
 __all__ = ["SOURCES", "ConversionError", "ConversionReport", "convert_checkpoint", "convert_state_dict",
@@ -16,13 +16,7 @@ __all__ = ["SOURCES", "ConversionError", "ConversionReport", "convert_checkpoint
 
 logger = logging.getLogger(__name__)
 
-SOURCES: Dict[str, Any] = {"mmdet": mmdet}
-try:  # the AdelaiDet and DeFCN rules live in their own modules
-    from . import adelaidet, defcn
-
-    SOURCES.update(adelaidet=adelaidet, defcn=defcn)
-except ImportError:  # pragma: no cover - during the transition only
-    pass
+SOURCES: Dict[str, Any] = {"mmdet": mmdet, "adelaidet": adelaidet, "defcn": defcn}
 
 
 def detect_source(state: Dict[str, torch.Tensor]) -> str:
@@ -71,7 +65,7 @@ def convert_checkpoint(path: str, cfg, output: Optional[str] = None, source: str
     cfg.MODEL.DEVICE = "cpu"
     model = build_model(cfg)
     target = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    converted, report = convert_state_dict(state, SOURCES[name], cfg, target)
+    converted, report = convert_state_dict(state, SOURCES[name], cfg, target, meta)
     model.load_state_dict(converted, strict=True)  # the exactness check of the last resort
     logger.info(report.summary())
     if output:

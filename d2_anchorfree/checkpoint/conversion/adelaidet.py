@@ -80,7 +80,7 @@ Not supported at all: the DLA-34 (FCOS_RT DLA), VoVNet, ResNeXt+DCN and BiFPN ch
 (backbones we do not have) and ``NUM_SHARE_CONVS`` > 0 (keys ``share_tower.*``, no counterpart).
 """
 import re
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -179,3 +179,15 @@ def make_renamer(cfg, target_keys) -> Callable[[str], Optional[str]]:
 def detect(state) -> bool:
     """A state dict from AdelaiDet's FCOS: its head lives under ``proposal_generator.fcos_head``."""
     return any(k.startswith("proposal_generator.fcos_head.") for k in state)
+
+
+def check_config(state, meta, cfg) -> List[str]:
+    """The normalization buffers that detectron2 < v0.4 saved (``pixel_mean`` / ``pixel_std``,
+    [3, 1, 1]) against ``MODEL.PIXEL_MEAN/STD``; returns the problems found (none without them)."""
+    problems = []
+    for key, ours in (("pixel_mean", cfg.MODEL.PIXEL_MEAN), ("pixel_std", cfg.MODEL.PIXEL_STD)):
+        if key in state:
+            values = [float(v) for v in state[key].flatten()]
+            if len(values) != len(ours) or any(abs(a - b) > 1e-3 for a, b in zip(values, ours)):
+                problems.append(f"the file's model normalizes with {key}={values}: MODEL.{key.upper()} is {list(ours)}")
+    return problems

@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 import numpy as np
 import torch
 
-from ..safe_load import RestrictedUnpickler, UnsafeWeightFileError
+from ..safe_load import RestrictedUnpickler, UnsafeWeightFileError, _numpy_globals
 
 __all__ = ["ConversionError", "ConversionReport", "load_source_checkpoint", "convert_state_dict"]
 
@@ -50,15 +50,12 @@ class ConversionReport:
 
 
 def _numpy_safe_globals() -> List[Any]:
-    """numpy types that checkpoints' metadata holds (scalars in logs and seeds, dtypes):
-    reconstructing them calls nothing but numpy's own array constructors."""
-    allowed: List[Any] = [np.dtype, np.ndarray]
-    try:
-        from numpy._core import multiarray
-    except ImportError:  # numpy < 2
-        from numpy.core import multiarray
-    allowed += [multiarray.scalar, multiarray._reconstruct]
-    allowed += [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
+    """numpy types that checkpoints' metadata holds (scalars in logs and seeds, arrays, dtypes),
+    under both the numpy 1.x names that published files carry (``numpy.core.multiarray.scalar``)
+    and the numpy 2 ones; rebuilding them calls nothing but numpy's own constructors (the same
+    allow-list as ``safe_load.RestrictedUnpickler``)."""
+    allowed: List[Any] = [(obj, f"{module}.{name}") for (module, name), obj in _numpy_globals().items()]
+    allowed += [type(np.dtype(t)) for t in ("float64", "float32", "float16", "int64", "int32", "uint8", "bool")]
     return allowed
 
 
@@ -138,7 +135,8 @@ def _listing(keys: Sequence[str], limit: int = 12) -> str:
 
 
 def convert_state_dict(state: Mapping[str, torch.Tensor], source, cfg,
-                       target_shapes: Mapping[str, Tuple[int, ...]]) -> Tuple[Dict[str, torch.Tensor], ConversionReport]:
+                       target_shapes: Mapping[str, Tuple[int, ...]],
+                       meta: Optional[Mapping[str, Any]] = None) -> Tuple[Dict[str, torch.Tensor], ConversionReport]:
     """Rename a source state dict into our model's keys, completely and exactly.
 
     Args:
@@ -146,14 +144,18 @@ def convert_state_dict(state: Mapping[str, torch.Tensor], source, cfg,
         source: a source module (see the module docstring), e.g. ``conversion.mmdet``.
         cfg: our config (the renamer reads e.g. the FPN levels and the head's norm from it).
         target_shapes: {our key: shape} of the model the result is for (``model.state_dict()``).
+        meta: the file's metadata (:func:`load_source_checkpoint`); a source's optional
+            ``check_config(state, meta, cfg) -> [problems]`` compares what the file says about
+            its model (head type, input normalization, ...) with ``cfg``.
 
     Returns:
-        ({our key: float tensor (same values)}, :class:`ConversionReport`).
+        ({our key: tensor (same values and dtype)}, :class:`ConversionReport`).
 
     Raises:
         ConversionError: naming the keys, when a source tensor matches no rule and is not ignored
             (unused), a model tensor receives nothing and is not zero-fillable (unset), two source
-            tensors land on one key, or a shape differs.
+            tensors land on one key, a shape differs, or the source's ``check_config`` finds the
+            config does not describe the file's model (naming the setting).
     """
     rename: Callable[[str], Optional[str]] = source.make_renamer(cfg, set(target_shapes))
     report = ConversionReport(source=source.NAME)
@@ -189,7 +191,7 @@ def convert_state_dict(state: Mapping[str, torch.Tensor], source, cfg,
             report.zero_filled.append(key)
         else:
             unset.append(key)
-    problems = []
+    problems = list(source.check_config(state, meta or {}, cfg)) if hasattr(source, "check_config") else []
     if unused:
         problems.append(f"{len(unused)} source tensors have no counterpart in the model: {_listing(unused)}")
     if unknown:

@@ -14,7 +14,7 @@ Our side: detectron2's ResNet (``backbone.bottom_up.stem.conv1[.norm]``,
 ``backbone.top_block.convs.{t}``, and the heads' names (``heads/*.py``).
 """
 import re
-from typing import Callable, Collection, Optional
+from typing import Any, Callable, Collection, List, Mapping, Optional
 
 NAME = "MMDetection"
 
@@ -39,6 +39,9 @@ _HEAD_LAYERS = {
     "scales_refine": "scales_refine",
     # TOODHead (its own names are kept)
     "tood_cls": "tood_cls", "tood_reg": "tood_reg",
+    # FCOSHead before MMDetection 2.x's renaming (AnchorFreeHead._load_from_state_dict accepts
+    # version-less checkpoints with these names)
+    "fcos_cls": "cls_logits", "fcos_reg": "box_pred", "fcos_centerness": "centerness",
 }
 
 
@@ -135,3 +138,64 @@ def make_renamer(cfg, target_keys: Collection[str]) -> Callable[[str], Optional[
         return None
 
     return rename
+
+
+def _config_text(meta: Mapping[str, Any]) -> str:
+    inner = meta.get("meta") or {}
+    text = inner.get("config") or inner.get("cfg") or ""  # 2.x: "config"; 3.x runner: "cfg"
+    return text if isinstance(text, str) else ""
+
+
+def _floats(text: str, key: str) -> Optional[List[float]]:
+    m = re.search(rf"\b{key}\s*=\s*\[([^\]]*)\]", text)
+    return [float(v) for v in m.group(1).split(",") if v.strip()] if m else None
+
+
+def check_config(state, meta: Mapping[str, Any], cfg) -> List[str]:
+    """What the file says about its model, against ``cfg``; returns the problems found.
+
+    * the head's predictor names: ATSSHead's ``atss_reg`` are anchor deltas
+      (``MODEL.FCOS_HEAD.BOX_CODER "anchor_delta"``), FCOSHead's ``conv_reg`` distances ("ltrb");
+    * when the file carries its config text (2.x ``meta["config"]``, 3.x ``meta["cfg"]``): the
+      input mean / std and channel order (``mean=``, ``std=``, ``to_rgb=`` / ``bgr_to_rgb=``,
+      against ``MODEL.PIXEL_MEAN/STD`` and ``INPUT.FORMAT``), the ResNet style (``style=``,
+      against ``MODEL.RESNETS.STRIDE_IN_1X1``) and ``relu_before_extra_convs`` (against
+      ``MODEL.FPN.TOP_LEVELS_RELU``; MMDetection's FPN default is False). Settings that the
+      text does not state are not checked;
+      test-time thresholds are not checked (they are the user's to change).
+    """
+    problems = []
+    coder = cfg.MODEL.FCOS_HEAD.BOX_CODER
+    if any(k.startswith("bbox_head.atss_reg.") for k in state) and coder != "anchor_delta":
+        problems.append(f"the file is MMDetection's anchor-based ATSSHead (atss_reg deltas): set "
+                        f"MODEL.FCOS_HEAD.BOX_CODER 'anchor_delta' (config has {coder!r}; "
+                        "configs/zoo/mmdet/atss_r50_fpn_1x_coco.yaml)")
+    if any(k.startswith(("bbox_head.conv_reg.", "bbox_head.fcos_reg.")) for k in state) and coder != "ltrb":
+        problems.append(f"the file is MMDetection's FCOSHead (distances): MODEL.FCOS_HEAD.BOX_CODER must be "
+                        f"'ltrb' (config has {coder!r})")
+    text = _config_text(meta)
+    if not text:
+        return problems
+    mean, std = _floats(text, "mean"), _floats(text, "std")
+    rgb = re.search(r"\b(?:bgr_)?to_rgb\s*=\s*(True|False)", text)
+    if rgb is not None:
+        want = "RGB" if rgb.group(1) == "True" else "BGR"
+        if cfg.INPUT.FORMAT != want:
+            problems.append(f"the file's model takes {want} input (to_rgb={rgb.group(1)}): INPUT.FORMAT "
+                            f"is {cfg.INPUT.FORMAT!r}")
+    for name, values, ours in (("mean", mean, cfg.MODEL.PIXEL_MEAN), ("std", std, cfg.MODEL.PIXEL_STD)):
+        if values is not None and (len(values) != len(ours)
+                                   or any(abs(a - b) > 1e-3 for a, b in zip(values, ours))):
+            problems.append(f"the file's model normalizes with {name}={values}: MODEL.PIXEL_"
+                            f"{name.upper()} is {list(ours)}")
+    style = re.search(r"\bstyle\s*=\s*'(caffe|pytorch)'", text)
+    if style is not None and cfg.MODEL.RESNETS.STRIDE_IN_1X1 != (style.group(1) == "caffe"):
+        problems.append(f"the file's ResNet is {style.group(1)}-style: MODEL.RESNETS.STRIDE_IN_1X1 must be "
+                        f"{style.group(1) == 'caffe'}")
+    relu = re.search(r"\brelu_before_extra_convs\s*=\s*(True|False)", text)
+    if relu is not None or "type='FPN'" in text:  # FPN's default: False
+        value = relu is not None and relu.group(1) == "True"
+        if cfg.MODEL.FPN.TOP_LEVELS_RELU != value:
+            problems.append(f"the file's FPN has relu_before_extra_convs={value}: "
+                            f"MODEL.FPN.TOP_LEVELS_RELU must be {value}")
+    return problems

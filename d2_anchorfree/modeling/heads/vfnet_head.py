@@ -4,7 +4,7 @@ representation and bounding-box refinement.
 Source: Zhang et al., "VarifocalNet: An IoU-aware Dense Object Detector", CVPR 2021, Sec. 4 and
 Fig. 3, with the layer layout of the authors' code (mmdet ``VFNetHead``).
 """
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -18,9 +18,8 @@ from ...layers.deform_conv import DeformConv
 from .base import HEAD_REGISTRY, DenseHead
 from .towers import MAX_EXP_INPUT, conv_tower, decode_ltrb
 
-# Initial-box normalizers, in strides (see VFNetHead): "reg_denom" = MMDetection's reg_denoms for
-# its default regress ranges (64 ... 512, 1024 on strides 8 ... 128); "relu" has no exp.
-INIT_BOX_NORMS = {"reg_denom": 8.0, "stride": 1.0, "relu": 1.0}
+# Initial-box parametrizations (see VFNetHead).
+INIT_BOX_NORMS = ("reg_denom", "stride", "relu")
 
 # Regular 3x3 grid of a dilation-1 kernel, (dy, dx) per kernel position k = 3 i + j (row-major).
 _GRID = [(i - 1, j - 1) for i in range(3) for j in range(3)]
@@ -87,9 +86,10 @@ class VFNetHead(DenseHead):
     on the box tower one more (3x3 conv, norm, ReLU) and a 3x3 conv x (per-level learnable Scale
     s_i) predict the initial box, by ``init_box_norm``:
       * "reg_denom" (default, the authors' ``bbox_norm_type='reg_denom'``, mmdet
-        ``vfnet_head.py``): ltrb_init = exp(s_i x) * 8 s_i pixels (their ``reg_denoms`` are the
-        upper regress ranges 64, 128, 256, 512 and 2 * 512, i.e. 8 strides on P3-P7); the bias
-        starts at 0, so every initial box starts as a square of side 16 s_i;
+        ``vfnet_head.py``): ltrb_init = exp(s_i x) * D_i pixels, D_i the upper end of level i's
+        regress range and twice the last one for the top level (``MODEL.DENSE.SIZES_OF_INTEREST``:
+        64, 128, 256, 512, 1024 by default, i.e. 8 strides on P3-P7); the bias starts at 0, so
+        every initial box starts as a square of side 2 D_i;
       * "stride" (the authors' ``bbox_norm_type='stride'``): exp(s_i x) * s_i, bias 0;
       * "relu": relu(s_i x) * s_i (FCOS-style normalized regression; this project's choice before
         the converted checkpoints), the bias starting at ``init_ltrb`` so that every initial box
@@ -118,7 +118,8 @@ class VFNetHead(DenseHead):
     def __init__(self, *, input_shape: List[ShapeSpec], num_classes: int, num_convs: int = 3,
                  norm: str = "GN", tower_conv_bias: str = "auto", dcn_on_last_conv: bool = False,
                  prior_prob: float = 0.01, offset_grad_mul: float = 0.1,
-                 init_box_norm: str = "reg_denom", init_ltrb: float = 4.0,
+                 init_box_norm: str = "reg_denom", sizes_of_interest: Optional[Sequence[float]] = None,
+                 init_ltrb: float = 4.0,
                  max_filter: Optional[Tuple[int, int]] = None,
                  aux_classifier: bool = False):
         """
@@ -130,12 +131,16 @@ class VFNetHead(DenseHead):
                 the star-conv offsets (0 = detached; paper code: 0.1).
             init_box_norm: "reg_denom", "stride" or "relu" (``MODEL.VFNET_HEAD.INIT_BOX_NORM``),
                 see the class docstring.
+            sizes_of_interest: the regress-range bounds of "reg_denom", pixels, one fewer than
+                the levels (``MODEL.DENSE.SIZES_OF_INTEREST``); None: 8 strides per level (what
+                the default bounds give on P3-P7).
             init_ltrb: initial box distances in stride units (> 0) with "relu".
             tower_conv_bias, dcn_on_last_conv, max_filter, aux_classifier: as :class:`DenseHead`.
 
         Raises:
             ValueError: levels with different channels, or a bad class count / tower depth /
-                offset_grad_mul / init_box_norm / init_ltrb.
+                offset_grad_mul / init_box_norm / init_ltrb, or "reg_denom" with
+                ``sizes_of_interest`` not one fewer than the levels.
         """
         super().__init__(input_shape=input_shape, num_classes=num_classes, num_convs=num_convs,
                          norm=norm, name="VFNet", tower_conv_bias=tower_conv_bias,
@@ -143,8 +148,12 @@ class VFNetHead(DenseHead):
         if not 0.0 <= offset_grad_mul <= 1.0:
             raise ValueError(f"MODEL.VFNET_HEAD.OFFSET_GRAD_MUL must be in [0, 1], got {offset_grad_mul}")
         if init_box_norm not in INIT_BOX_NORMS:
-            raise ValueError(f"MODEL.VFNET_HEAD.INIT_BOX_NORM must be one of {tuple(INIT_BOX_NORMS)}, "
+            raise ValueError(f"MODEL.VFNET_HEAD.INIT_BOX_NORM must be one of {INIT_BOX_NORMS}, "
                              f"got {init_box_norm!r}")
+        if init_box_norm == "reg_denom" and sizes_of_interest is not None \
+                and len(sizes_of_interest) != len(self.strides) - 1:
+            raise ValueError(f"MODEL.VFNET_HEAD.INIT_BOX_NORM 'reg_denom' needs MODEL.DENSE.SIZES_OF_INTEREST "
+                             f"with one bound fewer than the {len(self.strides)} levels, got {list(sizes_of_interest)}")
         if init_ltrb <= 0:
             raise ValueError(f"init_ltrb must be > 0 (stride units), got {init_ltrb}")
         c = self.in_channels
@@ -161,13 +170,21 @@ class VFNetHead(DenseHead):
         for dconv in (self.box_refine_dconv, self.cls_dconv):
             nn.init.normal_(dconv.weight, std=0.01)
         self.init_box_norm = init_box_norm
+        # pixels per unit of exp(s x), per level
+        if init_box_norm == "reg_denom" and sizes_of_interest is not None:
+            self.init_box_scales = [float(d) for d in sizes_of_interest] + [2.0 * float(sizes_of_interest[-1])]
+            self.config_keys = self.CONFIG_KEYS + ("DENSE.SIZES_OF_INTEREST",)
+        elif init_box_norm == "reg_denom":
+            self.init_box_scales = [8.0 * st for st in self.strides]
+        else:
+            self.init_box_scales = [float(st) for st in self.strides]
         nn.init.constant_(self.box_init_pred.bias, float(init_ltrb) if init_box_norm == "relu" else 0.0)
 
     @classmethod
     def from_config(cls, cfg, input_shape: List[ShapeSpec]):
         h = cfg.MODEL.VFNET_HEAD
         return {**cls.base_config(cfg, input_shape), "offset_grad_mul": h.OFFSET_GRAD_MUL,
-                "init_box_norm": h.INIT_BOX_NORM}
+                "init_box_norm": h.INIT_BOX_NORM, "sizes_of_interest": cfg.MODEL.DENSE.SIZES_OF_INTEREST}
 
     def predict_level(self, feats, level: int) -> Dict[str, torch.Tensor]:
         """"logits" [N, K, H, W], "ltrb" (refined) and "ltrb_init" [N, 4, H, W] pixels."""
@@ -177,7 +194,7 @@ class VFNetHead(DenseHead):
         if self.init_box_norm == "relu":
             init = decode_ltrb(init_reg, stride, norm_reg_targets=True)  # relu(x) * stride, pixels
         else:
-            init = torch.exp(init_reg.float().clamp(max=MAX_EXP_INPUT)) * (INIT_BOX_NORMS[self.init_box_norm] * stride)
+            init = torch.exp(init_reg.float().clamp(max=MAX_EXP_INPUT)) * self.init_box_scales[level]
         offsets = star_offsets(scale_offset_gradient(init, self.offset_grad_mul), stride)
         refine_feat = F.relu(self.box_refine_dconv(box_feat, offsets))
         refine_reg = self.scales_refine[level](self.box_refine_pred(refine_feat))
