@@ -248,7 +248,7 @@ def test_3dmf_without_gn_is_configurable_with_gn_towers():
 def test_head_equals_authors_head_when_tower_biases_are_zero(use_3dmf):
     """Towers, predictors, Scale, relu * stride, 3DMF on the *box* tower, filter conv and the
     score sigmoid(cls) * sigmoid(filter) (thresholded itself, no separate gate): equal once the
-    source's tower conv biases are zero (the one weight we cannot load, see the xfail below)."""
+    source's tower conv biases are zero (without MODEL.DENSE.TOWER_CONV_BIAS they are left out)."""
     sd = random_source_head(3, use_3dmf=use_3dmf, tower_bias=False)
     ours, ref, scores, gate = compare_head(sd, use_3dmf)
     for name in ("logits", "ltrb") + (("filter",) if use_3dmf else ()):
@@ -331,7 +331,7 @@ LEVELS = ((8, 12), (4, 6), (2, 3), (1, 2), (1, 1))  # 64 x 96 input
 def test_nms_free_inference_equals_authors_when_levels_have_fewer_candidates_than_locations(max_det):
     """Threshold 0.05 on sigmoid(cls) * sigmoid(filter), per-level top-k, boxes, NMS-free sort and
     the detections cap: equal whenever no level has more candidates above the threshold than
-    locations (the authors' cap counts locations, see the xfail below)."""
+    locations (the authors' cap counts locations: MODEL.DENSE.TOPK_CANDIDATES_WITHIN_POINTS)."""
     scores, ltrb, shifts = inference_inputs(6, LEVELS, 5, dense=False)
     ours = dense_inference(scores, ltrb, shifts, (64, 96), 0.05, 1000, None, max_det)
     assert_same_detections(ours, ref_defcn_inference(scores, ltrb, shifts, (64, 96), 0.05, 1000, max_det))

@@ -316,14 +316,16 @@ def test_detectors_pass_their_clip_and_topk_settings(monkeypatch):
 
     monkeypatch.setattr(detector_module, "dense_inference", recording)
     image = {"image": torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)}
-    for config, opts, clip, by in ((TOOD_TINY, (), False, "score"),
-                                   (FCOS_TINY, ("MODEL.DENSE.TOPK_CANDIDATES_BY", "candidate"), True, "candidate")):
+    for config, opts, clip, by, within in (
+            (TOOD_TINY, (), False, "score", False),
+            (FCOS_TINY, ("MODEL.DENSE.TOPK_CANDIDATES_BY", "candidate",
+                         "MODEL.DENSE.TOPK_CANDIDATES_WITHIN_POINTS", True), True, "candidate", True)):
         model = build_model(load_cfg(config, *opts)).eval()
         assert model.head.clip_boxes_before_nms is clip
         calls.clear()
         with torch.no_grad():
             model([image])
-        assert [(c["clip_boxes"], c["topk_by"]) for c in calls] == [(clip, by)]
+        assert [(c["clip_boxes"], c["topk_by"], c["topk_within_points"]) for c in calls] == [(clip, by, within)]
 
 
 # ---------------------------------------------------------------------------------------------

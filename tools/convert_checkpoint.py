@@ -23,7 +23,8 @@ from d2_anchorfree.checkpoint.safe_load import UnsafeWeightFileError
 from d2_anchorfree.engine import setup_cfg
 
 
-def parse_args(argv=None):
+def parse_args(argv=None) -> argparse.Namespace:
+    """Command-line arguments: checkpoint, --config-file, --output, --source, config overrides."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--config-file", required=True, help="our config of the same model, e.g. configs/zoo/...")
@@ -35,12 +36,13 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
+    """Convert; returns 0, or 1 with an ``error:`` line (bad config, file or conversion)."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    cfg = setup_cfg(args, default_setup_logging=False)
     try:
+        cfg = setup_cfg(args, default_setup_logging=False)
         _, report = convert_checkpoint(args.checkpoint, cfg, args.output, args.source)
-    except (ConversionError, UnsafeWeightFileError, FileNotFoundError) as e:
+    except (ConversionError, UnsafeWeightFileError, FileNotFoundError, KeyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"{report.summary()}; wrote {args.output}")

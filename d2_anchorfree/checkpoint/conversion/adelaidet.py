@@ -41,7 +41,8 @@ modules and inference, ``_iou`` only trains the ``ctrness`` branch on IoU instea
   with ``kthvalue`` (L540-548, ties at the 100th score keep more than 100); boxes are rescaled and
   clipped to the output size, empty ones dropped, by detectron2's ``detector_postprocess``.
 
-Our config that reproduces it: ``configs/FCOS/FCOS_imprv_R_50_FPN_1x.yaml`` (META_ARCHITECTURE
+Our config that reproduces it: ``configs/zoo/adelaidet/FCOS_R_50_1x.yaml``, i.e.
+``configs/FCOS/FCOS_imprv_R_50_FPN_1x.yaml`` with ``MODEL.DENSE.TOWER_CONV_BIAS`` "always" (META_ARCHITECTURE
 "FCOS", ``MODEL.FCOS_HEAD.NORM_REG_TARGETS`` True, ``CENTERNESS_ON_REG`` True,
 ``SCORE_EXPONENT`` 0.5, ``MODEL.DENSE.NUM_CONVS`` 4, ``NORM`` "GN", ``PRIOR_PROB`` 0.01,
 ``MODEL.FPN.TOP_LEVELS`` 2, ``TOP_LEVELS_IN_FEATURE`` "p5", ``MODEL.SHIFT_GENERATOR.OFFSET`` 0.5
@@ -82,7 +83,7 @@ Not supported at all: the DLA-34 (FCOS_RT DLA), VoVNet, ResNeXt+DCN and BiFPN ch
 import re
 from typing import Callable, Dict, List, Optional, Tuple
 
-import torch
+from .core import DETECTRON2_BACKBONE_RULES, rule_renamer, scale_as_0d
 
 #: Source state-dict key patterns that are legitimately dropped.
 IGNORED: Tuple[str, ...] = (
@@ -100,13 +101,7 @@ IGNORED: Tuple[str, ...] = (
 ZERO_FILLED: Tuple[str, ...] = ()
 
 # (source pattern, our replacement), first match wins; see rename().
-_RULES: Tuple[Tuple[str, str], ...] = (
-    # detectron2 ResNet (bottom_up) and FPN laterals/outputs: same module names as ours.
-    (r"^backbone\.bottom_up\.(.+)$", r"backbone.bottom_up.\1"),
-    (r"^backbone\.(fpn_(?:lateral|output)\d)\.(.+)$", r"backbone.\1.\2"),
-    # LastLevelP6P7.p6 / .p7 -> our LastLevelsFromFeature.convs[0] / [1] (same conv, same input).
-    (r"^backbone\.top_block\.p6\.(weight|bias)$", r"backbone.top_block.convs.0.\1"),
-    (r"^backbone\.top_block\.p7\.(weight|bias)$", r"backbone.top_block.convs.1.\1"),
+_RULES: Tuple[Tuple[str, str], ...] = DETECTRON2_BACKBONE_RULES + (
     # Towers: Sequential of (conv, norm, ReLU) x 4 in both, so indices agree (conv 3i, norm 3i+1).
     # Only a plain norm module maps (GN, or ours shared "BN"); AdelaiDet's per-level BN
     # (``<i>.<level>.*``) has no counterpart and stays unmapped.
@@ -117,13 +112,12 @@ _RULES: Tuple[Tuple[str, str], ...] = (
     (r"^proposal_generator\.fcos_head\.ctrness\.(weight|bias)$", r"head.centerness.\1"),
     (r"^proposal_generator\.fcos_head\.scales\.(\d+)\.scale$", r"head.scales.\1.scale"),
 )
-_COMPILED = tuple((re.compile(p), r) for p, r in _RULES)
-_IGNORED = tuple(re.compile(p) for p in IGNORED)
+_RENAME = rule_renamer(_RULES, IGNORED)
 
 
 def is_ignored(key: str) -> bool:
     """Whether the source ``key`` matches one of :data:`IGNORED`."""
-    return any(p.search(key) for p in _IGNORED)
+    return any(re.search(p, key) for p in IGNORED)
 
 
 def rename(key: str) -> Optional[str]:
@@ -137,21 +131,11 @@ def rename(key: str) -> Optional[str]:
     The tower conv biases map to ``head.{cls,box}_tower.{0,3,6,9}.bias``, keys our model has
     with ``MODEL.DENSE.TOWER_CONV_BIAS`` "always" (difference 1 of the module docstring).
     """
-    if is_ignored(key):
-        return None
-    for pattern, replacement in _COMPILED:
-        if pattern.match(key):
-            return pattern.sub(replacement, key)
-    return None
+    return _RENAME(key)
 
 
-def convert_tensor(our_key: str, value: torch.Tensor) -> torch.Tensor:
-    """The source tensor as our parameter ``our_key`` stores it: the per-level ``Scale`` is a
-    [1] tensor in AdelaiDet (fcos.py L23) and a 0-d tensor in ours (``layers/scale.py``); the
-    product with the regression map is the same. Everything else is returned unchanged."""
-    if our_key.endswith(".scale") and our_key.startswith("head.scales.") and value.shape == (1,):
-        return value.reshape(())
-    return value
+#: the per-level Scale is a [1] tensor in the source and 0-d in ours (same product)
+convert_tensor = scale_as_0d
 
 
 #: Model-zoo checkpoints (configs/FCOS-Detection/README.md) -> (our config file, extra

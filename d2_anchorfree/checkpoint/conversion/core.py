@@ -27,7 +27,8 @@ import torch
 
 from ..safe_load import RestrictedUnpickler, UnsafeWeightFileError, _numpy_globals
 
-__all__ = ["ConversionError", "ConversionReport", "load_source_checkpoint", "convert_state_dict"]
+__all__ = ["ConversionError", "ConversionReport", "DETECTRON2_BACKBONE_RULES", "convert_state_dict",
+           "load_source_checkpoint", "rule_renamer", "scale_as_0d"]
 
 
 class ConversionError(ValueError):
@@ -122,6 +123,40 @@ def load_source_checkpoint(path: str) -> Tuple[Dict[str, torch.Tensor], Dict[str
                 "torch.save({'state_dict': c.get('state_dict', c.get('model', c))}, 'weights_only.pth')\" "
                 "and convert weights_only.pth") from e
     return _unwrap(obj, path)
+
+
+# detectron2-layout backbones (AdelaiDet, cvpods): ResNet and FPN keep their names; the P6/P7
+# block (``LastLevelP6P7.p6`` / ``.p7``) is our ``LastLevelsFromFeature.convs[0]`` / ``[1]``.
+DETECTRON2_BACKBONE_RULES: Tuple[Tuple[str, str], ...] = (
+    (r"^backbone\.bottom_up\.(.+)$", r"backbone.bottom_up.\1"),
+    (r"^backbone\.(fpn_(?:lateral|output)\d)\.(.+)$", r"backbone.\1.\2"),
+    (r"^backbone\.top_block\.p6\.(weight|bias)$", r"backbone.top_block.convs.0.\1"),
+    (r"^backbone\.top_block\.p7\.(weight|bias)$", r"backbone.top_block.convs.1.\1"),
+)
+
+
+def rule_renamer(rules: Sequence[Tuple[str, str]], ignored: Sequence[str] = ()) -> Callable[[str], Optional[str]]:
+    """A renamer from (source regex, replacement) rules, first match wins; keys matching
+    ``ignored`` (``re.search``) or no rule give None."""
+    compiled = [(re.compile(p), r) for p, r in rules]
+
+    def rename(key: str) -> Optional[str]:
+        if _matches(key, ignored):
+            return None
+        for pattern, replacement in compiled:
+            if pattern.match(key):
+                return pattern.sub(replacement, key)
+        return None
+
+    return rename
+
+
+def scale_as_0d(our_key: str, value: torch.Tensor) -> torch.Tensor:
+    """A per-level ``Scale`` stored as a [1] tensor (AdelaiDet, cvpods) as our 0-d parameter
+    (``layers/scale.py``; same product); every other tensor unchanged."""
+    if our_key.startswith("head.scales") and our_key.endswith(".scale") and value.shape == (1,):
+        return value.reshape(())
+    return value
 
 
 def _matches(key: str, patterns: Iterable[str]) -> bool:

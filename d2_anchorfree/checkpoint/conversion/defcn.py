@@ -100,7 +100,7 @@ probabilities with ``F.binary_cross_entropy``, whose log is clamped at -100).
 import re
 from typing import Callable, Dict, Optional, Tuple
 
-import torch
+from .core import DETECTRON2_BACKBONE_RULES, rule_renamer, scale_as_0d
 
 #: Source key patterns that are legitimately dropped: none. cvpods' FCOS keeps the input
 #: normalization in a lambda, not in buffers (fcos.py L92-96), its ShiftGenerator has no
@@ -113,13 +113,7 @@ IGNORED: Tuple[str, ...] = ()
 ZERO_FILLED: Tuple[str, ...] = ()
 
 # (source pattern, our replacement), first match wins; see rename().
-_RULES: Tuple[Tuple[str, str], ...] = (
-    # ResNet and FPN: detectron2's module names in cvpods and in ours.
-    (r"^backbone\.bottom_up\.(.+)$", r"backbone.bottom_up.\1"),
-    (r"^backbone\.(fpn_(?:lateral|output)\d)\.(.+)$", r"backbone.\1.\2"),
-    # cvpods LastLevelP6P7.p6 / .p7 -> our LastLevelsFromFeature.convs[0] / [1].
-    (r"^backbone\.top_block\.p6\.(weight|bias)$", r"backbone.top_block.convs.0.\1"),
-    (r"^backbone\.top_block\.p7\.(weight|bias)$", r"backbone.top_block.convs.1.\1"),
+_RULES: Tuple[Tuple[str, str], ...] = DETECTRON2_BACKBONE_RULES + (
     # Towers: (conv, GN, ReLU) x 4 Sequentials in both; indices agree.
     (r"^head\.cls_subnet\.(\d+)\.(weight|bias)$", r"head.cls_tower.\1.\2"),
     (r"^head\.bbox_subnet\.(\d+)\.(weight|bias)$", r"head.box_tower.\1.\2"),
@@ -131,13 +125,12 @@ _RULES: Tuple[Tuple[str, str], ...] = (
     (r"^head\.max3d\.norm\.(weight|bias)$", r"head.max_filter.norm.\1"),
     (r"^head\.filter\.(weight|bias)$", r"head.filter.\1"),
 )
-_COMPILED = tuple((re.compile(p), r) for p, r in _RULES)
-_IGNORED = tuple(re.compile(p) for p in IGNORED)
+_RENAME = rule_renamer(_RULES, IGNORED)
 
 
 def is_ignored(key: str) -> bool:
-    """Whether the source ``key`` matches one of :data:`IGNORED` (never, for DeFCN)."""
-    return any(p.search(key) for p in _IGNORED)
+    """Whether the source ``key`` matches one of :data:`IGNORED`."""
+    return any(re.search(p, key) for p in IGNORED)
 
 
 def rename(key: str) -> Optional[str]:
@@ -150,20 +143,11 @@ def rename(key: str) -> Optional[str]:
     ``head.{cls,box}_tower.{0,3,6,9}.bias``, which exist in our model with
     ``MODEL.DENSE.TOWER_CONV_BIAS`` "always" (difference 1 of the module docstring).
     """
-    if is_ignored(key):
-        return None
-    for pattern, replacement in _COMPILED:
-        if pattern.match(key):
-            return pattern.sub(replacement, key)
-    return None
+    return _RENAME(key)
 
 
-def convert_tensor(our_key: str, value: torch.Tensor) -> torch.Tensor:
-    """The source tensor as our parameter ``our_key`` stores it: cvpods' ``Scale`` holds a [1]
-    tensor, ours a 0-d one (same product). Everything else is returned unchanged."""
-    if our_key.endswith(".scale") and our_key.startswith("head.scales.") and value.shape == (1,):
-        return value.reshape(())
-    return value
+#: the per-level Scale is a [1] tensor in the source and 0-d in ours (same product)
+convert_tensor = scale_as_0d
 
 
 _POTO = "configs/zoo/defcn/POTO_R_50_3x.yaml"

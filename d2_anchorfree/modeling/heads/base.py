@@ -125,6 +125,8 @@ class DenseHead(nn.Module):
             raise ValueError(f"MODEL.DENSE.NUM_CONVS must be >= 0, got {num_convs}")
         self.num_classes = num_classes
         self.strides = [s.stride for s in input_shape]
+        if dcn_on_last_conv and num_convs < 1:
+            raise ValueError("MODEL.DENSE.DCN_ON_LAST_CONV needs towers with at least one conv (NUM_CONVS >= 1)")
         if dcn_on_last_conv and not towers:
             raise ValueError(f"MODEL.DENSE.DCN_ON_LAST_CONV needs a head with the shared cls/box towers; "
                              f"the {name} head has its own feature path")

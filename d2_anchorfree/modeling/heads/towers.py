@@ -133,8 +133,8 @@ def anchor_deltas_to_ltrb(deltas: torch.Tensor, anchor_side: float) -> torch.Ten
 
     With (d'x, d'y, d'w, d'h) = deltas * (0.1, 0.1, 0.2, 0.2) and d'w, d'h clamped to
     +-|log(16 / 1000)|, the box has centre point + a (d'x, d'y) and size a (exp d'w, exp d'h)
-    (a = ``anchor_side``; Girshick et al., Fast R-CNN, the box parametrization of Eq. in Sec.
-    2.3; MMDetection ``delta2bbox``). So l = a exp(d'w) / 2 - a d'x, r = a exp(d'w) / 2 + a d'x,
+    (a = ``anchor_side``; the box parametrization of R-CNN, Girshick et al., CVPR 2014,
+    Appendix C; MMDetection ``delta2bbox``). So l = a exp(d'w) / 2 - a d'x, r = a exp(d'w) / 2 + a d'x,
     t and b likewise; a side may be negative (a box that does not contain its point).
 
     Args:

@@ -36,8 +36,11 @@ def iou_loss(
         ``adet/utils/comm.py`` ``compute_ious`` line 100 with ``adet/layers/iou_loss.py``).
         The +1 keeps the loss finite and its gradient non-zero at IoU = 0 (e.g. disjoint boxes,
         where it shrinks the union), where -log(max(IoU, eps)) (MMDetection's ``IoULoss``,
-        ``mmdet/models/losses/iou_loss.py``) has none. The +1 is an area, so the boxes must be in pixels
-        (the FCOS paper config regresses pixels; ``BoxLoss`` always passes pixels).
+        ``mmdet/models/losses/iou_loss.py``) has none. The +1 is an area in pixels^2 here
+        (``BoxLoss`` always passes pixels): the authors' loss for the FCOS paper config, which
+        regresses pixels. With normalized targets (``NORM_REG_TARGETS``, AdelaiDet's and the FCOS
+        "imprv" code) the authors divide the distances by the stride first, so their +1 is in
+        stride^2 units: not reproduced (our imprv configs use GIoU).
         Intersections are clamped at 0 (the authors' ltrb formula never needs it: their boxes
         share a point inside both).
       * "linear_iou": 1 - IoU; "giou": 1 - GIoU (Rezatofighi et al., CVPR 2019), IoU and GIoU
