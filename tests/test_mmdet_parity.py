@@ -60,12 +60,25 @@ def mmdet_python():
     return python
 
 
+def _trees_dir() -> str:
+    """The prepared tree-crown data: the checkout's datasets/trees (make demo), else prepared once
+    into the cache by tools/prepare_trees.py (a fresh clone, e.g. CI, has no datasets/)."""
+    trees = os.path.join(REPO, "datasets", "trees")
+    if os.path.isfile(os.path.join(trees, "val.json")):
+        return trees
+    trees = os.path.join(os.path.dirname(CACHE), "trees")
+    if not os.path.isfile(os.path.join(trees, "val.json")):
+        subprocess.run([sys.executable, os.path.join(REPO, "tools", "prepare_trees.py"), "--out", trees],
+                       check=True, capture_output=True, text=True)
+    return trees
+
+
 @pytest.fixture(scope="session")
 def test_images(tmp_path_factory):
     """The two real tree tiles of the reference (make_test_images.py), written once per session."""
     out = tmp_path_factory.mktemp("mmdet_images")
-    subprocess.run([sys.executable, os.path.join(REF_DIR, "make_test_images.py"), "--out", str(out)],
-                   check=True, capture_output=True, text=True)
+    subprocess.run([sys.executable, os.path.join(REF_DIR, "make_test_images.py"), "--trees", _trees_dir(),
+                    "--out", str(out)], check=True, capture_output=True, text=True)
     return sorted(str(p) for p in out.iterdir())
 
 
