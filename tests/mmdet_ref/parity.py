@@ -149,6 +149,7 @@ def compare(dump_dir: str, edit_state: Optional[Callable[[dict], None]] = None,
     head_type = re.search(r"type='(\w+Head)'", ref["config_text"].split("bbox_head=", 1)[1]).group(1)
     result = {"report": report.summary(), "features": 0.0, "head": {}, "detections": []}
     offset = cfg.MODEL.SHIFT_GENERATOR.OFFSET
+    by_name = {os.path.basename(p): p for p in images or []}
     with torch.no_grad():
         for image in ref["images"]:
             feats = model.backbone(image["batch_input"].float())
@@ -165,7 +166,6 @@ def compare(dump_dir: str, edit_state: Optional[Callable[[dict], None]] = None,
                                      model.head.strides[level], offset)
                     diff = float((ours_t - ref_t).abs().max())
                     result["head"][name] = max(result["head"].get(name, 0.0), diff)
-            by_name = {os.path.basename(p): p for p in images or []}
             bgr = read_bgr(by_name.get(os.path.basename(image["path"]), image["path"]))
             h, w = bgr.shape[:2]
             arr = bgr if cfg.INPUT.FORMAT == "BGR" else bgr[:, :, ::-1]

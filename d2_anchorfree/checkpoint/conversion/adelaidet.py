@@ -80,10 +80,9 @@ Differences from our default model (1 is reproduced by a config key, 2-4 are not
 Not supported at all: the DLA-34 (FCOS_RT DLA), VoVNet, ResNeXt+DCN and BiFPN checkpoints
 (backbones we do not have) and ``NUM_SHARE_CONVS`` > 0 (keys ``share_tower.*``, no counterpart).
 """
-import re
 from typing import Callable, Dict, List, Optional, Tuple
 
-from .core import DETECTRON2_BACKBONE_RULES, rule_renamer, scale_as_0d
+from .core import DETECTRON2_BACKBONE_RULES, matches_any, rule_renamer, scale_as_0d, values_differ
 
 #: Source state-dict key patterns that are legitimately dropped.
 IGNORED: Tuple[str, ...] = (
@@ -117,7 +116,7 @@ _RENAME = rule_renamer(_RULES, IGNORED)
 
 def is_ignored(key: str) -> bool:
     """Whether the source ``key`` matches one of :data:`IGNORED`."""
-    return any(re.search(p, key) for p in IGNORED)
+    return matches_any(key, IGNORED)
 
 
 def rename(key: str) -> Optional[str]:
@@ -172,6 +171,6 @@ def check_config(state, meta, cfg) -> List[str]:
     for key, ours in (("pixel_mean", cfg.MODEL.PIXEL_MEAN), ("pixel_std", cfg.MODEL.PIXEL_STD)):
         if key in state:
             values = [float(v) for v in state[key].flatten()]
-            if len(values) != len(ours) or any(abs(a - b) > 1e-3 for a, b in zip(values, ours)):
+            if values_differ(values, ours):
                 problems.append(f"the file's model normalizes with {key}={values}: MODEL.{key.upper()} is {list(ours)}")
     return problems

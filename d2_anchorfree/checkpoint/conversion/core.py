@@ -28,7 +28,7 @@ import torch
 from ..safe_load import RestrictedUnpickler, UnsafeWeightFileError, _numpy_globals
 
 __all__ = ["ConversionError", "ConversionReport", "DETECTRON2_BACKBONE_RULES", "convert_state_dict",
-           "load_source_checkpoint", "rule_renamer", "scale_as_0d"]
+           "load_source_checkpoint", "matches_any", "rule_renamer", "scale_as_0d", "values_differ"]
 
 
 class ConversionError(ValueError):
@@ -141,7 +141,7 @@ def rule_renamer(rules: Sequence[Tuple[str, str]], ignored: Sequence[str] = ()) 
     compiled = [(re.compile(p), r) for p, r in rules]
 
     def rename(key: str) -> Optional[str]:
-        if _matches(key, ignored):
+        if matches_any(key, ignored):
             return None
         for pattern, replacement in compiled:
             if pattern.match(key):
@@ -159,8 +159,15 @@ def scale_as_0d(our_key: str, value: torch.Tensor) -> torch.Tensor:
     return value
 
 
-def _matches(key: str, patterns: Iterable[str]) -> bool:
+def matches_any(key: str, patterns: Iterable[str]) -> bool:
+    """Whether ``key`` matches (``re.search``) one of ``patterns`` (``IGNORED`` / ``ZERO_FILLED``)."""
     return any(re.search(p, key) for p in patterns)
+
+
+def values_differ(values: Sequence[float], ours: Sequence[float], atol: float = 1e-3) -> bool:
+    """Whether a file's per-channel normalization (mean or std, 0-255 units) differs from ours
+    (``MODEL.PIXEL_MEAN`` / ``PIXEL_STD``): other length or any channel off by more than ``atol``."""
+    return len(values) != len(ours) or any(abs(a - b) > atol for a, b in zip(values, ours))
 
 
 def _listing(keys: Sequence[str], limit: int = 12) -> str:
@@ -198,7 +205,7 @@ def convert_state_dict(state: Mapping[str, torch.Tensor], source, cfg,
     origin: Dict[str, str] = {}
     unused, clashes, shapes, unknown = [], [], [], []
     for key, value in state.items():
-        if _matches(key, source.IGNORED):
+        if matches_any(key, source.IGNORED):
             report.ignored.append(key)
             continue
         new = rename(key)
@@ -221,7 +228,7 @@ def convert_state_dict(state: Mapping[str, torch.Tensor], source, cfg,
     for key, shape in target_shapes.items():
         if key in out:
             continue
-        if _matches(key, getattr(source, "ZERO_FILLED", ())):
+        if matches_any(key, getattr(source, "ZERO_FILLED", ())):
             out[key] = torch.zeros(shape)
             report.zero_filled.append(key)
         else:

@@ -97,10 +97,9 @@ Not covered: DeFCN's FCOS / ATSS / anchor / center / loss baselines (other heads
 ``meta_arch/fcos.py`` and ``atss.py``) and its training-only details (focal loss computed on
 probabilities with ``F.binary_cross_entropy``, whose log is clamped at -100).
 """
-import re
 from typing import Callable, Dict, Optional, Tuple
 
-from .core import DETECTRON2_BACKBONE_RULES, rule_renamer, scale_as_0d
+from .core import DETECTRON2_BACKBONE_RULES, matches_any, rule_renamer, scale_as_0d
 
 #: Source key patterns that are legitimately dropped: none. cvpods' FCOS keeps the input
 #: normalization in a lambda, not in buffers (fcos.py L92-96), its ShiftGenerator has no
@@ -130,7 +129,7 @@ _RENAME = rule_renamer(_RULES, IGNORED)
 
 def is_ignored(key: str) -> bool:
     """Whether the source ``key`` matches one of :data:`IGNORED`."""
-    return any(re.search(p, key) for p in IGNORED)
+    return matches_any(key, IGNORED)
 
 
 def rename(key: str) -> Optional[str]:

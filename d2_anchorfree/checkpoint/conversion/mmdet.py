@@ -16,6 +16,8 @@ Our side: detectron2's ResNet (``backbone.bottom_up.stem.conv1[.norm]``,
 import re
 from typing import Any, Callable, Collection, List, Mapping, Optional
 
+from .core import values_differ
+
 NAME = "MMDetection"
 
 IGNORED = (
@@ -184,8 +186,7 @@ def check_config(state, meta: Mapping[str, Any], cfg) -> List[str]:
             problems.append(f"the file's model takes {want} input (to_rgb={rgb.group(1)}): INPUT.FORMAT "
                             f"is {cfg.INPUT.FORMAT!r}")
     for name, values, ours in (("mean", mean, cfg.MODEL.PIXEL_MEAN), ("std", std, cfg.MODEL.PIXEL_STD)):
-        if values is not None and (len(values) != len(ours)
-                                   or any(abs(a - b) > 1e-3 for a, b in zip(values, ours))):
+        if values is not None and values_differ(values, ours):
             problems.append(f"the file's model normalizes with {name}={values}: MODEL.PIXEL_"
                             f"{name.upper()} is {list(ours)}")
     style = re.search(r"\bstyle\s*=\s*'(caffe|pytorch)'", text)
