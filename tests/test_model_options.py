@@ -20,7 +20,7 @@ from d2_anchorfree.modeling.heads.fcos_head import FCOSHead
 from d2_anchorfree.modeling.heads.tood_head import TOODHead
 from d2_anchorfree.modeling.heads.towers import DELTA_MAX_LOG_RATIO, anchor_deltas_to_ltrb, conv_tower
 from d2_anchorfree.modeling.heads.vfnet_head import VFNetHead
-from d2_anchorfree.modeling.postprocessing import dense_inference, select_candidates
+from d2_anchorfree.modeling.postprocessing import dense_detections, dense_inference, select_candidates
 
 from conftest import load_cfg
 
@@ -312,9 +312,9 @@ def test_detectors_pass_their_clip_and_topk_settings(monkeypatch):
 
     def recording(*args, **kwargs):
         calls.append(kwargs)
-        return dense_inference(*args, **kwargs)
+        return dense_detections(*args, **kwargs)
 
-    monkeypatch.setattr(detector_module, "dense_inference", recording)
+    monkeypatch.setattr(detector_module, "dense_detections", recording)
     image = {"image": torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)}
     for config, opts, clip, by, within in (
             (TOOD_TINY, (), False, "score", False),

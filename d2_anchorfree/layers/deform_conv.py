@@ -100,7 +100,10 @@ class _DeformConvBase(nn.Module):
         return _output_size(x.shape[-2:], self.kernel_size, self.stride, self.padding, self.dilation)
 
     def _check(self, x: torch.Tensor, name: str, t: torch.Tensor, per_point: int):
-        """Raise ValueError unless ``t`` is [N, per_point * dg * kh * kw, H_out, W_out]."""
+        """Raise ValueError unless ``t`` is [N, per_point * dg * kh * kw, H_out, W_out] (not checked
+        while tracing: the sizes are then traced tensors)."""
+        if torch.jit.is_tracing():
+            return
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"input must be [N, {self.in_channels}, H, W], got {tuple(x.shape)}")
         expected = (x.shape[0], per_point * self.deformable_groups * self.num_kernel_points,

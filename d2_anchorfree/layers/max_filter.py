@@ -68,7 +68,7 @@ def max_filter_3d(levels: List[torch.Tensor], kernel_size: int = 3, tau: int = 2
     if len(levels) == 0:
         raise ValueError("max_filter_3d needs at least one feature level")
     shapes = {tuple(x.shape[:2]) for x in levels}
-    if len(shapes) != 1 or any(x.dim() != 4 for x in levels):
+    if not torch.jit.is_tracing() and (len(shapes) != 1 or any(x.dim() != 4 for x in levels)):
         raise ValueError(
             f"max_filter_3d needs [N, C, H_i, W_i] levels with equal N and C, got "
             f"{[tuple(x.shape) for x in levels]}"

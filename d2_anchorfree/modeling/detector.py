@@ -11,9 +11,9 @@ Training step (``forward_training``)::
 
 Inference (``forward_inference``): the head's scoring rule, per level the candidates above the
 score threshold (top-k per level), decoding, then class-aware NMS or NMS-free top-k
-(``postprocessing.dense_inference``).
+(``postprocessing.dense_detections``).
 """
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -27,7 +27,7 @@ from .assigners import build_assigner
 from .geometry import boxes_to_ltrb, cat_points, ltrb_to_boxes
 from .heads import DenseOutputs, build_head
 from .losses.terms import AuxFocalLoss, build_loss_term
-from .postprocessing import TOPK_BY, dense_inference
+from .postprocessing import TOPK_BY, dense_detections, detections_to_instances
 from .components import check_unused_keys, resolve_components
 from .shift_generator import build_shift_generator
 from .targets import DenseTargets, check_gt_instances, gather_positive_targets, loss_normalizer
@@ -324,7 +324,7 @@ class AnchorFreeDetector(DenseDetector):
         """Dense inference, per image: the head's scoring rule (``inference_scores``), then per
         level the candidates above ``test_score_thresh`` (at most ``test_topk_candidates``),
         decoding, and class-aware NMS at ``test_nms_thresh`` (NMS-free top-k when None), keeping
-        ``max_detections_per_image`` (``postprocessing.dense_inference``).
+        ``max_detections_per_image`` (``postprocessing.dense_detections``).
 
         Args:
             images: ``ImageList`` of the N preprocessed (padded) images.
@@ -338,24 +338,43 @@ class AnchorFreeDetector(DenseDetector):
             ``DenseDetector.forward`` rescales them to the requested output size.
         """
         shifts = self.shift_generator(features)
-        level_strides = [points.new_full((len(points),), float(stride))
-                         for points, stride in zip(shifts, self.strides)]
-        results = []
-        for i, image_size in enumerate(images.image_sizes):
-            # The scoring rule runs per image and level on [R_l, ...] views of the head's maps:
-            # element-wise kernels then see the same tensor sizes and layout whatever the batch
-            # (vectorized loops and their scalar tails round sigmoid / pow differently in the last
-            # bit), so a detection does not depend on the other images of its batch.
-            scores, ltrb, gates = [], [], []
-            for l, point_strides in enumerate(level_strides):
-                level = self.head.level_outputs(predictions, i, l, point_strides)
-                level_scores, level_gates = self.head.inference_scores(level)
-                scores.append(level_scores)
-                ltrb.append(level.ltrb)
-                gates.append(level_gates)
-            results.append(dense_inference(
-                scores, ltrb, shifts, image_size, self.test_score_thresh, self.test_topk_candidates,
-                self.test_nms_thresh, self.max_detections_per_image,
-                candidate_scores=None if gates[0] is None else gates, topk_by=self.test_topk_by,
-                clip_boxes=self.head.clip_boxes_before_nms, topk_within_points=self.test_topk_within_points))
-        return results
+        return [detections_to_instances(image_size, *self.detect_image(predictions, i, shifts, image_size))
+                for i, image_size in enumerate(images.image_sizes)]
+
+    def detect_image(self, predictions, image: int, shifts: List[torch.Tensor],
+                     image_size: Tuple) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Detections of one image of the batch as plain tensors: the head's scoring rule per
+        level, then ``postprocessing.dense_detections``. No data-dependent Python branch, so
+        the traced export (``d2_anchorfree.export``) runs this very code.
+
+        Args:
+            predictions: the head's per-level output for the batch.
+            image: index of the image in the batch.
+            shifts: per level [R_l, 2] points in pixels (``shift_generator(features)``).
+            image_size: (height, width) of the image before padding, in pixels (ints, or 0-dim
+                tensors while tracing).
+
+        Returns:
+            (boxes [D, 4] XYXY pixels of the network input, clipped unless the head's
+            ``clip_boxes_before_nms`` is False (TOOD: detectron2's ``detector_postprocess``
+            clips them after rescaling); scores [D] in [0, 1];
+            classes [D] long), D <= max_detections_per_image, sorted by score.
+        """
+        # The scoring rule runs per image and level on [R_l, ...] views of the head's maps:
+        # element-wise kernels then see the same tensor sizes and layout whatever the batch
+        # (vectorized loops and their scalar tails round sigmoid / pow differently in the last
+        # bit), so a detection does not depend on the other images of its batch.
+        scores, ltrb, gates = [], [], []
+        for l, (points, stride) in enumerate(zip(shifts, self.strides)):
+            point_strides = torch.full_like(points[:, 0], float(stride))
+            level = self.head.level_outputs(predictions, image, l, point_strides)
+            level_scores, level_gates = self.head.inference_scores(level)
+            scores.append(level_scores)
+            ltrb.append(level.ltrb)
+            gates.append(level_gates)
+        boxes, scores, classes = dense_detections(
+            scores, ltrb, shifts, image_size, self.test_score_thresh, self.test_topk_candidates,
+            self.test_nms_thresh, self.max_detections_per_image,
+            candidate_scores=None if gates[0] is None else gates, topk_by=self.test_topk_by,
+            clip_boxes=self.head.clip_boxes_before_nms, topk_within_points=self.test_topk_within_points)
+        return boxes, scores, classes

@@ -12,6 +12,8 @@ from typing import List, Tuple
 
 import torch
 
+from detectron2.layers.wrappers import shapes_to_tensor
+
 # Keeps IoU divisions finite for degenerate boxes.
 IOU_EPS = 1e-7
 
@@ -70,6 +72,32 @@ def ltrb_to_boxes(points: torch.Tensor, ltrb: torch.Tensor) -> torch.Tensor:
         Tensor [R, 4]: (x - l, y - t, x + r, y + b) in pixels.
     """
     return torch.cat([points - ltrb[..., :2], points + ltrb[..., 2:]], dim=-1)
+
+
+def clip_boxes_to_image(boxes: torch.Tensor, image_size: Tuple) -> torch.Tensor:
+    """Clip XYXY boxes to the image: x to [0, width], y to [0, height] (detectron2's
+    ``Boxes.clip``, without its data-dependent finiteness assert, so that it traces for any
+    input size; a NaN coordinate stays NaN and :func:`nonempty_boxes` drops the box).
+
+    Args:
+        boxes: [D, 4] (x0, y0, x1, y1) in pixels.
+        image_size: (height, width) in pixels: ints, or 0-dim tensors (traced sizes).
+
+    Returns:
+        Tensor [D, 4], a new tensor.
+    """
+    height, width = image_size[0], image_size[1]  # indexing, not unpacking: traces for a tensor
+    limits = shapes_to_tensor([width, height, width, height], device=boxes.device).to(boxes.dtype)
+    return torch.minimum(boxes.clamp(min=0), limits)
+
+
+def nonempty_boxes(boxes: torch.Tensor) -> torch.Tensor:
+    """[D] bool: width > 0 and height > 0 (detectron2's ``Boxes.nonempty`` with threshold 0).
+
+    Args:
+        boxes: [D, 4] (x0, y0, x1, y1) in pixels.
+    """
+    return (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
 
 
 def ltrb_as_boxes(ltrb: torch.Tensor) -> torch.Tensor:

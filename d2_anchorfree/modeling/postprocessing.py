@@ -3,21 +3,42 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from detectron2.layers import batched_nms
+from torchvision.ops import batched_nms
+
 from detectron2.structures import Boxes, Instances
 
-from .geometry import ltrb_to_boxes
+from .geometry import clip_boxes_to_image, ltrb_to_boxes, nonempty_boxes
 
 
 TOPK_BY = ("score", "candidate")
 
 
+def _check_shapes(scores: torch.Tensor, candidate_scores: Optional[torch.Tensor], topk_by: str) -> None:
+    """The argument checks of :func:`select_candidates` (skipped while tracing: sizes are then
+    traced tensors, and checks on them would become constants of the export)."""
+    if torch.jit.is_tracing():
+        return
+    if scores.dim() != 2:
+        raise ValueError(f"scores must be [R, K], got {tuple(scores.shape)}")
+    if candidate_scores is not None and candidate_scores.shape != scores.shape:
+        raise ValueError(
+            f"candidate_scores {tuple(candidate_scores.shape)} must match scores {tuple(scores.shape)}")
+    if topk_by not in TOPK_BY:
+        raise ValueError(f"MODEL.DENSE.TOPK_CANDIDATES_BY must be one of {TOPK_BY}, got {topk_by!r}")
+
+
 def select_candidates(scores: torch.Tensor, score_thresh: float, topk: int,
                       candidate_scores: Optional[torch.Tensor] = None,
-                      topk_by: str = "score") -> Tuple[torch.Tensor, ...]:
+                      topk_by: str = "score", topk_within_points: bool = False) -> Tuple[torch.Tensor, ...]:
     """Keep the ``topk`` highest (point, class) scores among those above ``score_thresh`` on one level
     (FCOS, Tian et al. ICCV 2019, Sec. 3.1 "Inference": locations with p > 0.05 are positive
     samples; the authors' code keeps at most ``pre_nms_top_n`` = 1000 per level).
+
+    Branch-free, so that a traced export (``d2_anchorfree.export``) keeps the rule for every
+    input size: the candidates' ranking values are padded with ``topk`` entries of -1 (below
+    every score in [0, 1]), the top ``topk`` of them taken (a constant k whatever the number of
+    candidates), and the padding dropped again (torchvision's FCOS computes k = min(topk, M)
+    instead, a size that tracing would freeze).
 
     Args:
         scores: [R, K] ranking scores in [0, 1].
@@ -29,41 +50,40 @@ def select_candidates(scores: torch.Tensor, score_thresh: float, topk: int,
         topk_by: which score picks the ``topk``: "score" (the ranking score; the FCOS authors'
             code) or "candidate" (the thresholded ``candidate_scores``; MMDetection's
             ``filter_scores_and_topk`` on the class probability, before the centerness factor).
+        topk_within_points: keep at most min(``topk``, R) pairs (DeFCN's cvpods
+            ``inference_single_image``: a level with fewer points than ``topk`` keeps fewer).
 
     Returns:
         (scores [M], point_idx [M] long, class_idx [M] long), M <= topk, sorted by score desc.
 
     Raises:
-        ValueError: ``scores`` not 2-D, ``candidate_scores`` of another shape, or unknown ``topk_by``.
+        ValueError: ``scores`` not 2-D, ``candidate_scores`` of another shape, or unknown ``topk_by``
+            (not checked while tracing).
     """
-    if scores.dim() != 2:
-        raise ValueError(f"scores must be [R, K], got {tuple(scores.shape)}")
-    if candidate_scores is not None and candidate_scores.shape != scores.shape:
-        raise ValueError(
-            f"candidate_scores {tuple(candidate_scores.shape)} must match scores {tuple(scores.shape)}")
-    if topk_by not in TOPK_BY:
-        raise ValueError(f"MODEL.DENSE.TOPK_CANDIDATES_BY must be one of {TOPK_BY}, got {topk_by!r}")
+    _check_shapes(scores, candidate_scores, topk_by)
     flat = scores.flatten()
     gate = flat if candidate_scores is None else candidate_scores.flatten()
-    keep = torch.nonzero(gate > score_thresh).squeeze(1)
-    if topk_by == "candidate" and keep.numel() > topk:
-        keep = keep[gate[keep].topk(topk).indices]
+    keep = torch.nonzero(gate > score_thresh).squeeze(1)  # [M] candidates
+    ranking = (gate if topk_by == "candidate" else flat)[keep]
+    padded = torch.cat([ranking, ranking.new_full((topk,), -1.0)])
+    top, order = padded.topk(topk)  # sorted descending; the padding sinks below every candidate
+    valid = top > -0.5
+    if topk_within_points:
+        valid = valid & (torch.arange(topk, device=scores.device) < scores.shape[0])
+    keep = keep[order[valid]]
     kept = flat[keep]
-    if kept.numel() > topk:
-        kept, order = kept.topk(topk)
-        keep = keep[order]
-    else:
+    if topk_by == "candidate":
         kept, order = kept.sort(descending=True)
         keep = keep[order]
     num_classes = scores.shape[1]
     return kept, keep // num_classes, keep % num_classes
 
 
-def dense_inference(
+def dense_detections(
     scores: List[torch.Tensor],
     ltrb: List[torch.Tensor],
     shifts: List[torch.Tensor],
-    image_size: Tuple[int, int],
+    image_size: Tuple,
     score_thresh: float,
     topk_candidates: int,
     nms_thresh: Optional[float],
@@ -72,7 +92,7 @@ def dense_inference(
     topk_by: str = "score",
     clip_boxes: bool = True,
     topk_within_points: bool = False,
-) -> Instances:
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Turn one image's per-level dense predictions into detections: per level the candidates of
     :func:`select_candidates`, decoded to boxes (FCOS Eq. 1 inverted), clipped, empty boxes
     (width or height <= 0) dropped, then class-aware NMS (FCOS Sec. 3.1 and the authors' code)
@@ -80,14 +100,19 @@ def dense_inference(
     duplicates rare, so no NMS is needed). Dropping empty boxes before NMS is MMDetection's
     ``min_bbox_size=0``; detectron2 drops them after, which could leave fewer detections.
 
+    Plain tensors in and out, no data-dependent Python branch: the same function runs eagerly
+    and in the traced export (``d2_anchorfree.export``), where ``image_size`` holds traced sizes.
+
     Args:
         scores: per level [R_i, K] final scores in [0, 1] (e.g. sqrt(cls * centerness)).
         ltrb: per level [R_i, 4] distances in pixels.
         shifts: per level [R_i, 2] points (x, y) in pixels.
-        image_size: (height, width) of the network input, for clipping.
+        image_size: (height, width) of the network input in pixels (ints, or 0-dim tensors
+            while tracing), for clipping.
         score_thresh, topk_candidates: per-level candidate selection.
-        nms_thresh: class-aware NMS IoU threshold; ``None`` for NMS-free inference (top
-            ``max_detections`` over all levels and classes; DeFCN, Wang et al. CVPR 2021, Sec. 3).
+        nms_thresh: class-aware NMS IoU threshold (torchvision ``batched_nms``: a box is removed
+            by a higher-scored one of its class with IoU > ``nms_thresh``); ``None`` for NMS-free
+            inference (top ``max_detections`` over all levels and classes; DeFCN, Sec. 3).
         max_detections: detections kept per image (TEST.DETECTIONS_PER_IMAGE).
         candidate_scores: optional per level [R_i, K] scores that ``score_thresh`` applies to
             (see :func:`select_candidates`); default: ``scores``.
@@ -98,39 +123,52 @@ def dense_inference(
             cvpods ``inference_single_image``: a small level such as P7 keeps fewer pairs).
 
     Returns:
-        Instances with ``pred_boxes`` (Boxes, XYXY pixels, clipped to the image with ``clip_boxes``), ``scores`` [D],
-        ``pred_classes`` [D] long, D <= max_detections, sorted by score.
+        (boxes [D, 4] XYXY pixels (clipped to the image with ``clip_boxes``), scores [D],
+        classes [D] long), D <= max_detections, sorted by score.
 
     Raises:
         ValueError: per-level lists of different lengths (``scores``, ``ltrb``, ``shifts``,
             ``candidate_scores``), or see :func:`select_candidates`.
     """
-    all_boxes, all_scores, all_classes = [], [], []
     if not len(scores) == len(ltrb) == len(shifts):
         raise ValueError(f"levels differ: {len(scores)} scores, {len(ltrb)} ltrb, {len(shifts)} shifts")
     if candidate_scores is not None and len(candidate_scores) != len(scores):
         raise ValueError(f"levels differ: {len(scores)} scores, {len(candidate_scores)} candidate_scores")
     gates = candidate_scores if candidate_scores is not None else [None] * len(scores)
+    all_boxes, all_scores, all_classes = [], [], []
     for s, d, p, gate in zip(scores, ltrb, shifts, gates):
-        topk = min(topk_candidates, len(s)) if topk_within_points else topk_candidates
-        sc, point_idx, cls = select_candidates(s, score_thresh, topk, gate, topk_by)
+        sc, point_idx, cls = select_candidates(s, score_thresh, topk_candidates, gate, topk_by,
+                                               topk_within_points)
         all_boxes.append(ltrb_to_boxes(p[point_idx], d[point_idx]))
         all_scores.append(sc)
         all_classes.append(cls)
-    boxes = Boxes(torch.cat(all_boxes))
+    boxes = torch.cat(all_boxes)
     if clip_boxes:
-        boxes.clip(image_size)
+        boxes = clip_boxes_to_image(boxes, image_size)
     det_scores = torch.cat(all_scores)
     classes = torch.cat(all_classes)
-    nonempty = boxes.nonempty()
-    if not bool(nonempty.all()):
-        boxes, det_scores, classes = boxes[nonempty], det_scores[nonempty], classes[nonempty]
+    nonempty = nonempty_boxes(boxes)
+    boxes, det_scores, classes = boxes[nonempty], det_scores[nonempty], classes[nonempty]
     if nms_thresh is not None:
-        keep = batched_nms(boxes.tensor, det_scores, classes, nms_thresh)[:max_detections]
+        keep = batched_nms(boxes, det_scores, classes, nms_thresh)[:max_detections]
     else:
         keep = det_scores.argsort(descending=True)[:max_detections]
+    return boxes[keep], det_scores[keep], classes[keep]
+
+
+def dense_inference(scores: List[torch.Tensor], ltrb: List[torch.Tensor], shifts: List[torch.Tensor],
+                    image_size: Tuple[int, int], *args, **kwargs) -> Instances:
+    """:func:`dense_detections` as detectron2 ``Instances`` of ``image_size`` with ``pred_boxes``
+    (Boxes, XYXY pixels), ``scores`` [D] and ``pred_classes`` [D] long (same arguments and errors)."""
+    return detections_to_instances(image_size, *dense_detections(scores, ltrb, shifts, image_size, *args, **kwargs))
+
+
+def detections_to_instances(image_size: Tuple[int, int], boxes: torch.Tensor, scores: torch.Tensor,
+                            classes: torch.Tensor) -> Instances:
+    """detectron2 ``Instances`` of ``image_size`` (height, width) with ``pred_boxes`` (Boxes of
+    ``boxes`` [D, 4] XYXY pixels), ``scores`` [D] and ``pred_classes`` [D] long."""
     result = Instances(image_size)
-    result.pred_boxes = boxes[keep]
-    result.scores = det_scores[keep]
-    result.pred_classes = classes[keep]
+    result.pred_boxes = Boxes(boxes)
+    result.scores = scores
+    result.pred_classes = classes
     return result

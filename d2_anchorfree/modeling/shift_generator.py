@@ -64,7 +64,8 @@ class ShiftGenerator(nn.Module):
         """Points of one level: cell (r, c) -> ((c + offset) * stride, (r + offset) * stride).
 
         Args:
-            height, width: the level's feature-map size in cells (H_i, W_i).
+            height, width: the level's feature-map size in cells (H_i, W_i); 0-dim tensors
+                while tracing (then the grid is computed from them, not cached).
             stride: the level's stride in pixels (input pixels per cell).
             device: torch device (or its name) of the result. dtype: floating dtype of the result.
 
@@ -73,19 +74,25 @@ class ShiftGenerator(nn.Module):
             inner), matching ``permute_to_N_HWA_K`` of a [N, C, height, width] map. A cached
             tensor: callers must not modify it in place.
         """
+        if torch.jit.is_tracing():  # traced sizes (0-dim tensors): the grid follows the input
+            return self._grid(height, width, stride, device, dtype)
         key = (height, width, stride, str(device), dtype)
         shifts = self._cache.get(key)
         if shifts is not None:
             self._cache.move_to_end(key)
             return shifts
-        xs = (torch.arange(width, device=device, dtype=dtype) + self.offset) * stride
-        ys = (torch.arange(height, device=device, dtype=dtype) + self.offset) * stride
-        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-        shifts = torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1)
+        shifts = self._grid(height, width, stride, device, dtype)
         self._cache[key] = shifts
         if len(self._cache) > self.CACHE_SIZE:
             self._cache.popitem(last=False)  # least recently used
         return shifts
+
+    def _grid(self, height, width, stride: int, device, dtype) -> torch.Tensor:
+        """[height * width, 2] points of one level, uncached (see :meth:`grid_shifts`)."""
+        xs = (torch.arange(width, device=device, dtype=dtype) + self.offset) * stride
+        ys = (torch.arange(height, device=device, dtype=dtype) + self.offset) * stride
+        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+        return torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1)
 
     def forward(self, features: List[torch.Tensor]) -> List[torch.Tensor]:
         """

@@ -31,7 +31,7 @@ def distribution_to_distance(box_logits: torch.Tensor, reg_max: int) -> torch.Te
         ValueError: if the last dim is not 4 * (reg_max + 1).
     """
     bins = reg_max + 1
-    if box_logits.shape[-1] != 4 * bins:
+    if not torch.jit.is_tracing() and box_logits.shape[-1] != 4 * bins:  # traced sizes: no check
         raise ValueError(
             f"box logits have {box_logits.shape[-1]} channels, expected 4 * (REG_MAX + 1) = {4 * bins}")
     # float32, and an element-wise sum rather than a matmul, which autocast would run in fp16/bf16.

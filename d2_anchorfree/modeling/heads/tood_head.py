@@ -61,7 +61,7 @@ def deform_sample(maps: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         ValueError: ``offsets`` not [N, 2C, H, W].
     """
     n, c, h, w = maps.shape
-    if tuple(offsets.shape) != (n, 2 * c, h, w):
+    if not torch.jit.is_tracing() and tuple(offsets.shape) != (n, 2 * c, h, w):  # traced sizes: no check
         raise ValueError(f"offsets must be {(n, 2 * c, h, w)} for maps {tuple(maps.shape)}, got {tuple(offsets.shape)}")
     weight = maps.new_ones(c, 1, 1, 1)
     return deform_conv2d_fp32(maps, offsets, weight, None, (1, 1), (0, 0), (1, 1))

@@ -51,7 +51,7 @@ def star_offsets(ltrb: torch.Tensor, stride: float) -> torch.Tensor:
     Raises:
         ValueError: ``ltrb`` not [N, 4, H, W], or a non-positive stride.
     """
-    if ltrb.dim() != 4 or ltrb.shape[1] != 4:
+    if ltrb.dim() != 4 or (not torch.jit.is_tracing() and ltrb.shape[1] != 4):  # traced sizes: no check
         raise ValueError(f"ltrb must be [N, 4, H, W], got {tuple(ltrb.shape)}")
     if stride <= 0:
         raise ValueError(f"stride must be > 0, got {stride}")

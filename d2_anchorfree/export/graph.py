@@ -1,0 +1,123 @@
+"""The exported computation: one module from a uint8 image to final detections.
+
+``InferenceGraph`` wraps a built :class:`~d2_anchorfree.modeling.detector.AnchorFreeDetector`
+(any preset or YAML composition) and runs, as plain tensor code with no data-dependent Python
+branch (so that one trace serves every input size):
+
+    uint8 BGR image [H, W, 3]
+    -> float CHW, channel order of ``INPUT.FORMAT``, normalized by PIXEL_MEAN / PIXEL_STD and
+       padded to the backbone's size divisibility (the model's own ``preprocess_image``)
+    -> backbone + FPN -> head -> per level the head's scoring rule, candidates, box decoding
+       (``AnchorFreeDetector.detect_image``, the code eager inference runs)
+    -> class-aware NMS or NMS-free top-k (``postprocessing.dense_detections``)
+    -> boxes clipped to the image, empty boxes dropped (detectron2's ``detector_postprocess`` at
+       scale 1)
+    -> boxes [D, 4] XYXY float32 pixels of the input image, scores [D] float32 in [0, 1],
+       classes [D] int64 (contiguous class index), sorted by score; D = 0 is fine.
+
+Not inside: resizing to the test size (``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``) and mapping
+the boxes back to the original image; the runtime does both, exactly as detectron2's
+``DefaultPredictor`` (``tools/predict_onnx.py``). One image per call (batch of one).
+"""
+import json
+from typing import Dict, Tuple
+
+import torch
+from torch import nn
+
+from detectron2.data import MetadataCatalog
+
+from ..modeling.geometry import clip_boxes_to_image, nonempty_boxes
+
+__all__ = ["InferenceGraph", "graph_metadata", "GRAPH_INPUT", "GRAPH_OUTPUTS"]
+
+GRAPH_INPUT = "image"
+GRAPH_OUTPUTS = ("boxes", "scores", "classes")
+
+
+class InferenceGraph(nn.Module):
+    """A detector's whole inference on one uint8 BGR image (see the module docstring).
+
+    The wrapped model is used as is (its parameters are shared, not copied); put it in
+    ``eval()`` mode before tracing (:func:`d2_anchorfree.export.trace_graph` does).
+    """
+
+    def __init__(self, model: nn.Module):
+        """
+        Args:
+            model: an ``AnchorFreeDetector`` (has ``preprocess_image``, ``backbone``,
+                ``head_in_features``, ``head``, ``shift_generator``, ``detect_image`` and
+                ``input_format``).
+
+        Raises:
+            TypeError: ``model`` lacks ``detect_image`` (not one of our detectors), naming its type.
+        """
+        super().__init__()
+        if not hasattr(model, "detect_image"):
+            raise TypeError(f"InferenceGraph needs a d2_anchorfree detector, got {type(model).__name__}")
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            image: [H, W, 3] uint8, BGR (OpenCV's order, as ``DefaultPredictor``), any H, W >= 1,
+                already at the test size.
+
+        Returns:
+            (boxes [D, 4] float32 XYXY pixels of ``image``, clipped to it; scores [D] float32 in
+            [0, 1]; classes [D] int64 in [0, K)), sorted by score, D <= TEST.DETECTIONS_PER_IMAGE.
+        """
+        model = self.model
+        chw = image.permute(2, 0, 1)
+        if model.input_format == "RGB":
+            chw = chw.flip(0)
+        images = model.preprocess_image([{"image": chw.to(model.pixel_mean.dtype)}])
+        features = model.backbone(images.tensor)
+        features = [features[f] for f in model.head_in_features]
+        predictions = model.head(features)
+        image_size = images.image_sizes[0]
+        boxes, scores, classes = model.detect_image(predictions, 0, model.shift_generator(features), image_size)
+        boxes = clip_boxes_to_image(boxes, image_size)
+        keep = nonempty_boxes(boxes)
+        return boxes[keep], scores[keep], classes[keep]
+
+
+def graph_metadata(cfg, model: nn.Module, fmt: str) -> Dict[str, str]:
+    """What a runtime needs besides the graph, as string key/values (stored in the ONNX file's
+    ``metadata_props`` and the TorchScript file's extra file ``d2af_metadata.json``).
+
+    Keys: ``d2af_metadata`` (JSON): ``format`` ("onnx" | "torchscript"), ``input`` ("uint8 BGR
+    [H, W, 3]"), ``outputs``, ``min_size_test`` / ``max_size_test`` (pixels: the runtime resizes
+    the shorter side to min_size_test, the longer at most to max_size_test, as detectron2's
+    ``ResizeShortestEdge``; 0 means no resize), ``meta_architecture``, ``nms_thresh`` (class-aware
+    NMS IoU threshold, or null: NMS-free top-k),
+    ``score_thresh``, ``class_names`` (from the metadata of ``DATASETS.TEST[0]`` when registered,
+    else "class_<i>"), ``category_ids`` (contiguous index -> dataset category id).
+
+    Args:
+        cfg: the detector's config. model: the detector built from it. fmt: "onnx" or "torchscript".
+    """
+    num_classes = cfg.MODEL.DENSE.NUM_CLASSES
+    names = [f"class_{i}" for i in range(num_classes)]
+    ids = list(range(num_classes))
+    if cfg.DATASETS.TEST:
+        meta = MetadataCatalog.get(cfg.DATASETS.TEST[0])
+        if len(getattr(meta, "thing_classes", [])) == num_classes:
+            names = list(meta.thing_classes)
+        id_map = getattr(meta, "thing_dataset_id_to_contiguous_id", None)
+        if id_map and len(id_map) == num_classes:
+            inverse = {v: k for k, v in id_map.items()}
+            ids = [int(inverse[i]) for i in range(num_classes)]
+    info = {
+        "format": fmt,
+        "input": f"{GRAPH_INPUT}: uint8 BGR [H, W, 3] at the test size",
+        "outputs": list(GRAPH_OUTPUTS),
+        "min_size_test": int(cfg.INPUT.MIN_SIZE_TEST),
+        "max_size_test": int(cfg.INPUT.MAX_SIZE_TEST),
+        "meta_architecture": cfg.MODEL.META_ARCHITECTURE,
+        "nms_thresh": model.test_nms_thresh,
+        "score_thresh": float(cfg.MODEL.DENSE.SCORE_THRESH_TEST),
+        "class_names": names,
+        "category_ids": ids,
+    }
+    return {"d2af_metadata": json.dumps(info)}
