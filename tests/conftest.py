@@ -27,6 +27,22 @@ def load_tool(name: str):
     return module
 
 
+CACHE_ROOT = os.environ.get("D2AF_CACHE", os.path.expanduser("~/.cache/d2af"))
+
+
+def trees_dir() -> str:
+    """The prepared tree-crown data: the checkout's datasets/trees (make demo), else prepared once
+    into the cache by tools/prepare_trees.py (a fresh clone, e.g. CI, has no datasets/)."""
+    trees = os.path.join(REPO, "datasets", "trees")
+    if os.path.isfile(os.path.join(trees, "val.json")):
+        return trees
+    trees = os.path.join(CACHE_ROOT, "trees")
+    if not os.path.isfile(os.path.join(trees, "val.json")):
+        subprocess.run([sys.executable, os.path.join(REPO, "tools", "prepare_trees.py"), "--out", trees],
+                       check=True, capture_output=True, text=True)
+    return trees
+
+
 def load_cfg(config_file: str, *opts):
     """A detectron2 config with our keys, merged from ``config_file`` (relative to the repo),
     forced to CPU with no pretrained weights; ``opts`` are extra "KEY", value pairs."""

@@ -27,7 +27,7 @@ import tempfile
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import CACHE_ROOT, REPO, trees_dir
 
 sys.path.insert(0, os.path.join(REPO, "tests", "mmdet_ref"))
 import parity  # noqa: E402
@@ -43,7 +43,7 @@ CONFIGS = [
 ]
 SEED = 0
 REF_DIR = os.path.join(REPO, "tests", "mmdet_ref")
-CACHE = os.path.join(os.environ.get("D2AF_CACHE", os.path.expanduser("~/.cache/d2af")), "mmdet-ref")
+CACHE = os.path.join(CACHE_ROOT, "mmdet-ref")
 
 
 @pytest.fixture(scope="session")
@@ -60,24 +60,11 @@ def mmdet_python():
     return python
 
 
-def _trees_dir() -> str:
-    """The prepared tree-crown data: the checkout's datasets/trees (make demo), else prepared once
-    into the cache by tools/prepare_trees.py (a fresh clone, e.g. CI, has no datasets/)."""
-    trees = os.path.join(REPO, "datasets", "trees")
-    if os.path.isfile(os.path.join(trees, "val.json")):
-        return trees
-    trees = os.path.join(os.path.dirname(CACHE), "trees")
-    if not os.path.isfile(os.path.join(trees, "val.json")):
-        subprocess.run([sys.executable, os.path.join(REPO, "tools", "prepare_trees.py"), "--out", trees],
-                       check=True, capture_output=True, text=True)
-    return trees
-
-
 @pytest.fixture(scope="session")
 def test_images(tmp_path_factory):
     """The two real tree tiles of the reference (make_test_images.py), written once per session."""
     out = tmp_path_factory.mktemp("mmdet_images")
-    subprocess.run([sys.executable, os.path.join(REF_DIR, "make_test_images.py"), "--trees", _trees_dir(),
+    subprocess.run([sys.executable, os.path.join(REF_DIR, "make_test_images.py"), "--trees", trees_dir(),
                     "--out", str(out)], check=True, capture_output=True, text=True)
     return sorted(str(p) for p in out.iterdir())
 

@@ -85,7 +85,8 @@ def traced_warnings(records: List[warnings.WarningMessage]) -> List[str]:
 
 class _RaiseOnTracerWarnings:
     """Context manager recording warnings and raising :class:`ExportTraceError` at exit when a
-    non-harmless ``TracerWarning`` was among them (other warnings are re-emitted)."""
+    non-harmless ``TracerWarning`` was among them. Other warnings are re-emitted, except
+    ``DeprecationWarning`` s (of the TorchScript tracer and exporter, which export uses on purpose)."""
 
     def __init__(self, what: str):
         self.what = what
@@ -98,6 +99,9 @@ class _RaiseOnTracerWarnings:
 
     def __exit__(self, exc_type, exc, tb):
         self._context.__exit__(exc_type, exc, tb)
+        for w in self.records:  # deprecations: the TorchScript tracer and exporter, used on purpose
+            if not issubclass(w.category, (torch.jit.TracerWarning, DeprecationWarning)):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         if exc_type is not None:
             return False
         bad = traced_warnings(self.records)
@@ -113,14 +117,14 @@ def _check_sample(image: torch.Tensor) -> None:
         raise ValueError(f"the sample image must be uint8 [H, W, 3] (BGR), got {image.dtype} {tuple(image.shape)}")
 
 
-def uses_deform_conv(model: nn.Module) -> bool:
-    """Whether ``model`` runs ``torchvision.ops.deform_conv2d`` (DCN towers, VFNet's star conv,
-    TOOD's task-aligned sampling): found by tracing it, not by module type."""
-    return "torchvision::deform_conv2d" in _op_kinds(model)
+def uses_deform_conv(traced: torch.jit.ScriptModule) -> bool:
+    """Whether a traced module runs ``torchvision::deform_conv2d`` (DCN towers, VFNet's star
+    conv, TOOD's task-aligned sampling), read from its graph rather than guessed from module types.
 
-
-def _op_kinds(graph_module) -> set:
-    return {node.kind() for node in graph_module.inlined_graph.nodes()} if hasattr(graph_module, "inlined_graph") else set()
+    Args:
+        traced: the result of ``torch.jit.trace``.
+    """
+    return any(node.kind() == "torchvision::deform_conv2d" for node in traced.inlined_graph.nodes())
 
 
 def export_torchscript(model: nn.Module, sample_image: torch.Tensor, path: str,
@@ -178,6 +182,9 @@ def export_onnx(model: nn.Module, sample_image: torch.Tensor, path: str, opset: 
         opset: ONNX opset, >= 11 (NonMaxSuppression, dynamic TopK); >= 19 for deformable convs.
         metadata: string key/values stored in the model's ``metadata_props``.
         detector_name: named in errors (e.g. the META_ARCHITECTURE).
+
+    Registers :func:`deform_conv2d_symbolic` with ``torch.onnx`` for opset 19 (process-wide and
+    idempotent: the TorchScript exporter keeps its symbolics in a global table).
 
     Raises:
         ValueError: a bad sample image; ``opset`` below 19 for a model with deformable

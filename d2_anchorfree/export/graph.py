@@ -38,8 +38,10 @@ GRAPH_OUTPUTS = ("boxes", "scores", "classes")
 class InferenceGraph(nn.Module):
     """A detector's whole inference on one uint8 BGR image (see the module docstring).
 
-    The wrapped model is used as is (its parameters are shared, not copied); put it in
-    ``eval()`` mode before tracing (:func:`d2_anchorfree.export.trace_graph` does).
+    The wrapped model is used as is (its parameters are shared, not copied) and both are put in
+    ``eval()`` mode: ``torch.onnx.export`` restores the wrapper's mode afterwards, and a wrapper
+    left in its default training mode would switch the detector to training (BatchNorm with
+    batch statistics) after the export.
     """
 
     def __init__(self, model: nn.Module):
@@ -56,6 +58,7 @@ class InferenceGraph(nn.Module):
         if not hasattr(model, "detect_image"):
             raise TypeError(f"InferenceGraph needs a d2_anchorfree detector, got {type(model).__name__}")
         self.model = model
+        self.eval()
 
     def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """
@@ -92,7 +95,8 @@ def graph_metadata(cfg, model: nn.Module, fmt: str) -> Dict[str, str]:
     ``ResizeShortestEdge``; 0 means no resize), ``meta_architecture``, ``nms_thresh`` (class-aware
     NMS IoU threshold, or null: NMS-free top-k),
     ``score_thresh``, ``class_names`` (from the metadata of ``DATASETS.TEST[0]`` when registered,
-    else "class_<i>"), ``category_ids`` (contiguous index -> dataset category id).
+    else "class_<i>"), ``category_ids`` (contiguous index -> dataset category id),
+    ``coco_max_dets_per_image`` (``TEST.COCO_MAX_DETS_PER_IMAGE``, for COCO AP as evaluation).
 
     Args:
         cfg: the detector's config. model: the detector built from it. fmt: "onnx" or "torchscript".
@@ -117,6 +121,7 @@ def graph_metadata(cfg, model: nn.Module, fmt: str) -> Dict[str, str]:
         "meta_architecture": cfg.MODEL.META_ARCHITECTURE,
         "nms_thresh": model.test_nms_thresh,
         "score_thresh": float(cfg.MODEL.DENSE.SCORE_THRESH_TEST),
+        "coco_max_dets_per_image": int(cfg.TEST.COCO_MAX_DETS_PER_IMAGE),
         "class_names": names,
         "category_ids": ids,
     }

@@ -1,0 +1,120 @@
+"""Check an exported file against the eager model: same detections, boxes within 0.01 px and
+scores within 1e-4 (issue 12's tolerances), matched one to one whatever their order."""
+from dataclasses import dataclass, field
+from typing import List, Sequence, Tuple
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+__all__ = ["BOX_TOL_PX", "SCORE_TOL", "MatchReport", "match_detections", "run_exported"]
+
+BOX_TOL_PX = 0.01
+SCORE_TOL = 1e-4
+
+Detections = Tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes [D, 4], scores [D], classes [D]
+
+
+@dataclass
+class MatchReport:
+    """Result of :func:`match_detections`.
+
+    Attributes:
+        num_ref, num_got: detection counts of the reference and of the checked output.
+        matched: pairs matched one to one (same class, boxes within the tolerance).
+        max_box_diff: largest |coordinate difference| in pixels over the matched pairs.
+        max_score_diff: largest |score difference| over the matched pairs.
+        unmatched: ``(side, score)`` of every detection without a partner ("ref" or "got").
+    """
+
+    num_ref: int
+    num_got: int
+    matched: int
+    max_box_diff: float
+    max_score_diff: float
+    unmatched: List[Tuple[str, float]] = field(default_factory=list)
+    box_tol: float = BOX_TOL_PX
+    score_tol: float = SCORE_TOL
+
+    @property
+    def ok(self) -> bool:
+        """Every detection matched, boxes within ``box_tol`` px, scores within ``score_tol``."""
+        return (not self.unmatched and self.num_ref == self.num_got
+                and self.max_box_diff <= self.box_tol and self.max_score_diff <= self.score_tol)
+
+    def summary(self) -> str:
+        """One line: counts, largest differences and the unmatched detections."""
+        text = (f"{self.matched}/{self.num_ref} reference detections matched ({self.num_got} checked), "
+                f"max box diff {self.max_box_diff:.2e} px, max score diff {self.max_score_diff:.2e}")
+        if self.unmatched:
+            text += f", unmatched {self.unmatched[:5]}"
+        return text
+
+
+def _as_numpy(detections: Sequence) -> Detections:
+    boxes, scores, classes = (x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+                              for x in detections)
+    return boxes.reshape(-1, 4).astype(np.float64), scores.reshape(-1).astype(np.float64), classes.reshape(-1)
+
+
+def match_detections(ref: Sequence, got: Sequence, box_tol: float = BOX_TOL_PX,
+                     score_tol: float = SCORE_TOL) -> MatchReport:
+    """Match two detection sets one to one: a pair has the same class and differs by at most
+    ``box_tol`` px in every coordinate; among such pairings the one minimizing the summed largest
+    coordinate difference is taken (``scipy.optimize.linear_sum_assignment``), so the order of
+    the detections does not matter (ties in score may sort differently across backends).
+
+    Args:
+        ref, got: (boxes [D, 4] XYXY px, scores [D], classes [D]) as tensors or arrays.
+        box_tol: pixels. score_tol: absolute score difference allowed.
+
+    Returns:
+        :class:`MatchReport` (``ok`` tells whether the two sets are the same detections).
+    """
+    rb, rs, rc = _as_numpy(ref)
+    gb, gs, gc = _as_numpy(got)
+    report = MatchReport(len(rs), len(gs), 0, 0.0, 0.0, box_tol=box_tol, score_tol=score_tol)
+    matched_ref, matched_got = set(), set()
+    if len(rs) and len(gs):
+        diff = np.abs(rb[:, None, :] - gb[None, :, :]).max(axis=2)  # [Dr, Dg] px
+        feasible = (rc[:, None] == gc[None, :]) & (diff <= box_tol)
+        cost = np.where(feasible, diff, 1e6)
+        rows, cols = linear_sum_assignment(cost)
+        for r, c in zip(rows, cols):
+            if feasible[r, c]:
+                matched_ref.add(r)
+                matched_got.add(c)
+                report.max_box_diff = max(report.max_box_diff, float(diff[r, c]))
+                report.max_score_diff = max(report.max_score_diff, float(abs(rs[r] - gs[c])))
+    report.matched = len(matched_ref)
+    report.unmatched = ([("ref", float(rs[i])) for i in range(len(rs)) if i not in matched_ref]
+                        + [("got", float(gs[i])) for i in range(len(gs)) if i not in matched_got])
+    return report
+
+
+def run_exported(path: str, image: np.ndarray, session=None) -> Detections:
+    """Run an exported file on one image.
+
+    Args:
+        path: ``.onnx`` (onnxruntime, CPU) or ``.ts`` (``torch.jit.load``) file.
+        image: uint8 [H, W, 3] BGR array.
+        session: an existing ``onnxruntime.InferenceSession`` of ``path`` to reuse (ONNX only).
+
+    Returns:
+        (boxes [D, 4] float32, scores [D] float32, classes [D] int64) as numpy arrays.
+
+    Raises:
+        ValueError: ``path`` is neither ``.onnx`` nor ``.ts``.
+    """
+    if path.endswith(".onnx"):
+        if session is None:
+            import onnxruntime
+
+            session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        boxes, scores, classes = session.run(None, {"image": np.ascontiguousarray(image)})
+        return boxes, scores, classes
+    if path.endswith(".ts"):
+        module = torch.jit.load(path)
+        with torch.no_grad():
+            return tuple(x.numpy() for x in module(torch.from_numpy(np.ascontiguousarray(image))))
+    raise ValueError(f"unknown export file type (expected .onnx or .ts): {path}")

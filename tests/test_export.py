@@ -1,0 +1,312 @@
+"""Export (issue 12): ONNX and TorchScript files of every detector and a YAML composition give the
+PyTorch model's detections on real tree tiles at two input sizes from one file, an empty result
+when nothing passes the threshold, COCO AP equal to PyTorch's evaluation through the torch-free
+runtime (tools/predict_onnx.py), and export refuses what would be wrong (a data-dependent branch
+in the trace, deformable convs below opset 19).
+
+Weights: each detector is trained briefly on the bundled tree tiles (50 iterations of 2 images,
+tools' train_net.py in a subprocess, about a minute each on 2 cores) once per machine, cached
+under ``$D2AF_CACHE/export-weights`` keyed by the config files and the training options.
+"""
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from detectron2.data import DatasetCatalog
+from detectron2.modeling import build_model
+
+from d2_anchorfree.checkpoint import WeightsMismatchError, load_inference_weights
+from d2_anchorfree.data.datasets import register_coco_dataset
+from d2_anchorfree.engine import AnchorFreeTrainer
+from d2_anchorfree.export import ExportTraceError, InferenceGraph, export_model, export_onnx, graph_metadata
+from d2_anchorfree.export.verify import match_detections, run_exported
+from d2_anchorfree.modeling.postprocessing import select_candidates
+
+from conftest import CACHE_ROOT, REPO, load_cfg, trees_dir
+
+onnxruntime = pytest.importorskip("onnxruntime", reason="optional export dependency (requirements-extra.txt)")
+
+DETECTORS = {  # name: (config, extra config opts, name whose trained weights it uses)
+    "FCOS": ("configs/FCOS/FCOS_tiny_R_18_cpu.yaml", (), "FCOS"),
+    "ATSS": ("configs/ATSS/ATSS_tiny_R_18_cpu.yaml", (), "ATSS"),
+    "GFL": ("configs/GFL/GFL_tiny_R_18_cpu.yaml", (), "GFL"),
+    "VFNet": ("configs/VFNet/VFNet_tiny_R_18_cpu.yaml", (), "VFNet"),
+    "DeFCN": ("configs/DeFCN/DeFCN_tiny_R_18_cpu.yaml", (), "DeFCN"),
+    "DeFCN+NMS": ("configs/DeFCN/DeFCN_tiny_R_18_cpu.yaml", ("MODEL.DENSE.POSTPROCESS", "nms"), "DeFCN"),
+    "TOOD": ("configs/TOOD/TOOD_tiny_R_18_cpu.yaml", (), "TOOD"),
+    "GFL+POTO+3DMF+Aux": ("configs/compositions/GFL_POTO_3DMF_Aux_tiny_R_18_cpu.yaml", (), "GFL+POTO+3DMF+Aux"),
+}
+TRAIN_OPTS = ("SOLVER.MAX_ITER", "50", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.STEPS", "(40,)",
+              "SOLVER.WARMUP_ITERS", "10", "SOLVER.CHECKPOINT_PERIOD", "100000", "INPUT.MIN_SIZE_TRAIN", "(320,)",
+              "DATASETS.TEST", "()", "TEST.EVAL_PERIOD", "0", "DATALOADER.NUM_WORKERS", "0", "SEED", "7")
+WEIGHTS_CACHE = os.path.join(CACHE_ROOT, "export-weights")
+
+
+def _config_chain(config: str):
+    """``config`` and its ``_BASE_`` files, as absolute paths."""
+    path = os.path.join(REPO, config)
+    chain = [path]
+    while True:
+        base = (yaml.safe_load(open(path)) or {}).get("_BASE_")
+        if not base:
+            return chain
+        path = os.path.normpath(os.path.join(os.path.dirname(path), base))
+        chain.append(path)
+
+
+def _train(name: str) -> str:
+    """Model-only weights of ``name`` trained on the tree tiles (cached; see the module docstring)."""
+    config = DETECTORS[name][0]
+    digest = hashlib.sha256(repr(TRAIN_OPTS).encode())
+    for path in _config_chain(config):
+        digest.update(open(path, "rb").read())
+    target = os.path.join(WEIGHTS_CACHE, f"{name.replace('+', '_')}-{digest.hexdigest()[:16]}.pth")
+    if os.path.isfile(target):
+        return target
+    trees = trees_dir()
+    out = os.path.join(WEIGHTS_CACHE, f"run-{os.getpid()}-{name.replace('+', '_')}")
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", os.path.join(REPO, config),
+           "DATASETS.REGISTER_COCO", f"('export_trees_train,{trees}/train.json,{trees}/images',)",
+           "DATASETS.TRAIN", "('export_trees_train',)", "OUTPUT_DIR", out, *TRAIN_OPTS]
+    run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    state = torch.load(os.path.join(out, "model_final.pth"), map_location="cpu", weights_only=True)["model"]
+    tmp = target + f".tmp{os.getpid()}"
+    torch.save({"model": state}, tmp)
+    os.replace(tmp, target)
+    shutil.rmtree(out, ignore_errors=True)
+    return target
+
+
+def _model(name: str, *opts):
+    config, extra, weights_of = DETECTORS[name]
+    cfg = load_cfg(config, *extra, *opts)
+    model = build_model(cfg).eval()
+    try:
+        load_inference_weights(model, _train(weights_of))
+    except WeightsMismatchError:  # a cached file from older code: train again
+        for f in os.listdir(WEIGHTS_CACHE):
+            if f.startswith(weights_of.replace("+", "_") + "-"):
+                os.remove(os.path.join(WEIGHTS_CACHE, f))
+        load_inference_weights(model, _train(weights_of))
+    return cfg, model
+
+
+@pytest.fixture(scope="module")
+def trees_val():
+    """The val tiles registered (and loaded, which fills the class names and the category id map
+    of the metadata) as "export_trees_val"; returns the config opts that make it DATASETS.TEST."""
+    trees = trees_dir()
+    register_coco_dataset("export_trees_val", os.path.join(trees, "val.json"), os.path.join(trees, "images"))
+    DatasetCatalog.get("export_trees_val")
+    return ("DATASETS.TEST", "('export_trees_val',)")
+
+
+@pytest.fixture(scope="module")
+def tiles():
+    """Three real val tiles (uint8 BGR): the tracing sample (400x400), a test tile at 400x400 and
+    a crop of a third tile at 333x271, so one file is checked at two sizes other than the traced one's."""
+    trees = trees_dir()
+    images = json.load(open(os.path.join(trees, "val.json")))["images"]
+    read = [cv2.imread(os.path.join(trees, "images", images[i]["file_name"])) for i in (1, 4, 9)]
+    return read[0], read[1], np.ascontiguousarray(read[2][:333, :271])
+
+
+@pytest.mark.parametrize("name", list(DETECTORS))
+def test_exported_files_equal_pytorch_at_two_sizes(name, tiles, tmp_path):
+    cfg, model = _model(name)
+    sample, *checks = tiles
+    graph = InferenceGraph(model)
+    # the graph is the model's own inference: same detections as DetectionModel.forward (no resize)
+    with torch.no_grad():
+        ref = graph(torch.from_numpy(checks[0]))
+        chw = torch.from_numpy(checks[0]).permute(2, 0, 1).float()
+        inst = model([{"image": chw}])[0]["instances"]
+    direct = match_detections(ref, (inst.pred_boxes.tensor, inst.scores, inst.pred_classes), box_tol=0, score_tol=0)
+    assert direct.ok, direct.summary()
+    paths = [export_model(cfg, model, fmt, str(tmp_path / fmt), torch.from_numpy(sample)) for fmt in ("onnx", "torchscript")]
+    assert not model.training  # export leaves the model as it found it
+    session = onnxruntime.InferenceSession(paths[0], providers=["CPUExecutionProvider"])
+    for image in checks:
+        with torch.no_grad():
+            ref = graph(torch.from_numpy(image))
+        assert len(ref[1]) >= 20, f"{name}: only {len(ref[1])} detections; the check would be weak"
+        for path in paths:
+            got = run_exported(path, image, session if path.endswith(".onnx") else None)
+            assert got[0].dtype == np.float32 and got[1].dtype == np.float32 and got[2].dtype == np.int64
+            report = match_detections(ref, got)
+            assert report.ok, f"{name} {os.path.basename(path)} at {image.shape[:2]}: {report.summary()}"
+    meta = json.load(open(tmp_path / "onnx" / "metadata.json"))
+    assert meta["nms_thresh"] == model.test_nms_thresh and meta["meta_architecture"] == cfg.MODEL.META_ARCHITECTURE
+
+
+@pytest.mark.parametrize("name", ["FCOS", "DeFCN", "VFNet"])
+def test_no_detection_gives_empty_outputs(name, tiles, tmp_path):
+    cfg, model = _model(name, "MODEL.DENSE.SCORE_THRESH_TEST", "0.999")
+    sample, image, _ = tiles
+    for fmt in ("onnx", "torchscript"):
+        path = export_model(cfg, model, fmt, str(tmp_path / fmt), torch.from_numpy(sample))
+        boxes, scores, classes = run_exported(path, image)
+        assert boxes.shape == (0, 4) and scores.shape == (0,) and classes.shape == (0,), (fmt, boxes.shape)
+
+
+def _torch_free(script_args, cwd):
+    """Run tools/predict_onnx.py in a Python where importing torch, torchvision or detectron2 fails."""
+    code = ("import sys, runpy; [sys.modules.__setitem__(m, None) for m in ('torch', 'torchvision', 'detectron2')]; "
+            f"sys.argv = ['predict_onnx.py'] + {list(script_args)!r}; "
+            f"runpy.run_path({os.path.join(REPO, 'tools', 'predict_onnx.py')!r}, run_name='__main__')")
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("name", ["FCOS", "DeFCN"])
+def test_onnx_runtime_coco_ap_equals_pytorch_evaluation(name, tiles, trees_val, tmp_path):
+    trees = trees_dir()
+    cfg, model = _model(name, *trees_val, "OUTPUT_DIR", str(tmp_path / "eval"))
+    torch_ap = AnchorFreeTrainer.test(cfg, model)["bbox"]
+    path = export_model(cfg, model, "onnx", str(tmp_path / "onnx"), torch.from_numpy(tiles[0]))
+    run = _torch_free(["--model", path, "--coco-json", os.path.join(trees, "val.json"), "--image-root",
+                       os.path.join(trees, "images"), "--output", str(tmp_path / "pred"), "--evaluate", "--no-draw"], REPO)
+    assert run.returncode == 0, run.stderr[-3000:]
+    onnx_ap = json.load(open(tmp_path / "pred" / "metrics.json"))
+    assert torch_ap["AP"] > 1.0  # a trained model, so equality means something
+    for key in ("AP", "AP50", "AP75"):
+        assert onnx_ap[key] == pytest.approx(torch_ap[key], abs=1e-3), (key, onnx_ap, torch_ap)
+
+
+def test_onnx_runtime_draws_writes_results_and_skips_unreadable(tiles, trees_val, tmp_path):
+    cfg, model = _model("FCOS", *trees_val)
+    path = export_model(cfg, model, "onnx", str(tmp_path / "onnx"), torch.from_numpy(tiles[0]))
+    inputs = tmp_path / "in" / "sub"
+    inputs.mkdir(parents=True)
+    cv2.imwrite(str(inputs / "a.png"), tiles[1])
+    cv2.imwrite(str(inputs / "b.png"), tiles[2])
+    (inputs / "broken.png").write_bytes(b"not a png")
+    run = _torch_free(["--model", path, "--input", str(inputs), "--output", str(tmp_path / "out"), "--min-score", "0.1"], REPO)
+    assert run.returncode == 1 and "broken.png" in run.stderr, run.stderr[-2000:]
+    results = json.load(open(tmp_path / "out" / "results.json"))
+    assert {r["file_name"] for r in results} == {"a.png", "b.png"}
+    # contiguous class 0 is written as the dataset's category id (1 in the trees json)
+    assert results and all(r["category_id"] == 1 and r["bbox"][2] > 0 and r["bbox"][3] > 0 for r in results)
+    assert (tmp_path / "out" / "a.png.jpg").exists() and (tmp_path / "out" / "b.png.jpg").exists()
+    # the runtime's boxes on b (333x271, resized to 400 px short side inside) are the PyTorch
+    # predictor's (detectron2 DefaultPredictor: same resize, boxes scaled back)
+    from detectron2.engine import DefaultPredictor
+
+    predictor = DefaultPredictor(cfg)
+    predictor.model = model
+    inst = predictor(tiles[2])["instances"]
+    ours = [(r["bbox"], r["score"]) for r in results if r["file_name"] == "b.png"]
+    got = (np.array([[x, y, x + w, y + h] for (x, y, w, h), _ in ours]), np.array([s for _, s in ours]),
+           np.zeros(len(ours), dtype=np.int64))
+    report = match_detections((inst.pred_boxes.tensor, inst.scores, inst.pred_classes), got)
+    assert report.ok, report.summary()
+
+
+def test_metadata_names_classes_and_sizes(trees_val):
+    for opts, names, ids in (((), ["class_0"], [0]), (trees_val, ["tree"], [1])):
+        cfg = load_cfg("configs/FCOS/FCOS_tiny_R_18_cpu.yaml", "DATASETS.TEST", "('not_registered',)", *opts)
+        meta = json.loads(graph_metadata(cfg, build_model(cfg), "onnx")["d2af_metadata"])
+        assert (meta["class_names"], meta["category_ids"]) == (names, ids)
+        assert (meta["min_size_test"], meta["max_size_test"], meta["coco_max_dets_per_image"]) == (400, 640, 300)
+        assert (meta["score_thresh"], meta["nms_thresh"]) == (cfg.MODEL.DENSE.SCORE_THRESH_TEST, 0.6)
+
+
+def test_data_dependent_branch_in_the_trace_is_refused(monkeypatch, tmp_path):
+    model = build_model(load_cfg("configs/FCOS/FCOS_tiny_R_18_cpu.yaml")).eval()
+    original = type(model).detect_image
+
+    def branching(self, *args):
+        boxes, scores, classes = original(self, *args)
+        if scores.numel() > 3:  # the kind of branch the export must not freeze
+            boxes = boxes[:3]
+        return boxes, scores, classes
+
+    monkeypatch.setattr(type(model), "detect_image", branching)
+    image = torch.zeros(64, 96, 3, dtype=torch.uint8)
+    with pytest.raises(ExportTraceError, match="test_export.py.*scores.numel"):
+        export_onnx(model, image, str(tmp_path / "m.onnx"))
+
+
+def test_deformable_conv_below_opset_19_is_refused_with_the_op_and_detector(tmp_path):
+    model = build_model(load_cfg("configs/VFNet/VFNet_tiny_R_18_cpu.yaml")).eval()
+    with pytest.raises(ValueError, match=r"VFNet uses deformable convolution.*DeformConv.*opset 19.*--opset 17"):
+        export_onnx(model, torch.zeros(64, 64, 3, dtype=torch.uint8), str(tmp_path / "m.onnx"), opset=17,
+                    detector_name="VFNet")
+
+
+def test_bad_sample_image_is_refused(tmp_path):
+    model = build_model(load_cfg("configs/FCOS/FCOS_tiny_R_18_cpu.yaml")).eval()
+    with pytest.raises(ValueError, match="uint8 \\[H, W, 3\\]"):
+        export_onnx(model, torch.zeros(3, 64, 64, dtype=torch.float32), str(tmp_path / "m.onnx"))
+
+
+def _reference_selection(scores, thresh, topk, gate, by, within):
+    """The rule of select_candidates written plainly: pairs with gate > thresh, the top ``k`` by
+    the chosen score (k = topk, or min(topk, R) within points), returned by score descending."""
+    flat, g = scores.flatten(), (scores if gate is None else gate).flatten()
+    idx = [i for i in range(flat.numel()) if g[i] > thresh]
+    k = min(topk, scores.shape[0]) if within else topk
+    key = g if by == "candidate" else flat
+    idx = sorted(idx, key=lambda i: -float(key[i]))[:k]
+    idx = sorted(idx, key=lambda i: -float(flat[i]))
+    return [(float(flat[i]), i // scores.shape[1], i % scores.shape[1]) for i in idx]
+
+
+@pytest.mark.parametrize("by", ["score", "candidate"])
+@pytest.mark.parametrize("within", [False, True])
+def test_branch_free_candidate_selection_equals_the_plain_rule(by, within):
+    gen = torch.Generator().manual_seed(3)
+    for rows, classes, topk in ((7, 3, 5), (7, 3, 40), (2, 2, 9), (50, 4, 10)):
+        scores = torch.rand(rows, classes, generator=gen)
+        gate = torch.rand(rows, classes, generator=gen)
+        for g in (None, gate):
+            s, p, c = select_candidates(scores, 0.3, topk, g, by, within)
+            assert list(zip(s.tolist(), p.tolist(), c.tolist())) == _reference_selection(scores, 0.3, topk, g, by, within)
+    empty = select_candidates(torch.zeros(4, 2), 0.05, 3)
+    assert [t.shape for t in empty] == [torch.Size([0])] * 3
+
+
+@pytest.mark.parametrize("modulated", [False, True])
+def test_deform_conv_symbolic_matches_torchvision_in_onnxruntime(modulated, tmp_path):
+    """torchvision::deform_conv2d -> ONNX DeformConv (with the DCNv2 mask input when modulated),
+    stride 2 and dilation 2 included, equals torchvision's op in onnxruntime."""
+    from d2_anchorfree.export import deform_conv2d_symbolic
+    from d2_anchorfree.layers.deform_conv import DeformConv, ModulatedDeformConvWithOffsets
+
+    torch.manual_seed(0)
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            if modulated:
+                self.conv = ModulatedDeformConvWithOffsets(8, 4, 3, stride=2, padding=2, dilation=2)
+                torch.nn.init.normal_(self.conv.conv_offset.weight, std=0.3)
+            else:
+                self.offsets = torch.nn.Conv2d(8, 18, 3, stride=2, padding=2, dilation=2)
+                self.conv = DeformConv(8, 4, 3, stride=2, padding=2, dilation=2, bias=True)
+
+        def forward(self, x):
+            return self.conv(x) if modulated else self.conv(x, self.offsets(x))
+
+    block = Block().eval()
+    x = torch.randn(1, 8, 13, 17)
+    torch.onnx.register_custom_op_symbolic("torchvision::deform_conv2d", deform_conv2d_symbolic, 19)
+    path = str(tmp_path / "dcn.onnx")
+    with torch.no_grad():
+        torch.onnx.export(block, (x,), path, dynamo=False, opset_version=19, input_names=["x"],
+                          dynamic_axes={"x": {2: "h", 3: "w"}})
+        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        for shape in ((1, 8, 13, 17), (1, 8, 20, 9)):
+            x = torch.randn(*shape)
+            got = session.run(None, {"x": x.numpy()})[0]
+            np.testing.assert_allclose(got, block(x).numpy(), atol=1e-5, rtol=1e-5)
