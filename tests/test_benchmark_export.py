@@ -1,0 +1,52 @@
+"""tools/benchmark_export.py: a tiny run (tiny FCOS, 128x128, one repetition, no warm-up) goes
+through export, the three backends, the backbone-only parts and the onnxruntime profile, and
+writes a JSON with one row per backend and part, positive times and the environment. No
+timing is checked."""
+import json
+
+import numpy as np
+import pytest
+
+from conftest import load_tool
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+bench = load_tool("benchmark_export")
+
+
+def test_tiled_image_repeats_the_tile(tmp_path):
+    cv2 = pytest.importorskip("cv2")
+    tile = np.arange(3 * 2 * 3, dtype=np.uint8).reshape(3, 2, 3)
+    cv2.imwrite(str(tmp_path / "t.png"), tile)
+    image = bench.make_image(str(tmp_path / "t.png"), 5, 7)
+    assert image.shape == (5, 7, 3) and image.dtype == np.uint8
+    assert (image == np.tile(tile, (2, 4, 1))[:5, :7]).all()
+    assert bench.make_image("", 4, 6).shape == (4, 6, 3)
+
+
+def test_tiny_run_writes_rows_and_environment(tmp_path, capsys):
+    out = tmp_path / "export_speed.json"
+    result = bench.main(["--models", "tiny", "--sizes", "128x128", "--runs", "1", "--warmup", "0",
+                         "--threads", "1", "--parts", "--profile", "--profile-runs", "1",
+                         "--workdir", str(tmp_path / "files"), "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["rows"] == json.loads(json.dumps(result["rows"]))
+    rows = {(r["part"], r["backend"]): r for r in saved["rows"]}
+    assert set(rows) == {(p, b) for p in ("whole", "backbone") for b in bench.BACKENDS}
+    for r in rows.values():
+        assert "error" not in r, r
+        assert r["model"] == "tiny" and r["size"] == "128x128"
+        assert len(r["seconds"]) == 1 and r["seconds"][0] > 0 and r["ms"]["median"] > 0
+        assert r["eager_over_backend"] > 0
+    counts = {rows["whole", b]["detections"] for b in bench.BACKENDS}
+    assert len(counts) == 1 and min(counts) >= 0  # every backend returns the same number of boxes
+    env = saved["environment"]
+    assert env["ort_intra_op_num_threads"] == 1 and env["ort_inter_op_num_threads"] == 1
+    assert env["ort_graph_optimization_level"] == "ORT_ENABLE_ALL"
+    assert env["torch"] and env["onnxruntime"] and env["cpu"] and "--runs 1" in env["command"]
+    profile = saved["profile"]["tiny 128x128"]
+    assert profile["onnxruntime"]["total_ms"] > 0 and any(op == "Conv" for op, _, _ in profile["onnxruntime"]["by_op"])
+    assert profile["eager"]["total_ms"] > 0 and any("conv" in op for op, _, _ in profile["eager"]["by_op"])
+    printed = capsys.readouterr().out
+    assert "| tiny | 128x128 | whole | onnxruntime |" in printed
