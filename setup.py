@@ -9,5 +9,8 @@ setup(
     python_requires=">=3.11",
     # detectron2 is not on any package index: tools/install_detectron2.py installs it (README).
     install_requires=["torch>=2.0", "torchvision", "fvcore", "pycocotools", "scipy", "tqdm"],
+    # pip install -e .[export]: ONNX export and the onnxruntime predictor (pinned versions in
+    # requirements-extra.txt, which tools/setup_env.sh installs).
+    extras_require={"export": ["onnx>=1.16", "onnxruntime>=1.17"]},
     license="Apache-2.0",
 )

@@ -178,7 +178,7 @@ def test_onnx_runtime_coco_ap_equals_pytorch_evaluation(name, tiles, trees_val, 
                        os.path.join(trees, "images"), "--output", str(tmp_path / "pred"), "--evaluate", "--no-draw"], REPO)
     assert run.returncode == 0, run.stderr[-3000:]
     onnx_ap = json.load(open(tmp_path / "pred" / "metrics.json"))
-    assert torch_ap["AP"] > 1.0  # a trained model, so equality means something
+    assert torch_ap["AP"] > 0.1, torch_ap  # not 0 = 0: the 50-iteration models score 0.2-0.5 AP, AP50 0.8-2
     for key in ("AP", "AP50", "AP75"):
         assert onnx_ap[key] == pytest.approx(torch_ap[key], abs=1e-3), (key, onnx_ap, torch_ap)
 

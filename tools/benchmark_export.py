@@ -507,7 +507,16 @@ def main(argv=None) -> Dict:
     """Run the benchmark; print the tables; write and return the JSON record."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
+    try:
+        return _run(args, argv)
+    finally:  # a caller in the same process (the smoke test) keeps its thread count
+        torch.set_num_threads(threads)
+
+
+def _run(args, argv: List[str]) -> Dict:
+    """The benchmark of :func:`main` with its threads set."""
     image_path = args.image or default_image()
     if not image_path:
         print("no --image and no datasets/trees/images/: timing a seeded random image", file=sys.stderr)
