@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 
 import cv2
 import numpy as np
@@ -114,12 +115,13 @@ def trees_val():
 
 @pytest.fixture(scope="module")
 def tiles():
-    """Three real val tiles (uint8 BGR): the tracing sample (400x400), a test tile at 400x400 and
-    a crop of a third tile at 333x271, so one file is checked at two sizes other than the traced one's."""
+    """Three real val tiles (uint8 BGR): the tracing sample (a 352x384 crop), a test tile at
+    400x400 and a crop of a third tile at 333x271: one file is checked at two sizes, neither of
+    them the traced one's."""
     trees = trees_dir()
     images = json.load(open(os.path.join(trees, "val.json")))["images"]
     read = [cv2.imread(os.path.join(trees, "images", images[i]["file_name"])) for i in (1, 4, 9)]
-    return read[0], read[1], np.ascontiguousarray(read[2][:333, :271])
+    return np.ascontiguousarray(read[0][:352, :384]), read[1], np.ascontiguousarray(read[2][:333, :271])
 
 
 @pytest.mark.parametrize("name", list(DETECTORS))
@@ -191,8 +193,10 @@ def test_onnx_runtime_draws_writes_results_and_skips_unreadable(tiles, trees_val
     cv2.imwrite(str(inputs / "a.png"), tiles[1])
     cv2.imwrite(str(inputs / "b.png"), tiles[2])
     (inputs / "broken.png").write_bytes(b"not a png")
+    cv2.imwrite(str(inputs / "deep.png"), tiles[1].astype(np.uint16) * 257)  # 16-bit: refused, as predict.py does
     run = _torch_free(["--model", path, "--input", str(inputs), "--output", str(tmp_path / "out"), "--min-score", "0.1"], REPO)
     assert run.returncode == 1 and "broken.png" in run.stderr, run.stderr[-2000:]
+    assert "deep.png: uint16 pixels" in run.stderr, run.stderr[-2000:]
     results = json.load(open(tmp_path / "out" / "results.json"))
     assert {r["file_name"] for r in results} == {"a.png", "b.png"}
     # contiguous class 0 is written as the dataset's category id (1 in the trees json)
@@ -219,6 +223,60 @@ def test_metadata_names_classes_and_sizes(trees_val):
         assert (meta["class_names"], meta["category_ids"]) == (names, ids)
         assert (meta["min_size_test"], meta["max_size_test"], meta["coco_max_dets_per_image"]) == (400, 640, 300)
         assert (meta["score_thresh"], meta["nms_thresh"]) == (cfg.MODEL.DENSE.SCORE_THRESH_TEST, 0.6)
+
+
+def test_metadata_loads_a_registered_test_dataset():
+    """Class names and category ids come from DATASETS.TEST[0] even when nothing loaded it yet
+    (its metadata only holds them after loading)."""
+    trees = trees_dir()
+    register_coco_dataset("export_trees_val_unloaded", os.path.join(trees, "val.json"), os.path.join(trees, "images"))
+    cfg = load_cfg("configs/FCOS/FCOS_tiny_R_18_cpu.yaml", "DATASETS.TEST", "('export_trees_val_unloaded',)")
+    meta = json.loads(graph_metadata(cfg, build_model(cfg), "onnx")["d2af_metadata"])
+    assert (meta["class_names"], meta["category_ids"]) == (["tree"], [1])
+
+
+def test_multiclass_nms_over_thousands_of_candidates_equals_pytorch(tiles, tmp_path):
+    """3 classes and a few thousand candidates through class-aware NMS: the exported files keep
+    the same boxes as eager PyTorch (torchvision's batched_nms would loop over classes eagerly
+    above 1000 boxes but not in the trace). Random head with spread-out class scores, so that
+    near-equal scores (whose order may differ between backends) are rare."""
+    cfg = load_cfg("configs/FCOS/FCOS_tiny_R_18_cpu.yaml", "MODEL.DENSE.NUM_CLASSES", "3",
+                   "TEST.DETECTIONS_PER_IMAGE", "1000")
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    torch.nn.init.normal_(model.head.cls_logits.weight, std=0.05)
+    torch.nn.init.constant_(model.head.cls_logits.bias, 0.0)
+    sample, *checks = tiles
+    paths = [export_model(cfg, model, fmt, str(tmp_path / fmt), torch.from_numpy(sample)) for fmt in ("onnx", "torchscript")]
+    for image in checks:
+        with torch.no_grad():
+            ref = InferenceGraph(model)(torch.from_numpy(image))
+            features = model.backbone(model.preprocess_image([{"image": torch.from_numpy(image).permute(2, 0, 1).float()}]).tensor)
+            logits = model.head([features[f] for f in model.head_in_features])["logits"]
+        candidates = sum(int((torch.sigmoid(x) > cfg.MODEL.DENSE.SCORE_THRESH_TEST).sum().clamp(max=1000)) for x in logits)
+        assert candidates > 2000 and len(set(ref[2].tolist())) == 3, (candidates, ref[2].unique())
+        for path in paths:
+            report = match_detections(ref, run_exported(path, image))
+            assert report.ok, f"{os.path.basename(path)} at {image.shape[:2]}: {report.summary()}"
+
+
+def test_non_finite_candidates_raise_instead_of_vanishing():
+    from d2_anchorfree.modeling.postprocessing import dense_detections
+
+    scores = torch.tensor([[0.9], [float("nan")]])
+    with pytest.raises(FloatingPointError, match="level 0: 1 of 2 predicted values are NaN"):
+        dense_detections([scores], [torch.ones(2, 4)], [torch.zeros(2, 2) + 5], (20, 20), 0.05, 10, 0.6, 10)
+    ltrb = torch.tensor([[1.0, 1.0, 1.0, float("inf")], [1.0, 1.0, 1.0, 1.0]])
+    with pytest.raises(FloatingPointError):
+        dense_detections([torch.full((2, 1), 0.5)], [ltrb], [torch.zeros(2, 2) + 5], (20, 20), 0.05, 10, 0.6, 10)
+
+
+def test_runtime_evaluation_without_detections_is_nan_not_zero(tmp_path):
+    from conftest import load_tool
+
+    predict_onnx = load_tool("predict_onnx")
+    metrics = predict_onnx.evaluate(os.path.join(trees_dir(), "val.json"), [], 300)
+    assert all(np.isnan(v) for v in metrics.values())
 
 
 def test_data_dependent_branch_in_the_trace_is_refused(monkeypatch, tmp_path):
@@ -310,3 +368,34 @@ def test_deform_conv_symbolic_matches_torchvision_in_onnxruntime(modulated, tmp_
             x = torch.randn(*shape)
             got = session.run(None, {"x": x.numpy()})[0]
             np.testing.assert_allclose(got, block(x).numpy(), atol=1e-5, rtol=1e-5)
+
+
+def test_traced_class_aware_nms_equals_eager_with_80_classes():
+    """dense_detections traced vs eager on 2000 candidates of 80 classes (half of them near
+    duplicates of the other half, so IoUs fall near the threshold): the same detections in every
+    trial. With torchvision's batched_nms (a per-class loop eagerly above 1000 boxes, the
+    coordinate trick in a trace) several of these trials differed."""
+    from d2_anchorfree.modeling.postprocessing import dense_detections
+
+    def detect(scores, ltrb, shifts):
+        return dense_detections([scores], [ltrb], [shifts], (800, 1333), 0.05, 3000, 0.6, 5000, clip_boxes=False)
+
+    gen = torch.Generator().manual_seed(0)
+    n, num_classes, traced = 2000, 80, None
+    for _ in range(20):
+        shifts = torch.rand(n, 2, generator=gen) * torch.tensor([1333.0, 800.0])
+        ltrb = torch.rand(n, 4, generator=gen) * 30 + 1
+        half = n // 2
+        ltrb[half:] = (ltrb[:half] + 3 * torch.randn(half, 4, generator=gen)).clamp(min=0.5)
+        shifts[half:] = shifts[:half] + 2 * torch.randn(half, 2, generator=gen)
+        classes = torch.randint(0, num_classes, (half,), generator=gen).repeat(2)
+        scores = torch.zeros(n, num_classes)
+        scores[torch.arange(n), classes] = torch.rand(n, generator=gen) * 0.9 + 0.06
+        if traced is None:
+            with warnings.catch_warnings(record=True) as records:
+                warnings.simplefilter("always")
+                traced = torch.jit.trace(detect, (scores, ltrb, shifts), check_trace=False)
+            assert not [w for w in records if issubclass(w.category, torch.jit.TracerWarning)]
+        eager, exported = detect(scores, ltrb, shifts), traced(scores, ltrb, shifts)
+        assert len(eager[1]) > 100
+        assert all(torch.equal(a, b) for a, b in zip(eager, exported))

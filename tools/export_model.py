@@ -83,7 +83,7 @@ def main(argv=None) -> int:
         load_inference_weights(model, cfg.MODEL.WEIGHTS, allow_untrained=args.allow_untrained)
         image = sample_image(cfg, args.sample_image)
         path = export_model(cfg, model, args.format, args.output, torch.from_numpy(image), args.opset)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {path}")

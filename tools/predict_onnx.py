@@ -77,8 +77,29 @@ def resize(image: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
 
 
+def read_bgr(path: str) -> np.ndarray:
+    """``path`` as a uint8 BGR [H, W, 3] array (EXIF orientation applied, gray and alpha images
+    converted), refusing what ``tools/predict.py``'s reader refuses.
+
+    Raises:
+        ValueError: unreadable or not an image, or not 8-bit (16-bit / float images are refused
+            rather than silently rescaled: convert them to 8 bits first).
+    """
+    image = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+    if image is None:
+        raise ValueError("not a readable image")
+    if image.dtype != np.uint8:
+        raise ValueError(f"{image.dtype} pixels (e.g. a 16-bit image): convert it to 8 bits per channel")
+    return image
+
+
 def predict(session, meta: dict, image: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Detections of one BGR uint8 image [H, W, 3] in its own pixels.
+
+    Args:
+        session: the ``onnxruntime.InferenceSession`` of :func:`load_model`.
+        meta: its metadata (``min_size_test`` and ``max_size_test`` are used).
+        image: uint8 BGR [H, W, 3], any size.
 
     Returns:
         (boxes [D, 4] float32 XYXY pixels clipped to the image, scores [D] float32,
@@ -95,7 +116,13 @@ def predict(session, meta: dict, image: np.ndarray) -> Tuple[np.ndarray, np.ndar
 
 
 def draw(image: np.ndarray, boxes, scores, classes, names: List[str], min_score: float) -> np.ndarray:
-    """A copy of ``image`` with the detections of score >= ``min_score`` drawn (box, name, score)."""
+    """A copy of ``image`` with the detections of score >= ``min_score`` drawn (box, name, score;
+    OpenCV drawing, plainer than ``tools/predict.py``'s detectron2 ``Visualizer``).
+
+    Args:
+        image: uint8 BGR [H, W, 3]. boxes: [D, 4] XYXY pixels. scores: [D]. classes: [D] indices
+            into ``names``. min_score: in [0, 1].
+    """
     out = image.copy()
     for box, score, cls in zip(boxes, scores, classes):
         if score < min_score:
@@ -147,8 +174,9 @@ def evaluate(coco_json: str, results: List[dict], max_dets: int) -> Dict[str, fl
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    if not results:
-        return {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}
+    if not results:  # as detectron2's COCOEvaluator: no numbers rather than a real-looking 0
+        print("WARNING: no detections to evaluate", file=sys.stderr)
+        return {"AP": math.nan, "AP50": math.nan, "AP75": math.nan}
     gt = COCO(coco_json)
     dt = gt.loadRes(results)
     ev = COCOeval(gt, dt, "bbox")
@@ -189,10 +217,11 @@ def main(argv=None) -> int:
     os.makedirs(args.output, exist_ok=True)
     results, skipped = [], []
     for path, name in zip(tqdm(files, desc="predict", unit="img", file=sys.stderr), names):
-        image = cv2.imread(path, cv2.IMREAD_COLOR)
-        if image is None:
+        try:
+            image = read_bgr(path)
+        except ValueError as e:
             skipped.append(path)
-            tqdm.write(f"WARNING: skipping {path}: not a readable image", file=sys.stderr)
+            tqdm.write(f"WARNING: skipping {path}: {e}", file=sys.stderr)  # above the progress bar
             continue
         boxes, scores, classes = predict(session, meta, image)
         for box, score, cls in zip(boxes.tolist(), scores.tolist(), classes.tolist()):

@@ -35,6 +35,7 @@ __all__ = [
     "deform_conv2d_symbolic",
     "export_onnx",
     "export_torchscript",
+    "optional_import",
     "traced_warnings",
     "uses_deform_conv",
 ]
@@ -52,8 +53,6 @@ HARMLESS_TRACER_WARNINGS: Tuple[Tuple[str, str, str], ...] = (
      "ImageList's assert that the images agree in channels (one image here)"),
     ("torch/nn/functional.py", "size_prods == 1",
      "GroupNorm / BatchNorm's 'more than 1 value per channel' size check, raising only"),
-    ("torchvision/ops/boxes.py", "not torchvision._is_tracing()",
-     "batched_nms picks its traceable implementation whenever tracing"),
     ("torchvision/ops/deform_conv.py", "n_offset_grps == 0",
      "deform_conv2d's offset-channel check, raising only"),
 )
@@ -110,6 +109,21 @@ class _RaiseOnTracerWarnings:
                 f"tracing {self.what} met Python code that depends on traced values (the export "
                 f"would be wrong for other inputs):\n  " + "\n  ".join(bad))
         return False
+
+
+def optional_import(name: str):
+    """Import an optional export dependency (onnx, onnxruntime).
+
+    Raises:
+        ImportError: it is missing, with the command that installs it.
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        raise ImportError(f"{name} is needed for ONNX export and inference: pip install -e .[export] "
+                          "(or the pinned requirements-extra.txt)") from e
 
 
 def _check_sample(image: torch.Tensor) -> None:
@@ -189,9 +203,10 @@ def export_onnx(model: nn.Module, sample_image: torch.Tensor, path: str, opset: 
     Raises:
         ValueError: a bad sample image; ``opset`` below 19 for a model with deformable
             convolutions (naming the op, the detector and the opset it needs).
+        ImportError: onnx is not installed (with the install command).
         ExportTraceError: see the module docstring.
     """
-    import onnx  # optional dependency (requirements-extra.txt)
+    onnx = optional_import("onnx")
 
     _check_sample(sample_image)
     name = detector_name or type(model).__name__

@@ -25,7 +25,7 @@ from typing import Dict, Tuple
 import torch
 from torch import nn
 
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ..modeling.geometry import clip_boxes_to_image, nonempty_boxes
 
@@ -95,7 +95,7 @@ def graph_metadata(cfg, model: nn.Module, fmt: str) -> Dict[str, str]:
     ``ResizeShortestEdge``; 0 means no resize), ``meta_architecture``, ``nms_thresh`` (class-aware
     NMS IoU threshold, or null: NMS-free top-k),
     ``score_thresh``, ``class_names`` (from the metadata of ``DATASETS.TEST[0]`` when registered,
-    else "class_<i>"), ``category_ids`` (contiguous index -> dataset category id),
+    which is loaded for it; else "class_<i>"), ``category_ids`` (contiguous index -> dataset category id),
     ``coco_max_dets_per_image`` (``TEST.COCO_MAX_DETS_PER_IMAGE``, for COCO AP as evaluation).
 
     Args:
@@ -104,7 +104,8 @@ def graph_metadata(cfg, model: nn.Module, fmt: str) -> Dict[str, str]:
     num_classes = cfg.MODEL.DENSE.NUM_CLASSES
     names = [f"class_{i}" for i in range(num_classes)]
     ids = list(range(num_classes))
-    if cfg.DATASETS.TEST:
+    if cfg.DATASETS.TEST and cfg.DATASETS.TEST[0] in DatasetCatalog.list():
+        DatasetCatalog.get(cfg.DATASETS.TEST[0])  # loading fills thing_classes and the id map
         meta = MetadataCatalog.get(cfg.DATASETS.TEST[0])
         if len(getattr(meta, "thing_classes", [])) == num_classes:
             names = list(meta.thing_classes)

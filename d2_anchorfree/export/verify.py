@@ -104,13 +104,13 @@ def run_exported(path: str, image: np.ndarray, session=None) -> Detections:
         (boxes [D, 4] float32, scores [D] float32, classes [D] int64) as numpy arrays.
 
     Raises:
-        ValueError: ``path`` is neither ``.onnx`` nor ``.ts``.
+        ValueError: ``path`` is neither ``.onnx`` nor ``.ts``. ImportError: onnxruntime missing.
     """
     if path.endswith(".onnx"):
         if session is None:
-            import onnxruntime
+            from .exporter import optional_import
 
-            session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+            session = optional_import("onnxruntime").InferenceSession(path, providers=["CPUExecutionProvider"])
         boxes, scores, classes = session.run(None, {"image": np.ascontiguousarray(image)})
         return boxes, scores, classes
     if path.endswith(".ts"):

@@ -351,14 +351,17 @@ class AnchorFreeDetector(DenseDetector):
             predictions: the head's per-level output for the batch.
             image: index of the image in the batch.
             shifts: per level [R_l, 2] points in pixels (``shift_generator(features)``).
-            image_size: (height, width) of the image before padding, in pixels (ints, or 0-dim
-                tensors while tracing).
+            image_size: (height, width) of the image before padding, in pixels: ints eagerly,
+                0-dim tensors (``ImageList.image_sizes`` of a traced input) while tracing.
 
         Returns:
             (boxes [D, 4] XYXY pixels of the network input, clipped unless the head's
             ``clip_boxes_before_nms`` is False (TOOD: detectron2's ``detector_postprocess``
             clips them after rescaling); scores [D] in [0, 1];
             classes [D] long), D <= max_detections_per_image, sorted by score.
+
+        Raises:
+            FloatingPointError: a NaN or infinite score or distance (eager only).
         """
         # The scoring rule runs per image and level on [R_l, ...] views of the head's maps:
         # element-wise kernels then see the same tensor sizes and layout whatever the batch

@@ -81,7 +81,8 @@ def clip_boxes_to_image(boxes: torch.Tensor, image_size: Tuple) -> torch.Tensor:
 
     Args:
         boxes: [D, 4] (x0, y0, x1, y1) in pixels.
-        image_size: (height, width) in pixels: ints, or 0-dim tensors (traced sizes).
+        image_size: (height, width) in pixels: ints eagerly, 0-dim tensors (traced sizes) while
+            tracing (``shapes_to_tensor`` refuses ints then).
 
     Returns:
         Tensor [D, 4], a new tensor.

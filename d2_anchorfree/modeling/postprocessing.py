@@ -3,7 +3,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from torchvision.ops import batched_nms
+from torchvision.ops import nms
 
 from detectron2.structures import Boxes, Instances
 
@@ -41,7 +41,7 @@ def select_candidates(scores: torch.Tensor, score_thresh: float, topk: int,
     instead, a size that tracing would freeze).
 
     Args:
-        scores: [R, K] ranking scores in [0, 1].
+        scores: [R, K] ranking scores in [0, 1] (>= 0 is required: the padding is -1).
         score_thresh: keep (point, class) pairs whose ``candidate_scores`` (default: ``scores``)
             are strictly above it. topk: at most this many (>= 1).
         candidate_scores: optional [R, K] scores the threshold applies to; FCOS thresholds the
@@ -54,7 +54,9 @@ def select_candidates(scores: torch.Tensor, score_thresh: float, topk: int,
             ``inference_single_image``: a level with fewer points than ``topk`` keeps fewer).
 
     Returns:
-        (scores [M], point_idx [M] long, class_idx [M] long), M <= topk, sorted by score desc.
+        (scores [M], point_idx [M] long, class_idx [M] long), M <= topk, sorted by score desc
+        (equal scores may come in another order than before this rule was made branch-free; a NaN
+        score is never selected, and ``dense_detections`` refuses non-finite candidates).
 
     Raises:
         ValueError: ``scores`` not 2-D, ``candidate_scores`` of another shape, or unknown ``topk_by``
@@ -77,6 +79,41 @@ def select_candidates(scores: torch.Tensor, score_thresh: float, topk: int,
         keep = keep[order]
     num_classes = scores.shape[1]
     return kept, keep // num_classes, keep % num_classes
+
+
+def _check_finite(level: int, *tensors: Optional[torch.Tensor]) -> None:
+    """Raise FloatingPointError when a level's scores or distances hold NaN or infinity (diverged
+    or corrupted weights, an fp16 overflow) instead of returning fewer detections silently."""
+    for t in tensors:
+        if t is not None and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise FloatingPointError(
+                f"level {level}: {bad} of {t.numel()} predicted values are NaN or infinite "
+                "(diverged or corrupted weights?)")
+
+
+def class_aware_nms(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor,
+                    iou_thresh: float) -> torch.Tensor:
+    """NMS within each class, one implementation eagerly and in a traced export: every box is
+    shifted by ``class * (largest coordinate + 1)`` so that boxes of different classes never
+    overlap, then one ``torchvision.ops.nms`` (ONNX ``NonMaxSuppression``) runs over all of them.
+
+    This is torchvision's ``batched_nms`` "coordinate trick" and MMDetection's ``batched_nms``
+    (below 10000 boxes), always. torchvision switches eagerly to a per-class loop above 1000
+    boxes on the CPU but traces the trick; float32 rounding of the shifted coordinates (about
+    0.008 px at 80 classes on 1333 px images) could then make eager and exported NMS keep
+    different boxes whose IoU lies at the threshold.
+
+    Args:
+        boxes: [D, 4] XYXY pixels. scores: [D]. classes: [D] long, >= 0.
+        iou_thresh: a box is removed by a higher-scored box of its class with IoU > it.
+
+    Returns:
+        [D'] long indices of the kept boxes, by decreasing score.
+    """
+    largest = torch.cat([boxes.flatten(), boxes.new_zeros(1)]).max()  # defined for D = 0 too
+    offsets = classes.to(boxes.dtype) * (largest + 1)
+    return nms(boxes + offsets[:, None], scores, iou_thresh)
 
 
 def dense_detections(
@@ -107,10 +144,10 @@ def dense_detections(
         scores: per level [R_i, K] final scores in [0, 1] (e.g. sqrt(cls * centerness)).
         ltrb: per level [R_i, 4] distances in pixels.
         shifts: per level [R_i, 2] points (x, y) in pixels.
-        image_size: (height, width) of the network input in pixels (ints, or 0-dim tensors
-            while tracing), for clipping.
+        image_size: (height, width) of the network input in pixels, for clipping: ints
+            eagerly, 0-dim tensors (traced sizes) while tracing.
         score_thresh, topk_candidates: per-level candidate selection.
-        nms_thresh: class-aware NMS IoU threshold (torchvision ``batched_nms``: a box is removed
+        nms_thresh: class-aware NMS IoU threshold (:func:`class_aware_nms`: a box is removed
             by a higher-scored one of its class with IoU > ``nms_thresh``); ``None`` for NMS-free
             inference (top ``max_detections`` over all levels and classes; DeFCN, Sec. 3).
         max_detections: detections kept per image (TEST.DETECTIONS_PER_IMAGE).
@@ -129,6 +166,7 @@ def dense_detections(
     Raises:
         ValueError: per-level lists of different lengths (``scores``, ``ltrb``, ``shifts``,
             ``candidate_scores``), or see :func:`select_candidates`.
+        FloatingPointError: a NaN or infinite score or distance (eager only).
     """
     if not len(scores) == len(ltrb) == len(shifts):
         raise ValueError(f"levels differ: {len(scores)} scores, {len(ltrb)} ltrb, {len(shifts)} shifts")
@@ -136,7 +174,9 @@ def dense_detections(
         raise ValueError(f"levels differ: {len(scores)} scores, {len(candidate_scores)} candidate_scores")
     gates = candidate_scores if candidate_scores is not None else [None] * len(scores)
     all_boxes, all_scores, all_classes = [], [], []
-    for s, d, p, gate in zip(scores, ltrb, shifts, gates):
+    for level, (s, d, p, gate) in enumerate(zip(scores, ltrb, shifts, gates)):
+        if not torch.jit.is_tracing():  # a check on values: eager only
+            _check_finite(level, s, d, gate)
         sc, point_idx, cls = select_candidates(s, score_thresh, topk_candidates, gate, topk_by,
                                                topk_within_points)
         all_boxes.append(ltrb_to_boxes(p[point_idx], d[point_idx]))
@@ -150,17 +190,22 @@ def dense_detections(
     nonempty = nonempty_boxes(boxes)
     boxes, det_scores, classes = boxes[nonempty], det_scores[nonempty], classes[nonempty]
     if nms_thresh is not None:
-        keep = batched_nms(boxes, det_scores, classes, nms_thresh)[:max_detections]
+        keep = class_aware_nms(boxes, det_scores, classes, nms_thresh)[:max_detections]
     else:
         keep = det_scores.argsort(descending=True)[:max_detections]
     return boxes[keep], det_scores[keep], classes[keep]
 
 
 def dense_inference(scores: List[torch.Tensor], ltrb: List[torch.Tensor], shifts: List[torch.Tensor],
-                    image_size: Tuple[int, int], *args, **kwargs) -> Instances:
+                    image_size: Tuple[int, int], score_thresh: float, topk_candidates: int,
+                    nms_thresh: Optional[float], max_detections: int,
+                    candidate_scores: Optional[List[torch.Tensor]] = None, topk_by: str = "score",
+                    clip_boxes: bool = True, topk_within_points: bool = False) -> Instances:
     """:func:`dense_detections` as detectron2 ``Instances`` of ``image_size`` with ``pred_boxes``
     (Boxes, XYXY pixels), ``scores`` [D] and ``pred_classes`` [D] long (same arguments and errors)."""
-    return detections_to_instances(image_size, *dense_detections(scores, ltrb, shifts, image_size, *args, **kwargs))
+    detections = dense_detections(scores, ltrb, shifts, image_size, score_thresh, topk_candidates, nms_thresh,
+                                  max_detections, candidate_scores, topk_by, clip_boxes, topk_within_points)
+    return detections_to_instances(image_size, *detections)
 
 
 def detections_to_instances(image_size: Tuple[int, int], boxes: torch.Tensor, scores: torch.Tensor,
