@@ -39,9 +39,7 @@ def build_inference_model(cfg, model, progress: bool = False):
     Raises:
         ValueError: a bad ``TEST.SLICE.*`` / ``TEST.AUG.*`` value, naming the key.
     """
-    wrapped = model
-    if cfg.TEST.AUG.ENABLED:
-        wrapped = DenseTTA(cfg, model)
+    tta = DenseTTA(cfg, model) if cfg.TEST.AUG.ENABLED else None
     if cfg.TEST.SLICE.ENABLED:
-        wrapped = SlicedDetector(cfg, model, window_model=wrapped, progress=progress)
-    return wrapped
+        return SlicedDetector(cfg, model, window_model=tta, progress=progress)
+    return tta if tta is not None else model

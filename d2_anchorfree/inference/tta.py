@@ -176,8 +176,9 @@ class DenseTTA(nn.Module):
         return {"model": model, "min_sizes": list(a.MIN_SIZES), "max_size": a.MAX_SIZE, "flip": a.FLIP,
                 "merge": a.MERGE, "merge_iou": a.MERGE_IOU, "max_detections": cfg.TEST.DETECTIONS_PER_IMAGE}
 
-    def predict(self, image: torch.Tensor, height: int, width: int) -> Instances:
-        """TTA of one image [C, H, W] uint8; ``Instances`` of (``height``, ``width``)."""
+    def run_augmentations(self, image: torch.Tensor, height: int, width: int) -> List[Instances]:
+        """The detections of every augmentation of one image [C, H, W] uint8, each in original
+        (``height`` x ``width``) pixels, flipped ones flipped back; one forward per augmentation."""
         inputs, flipped = augmented_inputs(image, height, width, self.min_sizes, self.max_size, self.flip)
         per_aug = []
         for aug, f in zip(inputs, flipped):
@@ -185,6 +186,12 @@ class DenseTTA(nn.Module):
             if f:
                 inst.pred_boxes = Boxes(hflip_boxes(inst.pred_boxes.tensor, width))
             per_aug.append(inst)
+        return per_aug
+
+    def predict(self, image: torch.Tensor, height: int, width: int) -> Instances:
+        """TTA of one image [C, H, W] uint8: :meth:`run_augmentations`, then
+        :func:`merge_augmentations`; ``Instances`` of (``height``, ``width``)."""
+        per_aug = self.run_augmentations(image, height, width)
         return merge_augmentations(per_aug, (height, width), self.merge, self.merge_iou, self.max_detections)
 
     def forward(self, batched_inputs: List[dict]) -> List[dict]:
