@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from detectron2.modeling import build_model
-from detectron2.structures import Boxes, Instances
 
 from d2_anchorfree.engine import build_predictor
 from d2_anchorfree.inference import build_inference_model
