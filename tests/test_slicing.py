@@ -249,21 +249,33 @@ def test_many_windows_on_a_real_detector_give_boxes_inside_the_image():
 
 # ---------------------------------------------------------------- evaluation and predict.py
 
-def test_evaluation_with_slicing_sees_full_resolution_images(tmp_path):
-    from d2_anchorfree.engine import AnchorFreeTrainer
+def toy_eval_cfg(tmp_path, *opts):
+    """A config evaluating the tiny toy FCOS on 2 synthetic val images registered under a unique
+    name (returned), with ``opts``."""
+    from d2_anchorfree.data import register_datasets_from_config
 
     toy = make_toy_data(tmp_path / "toy", train=1, val=2)
-    name = f"toy_val_slice_{os.path.basename(str(tmp_path))}"
+    name = f"toy_val_{os.path.basename(str(tmp_path))}"
     cfg = load_cfg("projects/CustomData/fcos_tiny_toy.yaml",
                    "DATASETS.REGISTER_COCO", (f"{name},{toy}/val.json,{toy}/images",), "DATASETS.TRAIN", (),
                    "DATASETS.TEST", (name,), "DATALOADER.NUM_WORKERS", 0, "OUTPUT_DIR", str(tmp_path / "out"),
-                   "INPUT.MIN_SIZE_TEST", 64, "INPUT.MAX_SIZE_TEST", 64,
-                   "TEST.SLICE.ENABLED", True, "TEST.SLICE.SIZE", 128, "TEST.SLICE.OVERLAP", 32)
-    from d2_anchorfree.data import register_datasets_from_config
+                   *opts)
     register_datasets_from_config(cfg)
+    return cfg, name
+
+
+def test_evaluation_with_slicing_sees_full_resolution_images(tmp_path):
+    from d2_anchorfree.engine import AnchorFreeTrainer
+
+    cfg, name = toy_eval_cfg(tmp_path, "INPUT.MIN_SIZE_TEST", 64, "INPUT.MAX_SIZE_TEST", 64,
+                             "TEST.SLICE.ENABLED", True, "TEST.SLICE.SIZE", 128, "TEST.SLICE.OVERLAP", 32)
     loader = AnchorFreeTrainer.build_test_loader(cfg, name)
     first = next(iter(loader))[0]
     assert tuple(first["image"].shape[1:]) == (first["height"], first["width"])  # no test resize
+    plain_cfg = cfg.clone()
+    plain_cfg.TEST.SLICE.ENABLED = False
+    plain = next(iter(AnchorFreeTrainer.build_test_loader(plain_cfg, name)))[0]
+    assert max(plain["image"].shape[1:]) == 64 < max(plain["height"], plain["width"])  # resized
     torch.manual_seed(0)
     model = build_model(cfg)
     results = AnchorFreeTrainer.test(cfg, model)

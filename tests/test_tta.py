@@ -12,7 +12,7 @@ from d2_anchorfree.inference import build_inference_model
 from d2_anchorfree.inference.tta import DenseTTA, augmented_inputs, hflip_boxes, merge_augmentations
 
 from conftest import load_cfg
-from test_slicing import BrightBoxModel, instances
+from test_slicing import BrightBoxModel, instances, toy_eval_cfg
 
 
 def test_hflip_boxes_hand_computed_and_its_own_inverse():
@@ -146,19 +146,9 @@ def test_sliced_tta_runs_tta_per_window():
 
 
 def test_evaluation_with_tta(tmp_path):
-    import os
-
-    from d2_anchorfree.data import register_datasets_from_config
     from d2_anchorfree.engine import AnchorFreeTrainer
-    from conftest import make_toy_data
 
-    toy = make_toy_data(tmp_path / "toy", train=1, val=2)
-    name = f"toy_val_tta_{os.path.basename(str(tmp_path))}"
-    cfg = load_cfg("projects/CustomData/fcos_tiny_toy.yaml",
-                   "DATASETS.REGISTER_COCO", (f"{name},{toy}/val.json,{toy}/images",), "DATASETS.TRAIN", (),
-                   "DATASETS.TEST", (name,), "DATALOADER.NUM_WORKERS", 0, "OUTPUT_DIR", str(tmp_path / "out"),
-                   "TEST.AUG.ENABLED", True, "TEST.AUG.MIN_SIZES", (64, 96), "TEST.AUG.MAX_SIZE", 200)
-    register_datasets_from_config(cfg)
+    cfg, _ = toy_eval_cfg(tmp_path, "TEST.AUG.ENABLED", True, "TEST.AUG.MIN_SIZES", (64, 96), "TEST.AUG.MAX_SIZE", 200)
     torch.manual_seed(0)
     results = AnchorFreeTrainer.test(cfg, build_model(cfg))
     assert "AP" in results["bbox"]
