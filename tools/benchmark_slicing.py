@@ -210,6 +210,7 @@ def main(argv=None) -> int:
         args.models, args.modes, args.memory_sizes, args.batch_sizes = "FCOS", "resized,sliced", "1500", "4"
     sections = args.sections.split(",")
     rows, memory = [], []
+    load_before = os.getloadavg()
     if "accuracy" in sections:
         for name in args.models.split(","):
             weights = os.path.join(args.runs_dir, name, "model_final.pth")
@@ -239,8 +240,11 @@ def main(argv=None) -> int:
     print(table)
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
-        json.dump({"threads": args.threads, "torch": torch.__version__, "accuracy": rows, "memory": memory,
-                   "markdown": table}, f, indent=1)
+        # the 1-minute load average before and after: timings on a shared machine are only
+        # comparable within one run
+        json.dump({"threads": args.threads, "torch": torch.__version__, "cpu_count": os.cpu_count(),
+                   "loadavg_before_after": [load_before[0], os.getloadavg()[0]], "accuracy": rows,
+                   "memory": memory, "markdown": table}, f, indent=1)
     print(f"[benchmark_slicing] wrote {args.out}")
     return 0
 
