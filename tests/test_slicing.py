@@ -82,6 +82,9 @@ def test_bad_slice_config_fails_when_the_wrapper_is_built():
                    "TEST.SLICE.SIZE", 64, "TEST.SLICE.OVERLAP", 64)
     with pytest.raises(ValueError, match="TEST.SLICE.SIZE"):
         build_inference_model(cfg, nn.Identity())
+    cfg.merge_from_list(["TEST.SLICE.OVERLAP", 0, "TEST.SLICE.DETECTIONS_PER_IMAGE", -1])
+    with pytest.raises(ValueError, match="TEST.SLICE.DETECTIONS_PER_IMAGE must be >= 0"):
+        build_inference_model(cfg, nn.Identity())
 
 
 # ---------------------------------------------------------------- mapping back and merging

@@ -263,10 +263,13 @@ class SlicedDetector(nn.Module):
             progress: show a tqdm bar over the windows of each image.
 
         Raises:
-            ValueError: see :func:`check_slice_config`.
+            ValueError: see :func:`check_slice_config`; ``max_detections`` < 1.
         """
         super().__init__()
         check_slice_config(size, overlap, batch_size, merge, merge_iou)
+        if int(max_detections) < 1:
+            raise ValueError(f"TEST.SLICE.DETECTIONS_PER_IMAGE must be >= 0 (0: TEST.DETECTIONS_PER_IMAGE), "
+                             f"giving at least 1 detection per image; got {max_detections}")
         self.model = model
         self.window_model = window_model if window_model is not None else model
         self.size, self.overlap, self.batch_size = int(size), int(overlap), int(batch_size)
