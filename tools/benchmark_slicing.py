@@ -24,7 +24,8 @@ detectron2's ``inference_on_dataset`` + our COCO evaluator, exactly what ``train
 * ``sliced+tta-wbf``: as above with weighted boxes fusion (``TEST.AUG.MERGE wbf``).
 
 "s/img" is the wall time of the (wrapped) model's forward per image, data loading and COCO
-evaluation excluded, with ``torch.set_num_threads(--threads)``.
+evaluation excluded, with ``torch.set_num_threads(--threads)``; "CPU s/img" the CPU time of this
+process in it (all threads), less sensitive to other jobs on a shared machine.
 
 ``memory``: sliced inference (``SlicedDetector.predict``, 400 px windows, 100 px overlap, batch
 ``--batch-sizes``) of FCOS on a ``--memory-sizes`` square image made by tiling the real
@@ -69,16 +70,18 @@ MODES = {
 
 
 class Timed(nn.Module):
-    """Wraps a model: accumulates the wall time of its forward calls and the images they saw."""
+    """Wraps a model: accumulates the wall time and this process' CPU time of its forward calls
+    and the images they saw."""
 
     def __init__(self, model):
         super().__init__()
-        self.model, self.seconds, self.images = model, 0.0, 0
+        self.model, self.seconds, self.cpu_seconds, self.images = model, 0.0, 0.0, 0
 
     def forward(self, batched_inputs):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         out = self.model(batched_inputs)
         self.seconds += time.perf_counter() - start
+        self.cpu_seconds += time.process_time() - cpu
         self.images += len(batched_inputs)
         return out
 
@@ -111,9 +114,11 @@ def evaluate(name: str, weights: str, dataset: str, modes: List[str], out_dir: s
         timed = Timed(build_inference_model(cfg, model))
         results = inference_on_dataset(timed, loader, evaluator)["bbox"]
         row = {"model": name, "mode": mode, "AP": results["AP"], "AP50": results["AP50"],
-               "s_per_img": timed.seconds / max(timed.images, 1), "images": timed.images, "opts": MODES[mode]}
+               "s_per_img": timed.seconds / max(timed.images, 1),
+               "cpu_s_per_img": timed.cpu_seconds / max(timed.images, 1), "images": timed.images,
+               "opts": MODES[mode]}
         print(f"[benchmark_slicing] {name:6s} {mode:15s} AP {row['AP']:5.1f} AP50 {row['AP50']:5.1f} "
-              f"{row['s_per_img']:.2f} s/img", flush=True)
+              f"{row['s_per_img']:.2f} s/img ({row['cpu_s_per_img']:.2f} CPU s/img)", flush=True)
         rows.append(row)
     return rows
 
@@ -172,9 +177,9 @@ def memory_case(size: int, batch: int, weights: str, allow_untrained: bool) -> D
 def markdown(rows: List[Dict], memory: List[Dict]) -> str:
     lines = []
     if rows:
-        lines += ["| model | inference | AP | AP50 | s/img |", "|---|---|---|---|---|"]
-        lines += [f"| {r['model']} | {r['mode']} | {r['AP']:.1f} | {r['AP50']:.1f} | {r['s_per_img']:.2f} |"
-                  for r in rows]
+        lines += ["| model | inference | AP | AP50 | s/img | CPU s/img |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['model']} | {r['mode']} | {r['AP']:.1f} | {r['AP50']:.1f} | {r['s_per_img']:.2f} | "
+                  f"{r['cpu_s_per_img']:.2f} |" for r in rows]
     if memory:
         lines += ["", "| image | windows | batch | detections | s | peak extra RSS MB | process peak MB |",
                   "|---|---|---|---|---|---|---|"]
