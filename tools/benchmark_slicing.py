@@ -203,6 +203,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="FCOS, resized and sliced, 1500 px memory case")
     parser.add_argument("--out", default="output/benchmark_slicing.json")
+    parser.add_argument("--work-dir", default="output/benchmark_slicing",
+                        help="evaluator outputs (detections) of every model and mode")
     parser.add_argument("--memory-case", nargs=2, type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -224,8 +226,7 @@ def main(argv=None) -> int:
                     raise FileNotFoundError(f"{weights} not found (train it with tools/compare_accuracy.py "
                                             f"--only {name}, or pass --allow-untrained)")
                 weights = ""
-            rows += evaluate(name, weights, args.dataset, args.modes.split(","),
-                             os.path.join(os.path.dirname(args.out) or ".", "benchmark_slicing"),
+            rows += evaluate(name, weights, args.dataset, args.modes.split(","), args.work_dir,
                              allow_untrained=not weights)
     if "memory" in sections:
         sizes = [int(s) for s in args.memory_sizes.split(",")]
