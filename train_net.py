@@ -5,10 +5,15 @@
     python train_net.py --config-file ... --resume                 # continue from last_checkpoint
     python train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/x/model_final.pth
     python train_net.py --config-file ... --num-gpus 8             # multi-GPU (needs CUDA)
+    python train_net.py --config-file ... --eval-only MODEL.WEIGHTS ... \
+        DATASETS.TEST "('trees_val_whole',)" TEST.SLICE.ENABLED True  # sliced inference (large images)
+    python train_net.py --config-file ... --eval-only MODEL.WEIGHTS ... TEST.AUG.ENABLED True  # TTA
 
 Any config key can be overridden after the flags as ``KEY VALUE`` pairs (detectron2 ``opts``).
 ``--eval-only`` needs weights that set every tensor of the model; ``--allow-untrained`` evaluates
-an untrained model on purpose (a reference number).
+an untrained model on purpose (a reference number). ``TEST.SLICE.*`` (sliced inference over
+overlapping windows) and ``TEST.AUG.*`` (multi-scale + flip test-time augmentation) apply to every
+detector; see ``d2_anchorfree/inference``.
 """
 from detectron2.engine import default_argument_parser, launch
 

@@ -15,7 +15,17 @@ name, category_id, bbox [x, y, w, h] in pixels, score). Images are read by the r
 training (``d2_anchorfree.data.image_io.read_image``); an image it refuses (missing, corrupt,
 truncated, 16-bit or float) is skipped with a warning, the run goes on, results.json is written
 for all the others, the skipped files are listed at the end and the exit code is 1. Shows a
-progress bar over the images.
+progress bar over the images (and, with ``--slice``, one over the windows of each image).
+
+Large images (aerial orthophotos): ``--slice`` runs the detector on overlapping windows at full
+resolution instead of resizing the whole image to ``INPUT.MAX_SIZE_TEST`` (``--slice-size``,
+``--slice-overlap``, ``--slice-batch`` set ``TEST.SLICE.SIZE``, ``OVERLAP``, ``BATCH_SIZE``);
+``--tta`` adds test-time augmentation (``TEST.AUG.*``: sizes, flip, merge), per window when
+sliced. See ``d2_anchorfree.inference``.
+
+    python tools/predict.py --config-file configs/FCOS/FCOS_tiny_R_18_cpu.yaml \
+        --input orthophoto.tif --output output/ortho --slice --slice-size 400 --slice-overlap 100 \
+        MODEL.WEIGHTS output/fcos_tiny/model_final.pth TEST.DETECTIONS_PER_IMAGE 2000
 """
 import argparse
 import glob
@@ -163,6 +173,20 @@ def predict_files(predictor, files, output_dir, metadata, min_score=0.3, draw=Tr
     return results, skipped
 
 
+def inference_opts(args) -> list:
+    """Config opts ("KEY", "VALUE", ...) of the ``--slice*`` and ``--tta`` flags (the KEY VALUE
+    pairs given after the flags come later and win)."""
+    opts = []
+    if args.slice:
+        opts += ["TEST.SLICE.ENABLED", "True"]
+    for flag, key in (("slice_size", "SIZE"), ("slice_overlap", "OVERLAP"), ("slice_batch", "BATCH_SIZE")):
+        if getattr(args, flag) is not None:
+            opts += [f"TEST.SLICE.{key}", str(getattr(args, flag))]
+    if args.tta:
+        opts += ["TEST.AUG.ENABLED", "True"]
+    return opts
+
+
 def main(argv=None) -> int:
     """Command-line entry point (see the module docstring).
 
@@ -184,10 +208,18 @@ def main(argv=None) -> int:
                         help="dataset whose metadata (class names) to use; default DATASETS.TEST[0]")
     parser.add_argument("--allow-untrained", action="store_true",
                         help="predict even without MODEL.WEIGHTS (an untrained model)")
+    parser.add_argument("--slice", action="store_true",
+                        help="sliced inference over overlapping windows at full resolution (TEST.SLICE.ENABLED)")
+    parser.add_argument("--slice-size", type=int, default=None, help="window side, pixels (TEST.SLICE.SIZE)")
+    parser.add_argument("--slice-overlap", type=int, default=None,
+                        help="minimum window overlap, pixels (TEST.SLICE.OVERLAP)")
+    parser.add_argument("--slice-batch", type=int, default=None, help="windows per forward (TEST.SLICE.BATCH_SIZE)")
+    parser.add_argument("--tta", action="store_true",
+                        help="test-time augmentation: TEST.AUG.MIN_SIZES x FLIP (TEST.AUG.ENABLED)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config KEY VALUE pairs")
     args = parser.parse_args(argv)
     # Unreadable images are skipped and listed here, not refused up front for the whole dataset.
-    opts = list(args.opts) + ["DATASETS.VALIDATE_IMAGES", "never"]
+    opts = inference_opts(args) + list(args.opts) + ["DATASETS.VALIDATE_IMAGES", "never"]
     cfg = setup_cfg(argparse.Namespace(config_file=args.config_file, opts=opts), default_setup_logging=False)
     files = list_images(args.input)
     names = relative_names(files, input_root(args.input, files))
@@ -195,7 +227,7 @@ def main(argv=None) -> int:
     metadata = MetadataCatalog.get(name) if name else MetadataCatalog.get("__unused")
     if name:  # loading the json fills thing_classes and the category id map in the metadata
         DatasetCatalog.get(name)
-    predictor = build_predictor(cfg, allow_untrained=args.allow_untrained)
+    predictor = build_predictor(cfg, allow_untrained=args.allow_untrained, progress=True)
     results, skipped = predict_files(predictor, files, args.output, metadata, args.min_score,
                                      names=names)
     with open(os.path.join(args.output, "results.json"), "w") as f:

@@ -9,7 +9,8 @@ Downloads ``deepforest-2.1.0-py3-none-any.whl`` with ``pip download`` into ``--c
 (default ``~/.cache/d2_anchorfree``) unless it is already there, reads its four images and VOC
 boxes without installing it, tiles the large images (400x400, stride <= 300), splits train/val by
 image region (a strip at the right side of each large image is val) and writes
-``OUT/images/*.png``, ``OUT/train.json``, ``OUT/val.json``, ``OUT/LICENSE``, ``OUT/NOTICE`` and
+``OUT/images/*.png``, ``OUT/train.json``, ``OUT/val.json``, ``OUT/val_whole.json`` (the val
+regions whole, not tiled: for sliced inference), ``OUT/LICENSE``, ``OUT/NOTICE`` and
 ``OUT/manifest.json``. Idempotent: a complete output made with the same options is left alone
 (``--force`` rebuilds). See ``tools/trees_data.py`` for the details.
 
@@ -75,10 +76,10 @@ def main(argv=None) -> int:
     print(f"[prepare_trees] {args.out}: {state}")
     print(f"[prepare_trees] classes: {summary['categories']}")
     total = summary["train"]["source_boxes"] + summary["val"]["source_boxes"]
-    for split in ("train", "val"):
+    for split in ("train", "val", "val_whole"):
         s = summary[split]
         print(
-            f"[prepare_trees] {split:5s}: {s['images']:3d} images, {s['boxes']:4d} boxes "
+            f"[prepare_trees] {split:9s}: {s['images']:3d} images, {s['boxes']:4d} boxes "
             f"({s['source_boxes']} distinct source boxes, {100.0 * s['source_boxes'] / max(total, 1):.1f}%), "
             f"{s['empty_images']} images without boxes"
         )

@@ -18,7 +18,10 @@ Conversion (``build_trees_dataset``):
    fully inside its region, so no val tile overlaps a train tile (a tree crossing the border can
    appear clipped on both sides). Images too small to hold both regions go whole (or tiled) to
    ``small_image_split``;
-5. write ``images/*.png``, ``train.json``, ``val.json`` (COCO: bbox = [x, y, w, h] in pixels,
+5. also write each val region whole (not tiled) with its boxes: ``val_whole.json`` and
+   ``images/<stem>_val_x<x0>.png`` (:func:`val_regions`), the same real images as the val tiles for
+   comparing sliced with unsliced inference (dataset ``trees_val_whole`` in the tiny configs);
+6. write ``images/*.png``, ``train.json``, ``val.json`` (COCO: bbox = [x, y, w, h] in pixels,
    area = w * h of the clipped box, iscrowd 0), the deepforest ``LICENSE``, a ``NOTICE`` and
    ``manifest.json`` (the options and counts, used to make re-runs idempotent).
 
@@ -51,6 +54,7 @@ __all__ = [
     "tile_origins",
     "clip_boxes_to_window",
     "plan_tiles",
+    "val_regions",
     "fetch_wheel",
     "read_wheel_images",
     "build_trees_dataset",
@@ -72,6 +76,8 @@ TREE_IMAGES: Dict[str, Tuple[int, int, int]] = {
     "OSBS_029": (400, 400, 61),
     "SOAP_061": (400, 400, 37),
 }
+# The COCO jsons written: tiles of the train and val regions, and the val regions whole.
+SPLITS = ("train", "val", "val_whole")
 # Original VOC class names -> the single class of the default dataset.
 SINGLE_CLASS = "tree"
 KNOWN_NAMES = ("Tree", "Alive", "Dead")
@@ -273,6 +279,34 @@ def clip_boxes_to_window(
     return clipped[idx], idx
 
 
+def _split_regions(width: int, tile: int, val_width: int, small_image_split: str) -> List[Tuple[str, int, int]]:
+    """The split regions of an image as ``(split, x0, w)`` column ranges, pixels (see :func:`plan_tiles`).
+
+    Raises:
+        ValueError: ``val_width < tile`` or an unknown ``small_image_split``.
+    """
+    if val_width < tile:
+        raise ValueError(f"val_width={val_width} must be >= tile={tile} so that a val tile fits in the strip")
+    if small_image_split not in ("train", "val"):
+        raise ValueError(f"small_image_split must be 'train' or 'val', got {small_image_split!r}")
+    if width - val_width >= tile:
+        return [("train", 0, width - val_width), ("val", width - val_width, val_width)]
+    return [(small_image_split, 0, width)]
+
+
+def val_regions(width: int, height: int, tile: int, val_width: int,
+                small_image_split: str = "train") -> List[Tuple[int, int, int, int]]:
+    """The val regions of one image, whole: the windows ``(x0, y0, w, h)`` (pixels) that the val
+    tiles of :func:`plan_tiles` cover (the right strip of a large image; the whole image when it
+    goes to val by ``small_image_split``; none otherwise).
+
+    Raises:
+        ValueError: see :func:`plan_tiles`.
+    """
+    return [(rx, 0, rw, height) for split, rx, rw in _split_regions(width, tile, val_width, small_image_split)
+            if split == "val"]
+
+
 def plan_tiles(
     width: int, height: int, tile: int, stride: int, val_width: int, small_image_split: str = "train"
 ) -> List[Tuple[str, Tuple[int, int, int, int]]]:
@@ -297,19 +331,12 @@ def plan_tiles(
     Raises:
         ValueError: ``val_width < tile`` or an unknown ``small_image_split``.
     """
-    if val_width < tile:
-        raise ValueError(f"val_width={val_width} must be >= tile={tile} so that a val tile fits in the strip")
-    if small_image_split not in ("train", "val"):
-        raise ValueError(f"small_image_split must be 'train' or 'val', got {small_image_split!r}")
     if width <= tile and height <= tile:
+        _split_regions(width, tile, val_width, small_image_split)  # checks the options
         return [(small_image_split, (0, 0, width, height))]
-    if width - val_width >= tile:
-        regions = [("train", 0, width - val_width), ("val", width - val_width, val_width)]
-    else:
-        regions = [(small_image_split, 0, width)]
     th = min(tile, height)
     plan = []
-    for split, rx, rw in regions:
+    for split, rx, rw in _split_regions(width, tile, val_width, small_image_split):
         tw = min(tile, rw)
         for y in tile_origins(height, tile, stride):
             for x in tile_origins(rw, tile, stride):
@@ -407,7 +434,8 @@ def build_trees_dataset(
 ) -> dict:
     """Tile, clip, split and write ``items`` as a COCO dataset under ``out_dir``.
 
-    Writes ``out_dir/images/*.png`` (RGB), ``out_dir/train.json`` and ``out_dir/val.json``.
+    Writes ``out_dir/images/*.png`` (RGB), ``out_dir/train.json``, ``out_dir/val.json`` and
+    ``out_dir/val_whole.json`` (the val regions whole, :func:`val_regions`).
     Output is deterministic: items are processed in the given order, tiles in
     :func:`plan_tiles` order; image and annotation ids count from 1 in each json.
 
@@ -420,7 +448,7 @@ def build_trees_dataset(
         small_image_split (str): split of images too small to split by region.
 
     Returns:
-        dict: summary ``{"categories": [...], "train": {...}, "val": {...}}`` where each split has
+        dict: summary ``{"categories": [...], "train": {...}, "val": {...}, "val_whole": {...}}`` where each split has
         ``images`` (tiles), ``boxes`` (annotations, a box cut by overlapping tiles counts once per
         tile), ``source_boxes`` (distinct original boxes with at least one annotation),
         ``empty_images``.
@@ -431,30 +459,36 @@ def build_trees_dataset(
     images_dir = os.path.join(out_dir, "images")
     os.makedirs(images_dir, exist_ok=True)
     categories, labels = map_class_names([it.voc.names for it in items], keep_class_names)
-    coco = {s: _coco_skeleton(categories, f"deepforest 2.1.0 tree crowns, {s} split") for s in ("train", "val")}
-    sources = {"train": set(), "val": set()}
+    coco = {s: _coco_skeleton(categories, f"deepforest 2.1.0 tree crowns, {s} split") for s in SPLITS}
+    coco["val_whole"]["info"]["description"] += " (the val regions whole, not tiled)"
+    sources = {s: set() for s in SPLITS}
+
+    def add_image(split, item, item_labels, window, name):
+        x0, y0, w, h = window
+        item.image.crop((x0, y0, x0 + w, y0 + h)).save(os.path.join(images_dir, name), format="PNG")
+        data = coco[split]
+        image_id = len(data["images"]) + 1
+        data["images"].append({"id": image_id, "file_name": name, "width": w, "height": h})
+        boxes, keep = clip_boxes_to_window(item.voc.boxes, window, min_visible, min_side)
+        for (bx0, by0, bx1, by1), k in zip(boxes.tolist(), keep.tolist()):
+            bw, bh = bx1 - bx0, by1 - by0
+            data["annotations"].append({
+                "id": len(data["annotations"]) + 1,
+                "image_id": image_id,
+                "category_id": int(item_labels[k]) + 1,
+                "bbox": [round(bx0, 2), round(by0, 2), round(bw, 2), round(bh, 2)],
+                "area": round(bw * bh, 2),
+                "iscrowd": 0,
+            })
+            sources[split].add((item.stem, k))
+
     for item, item_labels in zip(items, labels):
         width, height = item.image.size
         whole = width <= tile_size and height <= tile_size
         for split, window in plan_tiles(width, height, tile_size, stride, val_width, small_image_split):
-            x0, y0, w, h = window
-            name = _tile_name(item.stem, window, whole)
-            item.image.crop((x0, y0, x0 + w, y0 + h)).save(os.path.join(images_dir, name), format="PNG")
-            data = coco[split]
-            image_id = len(data["images"]) + 1
-            data["images"].append({"id": image_id, "file_name": name, "width": w, "height": h})
-            boxes, keep = clip_boxes_to_window(item.voc.boxes, window, min_visible, min_side)
-            for (bx0, by0, bx1, by1), k in zip(boxes.tolist(), keep.tolist()):
-                bw, bh = bx1 - bx0, by1 - by0
-                data["annotations"].append({
-                    "id": len(data["annotations"]) + 1,
-                    "image_id": image_id,
-                    "category_id": int(item_labels[k]) + 1,
-                    "bbox": [round(bx0, 2), round(by0, 2), round(bw, 2), round(bh, 2)],
-                    "area": round(bw * bh, 2),
-                    "iscrowd": 0,
-                })
-                sources[split].add((item.stem, k))
+            add_image(split, item, item_labels, window, _tile_name(item.stem, window, whole))
+        for window in val_regions(width, height, tile_size, val_width, small_image_split):
+            add_image("val_whole", item, item_labels, window, f"{item.stem}_val_x{window[0]:04d}.png")
     summary = {"categories": categories}
     for split, data in coco.items():
         with open(os.path.join(out_dir, f"{split}.json"), "w") as f:
@@ -476,9 +510,10 @@ def _manifest_path(out_dir: str) -> str:
 def dataset_is_complete(out_dir: str, options: Optional[dict] = None) -> bool:
     """True when ``out_dir`` holds a finished conversion (made with ``options``, if given).
 
-    Complete means: ``manifest.json`` (written last), ``train.json``, ``val.json``, ``LICENSE`` and
-    ``NOTICE`` exist, the manifest's options equal ``options``, and every image named in the two
-    jsons exists under ``images/``.
+    Complete means: ``manifest.json`` (written last), ``train.json``, ``val.json``,
+    ``val_whole.json``, ``LICENSE`` and ``NOTICE`` exist (an output of an older version without
+    ``val_whole.json`` is incomplete, so it is rebuilt), the manifest's options equal ``options``,
+    and every image named in the jsons exists under ``images/``.
     """
     try:
         with open(_manifest_path(out_dir)) as f:
@@ -488,7 +523,7 @@ def dataset_is_complete(out_dir: str, options: Optional[dict] = None) -> bool:
         for name in ("LICENSE", "NOTICE"):
             if not os.path.isfile(os.path.join(out_dir, name)):
                 return False
-        for split in ("train", "val"):
+        for split in SPLITS:
             with open(os.path.join(out_dir, f"{split}.json")) as f:
                 data = json.load(f)
             for im in data["images"]:
@@ -566,7 +601,7 @@ def prepare_trees(
             f.write(NOTICE_TEXT.format(stems=",".join(TREE_IMAGES), wheel=WHEEL_FILENAME,
                                        tile=options["tile_size"]))
         os.makedirs(out_dir, exist_ok=True)
-        names = ["images", "train.json", "val.json", "LICENSE", "NOTICE"]
+        names = ["images", *(f"{split}.json" for split in SPLITS), "LICENSE", "NOTICE"]
         # The manifest is removed first and written last: an interrupted run is never "complete".
         if os.path.exists(_manifest_path(out_dir)):
             os.remove(_manifest_path(out_dir))

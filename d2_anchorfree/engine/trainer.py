@@ -14,6 +14,7 @@ from ..checkpoint import AnchorFreeCheckpointer
 from ..config import add_anchorfree_config
 from ..data import CheckedDatasetMapper, check_num_classes, register_datasets_from_config
 from ..evaluation import AnchorFreeCOCOEvaluator
+from ..inference import build_inference_model, needs_full_resolution
 from .health import TrainingHealthCheck, check_solver_config
 from .resumable_loader import build_resumable_train_loader
 
@@ -69,7 +70,11 @@ class AnchorFreeTrainer(DefaultTrainer):
     * ``COCOEvaluator`` with ``maxDets = [1, 10, TEST.COCO_MAX_DETS_PER_IMAGE]`` and the
       fastest COCOeval that gives pycocotools' numbers: detectron2's C++ one with
       ``detectron2._C``, else faster-coco-eval when installed, else pycocotools
-      (``d2_anchorfree.evaluation.AnchorFreeCOCOEvaluator``).
+      (``d2_anchorfree.evaluation.AnchorFreeCOCOEvaluator``);
+    * evaluation of sliced inference (``TEST.SLICE.ENABLED``) and test-time augmentation
+      (``TEST.AUG.ENABLED``) for every detector: :meth:`test` wraps the model with
+      ``d2_anchorfree.inference.build_inference_model`` and the test loader then gives the images
+      at full resolution.
     """
 
     def __init__(self, cfg):
@@ -123,8 +128,19 @@ class AnchorFreeTrainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        return build_detection_test_loader(
-            cfg, dataset_name, mapper=CheckedDatasetMapper(cfg, is_train=False))
+        """detectron2's test loader with our mapper; without the test resize when sliced inference
+        or TTA resize the windows / augmentations themselves (``inference.needs_full_resolution``)."""
+        mapper_args = CheckedDatasetMapper.from_config(cfg, is_train=False)
+        if needs_full_resolution(cfg):
+            mapper_args["augmentations"] = []
+        return build_detection_test_loader(cfg, dataset_name, mapper=CheckedDatasetMapper(**mapper_args))
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """``DefaultTrainer.test`` of ``build_inference_model(cfg, model)``: plain, sliced
+        (``TEST.SLICE.ENABLED``) and/or TTA (``TEST.AUG.ENABLED``) inference, evaluated on
+        ``DATASETS.TEST`` in original-image pixels."""
+        return super().test(cfg, build_inference_model(cfg, model), evaluators)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
