@@ -34,10 +34,10 @@ def trees_dir() -> str:
     """The prepared tree-crown data: the checkout's datasets/trees (make demo), else prepared once
     into the cache by tools/prepare_trees.py (a fresh clone, e.g. CI, has no datasets/)."""
     trees = os.path.join(REPO, "datasets", "trees")
-    if os.path.isfile(os.path.join(trees, "val.json")):
+    if os.path.isfile(os.path.join(trees, "val_whole.json")):  # the last file of a complete preparation
         return trees
     trees = os.path.join(CACHE_ROOT, "trees")
-    if not os.path.isfile(os.path.join(trees, "val.json")):
+    if not os.path.isfile(os.path.join(trees, "val_whole.json")):
         subprocess.run([sys.executable, os.path.join(REPO, "tools", "prepare_trees.py"), "--out", trees],
                        check=True, capture_output=True, text=True)
     return trees
