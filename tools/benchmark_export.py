@@ -7,7 +7,7 @@ onnxruntime (``CPUExecutionProvider``) on the exported ONNX file and the TorchSc
 The numbers of docs/benchmarks/export_speed.json (tiny FCOS with trained weights, R-50 FCOS
 randomly initialized, 512x512 and 800x1333, 2 threads) come from::
 
-    nice -n 5 python tools/benchmark_export.py --weights /work/runs/compare11/FCOS/model_final.pth \\
+    nice -n 5 python tools/benchmark_export.py --weights output/fcos_tiny/model_final.pth \\
         --runs 5 --warmup 2 --threads 2 --profile --profile-runs 1 --out docs/benchmarks/export_speed.json
 
 and those of docs/benchmarks/export_speed_r50_1thread.json (R-50 at one thread, with the
