@@ -95,7 +95,7 @@ def graph_metadata(cfg, model: nn.Module, fmt: str) -> Dict[str, str]:
     ``ResizeShortestEdge``; 0 means no resize), ``meta_architecture``, ``nms_thresh`` (class-aware
     NMS IoU threshold, or null: NMS-free top-k),
     ``score_thresh``, ``class_names`` (from the metadata of ``DATASETS.TEST[0]`` when registered,
-    which is loaded for it; else "class_<i>"), ``category_ids`` (contiguous index -> dataset category id),
+    which is loaded for it unless already loaded; else "class_<i>"), ``category_ids`` (contiguous index -> dataset category id),
     ``coco_max_dets_per_image`` (``TEST.COCO_MAX_DETS_PER_IMAGE``, for COCO AP as evaluation).
 
     Args:
@@ -105,8 +105,9 @@ def graph_metadata(cfg, model: nn.Module, fmt: str) -> Dict[str, str]:
     names = [f"class_{i}" for i in range(num_classes)]
     ids = list(range(num_classes))
     if cfg.DATASETS.TEST and cfg.DATASETS.TEST[0] in DatasetCatalog.list():
-        DatasetCatalog.get(cfg.DATASETS.TEST[0])  # loading fills thing_classes and the id map
         meta = MetadataCatalog.get(cfg.DATASETS.TEST[0])
+        if not hasattr(meta, "thing_classes"):  # loading fills thing_classes and the id map
+            DatasetCatalog.get(cfg.DATASETS.TEST[0])
         if len(getattr(meta, "thing_classes", [])) == num_classes:
             names = list(meta.thing_classes)
         id_map = getattr(meta, "thing_dataset_id_to_contiguous_id", None)

@@ -18,8 +18,9 @@ from torch import nn
 
 from detectron2.config import configurable
 from detectron2.data import transforms as T
-from detectron2.structures import Boxes, Instances
+from detectron2.structures import Instances
 
+from ..modeling.postprocessing import detections_to_instances
 from .merge import check_merge, fuse_clusters, greedy_clusters
 
 __all__ = ["window_origins", "slice_windows", "check_slice_config", "windows_to_image",
@@ -205,11 +206,7 @@ def merge_windows(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tens
     keep, fused = fuse_clusters(boxes, scores, owner, method, cut)
     if max_detections is not None:
         keep, fused = keep[:max_detections], fused[:max_detections]
-    result = Instances(tuple(image_size))
-    result.pred_boxes = Boxes(fused)
-    result.scores = scores[keep]
-    result.pred_classes = classes[keep]
-    return result
+    return detections_to_instances(tuple(image_size), fused, scores[keep], classes[keep])
 
 
 def resize_to(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -333,10 +330,8 @@ class SlicedDetector(nn.Module):
             out_h, out_w = inputs.get("height", h), inputs.get("width", w)
             if (out_h, out_w) != (h, w):
                 scale = torch.tensor([out_w / w, out_h / h, out_w / w, out_h / h])
-                scaled = Instances((out_h, out_w))
-                scaled.pred_boxes = Boxes(inst.pred_boxes.tensor * scale)
-                scaled.scores, scaled.pred_classes = inst.scores, inst.pred_classes
-                inst = scaled
+                inst = detections_to_instances((out_h, out_w), inst.pred_boxes.tensor * scale, inst.scores,
+                                               inst.pred_classes)
             results.append({"instances": inst})
         return results
 

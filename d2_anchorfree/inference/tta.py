@@ -15,6 +15,7 @@ from torch import nn
 from detectron2.config import configurable
 from detectron2.structures import Boxes, Instances
 
+from ..modeling.postprocessing import detections_to_instances
 from .merge import check_merge, fuse_clusters, greedy_clusters, same_class_iou_pairs
 from .slicing import resize_shortest_edge, resize_to
 
@@ -126,11 +127,7 @@ def merge_augmentations(per_aug: Sequence[Instances], image_size: Tuple[int, int
         boxes, scores, classes = _wbf(boxes, scores, classes, groups, len(per_aug), image_size, iou_thresh)
         order = scores.argsort(descending=True, stable=True)[:max_detections]
         boxes, scores, classes = boxes[order], scores[order], classes[order]
-    result = Instances(tuple(image_size))
-    result.pred_boxes = Boxes(boxes)
-    result.scores = scores
-    result.pred_classes = classes
-    return result
+    return detections_to_instances(tuple(image_size), boxes, scores, classes)
 
 
 class DenseTTA(nn.Module):

@@ -67,8 +67,8 @@ Differences from our default model (1 is reproduced by a config key, 2-4 are not
    ``head.{cls,box}_tower.{0,3,6,9}.bias``.
 2. NMS on unclipped boxes. AdelaiDet runs NMS on the raw boxes (fcos_outputs.py L513-536) and
    clips only in ``detector_postprocess``; ours clips to the input size before NMS
-   (``modeling/postprocessing.py`` ``dense_inference``: ``boxes.clip(image_size)`` then
-   ``batched_nms``). Boxes crossing the border get other IoUs, so NMS can keep or drop different
+   (``modeling/postprocessing.py`` ``dense_detections``: ``clip_boxes_to_image`` then
+   ``class_aware_nms``). Boxes crossing the border get other IoUs, so NMS can keep or drop different
    boxes. Missing option: e.g. ``MODEL.DENSE.CLIP_BEFORE_NMS`` False.
 3. Per-level BN in the head (``MODEL.FCOS.NORM`` "BN"/"SyncBN", the FCOS_RT ``*_bn_head``
    models): ``ModuleListDial`` holds one BN per FPN level (keys ``...tower.{1,4,7,10}.<level>.*``);
