@@ -105,7 +105,7 @@ def train_step_and_predict(cfg, min_detections: int = 0):
 
 class FixedAssigner:
     """A stub assigner that returns a given assignment: ``matched[i]`` (and ``quality[i]``) for
-    the i-th image it is called on (the detector assigns the images of a batch in order)."""
+    the i-th image it is called on (the criterion assigns the images of a batch in order)."""
 
     def __init__(self, matched, quality=None):
         self.matched, self.quality, self.calls = matched, quality, 0
@@ -119,8 +119,8 @@ class FixedAssigner:
 
 
 def loss_terms_on(model, shifts, gt_instances, matched, flat, quality=None, aux_matched=None):
-    """``model``'s loss terms on hand-made predictions and a fixed assignment, through the
-    detector's own target building (``build_targets``) and loss terms.
+    """``model``'s loss terms on hand-made predictions and a fixed assignment: a
+    ``DenseCriterion`` with ``model``'s loss terms and a :class:`FixedAssigner`, called directly.
 
     Args:
         model: a built ``AnchorFreeDetector``.
@@ -130,32 +130,26 @@ def loss_terms_on(model, shifts, gt_instances, matched, flat, quality=None, aux_
         flat: the head's outputs, flattened: name -> [N, R, C] ("logits" and what the head
             decodes its boxes from: "ltrb" in pixels, or GFL's "box_logits"; plus its extras).
         quality: optional [N, R] soft targets of the assignment. aux_matched: optional [N, R]
-            labels of the auxiliary assigner.
+            labels of the auxiliary assigner (default: the model's auxiliary assigner, if any).
 
     Returns:
         dict of named losses, as ``model(batch)`` in training.
     """
-    from d2_anchorfree.modeling.geometry import cat_points
+    from d2_anchorfree.modeling.criterion import DenseCriterion
+    from d2_anchorfree.modeling.geometry import Points
     from d2_anchorfree.modeling.heads import DenseOutputs
 
-    points, point_strides = cat_points(shifts, model.strides)
+    points = Points.from_levels(shifts, model.strides)
     flat = dict(flat)
     logits = flat.pop("logits")
-    ltrb = model.head.decode_ltrb(flat, point_strides)
+    ltrb = model.head.decode_ltrb(flat, points.point_strides)
     out = DenseOutputs(logits, ltrb, flat)
-    out = out._replace(scores=model.head.cls_scores(out), scores_activated=model.head.cls_scores_activated)
-    saved = model.assigner, model.aux_assigner, model.initial_assigner
-    try:
-        model.assigner, model.initial_assigner = FixedAssigner(matched, quality), None
-        if aux_matched is not None:
-            model.aux_assigner = FixedAssigner(aux_matched)
-        targets = model.build_targets(shifts, points, point_strides, gt_instances, out)
-    finally:
-        model.assigner, model.aux_assigner, model.initial_assigner = saved
-    losses = {}
-    for term in model.loss_terms:
-        losses.update(term(out, targets))
-    return losses
+    out = out._replace(scores=model.head.cls_scores(out))
+    main = model.criterion
+    criterion = DenseCriterion(
+        num_classes=main.num_classes, assigner=FixedAssigner(matched, quality), loss_terms=main.loss_terms,
+        aux_assigner=main.aux_assigner if aux_matched is None else FixedAssigner(aux_matched))
+    return criterion(out, points, gt_instances)
 
 
 @pytest.fixture

@@ -245,7 +245,7 @@ def test_registry_config_and_bad_arguments():
                          ["configs/ATSS/ATSS_tiny_R_18_cpu.yaml", "configs/ATSS/ATSS_R_50_FPN_1x.yaml"])
 def test_atss_configs_train_one_step_and_predict(config_file):
     model, losses = train_step_and_predict(load_cfg(config_file, "MODEL.DENSE.SCORE_THRESH_TEST", 0.0), 1)
-    assert type(model).__name__ == "ATSS" and isinstance(model.assigner, ATSSAssigner)
+    assert type(model).__name__ == "ATSS" and isinstance(model.criterion.assigner, ATSSAssigner)
     assert set(losses) == {"loss_cls", "loss_box", "loss_ctr"}
     assert losses["loss_box"] > 0  # the two objects got ATSS positives
 
@@ -254,7 +254,7 @@ def test_fcos_with_atss_assigner_from_yaml():
     # The paper's "FCOS + ATSS" setting: META_ARCHITECTURE FCOS, MODEL.DENSE.ASSIGNER ATSSAssigner.
     cfg = load_cfg("configs/compositions/FCOS_ATSS_tiny_R_18_cpu.yaml", "MODEL.DENSE.SCORE_THRESH_TEST", 0.0)
     model, _ = train_step_and_predict(cfg, 1)
-    assert type(model).__name__ == "FCOS" and isinstance(model.assigner, ATSSAssigner)
+    assert type(model).__name__ == "FCOS" and isinstance(model.criterion.assigner, ATSSAssigner)
     # On the FCOS config itself, the FCOS assigner's regress ranges and center-sampling radius
     # would be silently ignored by ATSS: the build names them instead.
     with pytest.raises(ValueError, match=r"SIZES_OF_INTEREST.*CENTER_SAMPLING_RADIUS"):
@@ -270,7 +270,7 @@ def test_atss_preset_composes_with_another_assigner():
     cfg = load_cfg(atss_tiny, "MODEL.DENSE.ASSIGNER", "POTOAssigner", "MODEL.DENSE.CENTER_SAMPLING_RADIUS", 1.5,
                    "MODEL.DENSE.SCORE_THRESH_TEST", 0.0)
     model, losses = train_step_and_predict(cfg, 1)
-    assert type(model).__name__ == "ATSS" and type(model.assigner).__name__ == "POTOAssigner"
+    assert type(model).__name__ == "ATSS" and type(model.criterion.assigner).__name__ == "POTOAssigner"
     assert set(losses) == {"loss_cls", "loss_box", "loss_ctr"}
     # ... while an unknown assigner fails naming it, and ATSS keys that the chosen assigner does not
     # read fail naming the key instead of being silently ignored.

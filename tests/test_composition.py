@@ -96,7 +96,7 @@ def test_key_of_an_unused_component_in_a_yaml_fails_naming_it(tmp_path):
 def test_default_valued_keys_of_unused_components_are_accepted():
     # A key at its default cannot be told from an unset one (the ATSS YAML sets TOPK 9 = default).
     model = build_model(load_cfg(FCOS_TINY, "MODEL.ATSS.TOPK", 9, "MODEL.GFL_HEAD.REG_MAX", 16))
-    assert type(model.assigner).__name__ == "FCOSAssigner"
+    assert type(model.criterion.assigner).__name__ == "FCOSAssigner"
 
 
 # ----------------------------------------------------------------------------- bare detector
@@ -114,7 +114,7 @@ def test_explicit_composition_equals_its_preset():
     explicit = build_model(load_cfg(FCOS_TINY, *FCOS_EXPLICIT))
     assert type(preset).__name__ == "FCOS" and type(explicit).__name__ == "AnchorFreeDetector"
     explicit.load_state_dict(preset.state_dict())
-    assert [type(t).__name__ for t in explicit.loss_terms] == [type(t).__name__ for t in preset.loss_terms]
+    assert [type(t).__name__ for t in explicit.criterion.loss_terms] == [type(t).__name__ for t in preset.criterion.loss_terms]
     assert explicit.test_nms_thresh == preset.test_nms_thresh
     batch = make_batch(128, 160)
     losses = []
@@ -131,7 +131,7 @@ def test_new_composition_trains_and_predicts():
                    "MODEL.DENSE.CENTER_SAMPLING_RADIUS", 1.5, "MODEL.DENSE.POSTPROCESS", "topk",
                    "MODEL.MAX_FILTER.ENABLED", True)
     model, losses = train_step_and_predict(cfg)
-    assert type(model.assigner).__name__ == "POTOAssigner" and model.head.filter is not None
+    assert type(model.criterion.assigner).__name__ == "POTOAssigner" and model.head.filter is not None
     assert model.test_nms_thresh is None
     assert set(losses) == {"loss_cls", "loss_box", "loss_dfl"}
 
@@ -180,5 +180,5 @@ def test_initial_assigner_and_its_iterations_come_together():
     # an explicit initial assigner on another preset, with its iterations, is a valid composition
     model = build_model(load_cfg("configs/ATSS/ATSS_tiny_R_18_cpu.yaml", "MODEL.DENSE.INITIAL_ASSIGNER",
                                  "FCOSAssigner", "MODEL.DENSE.INITIAL_ASSIGNER_ITERS", 5))
-    assert type(model.initial_assigner).__name__ == "FCOSAssigner"
-    assert model.initial_loss_terms is model.loss_terms
+    assert type(model.criterion.initial_assigner).__name__ == "FCOSAssigner"
+    assert model.criterion.initial_loss_terms is model.criterion.loss_terms

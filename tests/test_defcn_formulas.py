@@ -379,17 +379,17 @@ def assigner_inputs():
     model = build_model(load_cfg("configs/DeFCN/DeFCN_tiny_R_18_cpu.yaml"))
     model.train()
     seen, flats = {}, []
-    assign, flatten = model.assign, model.head.flatten
+    assign, flatten = model.criterion.assign, model.head.flatten
 
-    def record_assign(assigner, shifts, gt_instances, pred_scores, pred_boxes):
-        seen["aux" if assigner is model.aux_assigner else "main"] = pred_scores.clone()
-        return assign(assigner, shifts, gt_instances, pred_scores, pred_boxes)
+    def record_assign(assigner, points, gt_instances, pred_scores, pred_boxes):
+        seen["aux" if assigner is model.criterion.aux_assigner else "main"] = pred_scores.clone()
+        return assign(assigner, points, gt_instances, pred_scores, pred_boxes)
 
     def record_flatten(*args, **kwargs):
         flats.append(flatten(*args, **kwargs))
         return flats[-1]
 
-    model.assign, model.head.flatten = record_assign, record_flatten
+    model.criterion.assign, model.head.flatten = record_assign, record_flatten
     with EventStorage():
         model(make_batch(128, 160))
     out = flats[0]
@@ -404,7 +404,7 @@ def test_poto_ranks_by_cls_times_filter(assigner_inputs):
 
 @pytest.mark.xfail(strict=True, reason="DeFCN's auxiliary assignment ranks by sigmoid(cls) without the "
                    "filter (fcos.py L366-368); ours passes the main scores sigmoid(cls) * sigmoid(filter) "
-                   "to both assigners (AnchorFreeDetector.build_targets)")
+                   "to both assigners (DenseCriterion.build_targets)")
 def test_aux_assignment_ranks_by_cls_without_filter(assigner_inputs):
     seen, p_cls, _ = assigner_inputs
     torch.testing.assert_close(seen["aux"], p_cls)

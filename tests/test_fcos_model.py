@@ -61,7 +61,7 @@ def test_fcos_preset_box_loss_is_the_authors_iou_loss():
     assert load_cfg("configs/FCOS/FCOS_R_50_FPN_1x.yaml").MODEL.BOX_LOSS.TYPE == "iou"
     model = build_model(load_cfg("configs/FCOS/FCOS_tiny_R_18_cpu.yaml", "MODEL.BOX_LOSS.TYPE", "",
                                  "MODEL.BOX_LOSS.WEIGHT", -1.0))
-    box_term = next(t for t in model.loss_terms if type(t).__name__ == "BoxLoss")
+    box_term = next(t for t in model.criterion.loss_terms if type(t).__name__ == "BoxLoss")
     assert (box_term.loss_type, box_term.weight) == ("iou", 1.0)  # the FCOS preset's
     shifts = [torch.tensor([[4.0, 4.0]])] + [torch.zeros(0, 2)] * 4
     gt = make_instances((8, 16), [[0, 0, 16, 8]], [0])

@@ -306,7 +306,7 @@ def test_image_without_objects_and_targets_beyond_reg_max():
 ])
 def test_gfl_configs_train_one_step_and_predict(config_file, opts):
     model, losses = train_step_and_predict(load_cfg(config_file, "MODEL.DENSE.SCORE_THRESH_TEST", 0.0, *opts), 1)
-    assert type(model).__name__ == "GFL" and isinstance(model.assigner, ATSSAssigner)
+    assert type(model).__name__ == "GFL" and isinstance(model.criterion.assigner, ATSSAssigner)
     assert set(losses) == {"loss_cls", "loss_box", "loss_dfl"}
     assert losses["loss_box"] > 0 and losses["loss_dfl"] > 0  # the objects got positives
     assert (model.head.dgqp is not None) == ("MODEL.GFL_HEAD.DGQP" in opts)
@@ -316,4 +316,4 @@ def test_gfl_with_the_fcos_assigner_from_yaml():
     cfg = load_cfg("configs/GFL/GFL_tiny_R_18_cpu.yaml", "MODEL.DENSE.ASSIGNER", "FCOSAssigner",
                    "MODEL.DENSE.SCORE_THRESH_TEST", 0.0)
     model, _ = train_step_and_predict(cfg, 1)
-    assert isinstance(model.assigner, FCOSAssigner)
+    assert isinstance(model.criterion.assigner, FCOSAssigner)

@@ -1,4 +1,10 @@
-"""Every preset computes exactly the recorded numbers (bit for bit).
+"""Every preset computes the recorded numbers: bit for bit on a machine whose float kernels round
+like the recording machine's, otherwise within float32 rounding (losses to a relative 1e-5,
+detections matched one to one within 0.01 px and 1e-5 in score, whatever the order of near-tied
+scores, except that detections tied with the lowest kept score may swap at the per-image cut). Convolutions and reductions round differently on CPUs with other vector units (AVX2 vs
+AVX-512) and thread counts, so bit-for-bit equality across machines is not something a refactor
+can promise; bit-for-bit equality of a change is checked on one machine, before and after
+(``make_preset_fixture.py --out before.pt`` on the old commit, ``--compare before.pt`` on the new).
 
 ``fixtures/presets_issue11.pt`` holds, per case, the losses of one training step and the
 eval-mode detections of a fixed batch (image 1 without objects), recorded by
@@ -33,7 +39,8 @@ import torch
 
 from conftest import REPO, load_cfg
 from d2_anchorfree.config import MOVED_KEYS
-from fixtures.make_preset_fixture import CASES, CASES_OLD, COMMON, COMMON_OLD, CURRENT_OVERRIDES, run_case
+from fixtures.make_preset_fixture import (CASES, CASES_OLD, COMMON, COMMON_OLD, CURRENT_OVERRIDES, compare_case,
+                                          run_case)
 
 FIXTURE = os.path.join(REPO, "tests", "fixtures", "presets_issue11.pt")
 
@@ -54,12 +61,21 @@ def recorded():
 def test_preset_matches_recorded_numbers(name, recorded):
     config, overrides = CASES[name]
     got = run_case(load_cfg(config, *COMMON, *overrides))
-    want = recorded[name]
-    got_losses, want_losses = got["losses"], want["losses"]
-    assert sorted(got_losses) == sorted(want_losses)
-    for key, value in want_losses.items():
-        assert torch.equal(got_losses[key], value), (key, got_losses[key].item(), value.item())
-    for got_det, want_det in zip(got["detections"], want["detections"]):
-        assert len(want_det["scores"]) > 0
-        for field in ("boxes", "scores", "classes"):
-            assert torch.equal(got_det[field], want_det[field]), field
+    problems = compare_case(got, recorded[name], exact=False)
+    assert not problems, problems
+
+
+def test_compare_case_catches_a_changed_number(recorded):
+    """The tolerant comparison is not vacuous: a loss off by 1e-4 (relative), a box moved by
+    0.05 px, a missing detection and a top detection replaced by another are each reported;
+    identical numbers pass exactly."""
+    want = recorded["fcos_tiny"]
+    assert compare_case(want, want, exact=True) == []
+    losses = {k: v * (1 + 1e-4) for k, v in want["losses"].items()}
+    assert compare_case({**want, "losses": losses}, want, exact=False)
+    moved = [dict(d, boxes=d["boxes"] + 0.05) for d in want["detections"]]
+    assert compare_case({**want, "detections": moved}, want, exact=False)
+    fewer = [{k: v[1:] for k, v in d.items()} for d in want["detections"]]
+    assert compare_case({**want, "detections": fewer}, want, exact=False)
+    swapped = [dict(d, boxes=torch.cat([d["boxes"][:1] + 5.0, d["boxes"][1:]])) for d in want["detections"]]
+    assert compare_case({**want, "detections": swapped}, want, exact=False)

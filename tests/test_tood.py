@@ -381,21 +381,22 @@ def test_tood_preset_switches_from_atss_to_tal_at_initial_assigner_iters():
     from detectron2.utils.events import EventStorage
 
     model = _tood_model(initial_iters=2)
-    assert type(model.assigner).__name__ == "TaskAlignedAssigner"
-    assert type(model.initial_assigner).__name__ == "ATSSAssigner"
+    assert type(model.criterion.assigner).__name__ == "TaskAlignedAssigner"
+    assert type(model.criterion.initial_assigner).__name__ == "ATSSAssigner"
     used = []
     for name in ("assigner", "initial_assigner"):
-        real = getattr(model, name)
-        setattr(model, name, lambda *a, _real=real, _name=name, **k: (used.append(_name), _real(*a, **k))[1])
+        real = getattr(model.criterion, name)
+        setattr(model.criterion, name, lambda *a, _real=real, _name=name, **k: (used.append(_name), _real(*a, **k))[1])
     batch = make_batch()
     for it, want in ((0, "initial_assigner"), (1, "initial_assigner"), (2, "assigner"), (5, "assigner")):
         used.clear()
-        with EventStorage(it):
+        model.criterion.set_iteration(it)
+        with EventStorage(100):  # the phase comes from the criterion's iteration, not the storage's
             losses = model(batch)
         assert set(used) == {want}, (it, used)
         assert all(torch.isfinite(v) for v in losses.values())
     # With 0 warm-up iterations there is no initial assigner at all.
-    assert _tood_model(initial_iters=0).initial_assigner is None
+    assert _tood_model(initial_iters=0).criterion.initial_assigner is None
 
 
 def test_tood_losses_use_the_assigners_soft_targets():
@@ -407,7 +408,7 @@ def test_tood_losses_use_the_assigners_soft_targets():
 
     model = _tood_model(initial_iters=0)
     batch = make_batch()
-    real = model.assigner
+    real = model.criterion.assigner
     positives = []
 
     def losses_with(c):
@@ -415,11 +416,11 @@ def test_tood_losses_use_the_assigners_soft_targets():
             r = real(*a, **k)
             positives.append(int((r.matched >= 0).sum()))
             return AssignResult(r.matched, torch.where(r.matched >= 0, c, 0.0))
-        model.assigner = constant
+        model.criterion.assigner = constant
         try:
             return model(batch)
         finally:
-            model.assigner = real
+            model.criterion.assigner = real
 
     one, half = losses_with(1.0), losses_with(0.5)
     assert sum(positives[:2]) * 0.5 >= 1  # both normalizers above their floor of 1
@@ -454,10 +455,10 @@ def test_tood_warm_up_uses_focal_loss_and_centerness_weighted_boxes():
     from d2_anchorfree.modeling.losses.terms import BoxLoss, FocalLoss, QualityFocalLoss
 
     model = _tood_model(initial_iters=3)
-    warm = [type(t) for t in model.initial_loss_terms]
-    assert warm == [FocalLoss, BoxLoss] and model.initial_loss_terms[1].weighting == "centerness"
-    assert [type(t) for t in model.loss_terms] == [QualityFocalLoss, BoxLoss]
-    assert model.loss_terms[1].weighting == "quality" and model.loss_terms[0].target == "assigner"
+    warm = [type(t) for t in model.criterion.initial_loss_terms]
+    assert warm == [FocalLoss, BoxLoss] and model.criterion.initial_loss_terms[1].weighting == "centerness"
+    assert [type(t) for t in model.criterion.loss_terms] == [QualityFocalLoss, BoxLoss]
+    assert model.criterion.loss_terms[1].weighting == "quality" and model.criterion.loss_terms[0].target == "assigner"
 
 
 def test_focal_loss_on_probabilities_equals_the_logit_form():

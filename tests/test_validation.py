@@ -43,7 +43,7 @@ def test_boundary_settings_are_accepted():
         "MODEL.FCOS_HEAD.SCORE_EXPONENT", 1.0, "MODEL.FOCAL_LOSS.ALPHA", -1.0,
         "MODEL.FOCAL_LOSS.GAMMA", 0.0, "MODEL.DENSE.TOPK_CANDIDATES_TEST", 1,
         "TEST.DETECTIONS_PER_IMAGE", 1))
-    (focal,) = [t for t in model.loss_terms if isinstance(t, FocalLoss)]
+    (focal,) = [t for t in model.criterion.loss_terms if isinstance(t, FocalLoss)]
     assert model.test_score_thresh == 0.0 and focal.alpha == -1.0
 
 

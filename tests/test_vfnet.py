@@ -215,9 +215,9 @@ def tiny_model():
 
 def test_assigner_choice():
     model = build_model(load_cfg(TINY))
-    assert isinstance(model.assigner, ATSSAssigner)
+    assert isinstance(model.criterion.assigner, ATSSAssigner)
     model = build_model(load_cfg(TINY, "MODEL.DENSE.ASSIGNER", "FCOSAssigner"))
-    assert isinstance(model.assigner, FCOSAssigner)
+    assert isinstance(model.criterion.assigner, FCOSAssigner)
 
 
 def test_iacs_targets_and_box_losses(tiny_model):

@@ -16,6 +16,7 @@ from ..data import CheckedDatasetMapper, check_num_classes, register_datasets_fr
 from ..evaluation import AnchorFreeCOCOEvaluator
 from ..inference import build_inference_model, needs_full_resolution
 from .health import TrainingHealthCheck, check_solver_config
+from .hooks import CriterionIterationHook
 from .resumable_loader import build_resumable_train_loader
 
 logger = logging.getLogger("d2_anchorfree")
@@ -66,6 +67,8 @@ class AnchorFreeTrainer(DefaultTrainer):
       off (see ``resumable_loader``). detectron2 v0.6's ``DefaultTrainer`` leaves the optimizer
       (SGD momentum) and AMP's grad scaler out of its checkpoints; ``state_dict`` puts them back,
       and checkpoints are the same on detectron2 v0.6 and main;
+    * the model's training criterion told the iteration of every step
+      (:class:`~.hooks.CriterionIterationHook`: TOOD's warm-up phase, resumed with the run);
     * ``SOLVER.AMP.PRECISION`` ("float16" or, on detectron2 main, "bfloat16") for AMP;
     * ``COCOEvaluator`` with ``maxDets = [1, 10, TEST.COCO_MAX_DETS_PER_IMAGE]`` and the
       fastest COCOeval that gives pycocotools' numbers: detectron2's C++ one with
@@ -89,6 +92,7 @@ class AnchorFreeTrainer(DefaultTrainer):
         self.checkpointer = AnchorFreeCheckpointer(
             self.checkpointer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         hooks = super().build_hooks()
+        hooks.insert(0, CriterionIterationHook())  # the training phase of each step
         health = self.cfg.SOLVER.HEALTH_CHECK
         if health.ENABLED:  # first, so that exploded weights are never checkpointed
             hooks.insert(0, TrainingHealthCheck(health.MAX_WEIGHT_NORM_GROWTH))

@@ -1,13 +1,11 @@
-"""The one dense anchor-free detector: backbone + head + assigner (+ auxiliary / initial
-assigner) + loss terms + post-processing, each chosen by name in the config.
+"""The one dense anchor-free detector: backbone + head + criterion (assigners, training phases,
+loss terms; ``criterion.py``) + post-processing, each chosen by name in the config.
 
 Training step (``forward_training``)::
 
-    features P3..P7 -> points (shift generator, per level [H_l W_l, 2] px)
-    -> head -> DenseOutputs (logits [N, R, K], ltrb [N, R, 4] px, extras)
-    -> assigner(points, gt, detached scores and boxes) per image -> matched [R] (+ soft targets)
-    -> DenseTargets (positives, GT ltrb, worker-averaged normalizers)
-    -> sum of loss terms, each normalized and weighted
+    features P3..P7 -> Points (shift generator, per level [H_l W_l, 2] px, concatenated, strides)
+    -> head -> DenseOutputs (logits [N, R, K], ltrb [N, R, 4] px, extras, ClassScores)
+    -> criterion(out, points, gt) -> named losses (see ``criterion.DenseCriterion``)
 
 Inference (``forward_inference``): the head's scoring rule, per level the candidates above the
 score threshold (top-k per level), decoding, then class-aware NMS or NMS-free top-k
@@ -21,73 +19,13 @@ from detectron2.config import configurable
 from detectron2.modeling import build_backbone
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.structures import Instances
-from detectron2.utils.events import get_event_storage
 
-from .assigners import build_assigner
-from .geometry import boxes_to_ltrb, cat_points, ltrb_to_boxes
-from .heads import DenseOutputs, build_head
-from .losses.terms import AuxFocalLoss, build_loss_term
-from .postprocessing import TOPK_BY, dense_detections, detections_to_instances
 from .components import check_unused_keys, resolve_components
+from .criterion import DenseCriterion
+from .geometry import Points
+from .heads import build_head
+from .postprocessing import TOPK_BY, dense_detections, detections_to_instances
 from .shift_generator import build_shift_generator
-from .targets import DenseTargets, check_gt_instances, gather_positive_targets, loss_normalizer
-
-
-def put_scalar(name: str, value: float):
-    """Log to the current detectron2 EventStorage, if any (training outside a trainer has none)."""
-    try:
-        storage = get_event_storage()
-    except AssertionError:
-        return
-    storage.put_scalar(name, value)
-
-
-def current_iteration() -> int:
-    """The trainer's iteration (detectron2 EventStorage), 0 outside a trainer."""
-    try:
-        return get_event_storage().iter
-    except AssertionError:
-        return 0
-
-
-def check_composition(head, assigner, aux_assigner=None, initial_assigner=None, loss_terms=(),
-                      initial_loss_terms=None) -> None:
-    """Reject compositions that would train the wrong thing silently.
-
-    Raises:
-        ValueError: the head's auxiliary classifier without an auxiliary assigner (or the
-            reverse); a loss term the head cannot feed (``LossTerm.check_head``); a term needing
-            soft targets (``NEEDS_QUALITY``) with an assigner of its phase that gives none; two
-            terms of a phase with the same output name (one would overwrite the other); a phase
-            without a classification ("loss_cls") or a box ("loss_box") term. Each message names
-            the config key to change.
-    """
-    has_aux_branch = getattr(head, "aux_logits", None) is not None
-    if has_aux_branch != (aux_assigner is not None):
-        raise ValueError(
-            f"the head's auxiliary classifier (present: {has_aux_branch}) and the auxiliary "
-            f"assigner (present: {aux_assigner is not None}) must come together (MODEL.DENSE.AUX_ASSIGNER)")
-    phases = [("MODEL.DENSE.LOSSES", loss_terms, assigner)]
-    if initial_assigner is not None:
-        phases.append(("MODEL.DENSE.INITIAL_LOSSES", initial_loss_terms or loss_terms, initial_assigner))
-    for key, terms, phase_assigner in phases:
-        outputs = []
-        for term in terms:
-            term.check_head(head)
-            if term.NEEDS_QUALITY and not getattr(phase_assigner, "PROVIDES_QUALITY", False):
-                raise ValueError(
-                    f"loss term {type(term).__name__} of {key} needs the assigner's soft targets "
-                    f"(MODEL.QFL.TARGET 'assigner' or MODEL.BOX_LOSS.WEIGHTING 'quality'), which "
-                    f"{type(phase_assigner).__name__} does not give")
-            outputs.extend(term.OUTPUTS)
-        repeated = sorted({o for o in outputs if outputs.count(o) > 1})
-        if repeated:
-            raise ValueError(f"{key} has several terms producing {repeated}: "
-                             f"{[type(t).__name__ for t in terms]}; keep one of each")
-        missing = [o for o in ("loss_cls", "loss_box") if o not in outputs]
-        if missing:
-            raise ValueError(f"{key} {[type(t).__name__ for t in terms]} has no term producing {missing}: "
-                             "a detector needs a classification and a box loss")
 
 
 class AnchorFreeDetector(DenseDetector):
@@ -104,10 +42,8 @@ class AnchorFreeDetector(DenseDetector):
     PRESET: Optional[Dict[str, object]] = None
 
     @configurable
-    def __init__(self, *, backbone, head, head_in_features, shift_generator, assigner, loss_terms,
+    def __init__(self, *, backbone, head, head_in_features, shift_generator, criterion: DenseCriterion,
                  num_classes: int, pixel_mean, pixel_std, input_format: str = "BGR",
-                 aux_assigner=None, initial_assigner=None, initial_assigner_iters: int = 0,
-                 initial_loss_terms=None,
                  test_score_thresh: float = 0.05, test_topk_candidates: int = 1000,
                  test_nms_thresh: Optional[float] = 0.6, max_detections_per_image: int = 100,
                  test_topk_by: str = "score", test_topk_within_points: bool = False):
@@ -117,16 +53,11 @@ class AnchorFreeDetector(DenseDetector):
             head: a :class:`~d2_anchorfree.modeling.heads.DenseHead`.
             head_in_features: backbone feature names fed to the head, finest first.
             shift_generator: module mapping those features to per-level points (pixels).
-            assigner: callable(shifts, gt, pred_scores=, pred_boxes=) -> ``AssignResult``.
-            loss_terms: list of loss terms (``losses/terms.py``), called in order.
+            criterion: the training criterion (:class:`~.criterion.DenseCriterion`: assigners,
+                training phases, loss terms).
             num_classes: K >= 1.
             pixel_mean, pixel_std: per-channel normalization (``input_format`` order, 0-255).
             input_format: "BGR" or "RGB" (``INPUT.FORMAT``).
-            aux_assigner: one-to-many assigner of the head's auxiliary classifier, or None.
-            initial_assigner, initial_assigner_iters: assigner of the first iterations (TOOD's
-                ATSS warm-up), or None. The iteration is detectron2's (``EventStorage.iter``, set
-                by the trainer before every step, so resuming keeps the phase); 0 outside a trainer.
-            initial_loss_terms: the loss terms of those iterations, or None: ``loss_terms``.
             test_score_thresh: in [0, 1), candidate score threshold (``MODEL.DENSE.SCORE_THRESH_TEST``;
                 the head's scoring rule says which score it applies to).
             test_topk_candidates: >= 1, candidates kept per level (``MODEL.DENSE.TOPK_CANDIDATES_TEST``).
@@ -138,9 +69,12 @@ class AnchorFreeDetector(DenseDetector):
             test_topk_within_points: a level keeps at most min(test_topk_candidates, its number of
                 points) candidates (``MODEL.DENSE.TOPK_CANDIDATES_WITHIN_POINTS``; DeFCN's code).
 
+        The test-time settings are the detector's attributes under detectron2's names
+        (``RetinaNet`` / ``FCOS``: ``test_score_thresh``, ``test_nms_thresh``, ...), read by
+        :meth:`detect_image` at every call.
+
         Raises:
-            ValueError: a test-time setting outside its range, or a composition that
-                :func:`check_composition` rejects; naming the config key.
+            ValueError: a test-time setting outside its range, naming the config key.
         """
         super().__init__(backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std)
         if test_topk_candidates < 1:
@@ -153,14 +87,8 @@ class AnchorFreeDetector(DenseDetector):
             raise ValueError(f"TEST.DETECTIONS_PER_IMAGE must be >= 1, got {max_detections_per_image}")
         if test_topk_by not in TOPK_BY:
             raise ValueError(f"MODEL.DENSE.TOPK_CANDIDATES_BY must be one of {TOPK_BY}, got {test_topk_by!r}")
-        check_composition(head, assigner, aux_assigner, initial_assigner, loss_terms, initial_loss_terms)
         self.shift_generator = shift_generator
-        self.assigner = assigner
-        self.aux_assigner = aux_assigner
-        self.initial_assigner = initial_assigner
-        self.initial_assigner_iters = int(initial_assigner_iters)
-        self.loss_terms = list(loss_terms)
-        self.initial_loss_terms = list(initial_loss_terms) if initial_loss_terms else self.loss_terms
+        self.criterion = criterion
         self.num_classes = num_classes
         self.input_format = input_format
         self.test_score_thresh = test_score_thresh
@@ -176,9 +104,9 @@ class AnchorFreeDetector(DenseDetector):
 
         Raises:
             ValueError: a feature of ``MODEL.DENSE.IN_FEATURES`` that the backbone does not
-                produce, a missing component choice, a composition that :func:`check_composition`
-                rejects, or a key that no component of the detector reads
-                (``components.check_unused_keys``).
+                produce, a missing component choice, a composition that
+                ``criterion.check_composition`` rejects, or a key that no component of the
+                detector reads (``components.check_unused_keys``).
             KeyError: a component name that is not registered.
         """
         parts = resolve_components(cfg, cls.PRESET, cfg.MODEL.META_ARCHITECTURE)
@@ -192,31 +120,14 @@ class AnchorFreeDetector(DenseDetector):
         shapes = [output_shapes[f] for f in head_in_features]
         strides = [s.stride for s in shapes]
         head = build_head(cfg, shapes, parts.head, aux_classifier=parts.aux_assigner is not None)
-        assigner = build_assigner(parts.assigner, cfg, strides)
-        aux_assigner = build_assigner(parts.aux_assigner, cfg, strides) if parts.aux_assigner else None
-        initial = build_assigner(parts.initial_assigner, cfg, strides) if parts.initial_assigner else None
-        terms = [build_loss_term(cfg, name, parts) for name in parts.losses]
-        initial_terms = None
-        if initial is not None and parts.initial_losses is not None:
-            initial_terms = [build_loss_term(cfg, name, parts, initial=True) for name in parts.initial_losses]
-        if aux_assigner is not None:
-            terms.append(AuxFocalLoss(cfg))
-            if initial_terms is not None:
-                initial_terms.append(AuxFocalLoss(cfg))
-        check_composition(head, assigner, aux_assigner, initial, terms, initial_terms)
-        check_unused_keys(cfg, [head, assigner, aux_assigner, initial, *terms, *(initial_terms or [])],
-                          parts.postprocess)
+        criterion = DenseCriterion(cfg, head, strides, parts)
+        check_unused_keys(cfg, [head, *criterion.components], parts.postprocess)
         return {
             "backbone": backbone,
             "head": head,
             "head_in_features": head_in_features,
             "shift_generator": build_shift_generator(cfg, shapes),
-            "assigner": assigner,
-            "aux_assigner": aux_assigner,
-            "initial_assigner": initial,
-            "initial_assigner_iters": d.INITIAL_ASSIGNER_ITERS,
-            "loss_terms": terms,
-            "initial_loss_terms": initial_terms,
+            "criterion": criterion,
             "num_classes": d.NUM_CLASSES,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
@@ -234,64 +145,14 @@ class AnchorFreeDetector(DenseDetector):
         """Stride in pixels of each level the head sees, finest first (e.g. [8, 16, 32, 64, 128])."""
         return self.shift_generator.strides
 
-    def assign(self, assigner, shifts: List[torch.Tensor], gt_instances: List[Instances],
-               pred_scores: torch.Tensor, pred_boxes: torch.Tensor):
-        """Run ``assigner`` on every image of the batch.
-
-        Args:
-            shifts: per level [R_l, 2] pixels. gt_instances: N ``Instances``.
-            pred_scores: [N, R, K] detached class probabilities. pred_boxes: [N, R, 4] detached
-                XYXY pixels (prediction-unaware assigners ignore both).
-
-        Returns:
-            (matched [N, R] long: GT index, BACKGROUND (-1) or IGNORE (-2); quality [N, R] float
-            soft targets, or None when the assigner gives none).
-        """
-        results = [assigner(shifts, gt, pred_scores=pred_scores[i], pred_boxes=pred_boxes[i])
-                   for i, gt in enumerate(gt_instances)]
-        matched = torch.stack([r.matched for r in results])
-        if results and results[0].quality is not None:
-            return matched, torch.stack([r.quality for r in results])
-        return matched, None
-
-    @property
-    def in_initial_phase(self) -> bool:
-        """Whether this training step uses the initial assigner and loss terms (the trainer's
-        iteration is below ``initial_assigner_iters``)."""
-        return self.initial_assigner is not None and current_iteration() < self.initial_assigner_iters
-
-    def build_targets(self, shifts: List[torch.Tensor], points: torch.Tensor, point_strides: torch.Tensor,
-                      gt_instances: List[Instances], out: DenseOutputs, assigner=None) -> DenseTargets:
-        """Assign every image (main and auxiliary assigner) from the detached predictions and
-        gather the batch's targets.
-
-        Args:
-            shifts: per level [R_l, 2] pixels; points [R, 2] and point_strides [R] (pixels), the
-                same points concatenated (``geometry.cat_points``). gt_instances: N ``Instances``.
-            out: the head's outputs with ``scores`` set.
-            assigner: the assigner of this step (default: ``self.assigner``).
-        """
-        with torch.no_grad():
-            scores = out.scores.detach()
-            pred_scores = scores if out.scores_activated else torch.sigmoid(scores)
-            pred_boxes = ltrb_to_boxes(points, out.ltrb.detach())
-        assigner = self.assigner if assigner is None else assigner
-        matched, quality = self.assign(assigner, shifts, gt_instances, pred_scores, pred_boxes)
-        main = gather_positive_targets(gt_instances, matched, self.num_classes)
-        gt_ltrb = boxes_to_ltrb(points[main.pos_point], main.gt_boxes)  # [P, 4] pixels
-        num_pos = loss_normalizer(main.pos.sum().float(), 1.0)
-        num_gt = max(1, sum(len(g) for g in gt_instances))
-        put_scalar("dense/num_pos_per_gt", main.pos.sum().item() / num_gt)
-        aux = None
-        if self.aux_assigner is not None:
-            aux_matched, _ = self.assign(self.aux_assigner, shifts, gt_instances, pred_scores, pred_boxes)
-            aux = gather_positive_targets(gt_instances, aux_matched, self.num_classes)
-            put_scalar("dense/num_aux_pos_per_gt", aux.pos.sum().item() / num_gt)
-        return DenseTargets(points, point_strides, main, gt_ltrb, quality, num_pos, aux)
+    def points(self, features: List[torch.Tensor]) -> Points:
+        """The points of ``features`` (per level [N, C, H_l, W_l]; only sizes and device are
+        used): per level and concatenated, with their strides (``geometry.Points``)."""
+        return Points.from_levels(self.shift_generator(features), self.strides)
 
     def forward_training(self, images, features: List[torch.Tensor], predictions,
                          gt_instances: List[Instances]) -> Dict[str, torch.Tensor]:
-        """Assign targets and compute the loss terms.
+        """The head's outputs flattened and scored, then the criterion's losses.
 
         Args:
             images: ``ImageList`` of the N preprocessed images (unused; kept for detectron2's API).
@@ -304,21 +165,12 @@ class AnchorFreeDetector(DenseDetector):
             dict of named scalar losses, already normalized and weighted (summed by the trainer).
 
         Raises:
-            ValueError: a GT class outside [0, K) or a non-finite / degenerate GT box
-                (``targets.check_gt_instances``), or an assigner error.
+            ValueError: see :meth:`DenseCriterion.__call__`.
         """
-        check_gt_instances(gt_instances, self.num_classes)
-        shifts = self.shift_generator(features)
-        points, point_strides = cat_points(shifts, self.strides)
-        out = self.head.flatten(predictions, point_strides)
-        out = out._replace(scores=self.head.cls_scores(out), scores_activated=self.head.cls_scores_activated)
-        initial = self.in_initial_phase
-        targets = self.build_targets(shifts, points, point_strides, gt_instances, out,
-                                     self.initial_assigner if initial else self.assigner)
-        losses: Dict[str, torch.Tensor] = {}
-        for term in (self.initial_loss_terms if initial else self.loss_terms):
-            losses.update(term(out, targets))
-        return losses
+        points = self.points(features)
+        out = self.head.flatten(predictions, points.point_strides)
+        out = out._replace(scores=self.head.cls_scores(out))
+        return self.criterion(out, points, gt_instances)
 
     def forward_inference(self, images, features: List[torch.Tensor], predictions) -> List[Instances]:
         """Dense inference, per image: the head's scoring rule (``inference_scores``), then per

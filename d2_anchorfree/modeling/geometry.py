@@ -8,7 +8,7 @@ Conventions (pixels of the network input throughout):
   * point-versus-box tests return [R, g] tensors computed per coordinate, never an [R, g, 4]
     copy (the assigners' memory bound); "inside" is strict, as in FCOS (min(l, t, r, b) > 0).
 """
-from typing import List, Tuple
+from typing import List, NamedTuple, Tuple
 
 import torch
 
@@ -45,6 +45,35 @@ def cat_points(shifts: List[torch.Tensor], strides: List[int], per_level_values=
                 )
             )
     return (points, stride_vec, *extra)
+
+
+class Points(NamedTuple):
+    """The points (shifts) of a training step, computed once from the features and passed as one
+    structure to the criterion: per level and concatenated.
+
+    per_level: per level l [R_l, 2] (x, y) pixels of the network input, finest level first
+        (the shift generator's output; assigners take this list).
+    strides: per level stride in pixels (e.g. [8, 16, 32, 64, 128]).
+    points: [R, 2] pixels, the levels concatenated (R = sum_l R_l, the order of the head's
+        flattened outputs).
+    point_strides: [R] float, the stride in pixels of each point.
+    """
+
+    per_level: List[torch.Tensor]
+    strides: List[int]
+    points: torch.Tensor
+    point_strides: torch.Tensor
+
+    @classmethod
+    def from_levels(cls, per_level: List[torch.Tensor], strides: List[int]) -> "Points":
+        """Concatenate ``per_level`` ([R_l, 2] pixels) with one stride per level (:func:`cat_points`)."""
+        points, point_strides = cat_points(per_level, strides)
+        return cls(list(per_level), list(strides), points, point_strides)
+
+    @property
+    def level_sizes(self) -> List[int]:
+        """R_l, the number of points of each level."""
+        return [len(p) for p in self.per_level]
 
 
 def boxes_to_ltrb(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 This is the only module of the benchmark that uses d2_anchorfree's internals (its config keys
 ``MODEL.DENSE.*``, ``build_assigner``, the assigners' call signature and ``AssignResult``, POTO's
-``match_one_to_one`` / ``pair_quality``, the models' ``assigner`` / ``aux_assigner`` /
+``match_one_to_one`` / ``pair_quality``, the models' ``criterion.assigner`` / ``aux_assigner`` /
 ``test_nms_thresh`` attributes): when the library changes, adapt this file.
 
 Models (``--models``): ours FCOS, ATSS, GFL, VFNet, DeFCN (+ "DeFCN+NMS": the same DeFCN model
@@ -25,7 +25,7 @@ detectron2's FCOS ``match_anchors`` and RetinaNet ``label_anchors`` (both dense 
 import os
 import sys
 from types import SimpleNamespace
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Tuple
 
 import torch
 
@@ -150,11 +150,13 @@ def set_variant(entry: Dict):
         entry["model"].test_nms_thresh = entry["nms_thresh"]
 
 
-def assign_hooks(model) -> List[str]:
-    """Attributes holding the target assignment: ours ``assigner`` (+ ``aux_assigner``),
-    detectron2's ``label_anchors``."""
-    names = [n for n in ("assigner", "aux_assigner") if getattr(model, n, None) is not None]
-    return names or (["label_anchors"] if hasattr(model, "label_anchors") else [])
+def assign_hooks(model) -> List[Tuple[object, str]]:
+    """(owner, attribute) pairs holding the target assignment: ours ``criterion.assigner``
+    (+ ``criterion.aux_assigner``), detectron2's ``model.label_anchors``."""
+    criterion = getattr(model, "criterion", None)
+    if criterion is not None:
+        return [(criterion, n) for n in ("assigner", "aux_assigner") if getattr(criterion, n, None) is not None]
+    return [(model, "label_anchors")] if hasattr(model, "label_anchors") else []
 
 
 def make_assign_fn(name: str, shifts, gt, logits, boxes, device: str) -> Callable[[], torch.Tensor]:

@@ -4,12 +4,12 @@
 ``--warmup-train``, round-robin over the models (:func:`bench.timing.interleaved`), split into
 forward (preprocess + backbone + head), target assignment, losses and backward. Assignment is
 timed by replacing the model's assigner attributes with a timing proxy
-(:class:`bench.timing.TimedCall`; ours: ``model.assigner`` and DeFCN's ``model.aux_assigner``;
+(:class:`bench.timing.TimedCall`; ours: ``model.criterion.assigner`` and DeFCN's ``aux_assigner``;
 detectron2's RetinaNet and FCOS: the bound method ``model.label_anchors``, which for FCOS calls
 ``match_anchors``). "losses" = time of ``forward_training`` minus the assignment. On CUDA also
 images/s and the peak memory of the step.
 """
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import torch
 
@@ -54,18 +54,18 @@ def train_step_laps(model, inputs, proxies: Dict[str, TimedCall], device: str):
 
 def install_assign_proxies(model, device: str) -> Dict[str, TimedCall]:
     """Replace the model's assignment attributes (:func:`bench.models.assign_hooks`) by timing proxies."""
-    proxies = {n: TimedCall(getattr(model, n), device) for n in assign_hooks(model)}
-    for n, p in proxies.items():
-        setattr(model, n, p)
+    proxies = {(owner, n): TimedCall(getattr(owner, n), device) for owner, n in assign_hooks(model)}
+    for (owner, n), p in proxies.items():
+        setattr(owner, n, p)
     return proxies
 
 
-def remove_assign_proxies(model, proxies: Dict[str, TimedCall]):
-    for n, p in proxies.items():
+def remove_assign_proxies(model, proxies: Dict[Tuple[object, str], TimedCall]):
+    for (owner, n), p in proxies.items():
         if n == "label_anchors":
-            delattr(model, n)  # back to the class method
+            delattr(owner, n)  # back to the class method
         else:
-            setattr(model, n, p.fn)
+            setattr(owner, n, p.fn)
 
 
 def run_training(args, entries: List[Dict], base: Dict, height: int, width: int, results: Dict):
@@ -92,7 +92,7 @@ def run_training(args, entries: List[Dict], base: Dict, height: int, width: int,
     for e in train_entries:
         row = entry_row(e, samples, {"model": e["label"], **base, "batch": args.train_batch,
                                      "gt_per_image": args.train_gt},
-                        lambda: {"assign_hooks": list(e["proxies"]), "finite_loss": e["finite"]},
+                        lambda: {"assign_hooks": [n for _, n in e["proxies"]], "finite_loss": e["finite"]},
                         args.device, images=len(e["inputs"]))
         results["train"].append(row)
         print_progress("train", row)

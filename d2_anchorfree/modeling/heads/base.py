@@ -22,6 +22,49 @@ defines its scoring rule; it knows nothing about targets.
 """
 
 
+class ClassScores(NamedTuple):
+    """The classification scores a training step trains and the prediction-aware assigners rank
+    by, typed by what they are: exactly one of the two fields is set, [N, R, K] (or [P, K] after
+    :meth:`take`).
+
+    logits: float32 logits (FCOS, ATSS, GFL, VFNet, DeFCN; with 3DMF the logits of
+        sigmoid(cls) * sigmoid(filter), :func:`joint_logits`), or None.
+    probabilities: float32 probabilities in [0, 1] (GFLv2's DGQP, TOOD's P_align), or None.
+
+    Build with :meth:`from_logits` / :meth:`from_probabilities`; losses that need one kind read
+    that field, the others :meth:`as_probabilities` or :attr:`values`.
+    """
+
+    logits: Optional[torch.Tensor] = None
+    probabilities: Optional[torch.Tensor] = None
+
+    @classmethod
+    def from_logits(cls, logits: torch.Tensor) -> "ClassScores":
+        return cls(logits=logits)
+
+    @classmethod
+    def from_probabilities(cls, probabilities: torch.Tensor) -> "ClassScores":
+        return cls(probabilities=probabilities)
+
+    @property
+    def values(self) -> torch.Tensor:
+        """The tensor that is set (logits or probabilities)."""
+        return self.logits if self.logits is not None else self.probabilities
+
+    @property
+    def are_probabilities(self) -> bool:
+        return self.logits is None
+
+    def as_probabilities(self) -> torch.Tensor:
+        """The probabilities, sigmoid(logits) for logits; detached (for assigners and weights)."""
+        values = self.values.detach()
+        return values if self.are_probabilities else torch.sigmoid(values)
+
+    def take(self, index) -> "ClassScores":
+        """The same kind of scores at ``index`` (e.g. the [N, R] bool mask of positives -> [P, K])."""
+        return ClassScores(*(None if v is None else v[index] for v in self))
+
+
 class DenseOutputs(NamedTuple):
     """A head's predictions for a batch, all levels concatenated (R = sum_l H_l W_l points,
     row-major per level, the order of the shift generator's points).
@@ -33,16 +76,14 @@ class DenseOutputs(NamedTuple):
     extras: named [N, R, C] float32 tensors of the head: "centerness" (C = 1, logits), "box_logits"
         (GFL bins), "quality" (DGQP, in (0, 1)), "ltrb_init" (VFNet, pixels), "prob" (TOOD
         probability-map logits), "filter" (3DMF logits, C = 1), "aux_logits" (C = K, training only).
-    scores: in training, what the classification loss and prediction-aware assigners see
-        (:meth:`DenseHead.cls_scores`), else ``None``. scores_activated: ``scores`` are
-        probabilities (True) or logits (False).
+    scores: in training, the :class:`ClassScores` the classification loss trains and
+        prediction-aware assigners rank by (:meth:`DenseHead.cls_scores`); None at inference.
     """
 
     logits: torch.Tensor
     ltrb: torch.Tensor
     extras: Dict[str, torch.Tensor]
-    scores: Optional[torch.Tensor] = None
-    scores_activated: bool = False
+    scores: Optional[ClassScores] = None
 
 
 def flatten_levels(per_level: List[torch.Tensor]) -> torch.Tensor:
@@ -264,17 +305,18 @@ class DenseHead(nn.Module):
 
     @property
     def cls_scores_activated(self) -> bool:
-        """Whether :meth:`cls_scores` returns probabilities (True) or logits (False)."""
+        """Whether :meth:`cls_scores` gives probabilities (True) or logits (False); known before
+        any forward, for the composition checks (e.g. a loss that trains logits)."""
         return False
 
-    def cls_scores(self, out: DenseOutputs) -> torch.Tensor:
+    def cls_scores(self, out: DenseOutputs) -> ClassScores:
         """[N, R, K] classification scores that the classification loss trains and the
         prediction-aware assigners rank by: the class logits, or with 3DMF the logits of
         sigmoid(cls) * sigmoid(filter) (:func:`joint_logits`). Probabilities instead when
         :attr:`cls_scores_activated` (GFLv2's DGQP, TOOD)."""
         if "filter" in out.extras:
-            return joint_logits(out.logits, out.extras["filter"])
-        return out.logits
+            return ClassScores.from_logits(joint_logits(out.logits, out.extras["filter"]))
+        return ClassScores.from_logits(out.logits)
 
     def class_probabilities(self, out: DenseOutputs) -> torch.Tensor:
         """[N, R, K] sigmoid(cls), times sigmoid(filter) with 3DMF (DeFCN Sec. 3.3), in [0, 1]."""

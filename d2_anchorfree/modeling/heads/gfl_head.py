@@ -10,7 +10,7 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 
 from ...layers import Scale
-from .base import HEAD_REGISTRY, DenseHead, DenseOutputs
+from .base import HEAD_REGISTRY, ClassScores, DenseHead, DenseOutputs
 
 
 def distribution_to_distance(box_logits: torch.Tensor, reg_max: int) -> torch.Tensor:
@@ -157,11 +157,11 @@ class GFLHead(DenseHead):
     def cls_scores_activated(self) -> bool:
         return self.dgqp is not None
 
-    def cls_scores(self, out: DenseOutputs) -> torch.Tensor:
+    def cls_scores(self, out: DenseOutputs) -> ClassScores:
         """The joint logits; with DGQP the probabilities sigmoid(logits) * quality (GFLv2)."""
         scores = super().cls_scores(out)
         if self.dgqp is not None:
-            scores = torch.sigmoid(scores) * out.extras["quality"]
+            return ClassScores.from_probabilities(torch.sigmoid(scores.logits) * out.extras["quality"])
         return scores
 
     def inference_scores(self, out: DenseOutputs):

@@ -18,7 +18,7 @@ from detectron2.layers import ShapeSpec, get_norm
 
 from ...layers import Scale
 from ...layers.deform_conv import deform_conv2d_fp32
-from .base import HEAD_REGISTRY, DenseHead, DenseOutputs
+from .base import HEAD_REGISTRY, ClassScores, DenseHead, DenseOutputs
 from .towers import MAX_EXP_INPUT, conv_tower, prior_bias
 
 
@@ -290,10 +290,10 @@ class TOODHead(DenseHead):
     def cls_scores_activated(self) -> bool:
         return True
 
-    def cls_scores(self, out: DenseOutputs) -> torch.Tensor:
+    def cls_scores(self, out: DenseOutputs) -> ClassScores:
         """P_align = sqrt(sigmoid(cls) * sigmoid(prob)) [N, R, K] (3DMF, if on, folded into cls)."""
-        return aligned_scores(super().cls_scores(out), out.extras["prob"])
+        return ClassScores.from_probabilities(aligned_scores(super().cls_scores(out).logits, out.extras["prob"]))
 
     def inference_scores(self, out: DenseOutputs):
         """P_align [N, R, K], also what the score threshold applies to."""
-        return self.cls_scores(out), None
+        return self.cls_scores(out).probabilities, None

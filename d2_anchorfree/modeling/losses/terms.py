@@ -2,7 +2,8 @@
 
 A term is a small object registered in ``LOSS_REGISTRY`` (``MODEL.DENSE.LOSSES``), built from its
 own config section, and called as ``term(outputs, targets) -> {name: scalar}`` with
-``outputs`` a :class:`~d2_anchorfree.modeling.heads.DenseOutputs` (with ``scores`` set) and
+``outputs`` a :class:`~d2_anchorfree.modeling.heads.DenseOutputs` (with ``scores``, a
+:class:`~d2_anchorfree.modeling.heads.ClassScores`, set) and
 ``targets`` a :class:`~d2_anchorfree.modeling.targets.DenseTargets`. Every term is normalized
 with the worker-averaged normalizers of ``targets.py`` (exact under DDP) and multiplied by its
 ``WEIGHT``. Terms whose output has no positive keep the predictions in the graph with a zero
@@ -109,8 +110,7 @@ def box_weights(weighting: str, ltrb: torch.Tensor, out, targets: DenseTargets) 
         weights = centerness_targets(targets.gt_ltrb)
         return weights, loss_normalizer(weights.sum(), 1e-6)
     if weighting == "max_score":
-        scores = out.scores[t.pos].detach()
-        weights = (scores if out.scores_activated else torch.sigmoid(scores)).max(dim=1).values
+        weights = out.scores.take(t.pos).as_probabilities().max(dim=1).values
     elif weighting == "iou":
         weights = positive_ious(ltrb, targets).clamp(min=MIN_IOU_TARGET)
     elif weighting == "quality":
@@ -154,8 +154,9 @@ class FocalLoss(LossTerm):
 
     def __call__(self, out, targets: DenseTargets) -> Dict[str, torch.Tensor]:
         t = targets.main
-        focal = focal_loss_on_probabilities if out.scores_activated else focal_loss_with_labels
-        loss = focal(out.scores.flatten(0, 1), t.labels.flatten(), t.valid.flatten(),
+        scores = out.scores
+        focal = focal_loss_on_probabilities if scores.are_probabilities else focal_loss_with_labels
+        loss = focal(scores.values.flatten(0, 1), t.labels.flatten(), t.valid.flatten(),
                      self.alpha, self.gamma) / targets.num_pos
         return {"loss_cls": self.weight * loss}
 
@@ -200,8 +201,9 @@ class QualityFocalLoss(LossTerm):
             values = positive_ious(out.ltrb, targets)
         else:
             values = targets.quality[t.pos]
-        soft = soft_class_targets(out.scores, targets, values)
-        loss = quality_focal_loss(out.scores[t.valid], soft[t.valid], self.beta, out.scores_activated)
+        scores = out.scores.values
+        soft = soft_class_targets(scores, targets, values)
+        loss = quality_focal_loss(scores[t.valid], soft[t.valid], self.beta, out.scores.are_probabilities)
         if self.target == "iou":
             norm = loss_normalizer(floored_positives_per_image(t.pos), 1.0)
         else:
@@ -238,8 +240,9 @@ class VarifocalLoss(LossTerm):
 
     def __call__(self, out, targets: DenseTargets) -> Dict[str, torch.Tensor]:
         t = targets.main
-        soft = soft_class_targets(out.scores, targets, positive_ious(out.ltrb, targets).clamp(min=MIN_IOU_TARGET))
-        loss = varifocal_loss(out.scores[t.valid], soft[t.valid], self.alpha, self.gamma,
+        logits = out.scores.logits  # NEEDS_LOGITS: check_head refused heads giving probabilities
+        soft = soft_class_targets(logits, targets, positive_ious(out.ltrb, targets).clamp(min=MIN_IOU_TARGET))
+        loss = varifocal_loss(logits[t.valid], soft[t.valid], self.alpha, self.gamma,
                               self.iou_weighted) / targets.num_pos
         return {"loss_cls": self.weight * loss}
 

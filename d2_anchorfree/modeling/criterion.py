@@ -1,0 +1,276 @@
+"""The training criterion of the dense detectors: assigners, training phases, target building
+and loss terms, in one component that the detector calls with its head's outputs.
+
+One training step (``DenseCriterion.__call__``)::
+
+    head outputs (DenseOutputs with ClassScores) + Points + GT Instances
+    -> phase of this iteration: (assigner, loss terms); TOOD: ATSS + focal for the first
+       INITIAL_ASSIGNER_ITERS iterations, then TAL + QFL (the trainer's hook sets the iteration)
+    -> assigner(points, gt, detached probabilities and boxes) per image -> matched [R] (+ quality)
+       (and the auxiliary one-to-many assigner, DeFCN Sec. 3.4)
+    -> DenseTargets (positives, GT ltrb, worker-averaged normalizers)
+    -> sum of the phase's loss terms, each named, normalized and weighted
+
+The criterion holds no parameters and no tensors: it is not part of the model's state dict, and
+the detector's checkpoints are those of backbone and head.
+"""
+import logging
+from typing import Dict, List, NamedTuple, Optional, Tuple
+
+import torch
+
+from detectron2.config import configurable
+from detectron2.structures import Instances
+from detectron2.utils.events import get_event_storage
+
+from .assigners import build_assigner
+from .geometry import Points, boxes_to_ltrb, ltrb_to_boxes
+from .heads import DenseOutputs
+from .losses.terms import AuxFocalLoss, LossTerm, build_loss_term
+from .targets import DenseTargets, check_gt_instances, gather_positive_targets, loss_normalizer
+
+logger = logging.getLogger(__name__)
+
+
+def put_scalar(name: str, value: float):
+    """Log to the current detectron2 EventStorage, if any (training outside a trainer has none)."""
+    try:
+        storage = get_event_storage()
+    except AssertionError:
+        return
+    storage.put_scalar(name, value)
+
+
+def check_composition(head, assigner, aux_assigner=None, initial_assigner=None, loss_terms=(),
+                      initial_loss_terms=None) -> None:
+    """Reject compositions that would train the wrong thing silently.
+
+    Raises:
+        ValueError: the head's auxiliary classifier without an auxiliary assigner (or the
+            reverse); a loss term the head cannot feed (``LossTerm.check_head``); a term needing
+            soft targets (``NEEDS_QUALITY``) with an assigner of its phase that gives none; two
+            terms of a phase with the same output name (one would overwrite the other); a phase
+            without a classification ("loss_cls") or a box ("loss_box") term. Each message names
+            the config key to change.
+    """
+    has_aux_branch = getattr(head, "aux_logits", None) is not None
+    if has_aux_branch != (aux_assigner is not None):
+        raise ValueError(
+            f"the head's auxiliary classifier (present: {has_aux_branch}) and the auxiliary "
+            f"assigner (present: {aux_assigner is not None}) must come together (MODEL.DENSE.AUX_ASSIGNER)")
+    phases = [("MODEL.DENSE.LOSSES", loss_terms, assigner)]
+    if initial_assigner is not None:
+        phases.append(("MODEL.DENSE.INITIAL_LOSSES", initial_loss_terms or loss_terms, initial_assigner))
+    for key, terms, phase_assigner in phases:
+        outputs = []
+        for term in terms:
+            term.check_head(head)
+            if term.NEEDS_QUALITY and not getattr(phase_assigner, "PROVIDES_QUALITY", False):
+                raise ValueError(
+                    f"loss term {type(term).__name__} of {key} needs the assigner's soft targets "
+                    f"(MODEL.QFL.TARGET 'assigner' or MODEL.BOX_LOSS.WEIGHTING 'quality'), which "
+                    f"{type(phase_assigner).__name__} does not give")
+            outputs.extend(term.OUTPUTS)
+        repeated = sorted({o for o in outputs if outputs.count(o) > 1})
+        if repeated:
+            raise ValueError(f"{key} has several terms producing {repeated}: "
+                             f"{[type(t).__name__ for t in terms]}; keep one of each")
+        missing = [o for o in ("loss_cls", "loss_box") if o not in outputs]
+        if missing:
+            raise ValueError(f"{key} {[type(t).__name__ for t in terms]} has no term producing {missing}: "
+                             "a detector needs a classification and a box loss")
+
+
+class TrainingPhase(NamedTuple):
+    """The assigner and loss terms of a training step.
+
+    name: "initial" (the first ``initial_assigner_iters`` iterations, TOOD's warm-up) or "main".
+    assigner: callable(shifts, gt, pred_scores=, pred_boxes=) -> ``AssignResult``.
+    loss_terms: the loss terms (``losses/terms.py``), called in order.
+    """
+
+    name: str
+    assigner: object
+    loss_terms: List[LossTerm]
+
+
+class DenseCriterion:
+    """Assigners, training phases, targets and loss terms of a dense detector.
+
+    Called as ``criterion(out, points, gt_instances) -> {name: scalar loss}``. The training phase
+    depends on the trainer's iteration, which the trainer sets explicitly before every step
+    (:meth:`set_iteration`, from ``engine.hooks.CriterionIterationHook``); a resumed run sets it
+    from the checkpoint's iteration, so the phase resumes too. Outside a trainer the iteration is
+    0 (the initial phase, if any) until set.
+    """
+
+    @configurable
+    def __init__(self, *, num_classes: int, assigner, loss_terms: List[LossTerm], aux_assigner=None,
+                 initial_assigner=None, initial_assigner_iters: int = 0,
+                 initial_loss_terms: Optional[List[LossTerm]] = None):
+        """
+        Args:
+            num_classes: K >= 1 (the label of non-positive points in the targets).
+            assigner: callable(shifts, gt, pred_scores=, pred_boxes=) -> ``AssignResult``.
+            loss_terms: list of loss terms (``losses/terms.py``), called in order.
+            aux_assigner: one-to-many assigner of the head's auxiliary classifier, or None.
+            initial_assigner, initial_assigner_iters: assigner of the first iterations (TOOD's
+                ATSS warm-up; iterations ``0 .. initial_assigner_iters - 1``), or None and 0.
+            initial_loss_terms: the loss terms of those iterations, or None: ``loss_terms``.
+
+        Raises:
+            ValueError: ``initial_assigner_iters`` < 0, naming MODEL.DENSE.INITIAL_ASSIGNER_ITERS.
+        """
+        if initial_assigner_iters < 0:
+            raise ValueError(f"MODEL.DENSE.INITIAL_ASSIGNER_ITERS must be >= 0, got {initial_assigner_iters}")
+        self.num_classes = num_classes
+        self.assigner = assigner
+        self.aux_assigner = aux_assigner
+        self.initial_assigner = initial_assigner
+        self.initial_assigner_iters = int(initial_assigner_iters)
+        self.loss_terms = list(loss_terms)
+        self.initial_loss_terms = list(initial_loss_terms) if initial_loss_terms else self.loss_terms
+        self.iteration = 0
+
+    @classmethod
+    def from_config(cls, cfg, head, strides: List[int], parts):
+        """Build the assigners and loss terms that ``parts`` (``components.Components``, the
+        resolved choices of ``cfg``) names, and check them against ``head``.
+
+        Args:
+            cfg: the config. head: the built ``DenseHead``. strides: per level stride in pixels.
+            parts: the resolved component names.
+
+        Raises:
+            KeyError: an assigner or loss term name that is not registered.
+            ValueError: a composition :func:`check_composition` rejects.
+        """
+        assigner = build_assigner(parts.assigner, cfg, strides)
+        aux_assigner = build_assigner(parts.aux_assigner, cfg, strides) if parts.aux_assigner else None
+        initial = build_assigner(parts.initial_assigner, cfg, strides) if parts.initial_assigner else None
+        terms = [build_loss_term(cfg, name, parts) for name in parts.losses]
+        initial_terms = None
+        if initial is not None and parts.initial_losses is not None:
+            initial_terms = [build_loss_term(cfg, name, parts, initial=True) for name in parts.initial_losses]
+        if aux_assigner is not None:
+            terms.append(AuxFocalLoss(cfg))
+            if initial_terms is not None:
+                initial_terms.append(AuxFocalLoss(cfg))
+        check_composition(head, assigner, aux_assigner, initial, terms, initial_terms)
+        return {
+            "num_classes": cfg.MODEL.DENSE.NUM_CLASSES,
+            "assigner": assigner,
+            "loss_terms": terms,
+            "aux_assigner": aux_assigner,
+            "initial_assigner": initial,
+            "initial_assigner_iters": cfg.MODEL.DENSE.INITIAL_ASSIGNER_ITERS,
+            "initial_loss_terms": initial_terms,
+        }
+
+    @property
+    def components(self) -> List[object]:
+        """The assigners and loss terms in use (None for absent ones), for the unused-key check."""
+        initial_terms = self.initial_loss_terms if self.initial_loss_terms is not self.loss_terms else []
+        return [self.assigner, self.aux_assigner, self.initial_assigner, *self.loss_terms, *initial_terms]
+
+    def set_iteration(self, iteration: int) -> None:
+        """The trainer's iteration of the next step (0-based), which picks the training phase.
+
+        Raises:
+            ValueError: a negative iteration.
+        """
+        if iteration < 0:
+            raise ValueError(f"the training iteration must be >= 0, got {iteration}")
+        self.iteration = int(iteration)
+
+    @property
+    def phase(self) -> TrainingPhase:
+        """The phase of the current iteration: "initial" (initial assigner and loss terms) while
+        ``iteration < initial_assigner_iters``, else "main"."""
+        if self.initial_assigner is not None and self.iteration < self.initial_assigner_iters:
+            return TrainingPhase("initial", self.initial_assigner, self.initial_loss_terms)
+        return TrainingPhase("main", self.assigner, self.loss_terms)
+
+    @staticmethod
+    def assign(assigner, points: Points, gt_instances: List[Instances], pred_scores: torch.Tensor,
+               pred_boxes: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Run ``assigner`` on every image of the batch.
+
+        Args:
+            points: the step's points. gt_instances: N ``Instances``.
+            pred_scores: [N, R, K] detached class probabilities. pred_boxes: [N, R, 4] detached
+                XYXY pixels (prediction-unaware assigners ignore both).
+
+        Returns:
+            (matched [N, R] long: GT index, BACKGROUND (-1) or IGNORE (-2); quality [N, R] float
+            soft targets, or None when the assigner gives none).
+        """
+        results = [assigner(points.per_level, gt, pred_scores=pred_scores[i], pred_boxes=pred_boxes[i])
+                   for i, gt in enumerate(gt_instances)]
+        matched = torch.stack([r.matched for r in results])
+        if results and results[0].quality is not None:
+            return matched, torch.stack([r.quality for r in results])
+        return matched, None
+
+    def build_targets(self, points: Points, gt_instances: List[Instances], out: DenseOutputs,
+                      assigner=None) -> DenseTargets:
+        """Assign every image (``assigner`` and the auxiliary assigner) from the detached
+        predictions and gather the batch's targets.
+
+        Args:
+            points: the step's points. gt_instances: N ``Instances``.
+            out: the head's outputs with ``scores`` set.
+            assigner: the assigner of this step (default: the current phase's).
+
+        Returns:
+            :class:`~d2_anchorfree.modeling.targets.DenseTargets`.
+        """
+        with torch.no_grad():
+            pred_scores = out.scores.as_probabilities()
+            pred_boxes = ltrb_to_boxes(points.points, out.ltrb.detach())
+        assigner = self.phase.assigner if assigner is None else assigner
+        matched, quality = self.assign(assigner, points, gt_instances, pred_scores, pred_boxes)
+        main = gather_positive_targets(gt_instances, matched, self.num_classes)
+        gt_ltrb = boxes_to_ltrb(points.points[main.pos_point], main.gt_boxes)  # [P, 4] pixels
+        num_pos = loss_normalizer(main.pos.sum().float(), 1.0)
+        num_gt = max(1, sum(len(g) for g in gt_instances))
+        put_scalar("dense/num_pos_per_gt", main.pos.sum().item() / num_gt)
+        aux = None
+        if self.aux_assigner is not None:
+            aux_matched, _ = self.assign(self.aux_assigner, points, gt_instances, pred_scores, pred_boxes)
+            aux = gather_positive_targets(gt_instances, aux_matched, self.num_classes)
+            put_scalar("dense/num_aux_pos_per_gt", aux.pos.sum().item() / num_gt)
+        return DenseTargets(points.points, points.point_strides, main, gt_ltrb, quality, num_pos, aux)
+
+    def losses(self, out: DenseOutputs, targets: DenseTargets,
+               loss_terms: Optional[List[LossTerm]] = None) -> Dict[str, torch.Tensor]:
+        """Every loss term (default: the current phase's) on ``out`` and ``targets``.
+
+        Returns:
+            dict of named scalar losses, normalized and weighted.
+        """
+        losses: Dict[str, torch.Tensor] = {}
+        for term in (self.phase.loss_terms if loss_terms is None else loss_terms):
+            losses.update(term(out, targets))
+        return losses
+
+    def __call__(self, out: DenseOutputs, points: Points, gt_instances: List[Instances]) -> Dict[str, torch.Tensor]:
+        """The losses of one training step.
+
+        Args:
+            out: the head's flattened outputs with ``scores`` (:class:`ClassScores`) set.
+            points: the step's points (``geometry.Points``).
+            gt_instances: N ``Instances`` with ``gt_boxes`` (XYXY pixels of the network input),
+                ``gt_classes`` [G_i] long in [0, K), optionally ``gt_is_crowd`` [G_i] bool.
+
+        Returns:
+            dict of named scalar losses, already normalized and weighted (summed by the trainer).
+
+        Raises:
+            ValueError: a GT class outside [0, K) or a non-finite / degenerate GT box
+                (``targets.check_gt_instances``), or an assigner error.
+        """
+        check_gt_instances(gt_instances, self.num_classes)
+        phase = self.phase
+        targets = self.build_targets(points, gt_instances, out, phase.assigner)
+        return self.losses(out, targets, phase.loss_terms)
