@@ -164,7 +164,8 @@ def module_file(name: str, level: int, base_dir: str, repo: str) -> Optional[str
     return None
 
 
-IMPORT = re.compile(r"^\s*(?:from\s+(\.*)([\w.]*)\s+import\s+\(?([\w\s,]+)|import\s+([\w.]+))", re.M)
+IMPORT = re.compile(r"^[ \t]*(?:from[ \t]+(\.*)([\w.]*)[ \t]+import[ \t]+(\([\w\s,]+\)|[\w \t,]+)|import[ \t]+([\w.]+))",
+                    re.M)
 
 
 def script_flags(path: str, repo: str = REPO, _seen: Optional[Set[str]] = None) -> Set[str]:
@@ -190,7 +191,7 @@ def script_flags(path: str, repo: str = REPO, _seen: Optional[Set[str]] = None) 
         else:
             level = len(dots)
             cands.append(module_file(mod, level, base, repo))
-            for n in re.split(r"[\s,]+", names.strip()):  # from pkg import submodule
+            for n in re.split(r"[\s,()]+", names):  # from pkg import submodule
                 if n:
                     cands.append(module_file(f"{mod}.{n}" if mod else n, level, base, repo))
         for cand in cands:
