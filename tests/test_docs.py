@@ -32,6 +32,7 @@ REPO_PATH_ROOTS = ("configs/", "tools/", "docs/", "d2_anchorfree/", "projects/",
 CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Za-z0-9_]+)+$")
 FENCE = re.compile(r"^\s*(```|~~~)")
 LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\[\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+[\"'][^\"']*[\"'])?\s*\)")
+REF_DEF = re.compile(r"^ {0,3}\[[^\]]+\]:\s*<?(\S+?)>?(?:\s+[\"'(].*)?$")  # [ref]: path
 HEADING = re.compile(r"^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$")
 
 
@@ -107,8 +108,9 @@ def check_links(text: str, md_path: str, repo: str = REPO) -> Tuple[int, List[st
     repo = os.path.realpath(repo)
     checked, failures = 0, []
     for lineno, line in prose:
-        for m in LINK.finditer(strip_inline_code(line)):
-            target = m.group(1)
+        plain = strip_inline_code(line)
+        targets = [m.group(1) for m in LINK.finditer(plain)] + [m.group(1) for m in REF_DEF.finditer(plain)]
+        for target in targets:
             if target.lower().startswith(SKIPPED_SCHEMES):
                 continue
             checked += 1
@@ -416,6 +418,7 @@ def test_broken_links_are_reported(tmp_path):
         "[missing](nothere.md)",
         "[bad anchor](page.md#third-part)",
         "![missing image](img.png)",
+        "[ref]: ../../elsewhere/DESIGN.md",
         "[leaves](../../elsewhere/DESIGN.md)",
         "`[in code](nothere.md)`",
         "```",
@@ -423,12 +426,13 @@ def test_broken_links_are_reported(tmp_path):
         "```",
     ])
     n, fails = check_links(text, str(md), str(tmp_path))
-    assert n == 7, (n, fails)
-    assert len(fails) == 4, fails
+    assert n == 8, (n, fails)
+    assert len(fails) == 5, fails
     assert "docs/index.md:3: link (nothere.md): docs/nothere.md does not exist" in fails[0]
     assert "no heading with anchor #third-part" in fails[1] and ":4:" in fails[1]
     assert "img.png does not exist" in fails[2]
     assert "leaves the repository" in fails[3] and ":6:" in fails[3]
+    assert "leaves the repository" in fails[4] and ":7:" in fails[4]
 
 
 def test_broken_commands_are_reported(tmp_path):
