@@ -11,15 +11,15 @@
   local modules it imports; detectron2's ``default_argument_parser`` flags when it uses it).
   Config ``KEY VALUE`` pairs after the flags are not checked.
 
-Pure text processing: no torch, no detectron2, well under a second.
+Pure text processing: no torch, no detectron2, well under a second (tests/conftest.py imports
+torch for the rest of the suite; ``pytest --noconftest tests/test_docs.py`` runs this file with
+only pytest installed).
 """
 import glob
 import os
 import re
 import shlex
 from typing import Dict, Iterator, List, Optional, Set, Tuple
-
-import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
