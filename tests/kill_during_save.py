@@ -84,7 +84,6 @@ elif stage == "replace":
 else:
     sys.exit(f"unknown stage {stage!r}")
 
-sys.path.insert(0, REPO)
-import train_net  # noqa: E402
+from d2_anchorfree.cli.train import argument_parser, main  # noqa: E402  (after the patches above)
 
-train_net.main(train_net.argument_parser().parse_args(sys.argv[1:]))
+main(argument_parser().parse_args(sys.argv[1:]))
