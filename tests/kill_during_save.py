@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Test driver: run ``train_net.py`` and SIGKILL this very process at one point of saving a file.
+"""Test driver: run ``d2af train`` and SIGKILL this very process at one point of saving a file.
 
     D2AF_KILL_AT=<basename>:<stage>[:<bytes>] python tests/kill_during_save.py <train_net args>
 
@@ -19,7 +19,6 @@ import sys
 
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 target, stage, *rest = os.environ["D2AF_KILL_AT"].split(":")
 temp_prefix = "." + target + "."
 

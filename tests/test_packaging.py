@@ -207,6 +207,9 @@ def test_wheel_ships_the_configs_and_model_zoo_works_installed(tmp_path):
     for path in run.stdout.split():
         assert path.startswith(str(venv)) and os.path.isfile(path), path
     assert os.path.isfile(os.path.join(os.path.dirname(run.stdout.split()[0]), "Base-FCOS.yaml"))  # its _BASE_
-    cli = subprocess.run([str(venv / "bin" / "d2af"), "--help"], capture_output=True, text=True,
-                         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    cli = subprocess.run([str(venv / "bin" / "d2af"), "--help"], capture_output=True, text=True, env=env)
     assert cli.returncode == 0 and "prepare-data" in cli.stdout, cli.stderr[-3000:]
+    bench = subprocess.run([str(venv / "bin" / "d2af"), "benchmark", "--quick"], capture_output=True, text=True,
+                           env=env, cwd=str(tmp_path))
+    assert bench.returncode == 2 and "not installed with the package" in bench.stderr, bench.stderr[-3000:]

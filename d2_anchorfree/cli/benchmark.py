@@ -43,8 +43,9 @@ def import_suite(suite: str):
         raise ValueError(f"unknown benchmark {suite!r}; the benchmarks are: {', '.join(SUITES)}")
     root = source_root()
     folder = os.path.join(root, "benchmarks")
-    if not os.path.isfile(os.path.join(folder, "__init__.py")):
-        raise RuntimeError(f"no benchmarks/ folder next to the d2_anchorfree package in {root}: the benchmarks "
+    in_checkout = os.path.isfile(os.path.join(root, "pyproject.toml"))  # not a site-packages folder
+    if not (in_checkout and os.path.isfile(os.path.join(folder, "__init__.py"))):
+        raise RuntimeError(f"no source tree with benchmarks/ around the d2_anchorfree package in {root}: the benchmarks "
                            "are not installed with the package; run them from a source checkout "
                            "(pip install -e <checkout>)")
     loaded = sys.modules.get("benchmarks")
@@ -74,10 +75,8 @@ def main(argv: Optional[List[str]] = None, prog: Optional[str] = None, suite: Op
         suite (str, optional): run this suite (the ``tools/benchmark_*.py`` scripts).
 
     Returns:
-        int: the suite's exit code (0 when it returns no number).
-
-    Raises:
-        ValueError, RuntimeError: as :func:`import_suite`.
+        int: the suite's exit code (0 when it returns no number); 2 with an ``error:`` line when
+        the suite cannot be imported (:func:`import_suite`: an unknown suite, or no source tree).
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     if suite is None:
@@ -87,7 +86,12 @@ def main(argv: Optional[List[str]] = None, prog: Optional[str] = None, suite: Op
         if argv[:1] in (["-h"], ["--help"]) and suite == "detectors":
             print("suites (first argument, default detectors):\n"
                   + "\n".join(f"  {name:9s}  {text}" for name, text in SUITES.items()) + "\n")
-    code = import_suite(suite).main(argv, prog=prog)
+    try:
+        module = import_suite(suite)
+    except (ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    code = module.main(argv, prog=prog)
     return code if isinstance(code, int) else 0
 
 
