@@ -113,6 +113,15 @@ def test_runtime_and_model_zoo_import_without_torch():
     assert "needs torch and detectron2" in error
 
 
+def test_onnx_runtime_script_runs_without_torch():
+    """tools/predict_onnx.py (a wrapper of d2_anchorfree.runtime.predict_onnx) where torch and
+    detectron2 cannot be imported: its usage prints, exit code 0."""
+    code = BLOCK_TORCH + (f"import runpy; sys.argv = ['predict_onnx.py', '--help']; "
+                          f"runpy.run_path({os.path.join(REPO, 'tools', 'predict_onnx.py')!r}, run_name='__main__')")
+    run = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True)
+    assert run.returncode == 0 and "--model MODEL" in run.stdout, run.stderr[-3000:]
+
+
 # ----------------------------------------------------------------------------------------------
 # the command line
 
@@ -134,6 +143,16 @@ def test_each_subcommand_has_help(argv, capsys):
         cli_main.main([*argv, "--help"])
     assert exit_info.value.code == 0
     assert f"usage: d2af {' '.join(argv)} " in capsys.readouterr().out
+
+
+def test_benchmark_suite_is_the_first_argument_or_detectors():
+    from d2_anchorfree.cli import benchmark
+
+    assert benchmark.split_suite(["export", "--quick"]) == ("export", ["--quick"])
+    assert benchmark.split_suite(["--quick"]) == ("detectors", ["--quick"])
+    assert benchmark.split_suite([]) == ("detectors", [])
+    with pytest.raises(ValueError, match="unknown benchmark 'speed'; the benchmarks are: detectors, export"):
+        benchmark.import_suite("speed")
 
 
 def _trees_opts(trees, out_dir):
