@@ -60,7 +60,7 @@ def coco_eval_backend(max_dets_per_image: int = 100) -> str:
        when ``detectron2._C`` imports and ``max_dets_per_image == 100``: for another value
        detectron2 itself switches to its pycocotools-based ``COCOevalMaxDets``;
     2. ``"faster_coco_eval"``: the ``faster-coco-eval`` package (C++ evaluate/accumulate), when
-       installed; its numbers equal pycocotools' (``tools/benchmark_cocoeval.py``);
+       installed; its numbers equal pycocotools' (``benchmarks/cocoeval.py``);
     3. ``"pycocotools"``: COCO's official Python implementation.
 
     Args:

@@ -1,5 +1,4 @@
 """Shared test helpers: config loading and tiny synthetic batches."""
-import importlib.util
 import os
 import subprocess
 import sys
@@ -18,21 +17,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 
-def load_tool(name: str):
-    """Import ``tools/<name>.py`` (the tools are scripts, not a package) as a module."""
-    path = os.path.join(REPO, "tools", name + ".py")
-    spec = importlib.util.spec_from_file_location("d2af_tool_" + name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 CACHE_ROOT = os.environ.get("D2AF_CACHE", os.path.expanduser("~/.cache/d2af"))
 
 
 def trees_dir() -> str:
     """The prepared tree-crown data: the checkout's datasets/trees (make demo), else prepared once
-    into the cache by tools/prepare_trees.py (a fresh clone, e.g. CI, has no datasets/)."""
+    into the cache by tools/prepare_trees.py (``d2af prepare-data``; a fresh clone, e.g. CI, has no datasets/)."""
     trees = os.path.join(REPO, "datasets", "trees")
     if os.path.isfile(os.path.join(trees, "val_whole.json")):  # the last file of a complete preparation
         return trees

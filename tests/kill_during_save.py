@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Test driver: run ``train_net.py`` and SIGKILL this very process at one point of saving a file.
+"""Test driver: run ``d2af train`` and SIGKILL this very process at one point of saving a file.
 
     D2AF_KILL_AT=<basename>:<stage>[:<bytes>] python tests/kill_during_save.py <train_net args>
 
@@ -19,7 +19,6 @@ import sys
 
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 target, stage, *rest = os.environ["D2AF_KILL_AT"].split(":")
 temp_prefix = "." + target + "."
 
@@ -84,7 +83,6 @@ elif stage == "replace":
 else:
     sys.exit(f"unknown stage {stage!r}")
 
-sys.path.insert(0, REPO)
-import train_net  # noqa: E402
+from d2_anchorfree.cli.train import argument_parser, main  # noqa: E402  (after the patches above)
 
-train_net.main(train_net.argument_parser().parse_args(sys.argv[1:]))
+main(argument_parser().parse_args(sys.argv[1:]))

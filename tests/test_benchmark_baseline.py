@@ -1,4 +1,4 @@
-"""The dense FCOS assignment baseline of tools/benchmark.py (tools/dense_fcos_baseline.py) labels
+"""The dense FCOS assignment baseline of the detectors benchmark (benchmarks/dense_fcos_baseline.py) labels
 points exactly like the library's chunked FCOSAssigner: on a hand-worked case and on random
 cases (crowd boxes, duplicated boxes, boxes on the point grid so that "strictly inside" and the
 inclusive range ends are hit exactly, tiny chunks so that the GTs are split)."""
@@ -9,10 +9,7 @@ from detectron2.structures import Boxes, Instances
 
 from d2_anchorfree.modeling.assigners import FCOSAssigner
 
-from conftest import load_tool
-
-
-baseline = load_tool("dense_fcos_baseline")
+from benchmarks import dense_fcos_baseline as baseline
 
 
 def grid(height, width, stride):

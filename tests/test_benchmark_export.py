@@ -1,4 +1,4 @@
-"""tools/benchmark_export.py: a tiny run (tiny FCOS, 128x128, one repetition, no warm-up) goes
+"""benchmarks/export.py (d2af benchmark export): a tiny run (tiny FCOS, 128x128, one repetition, no warm-up) goes
 through export, the three backends, the backbone-only parts and the onnxruntime profile, and
 writes a JSON with one row per backend and part, positive times and the environment. No
 timing is checked."""
@@ -7,12 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from conftest import load_tool
-
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-bench = load_tool("benchmark_export")
+from benchmarks import export as bench  # noqa: E402
 
 
 def test_tiled_image_repeats_the_tile(tmp_path):

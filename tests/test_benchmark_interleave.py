@@ -1,10 +1,7 @@
-"""tools/benchmark.py times models round-robin (``interleaved``, tools/bench/timing.py): every
+"""The detectors benchmark times models round-robin (``interleaved``, benchmarks/timing.py): every
 round runs every model once, in an order rotated by the round, keeps only the rounds after the
 warm-up, and drops a model that raises without stopping the others."""
-from conftest import load_tool
-
-load_tool("benchmark")  # the command line loads; it puts tools/ (with the bench package) on sys.path
-from bench.timing import interleaved  # noqa: E402
+from benchmarks.timing import interleaved
 
 
 def test_rounds_rotate_the_order_and_drop_the_warmup():

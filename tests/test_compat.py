@@ -14,13 +14,12 @@ from detectron2.engine import SimpleTrainer, TrainerBase
 from detectron2.evaluation import coco_evaluation
 from detectron2.structures import Boxes, BoxMode, Instances
 
-from conftest import load_tool
-
 from d2_anchorfree import compat
 from d2_anchorfree.engine.trainer import AnchorFreeTrainer
 from d2_anchorfree.evaluation import AnchorFreeCOCOEvaluator
 
-bench = load_tool("benchmark_cocoeval")
+from benchmarks import cocoeval as bench
+
 HAS_C = compat.detectron2_has_C()
 
 

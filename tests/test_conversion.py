@@ -1,6 +1,6 @@
 """Checkpoint conversion: reading other frameworks' files without running code from them, the
 complete-and-exact renaming core (``convert_state_dict``), MMDetection's names on the zoo configs,
-and ``tools/convert_checkpoint.py`` end to end on a synthetic MMDetection 3.x checkpoint."""
+and ``d2af convert`` (``d2_anchorfree/cli/convert.py``) end to end on a synthetic MMDetection 3.x checkpoint."""
 import collections
 import functools
 import pickle
@@ -19,7 +19,9 @@ from d2_anchorfree.checkpoint.conversion import (
 from d2_anchorfree.checkpoint.conversion import mmdet
 from d2_anchorfree.checkpoint.safe_load import UnsafeWeightFileError
 
-from conftest import REPO, load_cfg, load_tool
+from d2_anchorfree.cli import convert as convert_tool
+
+from conftest import REPO, load_cfg
 
 ZOO = "configs/zoo/mmdet/"
 GFL = ZOO + "gfl_r50_fpn_1x_coco.yaml"
@@ -479,24 +481,23 @@ def test_conversion_names_missing_and_stray_keys(gfl_source):
 
 def _main(src, out):
     # options first, the checkpoint last (see test_documented_command_line_parses for the other order)
-    return load_tool("convert_checkpoint").main(["--config-file", f"{REPO}/{GFL}", "--output", str(out), str(src)])
+    return convert_tool.main(["--config-file", f"{REPO}/{GFL}", "--output", str(out), str(src)])
 
 
 def test_command_line_with_overrides():
-    args = load_tool("convert_checkpoint").parse_args(
+    args = convert_tool.parse_args(
         ["--config-file", "c.yaml", "--output", "o.pth", "ck.pth", "MODEL.DENSE.NUM_CLASSES", "1"])
     assert (args.checkpoint, args.config_file, args.output, args.source) == ("ck.pth", "c.yaml", "o.pth", "auto")
     assert args.opts == ["MODEL.DENSE.NUM_CLASSES", "1"]
 
 
 def test_documented_command_line_parses():
-    """The usage in tools/convert_checkpoint.py's docstring parses as written."""
+    """The usage in d2af convert's docstring parses as written."""
     import shlex
 
-    tool = load_tool("convert_checkpoint")
-    usage = tool.__doc__.split("python tools/convert_checkpoint.py", 1)[1].split("\n    python", 1)[0]
+    usage = convert_tool.__doc__.split("d2af convert", 1)[1].split("\n    d2af", 1)[0]
     argv = shlex.split(usage.replace("\\\n", " "))
-    args = tool.parse_args(argv)
+    args = convert_tool.parse_args(argv)
     assert args.checkpoint.endswith(".pth") and args.output == "gfl_r50_mmdet.pth" and args.opts == []
 
 

@@ -21,10 +21,7 @@ from d2_anchorfree.data import (
     register_datasets_from_config,
     validate_coco_json,
 )
-
-from conftest import load_tool
-
-trees = load_tool("trees_data")  # tools/trees_data.py: download + tiling of the bundled data
+from d2_anchorfree.data import trees  # download + tiling of the bundled data
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Export (issue 12): ONNX and TorchScript files of every detector and a YAML composition give the
 PyTorch model's detections on real tree tiles at two input sizes from one file, an empty result
 when nothing passes the threshold, COCO AP equal to PyTorch's evaluation through the torch-free
-runtime (tools/predict_onnx.py), and export refuses what would be wrong (a data-dependent branch
+runtime (d2_anchorfree.runtime.predict_onnx), and export refuses what would be wrong (a data-dependent branch
 in the trace, deformable convs below opset 19).
 
 Weights: each detector is trained briefly on the bundled tree tiles (50 iterations of 2 images,
@@ -163,10 +163,11 @@ def test_no_detection_gives_empty_outputs(name, tiles, tmp_path):
 
 
 def _torch_free(script_args, cwd):
-    """Run tools/predict_onnx.py in a Python where importing torch, torchvision or detectron2 fails."""
+    """Run ``python -m d2_anchorfree.runtime.predict_onnx`` in a Python where importing torch,
+    torchvision or detectron2 fails."""
     code = ("import sys, runpy; [sys.modules.__setitem__(m, None) for m in ('torch', 'torchvision', 'detectron2')]; "
             f"sys.argv = ['predict_onnx.py'] + {list(script_args)!r}; "
-            f"runpy.run_path({os.path.join(REPO, 'tools', 'predict_onnx.py')!r}, run_name='__main__')")
+            "runpy.run_module('d2_anchorfree.runtime.predict_onnx', run_name='__main__', alter_sys=True)")
     return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True)
 
 
@@ -272,9 +273,8 @@ def test_non_finite_candidates_raise_instead_of_vanishing():
 
 
 def test_runtime_evaluation_without_detections_is_nan_not_zero(tmp_path):
-    from conftest import load_tool
+    from d2_anchorfree.runtime import predict_onnx
 
-    predict_onnx = load_tool("predict_onnx")
     metrics = predict_onnx.evaluate(os.path.join(trees_dir(), "val.json"), [], 300)
     assert all(np.isnan(v) for v in metrics.values())
 

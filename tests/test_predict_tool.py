@@ -1,4 +1,4 @@
-"""tools/predict.py (issue 13, item 7): unreadable images are skipped, listed and make the exit
+"""d2af predict (tools/predict.py): unreadable images are skipped, listed and make the exit
 code 1 while results.json is written for the others; output names keep the input's relative path
 so that same-named files in different folders (or a.png and a.tif) do not collide; images are
 read by the training reader."""
@@ -19,16 +19,15 @@ from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 
 import d2_anchorfree.data.image_io as image_io
+from d2_anchorfree.cli import predict
 
-from conftest import REPO, load_cfg, load_tool
+from conftest import REPO, load_cfg
 
 CONFIG = os.path.join(REPO, "configs", "FCOS", "FCOS_tiny_R_18_cpu.yaml")
 # No dataset; small test images; an untrained model detects nothing above the default threshold.
 OPTS = ["DATASETS.REGISTER_COCO", "()", "DATASETS.TRAIN", "()", "DATASETS.TEST", "()",
         "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "96", "MODEL.DENSE.SCORE_THRESH_TEST", "0.0",
         "TEST.DETECTIONS_PER_IMAGE", "5", "MODEL.DEVICE", "cpu"]
-
-predict = load_tool("predict")
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from d2_anchorfree.inference import build_inference_model, slicing
 from d2_anchorfree.inference.slicing import (SlicedDetector, merge_windows, resize_shortest_edge, slice_windows,
                                              window_origins, windows_to_image)
 
-from conftest import REPO, load_cfg, load_tool, make_toy_data
+from conftest import REPO, load_cfg, make_toy_data
 
 
 def instances(size, boxes, scores, classes=None):
@@ -288,7 +288,7 @@ def test_evaluation_with_slicing_sees_full_resolution_images(tmp_path):
 def test_predict_tool_slice_flags(tmp_path):
     import cv2
 
-    predict = load_tool("predict")
+    from d2_anchorfree.cli import predict
     path = tmp_path / "big.png"
     assert cv2.imwrite(str(path), np.random.default_rng(0).integers(0, 256, (90, 130, 3), dtype=np.uint8))
     rc = predict.main(["--config-file", os.path.join(REPO, "configs/FCOS/FCOS_tiny_R_18_cpu.yaml"),
@@ -310,7 +310,7 @@ def test_predict_tool_slice_flags(tmp_path):
 def test_val_whole_holds_the_val_regions_untiled(tmp_path):
     from PIL import Image
 
-    trees = load_tool("trees_data")
+    from d2_anchorfree.data import trees
     rng = np.random.default_rng(0)
     big = Image.fromarray(rng.integers(0, 256, (500, 1000, 3), dtype=np.uint8))
     voc = trees.VocAnnotation("big.png", 1000, 500, np.array([[20, 30, 60, 80], [560, 50, 660, 100],

@@ -130,8 +130,7 @@ def test_default_predictor_round_trip_and_predict_tool(toy, tmp_path):
     assert torch.allclose(got.pred_boxes.tensor, ref.pred_boxes.tensor) and torch.equal(got.scores, ref.scores)
     assert got.image_size == (h, w)
 
-    sys.path.insert(0, os.path.join(REPO, "tools"))
-    import predict
+    from d2_anchorfree.cli import predict
 
     out = tmp_path / "pred"
     predict.main(["--config-file", CONFIG, "--input", str(toy / "images" / "*.png"), "--output", str(out),

@@ -1,8 +1,7 @@
 """Data layer: COCO datasets registered from the config (``DATASETS.REGISTER_COCO``), annotation,
 area, image and class-count checks, the one image reader of training, evaluation and prediction
-(``image_io.read_image``) and a dataset mapper that names unreadable image files. (Downloading and
-tiling the bundled tree-crown data is a tool's job: ``tools/trees_data.py``, run by
-``tools/prepare_trees.py``.)"""
+(``image_io.read_image``) and a dataset mapper that names unreadable image files. Downloading and
+tiling the bundled tree-crown data: :mod:`d2_anchorfree.data.trees` (``d2af prepare-data``)."""
 from .datasets import (
     check_coco_areas,
     check_num_classes,

@@ -2,7 +2,7 @@
 
 ``graph.InferenceGraph`` is the computation (uint8 image -> boxes, scores, classes);
 ``exporter`` traces it with tracer warnings as errors and writes the files. The runtime that
-needs neither torch nor detectron2 is ``tools/predict_onnx.py``.
+needs neither torch nor detectron2 is :mod:`d2_anchorfree.runtime.predict_onnx` (``d2af predict-onnx``).
 """
 from .exporter import (DEFAULT_OPSET, DEFORM_CONV_OPSET, HARMLESS_TRACER_WARNINGS, ExportTraceError,
                        deform_conv2d_symbolic, export_model, export_onnx, export_torchscript,

@@ -17,7 +17,7 @@ branch (so that one trace serves every input size):
 
 Not inside: resizing to the test size (``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``) and mapping
 the boxes back to the original image; the runtime does both, exactly as detectron2's
-``DefaultPredictor`` (``tools/predict_onnx.py``). One image per call (batch of one).
+``DefaultPredictor`` (:mod:`d2_anchorfree.runtime.predict_onnx`). One image per call (batch of one).
 """
 import json
 from typing import Dict, Tuple

@@ -53,7 +53,7 @@ def window_origins(length: int, size: int, overlap: int) -> List[int]:
     ``n = ceil((length - size) / (size - overlap)) + 1`` windows spread evenly: origin
     ``i * (length - size) // (n - 1)``, so the first starts at 0, the last ends exactly at
     ``length`` and neighbours overlap by at least ``overlap`` pixels (the same rule as the data
-    preparation's tiles, ``tools/trees_data.tile_origins``, whose stride is ``size - overlap``).
+    preparation's tiles, ``d2_anchorfree.data.trees.tile_origins``, whose stride is ``size - overlap``).
     ``length <= size`` gives ``[0]`` (one window, cut to ``length``).
     Example: length 1035, size 400, overlap 100 -> [0, 211, 423, 635].
 

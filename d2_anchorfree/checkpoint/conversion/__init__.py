@@ -1,4 +1,4 @@
-"""Checkpoints of the reference implementations -> d2_anchorfree models (``tools/convert_checkpoint.py``).
+"""Checkpoints of the reference implementations -> d2_anchorfree models (``d2af convert``).
 
 Sources: MMDetection 2.x / 3.x (:mod:`.mmdet`), AdelaiDet (:mod:`.adelaidet`), DeFCN / cvpods
 (:mod:`.defcn`). A conversion is complete and exact or it fails (:class:`ConversionError`).

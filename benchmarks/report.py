@@ -86,7 +86,7 @@ def model_table(results: List[Dict], parts: List[str], header: List[str], iqr: b
 
 def report(results: Dict, args) -> str:
     """The Markdown tables of every section run; also stores ``results["baseline"]`` (see
-    :func:`bench.assign.baseline_summary`) when the assignment section ran."""
+    :func:`benchmarks.assign.baseline_summary`) when the assignment section ran."""
     out = []
     cuda = args.device.startswith("cuda")
     if results["inference"]:

@@ -1,7 +1,7 @@
 """``infer`` section: inference latency per image.
 
 Median and min/max/IQR over ``--runs`` runs after ``--warmup``, taken round-robin over the
-models (:func:`bench.timing.interleaved`), split by calling the model's parts in turn:
+models (:func:`benchmarks.timing.interleaved`), split by calling the model's parts in turn:
 ``preprocess_image`` (normalize, pad), ``backbone`` (ResNet + FPN), ``head``, and
 post-processing (``forward_inference`` + ``detector_postprocess``: candidate selection, decode,
 NMS or NMS-free top-k, rescale). Before timing, each model's split path is checked against
@@ -62,7 +62,7 @@ def inference_laps(model, inputs, device: str):
 
 
 def run_inference(args, entries: List[Dict], base: Dict, height: int, width: int, results: Dict):
-    """Time inference of every entry (see :func:`bench.models.build_entries`) on
+    """Time inference of every entry (see :func:`benchmarks.models.build_entries`) on
     ``height`` x ``width`` inputs; appends one row per entry to ``results["inference"]``."""
     infer_entries = [dict(e) for e in entries]
     for e in infer_entries:

@@ -1,11 +1,11 @@
 """``assign`` section: target assignment alone, time and peak memory.
 
 One image of ``--assign-size`` with five levels (strides 8..128) and ``--gt-counts`` random GT
-boxes (default 10/100/1000/3000), for every ``--assigners`` entry (:mod:`bench.models`); the
+boxes (default 10/100/1000/3000), for every ``--assigners`` entry (:mod:`benchmarks.models`); the
 dense ones (dense-FCOS, d2-FCOS, d2-RetinaNet) only up to ``--dense-max-gt``. Every case runs in
-a fresh subprocess (``tools/benchmark.py --assign-case JSON``, :func:`run_assign_case`) so that
+a fresh subprocess (``python -m benchmarks.detectors --assign-case JSON``, :func:`run_assign_case`) so that
 no case inherits another's allocations. Peak memory is that of the first call (inputs already
-built, nothing freed before it that the call could reuse), measured as :mod:`bench.memory`
+built, nothing freed before it that the call could reuse), measured as :mod:`benchmarks.memory`
 says; the time is summarized over ``--assign-runs`` further calls. ``--threads`` is passed on to
 every subprocess. :func:`baseline_summary` compares the chunked FCOSAssigner with the dense
 baseline at ``--baseline-gt`` against the targets ``TARGET_TIME`` and ``TARGET_MEM``.
@@ -19,7 +19,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from . import REPO, TOOLS
+from . import REPO
 from .inputs import assign_inputs, parse_size
 from .memory import first_call_peak
 from .models import DENSE_ASSIGNERS, make_assign_fn
@@ -57,7 +57,7 @@ def run_assign(args, results: Dict):
                 continue
             spec = {"assigner": name, "num_gt": num_gt, "size": args.assign_size, "device": args.device,
                     "runs": args.assign_runs, "threads": args.threads}
-            proc = subprocess.run([sys.executable, os.path.join(TOOLS, "benchmark.py"), "--assign-case",
+            proc = subprocess.run([sys.executable, "-m", "benchmarks.detectors", "--assign-case",
                                    json.dumps(spec)], capture_output=True, text=True, cwd=REPO)
             try:
                 row = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -19,7 +19,7 @@ calls time every one of them.
 
 Assigners (``--assigners``, :func:`make_assign_fn`): ours FCOS (scale ranges + center sampling
 1.5), ATSS, POTO (prior + quality + Hungarian matching), POTO's auxiliary one-to-many
-assignment and TOOD's TAL; the dense FCOS baseline (tools/dense_fcos_baseline.py, [points x GT x 4] tensors);
+assignment and TOOD's TAL; the dense FCOS baseline (benchmarks/dense_fcos_baseline.py, [points x GT x 4] tensors);
 detectron2's FCOS ``match_anchors`` and RetinaNet ``label_anchors`` (both dense too).
 """
 import os
@@ -29,7 +29,7 @@ from typing import Callable, Dict, List, Tuple
 
 import torch
 
-from dense_fcos_baseline import dense_fcos_assign
+from .dense_fcos_baseline import dense_fcos_assign
 
 from . import REPO
 from .inputs import STRIDES

@@ -1,10 +1,10 @@
 """``train`` section: one training step (forward + backward, no optimizer step).
 
 ``--train-batch`` images with ``--train-gt`` random boxes each, ``--train-runs`` steps after
-``--warmup-train``, round-robin over the models (:func:`bench.timing.interleaved`), split into
+``--warmup-train``, round-robin over the models (:func:`benchmarks.timing.interleaved`), split into
 forward (preprocess + backbone + head), target assignment, losses and backward. Assignment is
 timed by replacing the model's assigner attributes with a timing proxy
-(:class:`bench.timing.TimedCall`; ours: ``model.criterion.assigner`` and DeFCN's ``aux_assigner``;
+(:class:`benchmarks.timing.TimedCall`; ours: ``model.criterion.assigner`` and DeFCN's ``aux_assigner``;
 detectron2's RetinaNet and FCOS: the bound method ``model.label_anchors``, which for FCOS calls
 ``match_anchors``). "losses" = time of ``forward_training`` minus the assignment. On CUDA also
 images/s and the peak memory of the step.
@@ -53,7 +53,7 @@ def train_step_laps(model, inputs, proxies: Dict[str, TimedCall], device: str):
 
 
 def install_assign_proxies(model, device: str) -> Dict[str, TimedCall]:
-    """Replace the model's assignment attributes (:func:`bench.models.assign_hooks`) by timing proxies."""
+    """Replace the model's assignment attributes (:func:`benchmarks.models.assign_hooks`) by timing proxies."""
     proxies = {(owner, n): TimedCall(getattr(owner, n), device) for owner, n in assign_hooks(model)}
     for (owner, n), p in proxies.items():
         setattr(owner, n, p)

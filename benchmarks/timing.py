@@ -96,7 +96,7 @@ def interleaved(entries: List[Dict], rounds: int, warmup: int, measure: Callable
 def entry_row(entry: Dict, samples: Dict, row: Dict, extra: Callable[[], Dict], device: str, images: int) -> Dict:
     """``row`` completed for one :func:`interleaved` entry: its error, or the summary of each
     timed part, then ``extra()``, then on CUDA images/s (``images`` per timed call) and the
-    entry's peak memory (see :class:`bench.memory.CudaPeak`)."""
+    entry's peak memory (see :class:`benchmarks.memory.CudaPeak`)."""
     if "error" in entry:
         row["error"] = entry["error"]
         return row

@@ -6,7 +6,7 @@ image: the in-prior (point, GT) pairs and their quality are computed once, then 
 ``match_one_to_one`` (dense ``linear_sum_assignment`` on the [G x in-prior columns] matrix,
 sparse LAPJVsp on the in-prior pairs), and the whole POTO assigner. Also reported: the problem
 size, whether both solvers give the same matching, and which one POTOAssigner picks at that
-size (all through :class:`bench.models.PotoMatching`).
+size (all through :class:`benchmarks.models.PotoMatching`).
 """
 import time
 import traceback

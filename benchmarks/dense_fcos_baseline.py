@@ -1,4 +1,4 @@
-"""A straightforward, fully dense FCOS target assignment: the reference that tools/benchmark.py
+"""A straightforward, fully dense FCOS target assignment: the reference that benchmarks/detectors.py
 times against the library's chunked ``FCOSAssigner`` (and that tests/test_benchmark_baseline.py
 checks for identical labels).
 

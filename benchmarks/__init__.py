@@ -1,0 +1,26 @@
+"""Benchmarks of d2_anchorfree (not part of the installed package; run from the source tree).
+
+Command lines (each also ``d2af benchmark <name> ...`` and ``python -m benchmarks.<name> ...``):
+
+* :mod:`benchmarks.detectors`: speed, memory and scaling of the detectors next to detectron2's
+  (``d2af benchmark``; ``python tools/benchmark.py``);
+* :mod:`benchmarks.export`: latency of eager PyTorch vs onnxruntime vs TorchScript;
+* :mod:`benchmarks.slicing`: accuracy, time and memory of sliced inference and TTA;
+* :mod:`benchmarks.cocoeval`: pycocotools vs faster-coco-eval vs detectron2's C++ COCOeval.
+
+The parts of :mod:`benchmarks.detectors`:
+
+* :mod:`benchmarks.timing`: wall-clock laps, timing proxies, round-robin timing, summaries.
+* :mod:`benchmarks.memory`: peak memory of a call (CUDA allocator, Linux RSS high-water mark).
+* :mod:`benchmarks.inputs`: synthetic images, GT boxes, FPN points and predictions.
+* :mod:`benchmarks.models`: the detectors and assigners under test; the one module that uses
+  d2_anchorfree's internals and config keys.
+* :mod:`benchmarks.inference`, :mod:`benchmarks.training`, :mod:`benchmarks.assign`,
+  :mod:`benchmarks.hungarian`:
+  one section each (``--sections infer,train,assign,hungarian``).
+* :mod:`benchmarks.report`: run description, progress lines and the Markdown tables.
+"""
+import os
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SUITES = ("detectors", "export", "slicing", "cocoeval")

@@ -1,0 +1,250 @@
+"""Run a trained detector on an image, a folder, a glob or a registered dataset with detectron2's DefaultPredictor.
+
+    d2af predict --config-file configs/FCOS/FCOS_tiny_R_18_cpu.yaml \
+        --input trees_val --output output/predictions \
+        MODEL.WEIGHTS output/fcos_tiny/model_final.pth
+
+Every input gets a unique relative name: its path relative to the input root (the folder given,
+the folder part of a glob before its first wildcard, the dataset's ``image_root``, or the folder of
+a single file), e.g. ``a/x.png`` and ``b/x.png`` for ``--input "imgs/*/x.png"``. Writes
+``<output>/<relative name>.jpg`` with the detections drawn (detectron2 ``Visualizer``; the
+extension is kept, so ``a.png`` and ``a.tif`` give ``a.png.jpg`` and ``a.tif.jpg``; sub-folders
+are mirrored) and ``<output>/results.json``: a COCO-style results list (file_name = the relative
+name, category_id, bbox [x, y, w, h] in pixels, score). Images are read by the reader used in
+training (``d2_anchorfree.data.image_io.read_image``); an image it refuses (missing, corrupt,
+truncated, 16-bit or float) is skipped with a warning, the run goes on, results.json is written
+for all the others, the skipped files are listed at the end and the exit code is 1. Shows a
+progress bar over the images (and, with ``--slice``, one over the windows of each image).
+
+Large images (aerial orthophotos): ``--slice`` runs the detector on overlapping windows at full
+resolution instead of resizing the whole image to ``INPUT.MAX_SIZE_TEST`` (``--slice-size``,
+``--slice-overlap``, ``--slice-batch`` set ``TEST.SLICE.SIZE``, ``OVERLAP``, ``BATCH_SIZE``);
+``--tta`` adds test-time augmentation (``TEST.AUG.*``: sizes, flip, merge), per window when
+sliced. See ``d2_anchorfree.inference``.
+
+    d2af predict --config-file configs/FCOS/FCOS_tiny_R_18_cpu.yaml \
+        --input orthophoto.tif --output output/ortho --slice --slice-size 400 --slice-overlap 100 \
+        MODEL.WEIGHTS output/fcos_tiny/model_final.pth TEST.DETECTIONS_PER_IMAGE 2000
+
+(``python tools/predict.py`` takes the same arguments as ``d2af predict``.)
+"""
+import argparse
+import glob
+import json
+import os
+import sys
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.utils.visualizer import Visualizer
+
+from d2_anchorfree.data.image_io import read_image
+from d2_anchorfree.engine import build_predictor, setup_cfg
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def _unique(paths):
+    seen = set()
+    return [p for p in paths if not (p in seen or seen.add(p))]
+
+
+def list_images(spec: str):
+    """Files named by ``spec``: an image file, a folder (its images, sorted), a glob, or the name
+    of a dataset registered in ``DatasetCatalog`` (e.g. ``trees_val``: its images).
+
+    Returns:
+        list[str]: the paths, without repetitions, in order.
+
+    Raises:
+        FileNotFoundError: nothing matches ``spec``.
+    """
+    if spec in DatasetCatalog.list():
+        files = [d["file_name"] for d in DatasetCatalog.get(spec)]
+    elif os.path.isdir(spec):
+        files = sorted(os.path.join(spec, f) for f in os.listdir(spec) if f.lower().endswith(IMAGE_EXTS))
+    elif os.path.isfile(spec):
+        files = [spec]
+    else:
+        files = sorted(f for f in glob.glob(spec) if f.lower().endswith(IMAGE_EXTS))
+    if not files:
+        raise FileNotFoundError(f"no images found for --input {spec!r}")
+    return _unique(files)
+
+
+def input_root(spec: str, files) -> str:
+    """The folder that output names are relative to: the folder ``spec`` names, the registered
+    dataset's ``image_root``, the folder of a single file, or the part of a glob before its first
+    wildcard component. Falls back to the files' common folder when some file lies outside it.
+
+    Args:
+        spec (str): the ``--input`` value.
+        files (list[str]): :func:`list_images` of ``spec``.
+
+    Returns:
+        str: a folder path.
+    """
+    if spec in DatasetCatalog.list():
+        root = getattr(MetadataCatalog.get(spec), "image_root", None)
+    elif os.path.isdir(spec):
+        root = spec
+    elif os.path.isfile(spec):
+        root = os.path.dirname(spec)
+    else:
+        parts, static = spec.replace("\\", "/").split("/"), []
+        for part in parts[:-1]:
+            if glob.has_magic(part):
+                break
+            static.append(part)
+        root = "/".join(static) if static else "."
+        if spec.startswith("/") and not root:
+            root = "/"
+    root = os.path.abspath(root or ".")
+    inside = all(not os.path.relpath(os.path.abspath(f), root).startswith(os.pardir) for f in files)
+    if not inside:
+        root = os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in files])
+    return root
+
+
+def relative_names(files, root: str):
+    """Each file's path relative to ``root``, with "/" separators; unique for distinct files.
+
+    Raises:
+        ValueError: two inputs map to the same name (naming both), which would overwrite outputs.
+    """
+    names, owner = [], {}
+    for f in files:
+        name = os.path.relpath(os.path.abspath(f), root).replace(os.sep, "/")
+        if name in owner:
+            raise ValueError(f"inputs {owner[name]} and {f} would both be written as {name!r}")
+        owner[name] = f
+        names.append(name)
+    return names
+
+
+def predict_files(predictor, files, output_dir, metadata, min_score=0.3, draw=True, names=None):
+    """Run ``predictor`` on ``files``; write drawn images and return COCO-style results.
+
+    Args:
+        predictor: a detectron2 ``DefaultPredictor`` (takes a BGR uint8 [H, W, 3] array).
+        files (list[str]): image paths.
+        output_dir (str): drawn images go to ``<output_dir>/<name>.jpg`` (folders created).
+        metadata: detectron2 ``Metadata`` (class names for drawing; the category id map).
+        min_score (float): boxes with at least this score are drawn (all go to the results).
+        draw (bool): write the drawn images.
+        names (list[str] or None): unique relative names, one per file (:func:`relative_names`);
+            default: the files' paths relative to their common folder.
+
+    Returns:
+        (results, skipped): ``results`` a list of dict(file_name = the file's name, category_id,
+        bbox [x, y, w, h] pixels, score), ``category_id`` being the contiguous class index unless
+        the metadata maps it back to a dataset id; ``skipped`` a list of (path, reason) for the
+        images that could not be read (each also written to stderr as a warning when it happens).
+    """
+    if names is None:
+        names = relative_names(files, os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in files]))
+    if len(names) != len(files):
+        raise ValueError(f"{len(names)} names for {len(files)} files")
+    os.makedirs(output_dir, exist_ok=True)
+    id_map = {v: k for k, v in getattr(metadata, "thing_dataset_id_to_contiguous_id", {}).items()}
+    results, skipped = [], []
+    for path, name in zip(tqdm(files, desc="predict", unit="img", file=sys.stderr), names):
+        try:
+            img = read_image(path, format="BGR")
+        except (FileNotFoundError, ValueError) as e:
+            skipped.append((path, str(e)))
+            tqdm.write(f"WARNING: skipping {path}: {e}", file=sys.stderr)  # above the progress bar
+            continue
+        inst = predictor(img)["instances"].to("cpu")
+        boxes = inst.pred_boxes.tensor.numpy()
+        for box, score, cls in zip(boxes, inst.scores.tolist(), inst.pred_classes.tolist()):
+            x0, y0, x1, y1 = box.tolist()
+            results.append({"file_name": name, "category_id": id_map.get(cls, cls),
+                            "bbox": [x0, y0, x1 - x0, y1 - y0], "score": score})
+        if draw:
+            vis = Visualizer(img[:, :, ::-1], metadata, scale=1.0)
+            out = vis.draw_instance_predictions(inst[inst.scores >= min_score]).get_image()[:, :, ::-1]
+            out_path = os.path.join(output_dir, *(name + ".jpg").split("/"))
+            os.makedirs(os.path.dirname(out_path), exist_ok=True)
+            if not cv2.imwrite(out_path, np.ascontiguousarray(out)):
+                raise OSError(f"could not write {out_path}")
+    return results, skipped
+
+
+def inference_opts(args) -> list:
+    """Config opts ("KEY", "VALUE", ...) of the ``--slice*`` and ``--tta`` flags (the KEY VALUE
+    pairs given after the flags come later and win)."""
+    opts = []
+    if args.slice:
+        opts += ["TEST.SLICE.ENABLED", "True"]
+    for flag, key in (("slice_size", "SIZE"), ("slice_overlap", "OVERLAP"), ("slice_batch", "BATCH_SIZE")):
+        if getattr(args, flag) is not None:
+            opts += [f"TEST.SLICE.{key}", str(getattr(args, flag))]
+    if args.tta:
+        opts += ["TEST.AUG.ENABLED", "True"]
+    return opts
+
+
+def main(argv=None, prog=None) -> int:
+    """Command-line entry point (see the module docstring).
+
+    Args:
+        argv (list[str], optional): the arguments (default: ``sys.argv[1:]``).
+        prog (str, optional): the program name shown in the usage (default: the script's name).
+
+    Returns:
+        int: 0 when every image was processed, 1 when some were skipped (``sys.exit`` of it when
+        run as a script).
+
+    Raises:
+        FileNotFoundError: no image matches ``--input``.
+        ValueError: two inputs would get the same output name.
+    """
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser.add_argument("--config-file", required=True)
+    parser.add_argument("--input", required=True,
+                        help="an image, a folder, a quoted glob, or a registered dataset name")
+    parser.add_argument("--output", required=True, help="folder for drawn images and results.json")
+    parser.add_argument("--min-score", type=float, default=0.3, help="score for drawing boxes")
+    parser.add_argument("--dataset", default=None,
+                        help="dataset whose metadata (class names) to use; default DATASETS.TEST[0]")
+    parser.add_argument("--allow-untrained", action="store_true",
+                        help="predict even without MODEL.WEIGHTS (an untrained model)")
+    parser.add_argument("--slice", action="store_true",
+                        help="sliced inference over overlapping windows at full resolution (TEST.SLICE.ENABLED)")
+    parser.add_argument("--slice-size", type=int, default=None, help="window side, pixels (TEST.SLICE.SIZE)")
+    parser.add_argument("--slice-overlap", type=int, default=None,
+                        help="minimum window overlap, pixels (TEST.SLICE.OVERLAP)")
+    parser.add_argument("--slice-batch", type=int, default=None, help="windows per forward (TEST.SLICE.BATCH_SIZE)")
+    parser.add_argument("--tta", action="store_true",
+                        help="test-time augmentation: TEST.AUG.MIN_SIZES x FLIP (TEST.AUG.ENABLED)")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config KEY VALUE pairs")
+    args = parser.parse_args(argv)
+    # Unreadable images are skipped and listed here, not refused up front for the whole dataset.
+    opts = inference_opts(args) + list(args.opts) + ["DATASETS.VALIDATE_IMAGES", "never"]
+    cfg = setup_cfg(argparse.Namespace(config_file=args.config_file, opts=opts), default_setup_logging=False)
+    files = list_images(args.input)
+    names = relative_names(files, input_root(args.input, files))
+    name = args.dataset or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None)
+    metadata = MetadataCatalog.get(name) if name else MetadataCatalog.get("__unused")
+    if name:  # loading the json fills thing_classes and the category id map in the metadata
+        DatasetCatalog.get(name)
+    predictor = build_predictor(cfg, allow_untrained=args.allow_untrained, progress=True)
+    results, skipped = predict_files(predictor, files, args.output, metadata, args.min_score,
+                                     names=names)
+    with open(os.path.join(args.output, "results.json"), "w") as f:
+        json.dump(results, f)
+    print(f"wrote {len(files) - len(skipped)} images and {len(results)} detections to {args.output}")
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable image(s):", file=sys.stderr)
+        for path, reason in skipped:
+            print(f"  {path}: {reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

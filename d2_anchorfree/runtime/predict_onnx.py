@@ -1,0 +1,271 @@
+"""Run an exported detector (``d2af export --format onnx``) with onnxruntime: no torch, no
+detectron2; numpy, OpenCV, Pillow, onnxruntime and tqdm only. The module imports nothing else
+from d2_anchorfree: on a deployment machine, either install d2_anchorfree without its
+dependencies (``pip install --no-deps``) or copy this one file next to model.onnx and run it
+(``python predict_onnx.py ...``).
+
+    d2af predict-onnx --model output/defcn_onnx/model.onnx \
+        --input "photos/*.jpg" --output output/onnx_predictions
+    python -m d2_anchorfree.runtime.predict_onnx --model model.onnx --coco-json datasets/trees/val.json \
+        --output out/ --evaluate        # COCO AP with pycocotools, as d2af evaluate
+
+(``python tools/predict_onnx.py`` takes the same arguments.)
+
+Per image, as detectron2's ``DefaultPredictor`` + ``detector_postprocess``: read as BGR uint8
+(OpenCV), resize the shorter side to the model's ``min_size_test`` with the longer at most
+``max_size_test`` (detectron2's ``ResizeShortestEdge`` rule and its Pillow bilinear resize),
+run the graph, scale the boxes back to the original image, clip them to it and drop empty ones.
+Outputs like ``d2af predict``: ``<output>/<relative name>.jpg`` with the detections of score
+>= ``--min-score`` drawn, ``<output>/results.json`` (COCO-style: file_name, category_id = the
+dataset's id, bbox [x, y, w, h] pixels, score; plus image_id with ``--coco-json``), a progress
+bar; unreadable images are skipped, listed, and make the exit code 1.
+"""
+import argparse
+import glob
+import json
+import math
+import os
+import sys
+from typing import Dict, List, Tuple
+
+import cv2
+import numpy as np
+import onnxruntime
+from PIL import Image
+from tqdm import tqdm
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def load_model(path: str, threads: int = 0) -> Tuple[onnxruntime.InferenceSession, dict]:
+    """An onnxruntime CPU session of ``path`` and the metadata that export embedded
+    (``d2_anchorfree.export.graph.graph_metadata``: class_names, category_ids, min/max_size_test,
+    score_thresh, coco_max_dets_per_image, ...).
+
+    Args:
+        path: the ``.onnx`` file. threads: intra-op threads (0: onnxruntime's default).
+
+    Raises:
+        ValueError: the file has no d2_anchorfree metadata (not written by ``d2af export``).
+    """
+    options = onnxruntime.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    props = session.get_modelmeta().custom_metadata_map
+    if "d2af_metadata" not in props:
+        raise ValueError(f"{path} has no d2af_metadata: export it with d2af export (tools/export_model.py)")
+    return session, json.loads(props["d2af_metadata"])
+
+
+def test_size(height: int, width: int, min_size: int, max_size: int) -> Tuple[int, int]:
+    """(new_height, new_width) of detectron2's ``ResizeShortestEdge.get_output_shape``: the
+    shorter side becomes ``min_size``, then both shrink so that the longer is at most
+    ``max_size``; rounded half up. ``min_size`` 0: no resize."""
+    if min_size <= 0:
+        return height, width
+    scale = min_size / min(height, width)
+    new_h, new_w = (min_size, scale * width) if height < width else (scale * height, min_size)
+    if max(new_h, new_w) > max_size:
+        shrink = max_size / max(new_h, new_w)
+        new_h, new_w = new_h * shrink, new_w * shrink
+    return int(new_h + 0.5), int(new_w + 0.5)
+
+
+def resize(image: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    """``image`` (uint8 [H, W, 3]) resized to ``size`` (height, width) with Pillow's bilinear
+    filter, as detectron2's ``ResizeTransform`` does for uint8 images."""
+    if image.shape[:2] == tuple(size):
+        return image
+    return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
+
+
+def read_bgr(path: str) -> np.ndarray:
+    """``path`` as a uint8 BGR [H, W, 3] array (EXIF orientation applied, gray and alpha images
+    converted), refusing what the reader of ``d2af predict`` refuses.
+
+    Raises:
+        ValueError: unreadable or not an image, or not 8-bit (16-bit / float images are refused
+            rather than silently rescaled: convert them to 8 bits first).
+    """
+    image = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+    if image is None:
+        raise ValueError("not a readable image")
+    if image.dtype != np.uint8:
+        raise ValueError(f"{image.dtype} pixels (e.g. a 16-bit image): convert it to 8 bits per channel")
+    return image
+
+
+def predict(session, meta: dict, image: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Detections of one BGR uint8 image [H, W, 3] in its own pixels.
+
+    Args:
+        session: the ``onnxruntime.InferenceSession`` of :func:`load_model`.
+        meta: its metadata (``min_size_test`` and ``max_size_test`` are used).
+        image: uint8 BGR [H, W, 3], any size.
+
+    Returns:
+        (boxes [D, 4] float32 XYXY pixels clipped to the image, scores [D] float32,
+        classes [D] int64 contiguous indices), sorted by score; boxes empty after clipping are
+        dropped (detectron2's ``detector_postprocess``).
+    """
+    height, width = image.shape[:2]
+    new_h, new_w = test_size(height, width, meta["min_size_test"], meta["max_size_test"])
+    boxes, scores, classes = session.run(None, {"image": np.ascontiguousarray(resize(image, (new_h, new_w)))})
+    scale = np.array([width / new_w, height / new_h] * 2, dtype=np.float32)
+    boxes = np.minimum(np.maximum(boxes * scale, 0), np.array([width, height] * 2, dtype=np.float32))
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    return boxes[keep], scores[keep], classes[keep]
+
+
+def draw(image: np.ndarray, boxes, scores, classes, names: List[str], min_score: float) -> np.ndarray:
+    """A copy of ``image`` with the detections of score >= ``min_score`` drawn (box, name, score;
+    OpenCV drawing, plainer than the detectron2 ``Visualizer``).
+
+    Args:
+        image: uint8 BGR [H, W, 3]. boxes: [D, 4] XYXY pixels. scores: [D]. classes: [D] indices
+            into ``names``. min_score: in [0, 1].
+    """
+    out = image.copy()
+    for box, score, cls in zip(boxes, scores, classes):
+        if score < min_score:
+            continue
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        cv2.rectangle(out, (x0, y0), (x1, y1), (0, 200, 0), 1)
+        cv2.putText(out, f"{names[int(cls)]} {score:.2f}", (x0, max(y0 - 2, 8)), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.3, (0, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
+def list_inputs(spec: str, coco_json: str, image_root: str) -> Tuple[List[str], List[str], Dict[str, int]]:
+    """(paths, relative names, name -> COCO image id) of the images to run.
+
+    ``coco_json``: the images listed there (file_name relative to ``image_root``, default
+    ``<json folder>/images``); else ``spec``: an image file, a folder (its images, sorted) or a
+    quoted glob; names are relative to the folder (the glob's folder part before a wildcard).
+
+    Raises:
+        FileNotFoundError: nothing to run.
+    """
+    if coco_json:
+        data = json.load(open(coco_json))
+        root = image_root or os.path.join(os.path.dirname(coco_json), "images")
+        names = [im["file_name"] for im in data["images"]]
+        return [os.path.join(root, n) for n in names], names, {im["file_name"]: im["id"] for im in data["images"]}
+    if os.path.isdir(spec):
+        root = spec
+        files = sorted(os.path.join(spec, f) for f in os.listdir(spec) if f.lower().endswith(IMAGE_EXTS))
+    elif os.path.isfile(spec):
+        root, files = os.path.dirname(spec), [spec]
+    else:
+        files = sorted(f for f in glob.glob(spec) if f.lower().endswith(IMAGE_EXTS))
+        static = []
+        for part in spec.split("/")[:-1]:
+            if glob.has_magic(part):
+                break
+            static.append(part)
+        root = "/".join(static) or "."
+    if not files:
+        raise FileNotFoundError(f"no images found for --input {spec!r}")
+    names = [os.path.relpath(os.path.abspath(f), os.path.abspath(root)).replace(os.sep, "/") for f in files]
+    return files, names, {}
+
+
+def evaluate(coco_json: str, results: List[dict], max_dets: int) -> Dict[str, float]:
+    """COCO box AP of ``results`` (with image_id) against ``coco_json`` with pycocotools,
+    ``maxDets = [1, 10, max_dets]`` as ``d2af evaluate``; AP and AP50 in percent."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    if not results:  # as detectron2's COCOEvaluator: no numbers rather than a real-looking 0
+        print("WARNING: no detections to evaluate", file=sys.stderr)
+        return {"AP": math.nan, "AP50": math.nan, "AP75": math.nan}
+    gt = COCO(coco_json)
+    dt = gt.loadRes(results)
+    ev = COCOeval(gt, dt, "bbox")
+    ev.params.maxDets = [1, 10, max_dets]
+    ev.evaluate()
+    ev.accumulate()
+    # precision [T, R, K, A, M] at area "all" and the largest maxDets (pycocotools' summarize()
+    # hard-codes maxDets 100 for AP in recent versions; detectron2 reads the array too)
+    precision = ev.eval["precision"][:, :, :, 0, -1]
+
+    def mean(x):
+        x = x[x > -1]
+        return float(x.mean()) * 100 if x.size else math.nan
+
+    stats = [mean(precision), mean(precision[0]), mean(precision[5])]  # IoU .5:.95, .5, .75
+    return {"AP": stats[0], "AP50": stats[1], "AP75": stats[2]}
+
+
+def main(argv=None, prog=None) -> int:
+    """Command-line entry point (see the module docstring).
+
+    Args:
+        argv (list[str], optional): the arguments (default: ``sys.argv[1:]``).
+        prog (str, optional): the program name shown in the usage (default: the script's name).
+
+    Returns:
+        int: 0, or 1 when some images were skipped.
+
+    Raises:
+        ValueError: the model has no d2_anchorfree metadata (:func:`load_model`).
+        FileNotFoundError: no image matches ``--input``.
+    """
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="model.onnx written by d2af export")
+    p.add_argument("--input", default="", help="an image, a folder or a quoted glob")
+    p.add_argument("--coco-json", default="", help="run the images of this COCO json instead of --input")
+    p.add_argument("--image-root", default="", help="image folder of --coco-json (default: <json dir>/images)")
+    p.add_argument("--output", required=True, help="folder for drawn images and results.json")
+    p.add_argument("--min-score", type=float, default=0.3, help="score for drawing boxes")
+    p.add_argument("--no-draw", action="store_true", help="write results.json only")
+    p.add_argument("--evaluate", action="store_true", help="with --coco-json: print COCO AP (pycocotools)")
+    p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: default)")
+    args = p.parse_args(argv)
+    if not args.input and not args.coco_json:
+        p.error("give --input or --coco-json")
+    if args.evaluate and not args.coco_json:
+        p.error("--evaluate needs --coco-json")
+    session, meta = load_model(args.model, args.threads)
+    files, names, image_ids = list_inputs(args.input, args.coco_json, args.image_root)
+    os.makedirs(args.output, exist_ok=True)
+    results, skipped = [], []
+    for path, name in zip(tqdm(files, desc="predict", unit="img", file=sys.stderr), names):
+        try:
+            image = read_bgr(path)
+        except ValueError as e:
+            skipped.append(path)
+            tqdm.write(f"WARNING: skipping {path}: {e}", file=sys.stderr)  # above the progress bar
+            continue
+        boxes, scores, classes = predict(session, meta, image)
+        for box, score, cls in zip(boxes.tolist(), scores.tolist(), classes.tolist()):
+            x0, y0, x1, y1 = box
+            entry = {"file_name": name, "category_id": meta["category_ids"][cls],
+                     "bbox": [x0, y0, x1 - x0, y1 - y0], "score": score}
+            if name in image_ids:
+                entry["image_id"] = image_ids[name]
+            results.append(entry)
+        if not args.no_draw:
+            out_path = os.path.join(args.output, *(name + ".jpg").split("/"))
+            os.makedirs(os.path.dirname(out_path), exist_ok=True)
+            if not cv2.imwrite(out_path, draw(image, boxes, scores, classes, meta["class_names"], args.min_score)):
+                raise OSError(f"could not write {out_path}")
+    with open(os.path.join(args.output, "results.json"), "w") as f:
+        json.dump(results, f)
+    print(f"wrote {len(files) - len(skipped)} images and {len(results)} detections to {args.output}")
+    if args.evaluate:
+        metrics = evaluate(args.coco_json, results, meta["coco_max_dets_per_image"])
+        print("COCO bbox: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+        with open(os.path.join(args.output, "metrics.json"), "w") as f:
+            json.dump(metrics, f)
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable image(s):", file=sys.stderr)
+        for path in skipped:
+            print(f"  {path}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
