@@ -258,6 +258,41 @@ def looks_like_repo_path(word: str) -> bool:
     return (word.startswith(REPO_PATH_ROOTS) and not re.search(r"[*?{}$~]|://", word))
 
 
+def check_script_args(script: str, args: List[str], where: str, repo: str) -> List[str]:
+    """Failures of ``args`` given to ``script`` (a repository path): unknown flags, missing config
+    files and repository paths; stops at the first config KEY (the VALUE pairs are not checked)."""
+    fails: List[str] = []
+
+    def need(path: str, what: str):
+        if not os.path.exists(os.path.join(repo, path)):
+            fails.append(f"{where}: {what} {path} does not exist")
+
+    flags = script_flags(os.path.join(repo, script), repo)
+    i = 0
+    while i < len(args):
+        word = args[i].strip("[]")
+        if CONFIG_KEY.match(word):
+            break  # config KEY VALUE pairs from here on
+        if word.startswith("--"):
+            name, eq, value = word.partition("=")
+            if name not in flags:
+                fails.append(f"{where}: {script} has no option {name}")
+            if name == "--config-file":
+                value = value if eq else (args[i + 1] if i + 1 < len(args) else "")
+                if value:
+                    need(value, "config file")
+                i += 0 if eq else 1
+            elif eq and looks_like_repo_path(value):
+                need(value, "path")
+        elif re.match(r"^-[A-Za-z]$", word):
+            if word not in flags:
+                fails.append(f"{where}: {script} has no option {word}")
+        elif looks_like_repo_path(word):
+            need(word, "path")
+        i += 1
+    return fails
+
+
 def check_command(words: List[str], where: str, repo: str) -> Tuple[bool, List[str]]:
     """Return (was this a checked command, failures)."""
     while words and re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", words[0]):  # VAR=value prefixes
@@ -290,30 +325,10 @@ def check_command(words: List[str], where: str, repo: str) -> Tuple[bool, List[s
             need(script, "script")
             if fails:
                 return True, fails
-        flags = script_flags(os.path.join(repo, script), repo)
-        i = 0
-        while i < len(args):
-            word = args[i].strip("[]")
-            if CONFIG_KEY.match(word):
-                break  # config KEY VALUE pairs from here on
-            if word.startswith("--"):
-                name, eq, value = word.partition("=")
-                if name not in flags:
-                    fails.append(f"{where}: {script} has no option {name}")
-                if name == "--config-file":
-                    value = value if eq else (args[i + 1] if i + 1 < len(args) else "")
-                    if value:
-                        need(value, "config file")
-                    i += 0 if eq else 1
-                elif eq and looks_like_repo_path(value):
-                    need(value, "path")
-            elif re.match(r"^-[A-Za-z]$", word):
-                if word not in flags:
-                    fails.append(f"{where}: {script} has no option {word}")
-            elif looks_like_repo_path(word):
-                need(word, "path")
-            i += 1
+        fails += check_script_args(script, args, where, repo)
         return True, fails
+    if cmd == "d2af":
+        return True, check_d2af(args, where, repo)
     if cmd == "make":
         targets = makefile_targets(repo)
         named = [a for a in args if not a.startswith("-") and "=" not in a]
@@ -345,6 +360,38 @@ def check_command(words: List[str], where: str, repo: str) -> Tuple[bool, List[s
             i += 1
         return True, fails
     return False, []
+
+
+D2AF_COMMAND = re.compile(r'"([\w-]+)":\s*Command\(\s*"([\w.]+):\w+"')
+
+
+def d2af_commands(repo: str) -> Dict[str, str]:
+    """``d2af`` subcommand -> the module that runs it, read from ``d2_anchorfree/cli/main.py``."""
+    path = os.path.join(repo, "d2_anchorfree", "cli", "main.py")
+    if not os.path.isfile(path):
+        return {}
+    return dict(D2AF_COMMAND.findall(read(path)))
+
+
+def check_d2af(args: List[str], where: str, repo: str) -> List[str]:
+    """Failures of a quoted ``d2af SUBCOMMAND [SUITE] ARGS`` command: an unknown subcommand (or
+    benchmark suite), or arguments that its module does not take (:func:`check_script_args`)."""
+    commands = d2af_commands(repo)
+    if not args or args[0].startswith("-"):
+        return [f"{where}: d2af has no option {a}" for a in args[:1] if a not in ("-h", "--help", "--version")]
+    sub, args = args[0], args[1:]
+    if sub not in commands:
+        return [f"{where}: d2af has no command {sub} (commands: {', '.join(sorted(commands))})"]
+    module = module_file(commands[sub], 0, repo, repo)
+    if module is None:
+        return [f"{where}: the module {commands[sub]} of d2af {sub} is not in the repository"]
+    if sub == "benchmark":  # d2af benchmark [SUITE] ...: the suite's module in benchmarks/
+        suite = args[0] if args and not args[0].startswith("-") else "detectors"
+        args = args[1:] if args and args[0] == suite else args
+        module = module_file(f"benchmarks.{suite}", 0, repo, repo)
+        if module is None:
+            return [f"{where}: d2af benchmark has no suite {suite} (benchmarks/{suite}.py)"]
+    return check_script_args(os.path.relpath(module, repo), args, where, repo)
 
 
 def check_commands(text: str, md_path: str, repo: str = REPO) -> Tuple[int, List[str]]:
@@ -486,6 +533,19 @@ def test_broken_commands_are_reported(tmp_path):
     assert len(fails) == len(expected), fails
     for want, got in zip(expected, fails):
         assert got.startswith("docs/page.md") and want in got, (want, got)
+
+
+def test_d2af_commands_are_checked():
+    """``d2af`` commands resolve to the module of their subcommand (benchmark: its suite)."""
+    where = "x.md:1"
+    assert check_d2af(["train", "--config-file", "configs/FCOS/FCOS_tiny_R_18_cpu.yaml", "--resume",
+                       "SOLVER.MAX_ITER", "10"], where, REPO) == []
+    assert check_d2af(["benchmark", "export", "--quick"], where, REPO) == []
+    assert check_d2af(["predict-onnx", "--model", "m.onnx", "--input", "x.jpg", "--output", "o"], where, REPO) == []
+    assert check_d2af(["trian"], where, REPO), "an unknown command is reported"
+    assert check_d2af(["train", "--no-such-flag"], where, REPO), "an unknown flag is reported"
+    assert check_d2af(["benchmark", "nosuite"], where, REPO), "an unknown benchmark suite is reported"
+    assert check_d2af(["train", "--config-file", "configs/nope.yaml"], where, REPO), "a missing config is reported"
 
 
 def test_real_scripts_flags_are_read():
