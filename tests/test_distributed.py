@@ -25,6 +25,7 @@ import torch.multiprocessing as mp
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
+from d2_anchorfree.modeling import criterion as criterion_module
 from d2_anchorfree.modeling import detector as detector_module
 from d2_anchorfree.modeling import targets as targets_module
 from d2_anchorfree.modeling.losses import terms as terms_module
@@ -121,9 +122,9 @@ def runs(tmp_path_factory):
     for name in CONFIGS:
         torch.manual_seed(0)
         model = build(name)
-        # The detector (positives) and the loss terms (box weights, auxiliary positives) normalize
+        # The criterion (positives) and the loss terms (box weights, auxiliary positives) normalize
         # with targets.loss_normalizer, whose reduce_mean the negative control replaces.
-        for module in (detector_module, terms_module):
+        for module in (criterion_module, terms_module):
             assert module.loss_normalizer is targets_module.loss_normalizer, \
                 f"{module.__name__} no longer normalizes with targets.loss_normalizer: update the negative control"
         assert isinstance(model, detector_module.AnchorFreeDetector), name
