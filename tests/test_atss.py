@@ -278,5 +278,5 @@ def test_atss_preset_composes_with_another_assigner():
         build_model(load_cfg(atss_tiny, "MODEL.DENSE.ASSIGNER", "NoSuchAssigner"))
     with pytest.raises(ValueError, match=r"MODEL\.ATSS\.TOPK"):
         build_model(load_cfg(atss_tiny, "MODEL.DENSE.ASSIGNER", "FCOSAssigner", "MODEL.ATSS.TOPK", 5))
-    assert isinstance(build_model(load_cfg(atss_tiny, "MODEL.DENSE.ASSIGNER", "FCOSAssigner")).assigner,
+    assert isinstance(build_model(load_cfg(atss_tiny, "MODEL.DENSE.ASSIGNER", "FCOSAssigner")).criterion.assigner,
                       FCOSAssigner)
