@@ -89,7 +89,7 @@ def _train(toy, out_dir, resume, max_iter=4):
 def test_resume_is_exact(toy, tmp_path):
     """6 iterations straight == 2 iterations, stop, --resume for the last 4 (random flips and
     multi-scale resize on): the data stream, augmentations, optimizer and LR schedule resume,
-    bitwise, BatchNorm buffers included. (In-process; tests/test_killed_runs.py resumes in fresh
+    bitwise, BatchNorm buffers included. (In-process; tests/engine/test_killed_runs.py resumes in fresh
     processes, which is what caught TorchScript's focal loss changing gradients after warm-up.)"""
     straight = _train(toy, tmp_path / "a", resume=False, max_iter=6)
     b = tmp_path / "b"
