@@ -2,7 +2,10 @@
 #   make demo   create the environment if missing, prepare the bundled tree-crown data, train the
 #               tiny FCOS on CPU, evaluate COCO AP on val, draw predictions on val images.
 #   make test   create the environment if missing (and the MMDetection reference environment of the
-#               converter's parity tests, tools/setup_mmdet_env.sh), run the test suite.
+#               converter's parity tests, tools/setup_mmdet_env.sh), run the whole test suite (all markers).
+#   make test-fast   the fast tier, pytest -m "not slow and not mmdet": every component (assigners,
+#               losses, heads, geometry, post-processing, config checks) in a few minutes on 2 cores;
+#               no MMDetection environment needed. Markers: pytest.ini.
 #   make test-d2main   the same suite on detectron2 main (02b5c4e) with its compiled ops, built by
 #               tools/setup_d2main.sh from $(D2MAIN_ARCHIVE) (skipped, with the reason, when absent).
 # The environment lives in $(D2AF_VENV) (default ~/.cache/d2af/venv), see tools/setup_env.sh.
@@ -12,7 +15,7 @@ OUT ?= output/fcos_tiny
 PYTEST_ARGS ?=
 D2MAIN_ARCHIVE ?= ../shared/third_party/detectron2-02b5c4e.tar.gz
 
-.PHONY: env data demo test test-d2main clean
+.PHONY: env data demo test test-fast test-d2main clean
 
 env:
 	@bash tools/setup_env.sh >/dev/null
@@ -37,6 +40,10 @@ test: env
 	@set -euo pipefail; VENV=$$(bash tools/setup_env.sh 2>/dev/null); \
 	D2AF_VENV=$$VENV bash tools/setup_mmdet_env.sh >/dev/null; \
 	D2AF_REQUIRE_MMDET=1 $$VENV/bin/python -m pytest -q $(PYTEST_ARGS)
+
+test-fast: env
+	@set -euo pipefail; PY=$$(bash tools/setup_env.sh 2>/dev/null)/bin/python; \
+	$$PY -m pytest -q -m "not slow and not mmdet" $(PYTEST_ARGS)
 
 test-d2main: env
 	@set -euo pipefail; PY=$$(bash tools/setup_env.sh 2>/dev/null)/bin/python; \

@@ -29,6 +29,8 @@ import torch
 
 from conftest import CACHE_ROOT, REPO, trees_dir
 
+pytestmark = pytest.mark.mmdet  # every test here runs the MMDetection environment's python
+
 sys.path.insert(0, os.path.join(REPO, "tests", "mmdet_ref"))
 import parity  # noqa: E402
 
