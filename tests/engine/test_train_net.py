@@ -20,6 +20,8 @@ from d2_anchorfree.engine import AnchorFreeTrainer, setup_cfg
 
 from conftest import REPO, make_toy_data
 
+pytestmark = pytest.mark.slow  # train_net.py processes and in-process training runs
+
 CONFIG = os.path.join(REPO, "projects", "CustomData", "fcos_tiny_toy.yaml")
 
 

@@ -124,6 +124,7 @@ def tiles():
     return np.ascontiguousarray(read[0][:352, :384]), read[1], np.ascontiguousarray(read[2][:333, :271])
 
 
+@pytest.mark.slow  # trained weights (_model): trained on the first run on a machine, then cached
 @pytest.mark.parametrize("name", list(DETECTORS))
 def test_exported_files_equal_pytorch_at_two_sizes(name, tiles, tmp_path):
     cfg, model = _model(name)
@@ -152,6 +153,7 @@ def test_exported_files_equal_pytorch_at_two_sizes(name, tiles, tmp_path):
     assert meta["nms_thresh"] == model.test_nms_thresh and meta["meta_architecture"] == cfg.MODEL.META_ARCHITECTURE
 
 
+@pytest.mark.slow  # trained weights (_model)
 @pytest.mark.parametrize("name", ["FCOS", "DeFCN", "VFNet"])
 def test_no_detection_gives_empty_outputs(name, tiles, tmp_path):
     cfg, model = _model(name, "MODEL.DENSE.SCORE_THRESH_TEST", "0.999")
@@ -170,6 +172,7 @@ def _torch_free(script_args, cwd):
     return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True)
 
 
+@pytest.mark.slow  # trained weights (_model), evaluation on the val tiles in two runtimes
 @pytest.mark.parametrize("name", ["FCOS", "DeFCN"])
 def test_onnx_runtime_coco_ap_equals_pytorch_evaluation(name, tiles, trees_val, tmp_path):
     trees = trees_dir()
@@ -185,6 +188,7 @@ def test_onnx_runtime_coco_ap_equals_pytorch_evaluation(name, tiles, trees_val, 
         assert onnx_ap[key] == pytest.approx(torch_ap[key], abs=1e-3), (key, onnx_ap, torch_ap)
 
 
+@pytest.mark.slow  # trained weights (_model), tools/predict_onnx.py in a subprocess
 def test_onnx_runtime_draws_writes_results_and_skips_unreadable(tiles, trees_val, tmp_path):
     cfg, model = _model("FCOS", *trees_val)
     path = export_model(cfg, model, "onnx", str(tmp_path / "onnx"), torch.from_numpy(tiles[0]))

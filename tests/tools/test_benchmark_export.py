@@ -9,6 +9,8 @@ import pytest
 
 from conftest import load_tool
 
+pytestmark = pytest.mark.slow  # exports and times a model on three backends
+
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
