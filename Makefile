@@ -51,7 +51,7 @@ demo: data
 #   v0.6 suite with warm caches                                        918 s quiet (README)
 #   detectron2 main suite                                              639 s quiet (README)
 # The main suite runs everything again, on purpose. A subset may only leave out tests whose
-# outcome cannot depend on the detectron2 version; traced (every detectron2 function that runs
+# outcome cannot depend on the detectron2 version; traced with tools/d2_version_exposure.py (every detectron2 function that runs
 # in the test process, compared by AST with 02b5c4e's source), 297 of 535 tests in checkpoint/,
 # data/, layers/, modeling/, tools/ and test_compat.py qualify: losses, the CPU deform conv, key
 # renaming, config refusals. Together they take about 7 s quiet (25 s of the loaded run). The
