@@ -51,14 +51,16 @@ demo: data
 #   v0.6 suite with warm caches                                        918 s quiet (README)
 #   detectron2 main suite                                              639 s quiet (README)
 # The main suite runs everything again, on purpose. A subset may only leave out tests whose
-# outcome cannot depend on the detectron2 version; traced with tools/d2_version_exposure.py (every detectron2 function that runs
-# in the test process, compared by AST with 02b5c4e's source), 297 of 535 tests in checkpoint/,
+# outcome cannot depend on the detectron2 version. Traced with tools/d2_version_exposure.py (every
+# detectron2 function that runs in the test process, compared by AST with 02b5c4e's source),
+# 297 of 535 tests in checkpoint/,
 # data/, layers/, modeling/, tools/ and test_compat.py qualify: losses, the CPU deform conv, key
 # renaming, config refusals. Together they take about 7 s quiet (25 s of the loaded run). The
 # rest builds detectron2 Boxes/Instances (Boxes.__init__ and Instances.set differ in main) or a
 # model (FrozenBatchNorm2d, get_norm, ShapeSpec, Conv2d, ImageList differ), or runs train_net /
 # the tools in processes. Per folder, no folder is free of such tests except modeling/losses/
 # and layers/ (a few seconds), so no folder is left out.
+
 test: env
 	@set -euo pipefail; VENV=$$(bash tools/setup_env.sh 2>/dev/null); \
 	D2AF_VENV=$$VENV bash tools/setup_mmdet_env.sh >/dev/null; \
