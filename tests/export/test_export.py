@@ -239,6 +239,7 @@ def test_metadata_loads_a_registered_test_dataset():
     assert (meta["class_names"], meta["category_ids"]) == (["tree"], [1])
 
 
+@pytest.mark.slow  # exports and runs an untrained model with thousands of candidates
 def test_multiclass_nms_over_thousands_of_candidates_equals_pytorch(tiles, tmp_path):
     """3 classes and a few thousand candidates through class-aware NMS: the exported files keep
     the same boxes as eager PyTorch (torchvision's batched_nms would loop over classes eagerly
