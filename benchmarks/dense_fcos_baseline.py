@@ -1,5 +1,5 @@
 """A straightforward, fully dense FCOS target assignment: the reference that benchmarks/detectors.py
-times against the library's chunked ``FCOSAssigner`` (and that tests/test_benchmark_baseline.py
+times against the library's chunked ``FCOSAssigner`` (and that tests/tools/test_benchmark_baseline.py
 checks for identical labels).
 
 It follows the usual way FCOS implementations label locations (e.g. the authors' code,

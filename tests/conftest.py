@@ -142,6 +142,12 @@ def loss_terms_on(model, shifts, gt_instances, matched, flat, quality=None, aux_
     return criterion(out, points, gt_instances)
 
 
+def slow_unless_tiny(configs):
+    """``configs`` (paths) as pytest parameters, those that are not ``*tiny*`` (R-50 backbones:
+    a train step is several seconds on 2 busy cores) marked ``slow``; the fast tier keeps the tiny ones."""
+    return [c if "tiny" in os.path.basename(c) else pytest.param(c, marks=pytest.mark.slow) for c in configs]
+
+
 @pytest.fixture
 def tiny_batch():
     return make_batch()

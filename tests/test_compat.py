@@ -108,6 +108,7 @@ def test_faster_coco_eval_equals_pycocotools(synthetic, max_dets):
     assert max(bench.compare(ref, fast)) <= 1e-6, bench.compare(ref, fast)
 
 
+@pytest.mark.d2main
 @pytest.mark.skipif(not HAS_C, reason="detectron2._C not importable (detectron2 v0.6 Python sources)")
 def test_detectron2_C_cocoeval_equals_pycocotools(synthetic):
     gt, dets = synthetic

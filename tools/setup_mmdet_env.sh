@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create (or reuse) the MMDetection reference venv: mmdet 3.3.0 / mmengine 0.10.7 / mmcv-lite 2.1.0
 # with numpy 1.26, used only to dump reference checkpoints and outputs of MMDetection's own models
-# (tests/mmdet_ref/dump_reference.py) for the converter's parity tests (tests/test_mmdet_parity.py;
+# (tests/mmdet_ref/dump_reference.py) for the converter's parity tests (tests/checkpoint/test_mmdet_parity.py;
 # `make test` builds it). Not used by the library itself.
 #   D2AF_MMDET_VENV  where it lives (default ~/.cache/d2af/venv-mmdet). Rebuilt when
 #                    requirements-mmdet.txt changes (stamp file, as tools/setup_env.sh does).

@@ -8,7 +8,7 @@ Sources: Dai et al., "Deformable Convolutional Networks", ICCV 2017, Eq. 2 (DCNv
 Zhu et al., "Deformable ConvNets v2", CVPR 2019, Eq. 3 (modulated, DCNv2).
 
 Offset layout (torchvision's convention, identical to the original DCN / mmcv / detectron2 ops;
-checked by ``tests/test_deform_conv.py::test_offset_layout_dy_dx``):
+checked by ``tests/layers/test_deform_conv.py::test_offset_layout_dy_dx``):
 
     offset: [N, 2 * dg * kh * kw, H_out, W_out], in input-feature-map pixels.
     For deformable group g and kernel position k = i * kw + j (row-major over the kernel, i the

@@ -1,6 +1,6 @@
 """Compare our converted model with an MMDetection reference dump (``dump_reference.py``).
 
-Used by ``tests/test_mmdet_parity.py``; runs in the project venv. For one dump: convert its
+Used by ``tests/checkpoint/test_mmdet_parity.py``; runs in the project venv. For one dump: convert its
 checkpoint with :func:`d2_anchorfree.checkpoint.conversion.convert_checkpoint`, build our model
 from the matching ``configs/zoo/mmdet/*.yaml``, and on every image compare
 

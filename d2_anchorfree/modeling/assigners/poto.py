@@ -145,7 +145,7 @@ def match_one_to_one(point_idx: torch.Tensor, gt_idx: torch.Tensor, quality: tor
         maximum-weight matching, in O(P + G) memory instead of O(G C) (the dense matrix is
         0.4 GB at 3000 GT on 800x1333, and the dense solver 16x slower there).
     Both give the same matching up to ties between equally good matchings
-    (tests/test_defcn.py compares them, and with the unrestricted [G, R] problem).
+    (tests/modeling/heads/test_defcn.py compares them, and with the unrestricted [G, R] problem).
 
     Args:
         point_idx, gt_idx: [P] long, the in-prior pairs (each pair at most once).

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 import torchvision
 
@@ -25,6 +26,7 @@ def test_detectron2_checkpoint_round_trip(tmp_path):
         assert na == nb and torch.equal(pa, pb), na
 
 
+@pytest.mark.slow  # builds R-50s (torchvision's and ours)
 def test_torchvision_resnet_weights_load_into_backbone(tmp_path):
     torch.manual_seed(3)
     tv = torchvision.models.resnet18(weights=None)

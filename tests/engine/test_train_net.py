@@ -20,6 +20,8 @@ from d2_anchorfree.engine import AnchorFreeTrainer, setup_cfg
 
 from conftest import REPO, make_toy_data
 
+pytestmark = pytest.mark.slow  # train_net.py processes and in-process training runs
+
 CONFIG = os.path.join(REPO, "projects", "CustomData", "fcos_tiny_toy.yaml")
 
 
@@ -89,7 +91,7 @@ def _train(toy, out_dir, resume, max_iter=4):
 def test_resume_is_exact(toy, tmp_path):
     """6 iterations straight == 2 iterations, stop, --resume for the last 4 (random flips and
     multi-scale resize on): the data stream, augmentations, optimizer and LR schedule resume,
-    bitwise, BatchNorm buffers included. (In-process; tests/test_killed_runs.py resumes in fresh
+    bitwise, BatchNorm buffers included. (In-process; tests/engine/test_killed_runs.py resumes in fresh
     processes, which is what caught TorchScript's focal loss changing gradients after warm-up.)"""
     straight = _train(toy, tmp_path / "a", resume=False, max_iter=6)
     b = tmp_path / "b"

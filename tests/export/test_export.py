@@ -124,6 +124,7 @@ def tiles():
     return np.ascontiguousarray(read[0][:352, :384]), read[1], np.ascontiguousarray(read[2][:333, :271])
 
 
+@pytest.mark.slow  # trained weights (_model): trained on the first run on a machine, then cached
 @pytest.mark.parametrize("name", list(DETECTORS))
 def test_exported_files_equal_pytorch_at_two_sizes(name, tiles, tmp_path):
     # A low score threshold: enough detections to compare whatever the 50-iteration model scores
@@ -154,6 +155,7 @@ def test_exported_files_equal_pytorch_at_two_sizes(name, tiles, tmp_path):
     assert meta["nms_thresh"] == model.test_nms_thresh and meta["meta_architecture"] == cfg.MODEL.META_ARCHITECTURE
 
 
+@pytest.mark.slow  # trained weights (_model)
 @pytest.mark.parametrize("name", ["FCOS", "DeFCN", "VFNet"])
 def test_no_detection_gives_empty_outputs(name, tiles, tmp_path):
     cfg, model = _model(name, "MODEL.DENSE.SCORE_THRESH_TEST", "0.999")
@@ -173,6 +175,7 @@ def _torch_free(script_args, cwd):
     return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True)
 
 
+@pytest.mark.slow  # trained weights (_model), evaluation on the val tiles in two runtimes
 @pytest.mark.parametrize("name", ["FCOS", "DeFCN"])
 def test_onnx_runtime_coco_ap_equals_pytorch_evaluation(name, tiles, trees_val, tmp_path):
     trees = trees_dir()
@@ -198,6 +201,7 @@ def test_onnx_runtime_coco_ap_equals_pytorch_evaluation(name, tiles, trees_val, 
         assert onnx_ap[key] == pytest.approx(torch_ap[key], abs=1e-3), (key, onnx_ap, torch_ap)
 
 
+@pytest.mark.slow  # trained weights (_model), tools/predict_onnx.py in a subprocess
 def test_onnx_runtime_draws_writes_results_and_skips_unreadable(tiles, trees_val, tmp_path):
     cfg, model = _model("FCOS", *trees_val)
     path = export_model(cfg, model, "onnx", str(tmp_path / "onnx"), torch.from_numpy(tiles[0]))
@@ -248,6 +252,7 @@ def test_metadata_loads_a_registered_test_dataset():
     assert (meta["class_names"], meta["category_ids"]) == (["tree"], [1])
 
 
+@pytest.mark.slow  # exports and runs an untrained model with thousands of candidates
 def test_multiclass_nms_over_thousands_of_candidates_equals_pytorch(tiles, tmp_path):
     """3 classes and a few thousand candidates through class-aware NMS: the exported files keep
     the same boxes as eager PyTorch (torchvision's batched_nms would loop over classes eagerly

@@ -97,6 +97,7 @@ def test_crowd_boxes_are_ignored_not_positive():
     assert got == [IGNORE, 1, BACKGROUND]
 
 
+@pytest.mark.slow  # 5 random cases of 300 GT boxes, chunked and whole
 def test_chunked_assignment_equals_unchunked():
     g = torch.Generator().manual_seed(0)
     for _ in range(5):

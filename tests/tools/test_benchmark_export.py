@@ -7,6 +7,9 @@ import json
 import numpy as np
 import pytest
 
+
+pytestmark = pytest.mark.slow  # exports and times a model on three backends
+
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 

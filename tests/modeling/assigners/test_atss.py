@@ -12,7 +12,7 @@ from d2_anchorfree.modeling.assigners import ASSIGNER_REGISTRY, BACKGROUND, IGNO
 from d2_anchorfree.modeling.assigners.atss import ATSSAssigner, adaptive_iou_threshold, atss_positives
 from d2_anchorfree.modeling.geometry import paired_iou
 
-from conftest import load_cfg, train_step_and_predict
+from conftest import load_cfg, slow_unless_tiny, train_step_and_predict
 
 
 def grid(height, width, stride):
@@ -242,7 +242,7 @@ def test_registry_config_and_bad_arguments():
 
 
 @pytest.mark.parametrize("config_file",
-                         ["configs/ATSS/ATSS_tiny_R_18_cpu.yaml", "configs/ATSS/ATSS_R_50_FPN_1x.yaml"])
+                         slow_unless_tiny(["configs/ATSS/ATSS_tiny_R_18_cpu.yaml", "configs/ATSS/ATSS_R_50_FPN_1x.yaml"]))
 def test_atss_configs_train_one_step_and_predict(config_file):
     model, losses = train_step_and_predict(load_cfg(config_file, "MODEL.DENSE.SCORE_THRESH_TEST", 0.0), 1)
     assert type(model).__name__ == "ATSS" and isinstance(model.criterion.assigner, ATSSAssigner)

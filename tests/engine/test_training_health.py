@@ -38,6 +38,7 @@ def test_default_solver_values_pass():
         check_solver_config(load_cfg(config))
 
 
+@pytest.mark.slow  # a train_net.py process
 def test_max_iter_zero_from_the_command_line_names_the_key(tmp_path):
     r = subprocess.run([sys.executable, os.path.join(REPO, "train_net.py"), "--config-file",
                         os.path.join(REPO, "configs/FCOS/FCOS_tiny_R_18_cpu.yaml"), "SOLVER.MAX_ITER", "0",
@@ -52,6 +53,7 @@ def toy(tmp_path_factory):
     return make_toy_data(root, train=4, val=2)
 
 
+@pytest.mark.slow  # trains up to 20 iterations
 def test_exploding_weights_under_gradient_clipping_stop_the_run(toy, tmp_path):
     """BASE_LR 100 with gradient clipping (on in the tiny configs): the loss stays finite while
     the weights grow; the run must stop naming the iteration, and save no exploded checkpoint."""

@@ -93,6 +93,7 @@ def test_bad_images_are_skipped_listed_and_exit_1(weights, tmp_path, capsys):
     assert by_name(results)["good1.png"] == detections(weights, good[0])
 
 
+@pytest.mark.slow  # tools/predict.py as a process
 def test_script_exit_code(weights, tmp_path):
     """Run as a script, a skipped image makes the exit code 1 (main() returning 0 is the
     in-process case of the other tests)."""

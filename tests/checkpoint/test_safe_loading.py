@@ -64,6 +64,7 @@ def test_malicious_file_refused_by_detectron2_checkpointer_and_predictor(tmp_pat
     assert not marker.exists()
 
 
+@pytest.mark.slow  # train_net.py processes
 def test_malicious_pkl_refused_by_train_net_eval_only(tmp_path):
     marker = tmp_path / "pwned"
     weights = tmp_path / "evil.pkl"
@@ -148,6 +149,7 @@ def test_eval_without_weights_is_an_error_unless_allowed(tmp_path):
         assert torch.equal(a, b), k
 
 
+@pytest.mark.slow  # train_net.py processes
 def test_train_net_eval_only_refuses_missing_or_unfit_weights(tmp_path):
     base = [sys.executable, os.path.join(REPO, "train_net.py"), "--eval-only", "--config-file",
             os.path.join(REPO, TINY)]
@@ -201,6 +203,7 @@ def test_atomic_save_keeps_old_file_when_writing_fails(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_final.pth"]
 
 
+@pytest.mark.slow  # tools/predict.py processes
 def test_predict_tool_refuses_missing_weights_unless_allowed(tmp_path):
     image = tmp_path / "img.png"
     import cv2
@@ -217,6 +220,7 @@ def test_predict_tool_refuses_missing_weights_unless_allowed(tmp_path):
     assert (tmp_path / "out" / "results.json").exists()
 
 
+@pytest.mark.slow  # a tools/convert_checkpoint.py process
 def test_conversion_tool_refuses_malicious_torch_file(tmp_path):
     marker = tmp_path / "pwned"
     evil = tmp_path / "resnet.pth"

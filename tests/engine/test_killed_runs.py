@@ -13,6 +13,8 @@ import torch
 
 from conftest import REPO, make_toy_data
 
+pytestmark = pytest.mark.slow  # every test runs several train_net.py processes
+
 CONFIG = os.path.join(REPO, "projects", "CustomData", "fcos_tiny_toy.yaml")
 DRIVER = os.path.join(REPO, "tests", "kill_during_save.py")
 

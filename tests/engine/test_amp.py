@@ -83,6 +83,7 @@ def test_tiny_configs_are_found():
     assert len(TINY_CONFIGS) >= 5, TINY_CONFIGS
 
 
+@pytest.mark.slow  # bf16 CPU kernels: 5-40 s per config on 2 busy cores
 @pytest.mark.parametrize("config_file", TINY_CONFIGS)
 def test_cpu_bf16_autocast_step_matches_fp32(config_file):
     cfg = load_cfg(config_file)
@@ -105,7 +106,7 @@ def test_cuda_fp16_autocast_step_matches_fp32(config_file):
 
 
 @requires_cuda
-@pytest.mark.parametrize("precision", ["float16", "bfloat16"])
+@pytest.mark.parametrize("precision", ["float16", pytest.param("bfloat16", marks=pytest.mark.d2main)])
 @pytest.mark.parametrize("config_file", TINY_CONFIGS)
 def test_cuda_amp_trainer_steps(config_file, precision):
     """detectron2's AMPTrainer (grad scaler) runs two steps of every tiny config on CUDA."""

@@ -501,6 +501,7 @@ def test_documented_command_line_parses():
     assert args.checkpoint.endswith(".pth") and args.output == "gfl_r50_mmdet.pth" and args.opts == []
 
 
+@pytest.mark.slow  # three conversions into R-50 GFL models
 def test_tool_main_end_to_end(tmp_path, capsys, gfl_source, gfl_file):
     out = tmp_path / "gfl_ours.pth"
     assert _main(gfl_file, out) == 0

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from conftest import REPO, load_cfg, train_step_and_predict
+from conftest import REPO, load_cfg, slow_unless_tiny, train_step_and_predict
 
 CONFIGS = sorted(
     os.path.relpath(p, REPO)
@@ -18,7 +18,7 @@ def test_configs_are_found():
     assert any("FCOS_R_50_FPN_1x" in c for c in CONFIGS) and any("tiny" in c for c in CONFIGS)
 
 
-@pytest.mark.parametrize("config_file", CONFIGS)
+@pytest.mark.parametrize("config_file", slow_unless_tiny(CONFIGS))  # fast tier: the tiny configs
 def test_config_trains_one_step_and_predicts(config_file):
     # Small inputs keep R-50 configs fast; COCO-size NUM_CLASSES is kept as configured.
     cfg = load_cfg(config_file, "INPUT.MIN_SIZE_TEST", 128, "INPUT.MAX_SIZE_TEST", 160)

@@ -88,6 +88,7 @@ def test_unknown_class_id_and_degenerate_box_raise():
         model(batch)
 
 
+@pytest.mark.slow  # 40 training steps
 def test_tiny_fcos_overfits_one_image():
     """End-to-end learning: a few dozen steps on one image must fit its two boxes."""
     torch.manual_seed(0)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from conftest import load_cfg, make_batch, make_instances
+from conftest import load_cfg, make_batch, make_instances, slow_unless_tiny
 from d2_anchorfree.layers.max_filter import MaxFiltering3D, max_filter_3d
 from d2_anchorfree.modeling.assigners import BACKGROUND, IGNORE, build_assigner
 from d2_anchorfree.modeling.assigners.base import level_ranges
@@ -504,7 +504,7 @@ def test_joint_logits_is_the_logit_of_the_product():
 
 
 # ----------------------------------------------------------------------------- meta-arch / configs
-@pytest.mark.parametrize("config_file", DEFCN_CONFIGS)
+@pytest.mark.parametrize("config_file", slow_unless_tiny(DEFCN_CONFIGS))
 def test_config_trains_one_step_with_one_positive_per_gt_and_predicts(config_file):
     torch.manual_seed(0)
     cfg = load_cfg(config_file)

@@ -302,7 +302,7 @@ def test_image_without_objects_and_targets_beyond_reg_max():
 @pytest.mark.parametrize("config_file, opts", [
     ("configs/GFL/GFL_tiny_R_18_cpu.yaml", []),
     ("configs/GFL/GFL_tiny_R_18_cpu.yaml", ["MODEL.GFL_HEAD.DGQP", True]),
-    ("configs/GFL/GFL_R_50_FPN_1x.yaml", []),
+    pytest.param("configs/GFL/GFL_R_50_FPN_1x.yaml", [], marks=pytest.mark.slow),
 ])
 def test_gfl_configs_train_one_step_and_predict(config_file, opts):
     model, losses = train_step_and_predict(load_cfg(config_file, "MODEL.DENSE.SCORE_THRESH_TEST", 0.0, *opts), 1)

@@ -19,7 +19,7 @@ from d2_anchorfree.modeling.backbone_dcn import DeformBottleneckBlock
 from d2_anchorfree.modeling.heads.vfnet_head import VFNetHead, scale_offset_gradient, star_offsets
 from d2_anchorfree.modeling.losses.varifocal import varifocal_loss
 
-from conftest import REPO, load_cfg, loss_terms_on, make_batch, make_instances, train_step_and_predict
+from conftest import REPO, load_cfg, loss_terms_on, make_batch, make_instances, slow_unless_tiny, train_step_and_predict
 
 TINY = "configs/VFNet/VFNet_tiny_R_18_cpu.yaml"
 VFNET_CONFIGS = sorted(
@@ -351,7 +351,7 @@ def test_vfnet_configs_found():
         "VFNet_R_50_FPN_1x.yaml", "VFNet_R_50_DCN_FPN_1x.yaml", "VFNet_tiny_R_18_cpu.yaml"}
 
 
-@pytest.mark.parametrize("config_file", VFNET_CONFIGS)
+@pytest.mark.parametrize("config_file", slow_unless_tiny(VFNET_CONFIGS))
 def test_vfnet_config_trains_one_step_and_predicts(config_file):
     cfg = load_cfg(config_file, "INPUT.MIN_SIZE_TEST", 128, "INPUT.MAX_SIZE_TEST", 160)
     assert cfg.MODEL.DENSE.NUM_CONVS == 3 and cfg.MODEL.META_ARCHITECTURE == "VFNet"

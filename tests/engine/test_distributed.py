@@ -32,6 +32,8 @@ from d2_anchorfree.modeling.losses import terms as terms_module
 
 from conftest import load_cfg, make_batch, make_instances
 
+pytestmark = pytest.mark.slow  # 2 gloo worker processes per detector, spawned once per module
+
 CONFIGS = {  # name -> (config, extra overrides)
     "FCOS": ("configs/FCOS/FCOS_tiny_R_18_cpu.yaml", ()),
     # At the prior 0.01 GFL's box/DFL weight sum (the positives' scores) is < 1, so the

@@ -29,6 +29,10 @@ import torch
 
 from conftest import CACHE_ROOT, REPO, trees_dir
 
+# every test here runs the MMDetection environment's python; most build R-50 models on both sides
+# (a reference dump is 40-90 s on a fresh machine)
+pytestmark = [pytest.mark.mmdet, pytest.mark.slow]
+
 sys.path.insert(0, os.path.join(REPO, "tests", "mmdet_ref"))
 import parity  # noqa: E402
 
