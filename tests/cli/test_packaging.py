@@ -168,6 +168,7 @@ def _trees_opts(trees, out_dir):
     ]
 
 
+@pytest.mark.slow  # trains 2 iterations, evaluates and predicts in three d2af processes
 def test_d2af_train_then_evaluate_and_predict(tmp_path):
     trees, out = trees_dir(), tmp_path / "run"
     config = ["--config-file", os.path.join(REPO, "configs", "FCOS", "FCOS_tiny_R_18_cpu.yaml")]
