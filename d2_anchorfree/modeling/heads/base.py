@@ -40,10 +40,12 @@ class ClassScores(NamedTuple):
 
     @classmethod
     def from_logits(cls, logits: torch.Tensor) -> "ClassScores":
+        """Scores that are logits ([..., K] float, any real value)."""
         return cls(logits=logits)
 
     @classmethod
     def from_probabilities(cls, probabilities: torch.Tensor) -> "ClassScores":
+        """Scores that are probabilities ([..., K] float in [0, 1])."""
         return cls(probabilities=probabilities)
 
     @property
@@ -53,6 +55,7 @@ class ClassScores(NamedTuple):
 
     @property
     def are_probabilities(self) -> bool:
+        """True for probabilities, False for logits (the losses pick their formula by it)."""
         return self.logits is None
 
     def as_probabilities(self) -> torch.Tensor:
