@@ -133,43 +133,45 @@ class DenseCriterion:
         self.iteration = 0
 
     @classmethod
-    def from_config(cls, cfg, head, strides: List[int], parts):
-        """Build the assigners and loss terms that ``parts`` (``components.Components``, the
-        resolved choices of ``cfg``) names, and check them against ``head``.
+    def from_config(cls, cfg, head, strides: List[int]):
+        """Build the assigners and loss terms that ``cfg`` names (``MODEL.DENSE`` ASSIGNER,
+        AUX_ASSIGNER, INITIAL_ASSIGNER, LOSSES, INITIAL_LOSSES; "none" for an absent assigner) and
+        check them against ``head``. ``cfg`` is complete: the preset has filled it
+        (``components.apply_preset``).
 
         Args:
             cfg: the config. head: the built ``DenseHead``. strides: per level stride in pixels.
-            parts: the resolved component names.
 
         Raises:
             KeyError: an assigner or loss term name that is not registered.
             ValueError: a composition :func:`check_composition` rejects.
         """
-        assigner = build_assigner(parts.assigner, cfg, strides)
-        aux_assigner = build_assigner(parts.aux_assigner, cfg, strides) if parts.aux_assigner else None
-        initial = build_assigner(parts.initial_assigner, cfg, strides) if parts.initial_assigner else None
-        terms = [build_loss_term(cfg, name, parts) for name in parts.losses]
+        d = cfg.MODEL.DENSE
+        assigner = build_assigner(d.ASSIGNER, cfg, strides)
+        aux_assigner = build_assigner(d.AUX_ASSIGNER, cfg, strides) if d.AUX_ASSIGNER != "none" else None
+        initial = build_assigner(d.INITIAL_ASSIGNER, cfg, strides) if d.INITIAL_ASSIGNER != "none" else None
+        terms = [build_loss_term(cfg, name) for name in d.LOSSES]
         initial_terms = None
-        if initial is not None and parts.initial_losses is not None:
-            initial_terms = [build_loss_term(cfg, name, parts, initial=True) for name in parts.initial_losses]
+        if initial is not None:
+            initial_terms = [build_loss_term(cfg, name, phase="initial") for name in d.INITIAL_LOSSES]
         if aux_assigner is not None:
             terms.append(AuxFocalLoss(cfg))
             if initial_terms is not None:
                 initial_terms.append(AuxFocalLoss(cfg))
         check_composition(head, assigner, aux_assigner, initial, terms, initial_terms)
         return {
-            "num_classes": cfg.MODEL.DENSE.NUM_CLASSES,
+            "num_classes": d.NUM_CLASSES,
             "assigner": assigner,
             "loss_terms": terms,
             "aux_assigner": aux_assigner,
             "initial_assigner": initial,
-            "initial_assigner_iters": cfg.MODEL.DENSE.INITIAL_ASSIGNER_ITERS,
+            "initial_assigner_iters": d.INITIAL_ASSIGNER_ITERS,
             "initial_loss_terms": initial_terms,
         }
 
     @property
     def components(self) -> List[object]:
-        """The assigners and loss terms in use (None for absent ones), for the unused-key check."""
+        """The assigners and loss terms in use (None for absent ones), named by the unused-key check."""
         initial_terms = self.initial_loss_terms if self.initial_loss_terms is not self.loss_terms else []
         return [self.assigner, self.aux_assigner, self.initial_assigner, *self.loss_terms, *initial_terms]
 

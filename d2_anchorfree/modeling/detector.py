@@ -20,7 +20,7 @@ from detectron2.modeling import build_backbone
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.structures import Instances
 
-from .components import check_unused_keys, resolve_components
+from .components import apply_preset, check_unused_keys, recording_view
 from .criterion import DenseCriterion
 from .geometry import Points
 from .heads import build_head
@@ -37,8 +37,8 @@ class AnchorFreeDetector(DenseDetector):
     DeFCN, TOOD) are presets: subclasses in ``presets.py`` that only choose components.
     """
 
-    #: the preset's component choices, filling the unset ``MODEL.DENSE`` choices (see
-    #: ``presets.py``); None for the bare detector, which needs every choice in the config
+    #: the preset: config key -> value, set where the config leaves the key at its default (see
+    #: ``presets.py`` and ``components.apply_preset``); None for the bare detector
     PRESET: Optional[Dict[str, object]] = None
 
     @configurable
@@ -100,7 +100,9 @@ class AnchorFreeDetector(DenseDetector):
 
     @classmethod
     def from_config(cls, cfg):
-        """Build every component named (or left to the preset) in ``cfg``.
+        """Build every component named (or left to the preset) in ``cfg``: the preset fills a
+        copy of ``cfg`` (``components.apply_preset``), the components are built from a view of
+        it that records the keys they read, and a key the config sets that none read is an error.
 
         Raises:
             ValueError: a feature of ``MODEL.DENSE.IN_FEATURES`` that the backbone does not
@@ -109,9 +111,10 @@ class AnchorFreeDetector(DenseDetector):
                 detector reads (``components.check_unused_keys``).
             KeyError: a component name that is not registered.
         """
-        parts = resolve_components(cfg, cls.PRESET, cfg.MODEL.META_ARCHITECTURE)
-        d = cfg.MODEL.DENSE
-        backbone = build_backbone(cfg)
+        resolved = apply_preset(cfg, cls.PRESET, cfg.MODEL.META_ARCHITECTURE)
+        backbone = build_backbone(resolved)
+        view, reads = recording_view(resolved)
+        d = view.MODEL.DENSE
         head_in_features = list(d.IN_FEATURES)
         output_shapes = backbone.output_shape()
         missing = [f for f in head_in_features if f not in output_shapes]
@@ -119,25 +122,29 @@ class AnchorFreeDetector(DenseDetector):
             raise ValueError(f"MODEL.DENSE.IN_FEATURES {missing} not produced by the backbone ({sorted(output_shapes)})")
         shapes = [output_shapes[f] for f in head_in_features]
         strides = [s.stride for s in shapes]
-        head = build_head(cfg, shapes, parts.head, aux_classifier=parts.aux_assigner is not None)
-        criterion = DenseCriterion(cfg, head, strides, parts)
-        check_unused_keys(cfg, [head, *criterion.components], parts.postprocess)
+        head = build_head(view, shapes, d.HEAD, aux_classifier=d.AUX_ASSIGNER != "none")
+        criterion = DenseCriterion(view, head, strides)
+        nms_free = d.POSTPROCESS == "topk"
+        settings = {
+            "head_in_features": head_in_features,
+            "shift_generator": build_shift_generator(view, shapes),
+            "num_classes": d.NUM_CLASSES,
+            "test_score_thresh": d.SCORE_THRESH_TEST,
+            "test_topk_candidates": d.TOPK_CANDIDATES_TEST,
+            "test_nms_thresh": None if nms_free else d.NMS_THRESH_TEST,
+            "test_topk_by": d.TOPK_CANDIDATES_BY,
+            "test_topk_within_points": d.TOPK_CANDIDATES_WITHIN_POINTS,
+        }
+        check_unused_keys(cfg, reads, [head, *criterion.components])
         return {
             "backbone": backbone,
             "head": head,
-            "head_in_features": head_in_features,
-            "shift_generator": build_shift_generator(cfg, shapes),
             "criterion": criterion,
-            "num_classes": d.NUM_CLASSES,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "input_format": cfg.INPUT.FORMAT,
-            "test_score_thresh": d.SCORE_THRESH_TEST,
-            "test_topk_candidates": d.TOPK_CANDIDATES_TEST,
-            "test_nms_thresh": None if parts.postprocess == "topk" else d.NMS_THRESH_TEST,
             "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
-            "test_topk_by": d.TOPK_CANDIDATES_BY,
-            "test_topk_within_points": d.TOPK_CANDIDATES_WITHIN_POINTS,
+            **settings,
         }
 
     @property

@@ -181,4 +181,65 @@ def test_initial_assigner_and_its_iterations_come_together():
     model = build_model(load_cfg("configs/ATSS/ATSS_tiny_R_18_cpu.yaml", "MODEL.DENSE.INITIAL_ASSIGNER",
                                  "FCOSAssigner", "MODEL.DENSE.INITIAL_ASSIGNER_ITERS", 5))
     assert type(model.criterion.initial_assigner).__name__ == "FCOSAssigner"
-    assert model.criterion.initial_loss_terms is model.criterion.loss_terms
+    # its phase trains the main loss terms (INITIAL_LOSSES and INITIAL_WEIGHTING unset)
+    c = model.criterion
+    assert [(type(t), vars(t)) for t in c.initial_loss_terms] == [(type(t), vars(t)) for t in c.loss_terms]
+
+
+# ------------------------------------------------------------------ one source: presets, reads
+def test_preset_fills_a_copy_and_keeps_what_the_config_sets():
+    from d2_anchorfree.modeling.components import apply_preset
+    from d2_anchorfree.modeling.presets import PRESETS
+
+    cfg = load_cfg("configs/TOOD/TOOD_tiny_R_18_cpu.yaml", "MODEL.BOX_LOSS.TYPE", "linear_iou")
+    cfg.freeze()
+    filled = apply_preset(cfg, PRESETS["TOOD"], "TOOD")
+    # the given config is untouched
+    assert cfg.MODEL.DENSE.HEAD == "" and cfg.MODEL.BOX_LOSS.WEIGHTING == "" and cfg.MODEL.DENSE.LOSSES == []
+    assert filled.is_frozen()
+    # the preset's values where the config left the default, the config's where it set one
+    assert (filled.MODEL.DENSE.HEAD, filled.MODEL.DENSE.ASSIGNER, filled.MODEL.BOX_LOSS.WEIGHTING) == \
+        ("TOODHead", "TaskAlignedAssigner", "quality")
+    assert filled.MODEL.DENSE.LOSSES == ["QualityFocalLoss", "BoxLoss"]
+    assert (filled.MODEL.BOX_LOSS.TYPE, filled.MODEL.BOX_LOSS.WEIGHT) == ("linear_iou", 2.0)
+    # the initial phase: the preset's losses and weighting; no aux assigner (the bare default)
+    assert filled.MODEL.DENSE.INITIAL_LOSSES == ["FocalLoss", "BoxLoss"]
+    assert filled.MODEL.BOX_LOSS.INITIAL_WEIGHTING == "centerness" and filled.MODEL.DENSE.AUX_ASSIGNER == "none"
+    # the bare detector: generic values for the optional choices, an initial phase like the main one
+    bare = apply_preset(load_cfg(FCOS_TINY, *FCOS_EXPLICIT, "MODEL.DENSE.INITIAL_ASSIGNER", "ATSSAssigner",
+                                 "MODEL.DENSE.INITIAL_ASSIGNER_ITERS", 3), None, "AnchorFreeDetector")
+    assert (bare.MODEL.DENSE.POSTPROCESS, bare.MODEL.QFL.TARGET) == ("nms", "iou")
+    assert bare.MODEL.DENSE.INITIAL_LOSSES == bare.MODEL.DENSE.LOSSES
+    assert bare.MODEL.BOX_LOSS.INITIAL_WEIGHTING == bare.MODEL.BOX_LOSS.WEIGHTING
+
+
+def test_recording_view_records_the_values_read():
+    from d2_anchorfree.modeling.components import recording_view
+
+    view, reads = recording_view(load_cfg(FCOS_TINY))
+    d = view.MODEL.DENSE  # a section: not a value
+    assert reads == set()
+    assert d.NUM_CONVS == 2 and view.MODEL["ATSS"]["TOPK"] == 9 and list(d.IN_FEATURES)[0] == "p3"
+    assert reads == {"MODEL.DENSE.NUM_CONVS", "MODEL.ATSS.TOPK", "MODEL.DENSE.IN_FEATURES"}
+    with pytest.raises(Exception, match="immutable"):
+        view.MODEL.DENSE.NUM_CONVS = 3
+
+
+def test_a_key_is_checked_exactly_when_the_components_do_not_read_it():
+    # POTO reads MODEL.DENSE.CENTER_SAMPLING_RADIUS only with its "center" spatial prior and
+    # SIZES_OF_INTEREST only with the "fcos" level prior: what from_config reads is what is checked.
+    defcn = "configs/DeFCN/DeFCN_tiny_R_18_cpu.yaml"
+    build_model(load_cfg(defcn, "MODEL.DENSE.CENTER_SAMPLING_RADIUS", 2.5))
+    with pytest.raises(ValueError, match=r"MODEL\.DENSE\.CENTER_SAMPLING_RADIUS"):
+        build_model(load_cfg(defcn, "MODEL.POTO.SPATIAL_PRIOR", "inside", "MODEL.DENSE.CENTER_SAMPLING_RADIUS", 2.5))
+    with pytest.raises(ValueError, match=r"MODEL\.DENSE\.SIZES_OF_INTEREST"):
+        build_model(load_cfg(defcn, "MODEL.DENSE.SIZES_OF_INTEREST", [32, 64, 128, 256]))
+    model = build_model(load_cfg(defcn, "MODEL.POTO.LEVEL_PRIOR", "fcos", "MODEL.DENSE.SIZES_OF_INTEREST", [32, 64, 128, 256]))
+    assert model.criterion.assigner.prior.ranges[1] == (32.0, 64.0)
+
+
+def test_negative_box_loss_weight_is_an_error():
+    # -1 is the default ("the preset's"); any other negative weight is refused
+    assert build_model(load_cfg(FCOS_TINY, "MODEL.BOX_LOSS.WEIGHT", -1.0)).criterion.loss_terms[1].weight == 1.0
+    with pytest.raises(ValueError, match=r"MODEL\.BOX_LOSS\.WEIGHT must be >= 0, got -0\.5"):
+        build_model(load_cfg(FCOS_TINY, "MODEL.BOX_LOSS.WEIGHT", -0.5))

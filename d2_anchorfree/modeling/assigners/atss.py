@@ -138,7 +138,6 @@ class ATSSAssigner:
     ([chunk x topk*L]).
     """
 
-    CONFIG_KEYS = ("ATSS.*",)
     PROVIDES_QUALITY = True  # AssignResult.quality: the anchor IoU of each positive
 
     @configurable

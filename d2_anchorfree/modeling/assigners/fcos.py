@@ -34,8 +34,6 @@ class FCOSAssigner:
     ``chunk_elements`` elements; the result is identical to the unchunked computation.
     """
 
-    CONFIG_KEYS = ("DENSE.SIZES_OF_INTEREST", "DENSE.CENTER_SAMPLING_RADIUS")
-
     @configurable
     def __init__(self, *, strides: List[int], sizes_of_interest: List[float],
                  center_sampling_radius: float = 0.0, chunk_elements: int = 1 << 20):

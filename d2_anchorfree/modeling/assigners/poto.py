@@ -18,6 +18,7 @@ is found in two stages with memory O(in-prior pairs + R) instead of O(G R):
 problems, scipy's sparse ``min_weight_full_bipartite_matching``) and :func:`assign_out_of_prior`
 (a free location for each GT left over).
 """
+import math
 from typing import List, Optional, Tuple
 
 import numpy as np
@@ -289,7 +290,7 @@ class PriorConfig:
     spatial_prior, radius (stride units), level_prior, chunk_elements.
     """
 
-    def __init__(self, strides: List[int], sizes_of_interest: List[float], spatial_prior: str,
+    def __init__(self, strides: List[int], sizes_of_interest: Optional[List[float]], spatial_prior: str,
                  radius: float, level_prior: str, chunk_elements: int):
         """
         Raises:
@@ -303,14 +304,16 @@ class PriorConfig:
         if spatial_prior == "center" and radius <= 0:
             raise ValueError(f"MODEL.DENSE.CENTER_SAMPLING_RADIUS must be > 0 for the 'center' prior, got {radius}")
         self.strides = list(strides)
-        self.ranges = level_ranges(sizes_of_interest, len(strides))
+        if level_prior == "fcos":
+            if sizes_of_interest is None:
+                raise ValueError("the 'fcos' level prior (MODEL.POTO.LEVEL_PRIOR) needs MODEL.DENSE.SIZES_OF_INTEREST")
+            self.ranges = level_ranges(sizes_of_interest, len(strides))
+        else:  # every level takes every object
+            self.ranges = [(0.0, math.inf)] * len(strides)
         self.spatial_prior = spatial_prior
         self.radius = float(radius)
         self.level_prior = level_prior
         self.chunk_elements = int(chunk_elements)
-        #: the MODEL.DENSE keys these settings read
-        self.dense_keys = ((("DENSE.CENTER_SAMPLING_RADIUS",) if spatial_prior == "center" else ())
-                           + (("DENSE.SIZES_OF_INTEREST",) if level_prior == "fcos" else ()))
 
     def mask(self, shifts: List[torch.Tensor], gt_boxes: torch.Tensor) -> torch.Tensor:
         """:func:`prior_mask` of every level, concatenated.
@@ -349,13 +352,8 @@ class POTOAssigner:
     crowd GTs are never matched. No GT -> all BACKGROUND.
     """
 
-    #: the most this assigner reads; ``config_keys`` (per instance) adds the MODEL.DENSE keys of
-    #: its priors (``components.check_unused_keys``)
-    CONFIG_KEYS = ("POTO.*",)
-
-
     @configurable
-    def __init__(self, *, strides: List[int], sizes_of_interest: List[float], alpha: float = 0.8,
+    def __init__(self, *, strides: List[int], sizes_of_interest: Optional[List[float]] = None, alpha: float = 0.8,
                  spatial_prior: str = "center", center_sampling_radius: float = 1.5,
                  level_prior: str = "all", chunk_elements: int = 1 << 20):
         """
@@ -374,17 +372,17 @@ class POTOAssigner:
         self.alpha = check_alpha(alpha)
         self.prior = PriorConfig(strides, sizes_of_interest, spatial_prior, center_sampling_radius,
                                  level_prior, chunk_elements)
-        # config keys read with these settings (``components.check_unused_keys``)
-        self.config_keys = self.CONFIG_KEYS + self.prior.dense_keys
 
     @classmethod
     def from_config(cls, cfg, strides):
         return {
             "strides": strides,
-            "sizes_of_interest": cfg.MODEL.DENSE.SIZES_OF_INTEREST,
+            # read only where the priors use them (the unused-key check sees what is read)
+            "sizes_of_interest": cfg.MODEL.DENSE.SIZES_OF_INTEREST if cfg.MODEL.POTO.LEVEL_PRIOR == "fcos" else None,
             "alpha": cfg.MODEL.POTO.ALPHA,
             "spatial_prior": cfg.MODEL.POTO.SPATIAL_PRIOR,
-            "center_sampling_radius": cfg.MODEL.DENSE.CENTER_SAMPLING_RADIUS,
+            **({"center_sampling_radius": cfg.MODEL.DENSE.CENTER_SAMPLING_RADIUS}
+               if cfg.MODEL.POTO.SPATIAL_PRIOR == "center" else {}),
             "level_prior": cfg.MODEL.POTO.LEVEL_PRIOR,
             "chunk_elements": cfg.MODEL.DENSE.ASSIGN_CHUNK_ELEMENTS,
         }

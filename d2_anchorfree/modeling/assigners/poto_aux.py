@@ -6,7 +6,7 @@ GT, the top-k (k = 9) predictions *in each FPN stage* ranked by the matching qua
 as candidates, and keeps as foreground the candidates whose quality is above a statistical
 threshold, the mean plus the standard deviation of the candidates' qualities (ATSS-style).
 """
-from typing import List
+from typing import List, Optional
 
 import torch
 
@@ -54,12 +54,8 @@ class POTOAuxAssigner:
     Memory: [points x GT-chunk] tensors, bounded by ``chunk_elements``.
     """
 
-    #: its own keys; ``config_keys`` (per instance) adds the MODEL.DENSE keys of its level prior
-    CONFIG_KEYS = ("POTO.ALPHA", "POTO.LEVEL_PRIOR", "POTO_AUX.*")
-
-
     @configurable
-    def __init__(self, *, strides: List[int], sizes_of_interest: List[float], alpha: float = 0.8,
+    def __init__(self, *, strides: List[int], sizes_of_interest: Optional[List[float]] = None, alpha: float = 0.8,
                  topk: int = 9, level_prior: str = "all", chunk_elements: int = 1 << 20):
         """
         Args:
@@ -76,14 +72,13 @@ class POTOAuxAssigner:
         self.topk = int(topk)
         # the spatial prior of this assignment is always the GT box
         self.prior = PriorConfig(strides, sizes_of_interest, "inside", 0.0, level_prior, chunk_elements)
-        # config keys read with these settings (``components.check_unused_keys``)
-        self.config_keys = self.CONFIG_KEYS + self.prior.dense_keys
 
     @classmethod
     def from_config(cls, cfg, strides):
         return {
             "strides": strides,
-            "sizes_of_interest": cfg.MODEL.DENSE.SIZES_OF_INTEREST,
+            # read only where the priors use them (the unused-key check sees what is read)
+            "sizes_of_interest": cfg.MODEL.DENSE.SIZES_OF_INTEREST if cfg.MODEL.POTO.LEVEL_PRIOR == "fcos" else None,
             "alpha": cfg.MODEL.POTO.ALPHA,
             "topk": cfg.MODEL.POTO_AUX.TOPK,
             "level_prior": cfg.MODEL.POTO.LEVEL_PRIOR,

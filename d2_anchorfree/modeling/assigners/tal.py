@@ -111,7 +111,6 @@ class TaskAlignedAssigner:
     identical (bit for bit) to the unchunked computation.
     """
 
-    CONFIG_KEYS = ("TAL.*",)
     PROVIDES_QUALITY = True
 
     @configurable

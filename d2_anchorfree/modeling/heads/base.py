@@ -134,9 +134,6 @@ class DenseHead(nn.Module):
         computed in training only (supervised one-to-many, discarded at inference).
     """
 
-    #: config keys (under MODEL, "SECTION.KEY" or "SECTION.*") this head reads besides the shared
-    #: MODEL.DENSE ones (see ``components.check_unused_keys``)
-    CONFIG_KEYS: Tuple[str, ...] = ()
     #: names of the head's own extra outputs (besides "logits" and "ltrb")
     EXTRAS: Tuple[str, ...] = ()
     #: inference clips the candidate boxes to the image before NMS / top-k (the reference code of

@@ -26,8 +26,6 @@ class DeFCNHead(DenseHead):
       sigmoid(cls) without 3DMF.
     """
 
-    CONFIG_KEYS = ("DEFCN_HEAD.*",)
-
     @configurable
     def __init__(self, *, input_shape: List[ShapeSpec], num_classes: int, num_convs: int = 4,
                  norm: str = "GN", tower_conv_bias: str = "auto", dcn_on_last_conv: bool = False,

@@ -32,7 +32,6 @@ class FCOSHead(DenseHead):
     (p_cls * sigmoid(centerness)) ** ``score_exponent``.
     """
 
-    CONFIG_KEYS = ("FCOS_HEAD.*",)
     EXTRAS = ("centerness",)
 
     @configurable
@@ -71,8 +70,6 @@ class FCOSHead(DenseHead):
         self.norm_reg_targets = norm_reg_targets
         self.box_coder = box_coder
         self.anchor_scale = float(anchor_scale)
-        if box_coder == "anchor_delta":
-            self.config_keys = self.CONFIG_KEYS + ("ATSS.ANCHOR_SCALE",)
         self.centerness_on_reg = centerness_on_reg
         self.score_exponent = score_exponent
         self.cls_logits = nn.Conv2d(self.in_channels, num_classes, 3, padding=1)
@@ -86,7 +83,9 @@ class FCOSHead(DenseHead):
         h = cfg.MODEL.FCOS_HEAD
         return {**cls.base_config(cfg, input_shape), "norm_reg_targets": h.NORM_REG_TARGETS,
                 "centerness_on_reg": h.CENTERNESS_ON_REG, "score_exponent": h.SCORE_EXPONENT,
-                "box_coder": h.BOX_CODER, "anchor_scale": cfg.MODEL.ATSS.ANCHOR_SCALE}
+                "box_coder": h.BOX_CODER,
+                # the anchor of the delta coder only (the unused-key check sees what is read)
+                **({"anchor_scale": cfg.MODEL.ATSS.ANCHOR_SCALE} if h.BOX_CODER == "anchor_delta" else {})}
 
     def predict_level(self, feats, level: int) -> Dict[str, torch.Tensor]:
         """"logits" [N, K, H, W], "ltrb" [N, 4, H, W] pixels, "centerness" [N, 1, H, W] logits."""

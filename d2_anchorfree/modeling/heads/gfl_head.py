@@ -100,7 +100,6 @@ class GFLHead(DenseHead):
     Score: sigmoid(logits) (times the DGQP quality, times sigmoid(filter) with 3DMF).
     """
 
-    CONFIG_KEYS = ("GFL_HEAD.*",)
     EXTRAS = ("box_logits",)  # and "quality" with DGQP
 
     @configurable

@@ -170,7 +170,6 @@ class TOODHead(DenseHead):
     trained with the Quality Focal Loss; 3DMF and the auxiliary classifier attach as on any head.
     """
 
-    CONFIG_KEYS = ("TOOD_HEAD.*",)
     EXTRAS = ("prob",)
     #: the reference clips no box before NMS (only the final detections are clipped)
     clip_boxes_before_nms = False

@@ -110,7 +110,6 @@ class VFNetHead(DenseHead):
     centerness). With 3DMF the filter branch reads the box tower, before the star convolution.
     """
 
-    CONFIG_KEYS = ("VFNET_HEAD.*",)
     EXTRAS = ("ltrb_init",)
 
 
@@ -173,7 +172,6 @@ class VFNetHead(DenseHead):
         # pixels per unit of exp(s x), per level
         if init_box_norm == "reg_denom" and sizes_of_interest is not None:
             self.init_box_scales = [float(d) for d in sizes_of_interest] + [2.0 * float(sizes_of_interest[-1])]
-            self.config_keys = self.CONFIG_KEYS + ("DENSE.SIZES_OF_INTEREST",)
         elif init_box_norm == "reg_denom":
             self.init_box_scales = [8.0 * st for st in self.strides]
         else:
@@ -184,7 +182,9 @@ class VFNetHead(DenseHead):
     def from_config(cls, cfg, input_shape: List[ShapeSpec]):
         h = cfg.MODEL.VFNET_HEAD
         return {**cls.base_config(cfg, input_shape), "offset_grad_mul": h.OFFSET_GRAD_MUL,
-                "init_box_norm": h.INIT_BOX_NORM, "sizes_of_interest": cfg.MODEL.DENSE.SIZES_OF_INTEREST}
+                "init_box_norm": h.INIT_BOX_NORM,
+                # the "reg_denom" scales only (the unused-key check sees what is read)
+                "sizes_of_interest": cfg.MODEL.DENSE.SIZES_OF_INTEREST if h.INIT_BOX_NORM == "reg_denom" else None}
 
     def predict_level(self, feats, level: int) -> Dict[str, torch.Tensor]:
         """"logits" [N, K, H, W], "ltrb" (refined) and "ltrb_init" [N, 4, H, W] pixels."""

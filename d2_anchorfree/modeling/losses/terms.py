@@ -36,19 +36,20 @@ named, normalized and weighted scalar losses.
 # its GT (IoU 0) stays a positive of the Varifocal Loss (q > 0); VFNet authors' code: 1e-6.
 MIN_IOU_TARGET = 1e-6
 BOX_WEIGHTINGS = ("none", "centerness", "max_score", "iou", "quality")
+PHASES = ("main", "initial")  # the training phases (criterion.TrainingPhase names)
 
 
 class LossTerm:
     """Base of the loss terms.
 
-    Class attributes: ``CONFIG_KEYS`` (config keys under MODEL it reads, "SECTION.KEY" or
-    "SECTION.*"), ``OUTPUTS`` (the names of the losses it returns),
+    Built from the config by ``from_config(cfg, phase="main")`` (``phase``: "main" or
+    "initial", see :func:`box_weighting`); the keys it reads there are the keys it honours
+    (``components.check_unused_keys``). Class attributes: ``OUTPUTS`` (the names of the losses it returns),
     ``REQUIRED_EXTRAS`` (head outputs it needs, e.g. "centerness"), ``NEEDS_LOGITS`` (it trains
     logits, so the head's classification scores must not be probabilities), ``NEEDS_QUALITY``
     (it needs the assigner's soft targets).
     """
 
-    CONFIG_KEYS: Tuple[str, ...] = ()
     OUTPUTS: Tuple[str, ...] = ()
     REQUIRED_EXTRAS: Tuple[str, ...] = ()
     NEEDS_LOGITS = False
@@ -135,7 +136,6 @@ class FocalLoss(LossTerm):
     on the probabilities of heads whose scores are activated (:func:`focal_loss_on_probabilities`).
     Output "loss_cls"."""
 
-    CONFIG_KEYS = ("FOCAL_LOSS.*",)
     OUTPUTS = ("loss_cls",)
 
     @configurable
@@ -148,7 +148,7 @@ class FocalLoss(LossTerm):
         self.alpha, self.gamma, self.weight = alpha, gamma, weight
 
     @classmethod
-    def from_config(cls, cfg):
+    def from_config(cls, cfg, phase: str = "main"):
         f = cfg.MODEL.FOCAL_LOSS
         return {"alpha": f.ALPHA, "gamma": f.GAMMA, "weight": f.WEIGHT}
 
@@ -175,7 +175,6 @@ class QualityFocalLoss(LossTerm):
         ``cls_avg_factor`` = sum of the normalized alignment metrics).
     Output "loss_cls"."""
 
-    CONFIG_KEYS = ("QFL.*",)
     OUTPUTS = ("loss_cls",)
 
     @configurable
@@ -190,10 +189,9 @@ class QualityFocalLoss(LossTerm):
         self.NEEDS_QUALITY = target == "assigner"
 
     @classmethod
-    def from_config(cls, cfg, target: str):
-        """``MODEL.QFL.TARGET`` comes resolved (the preset fills an empty one)."""
+    def from_config(cls, cfg, phase: str = "main"):
         q = cfg.MODEL.QFL
-        return {"beta": q.BETA, "target": target, "weight": q.WEIGHT}
+        return {"beta": q.BETA, "target": q.TARGET, "weight": q.WEIGHT}
 
     def __call__(self, out, targets: DenseTargets) -> Dict[str, torch.Tensor]:
         t = targets.main
@@ -218,7 +216,6 @@ class VarifocalLoss(LossTerm):
     at the GT class of positives, 0 elsewhere; IGNORE left out; divided by the positives.
     Output "loss_cls"."""
 
-    CONFIG_KEYS = ("VFL.*",)
     OUTPUTS = ("loss_cls",)
     NEEDS_LOGITS = True
 
@@ -234,7 +231,7 @@ class VarifocalLoss(LossTerm):
         self.alpha, self.gamma, self.iou_weighted, self.weight = alpha, gamma, iou_weighted, weight
 
     @classmethod
-    def from_config(cls, cfg):
+    def from_config(cls, cfg, phase: str = "main"):
         v = cfg.MODEL.VFL
         return {"alpha": v.ALPHA, "gamma": v.GAMMA, "iou_weighted": v.IOU_WEIGHTED, "weight": v.WEIGHT}
 
@@ -253,25 +250,26 @@ class BoxLoss(LossTerm):
     ltrb and the GT ltrb of every positive, weighted and normalized per :func:`box_weights`.
     Output "loss_box"."""
 
-    CONFIG_KEYS = ("BOX_LOSS.*",)
     OUTPUTS = ("loss_box",)
 
     @configurable
     def __init__(self, *, loss_type: str = "giou", weighting: str = "none", weight: float = 1.0):
         """
         Raises:
-            ValueError: an unknown loss type or weighting, naming the config key.
+            ValueError: an unknown loss type or weighting, a negative weight, naming the config key.
         """
         self.loss_type = check_iou_loss_type(loss_type, "MODEL.BOX_LOSS.TYPE")
         if weighting not in BOX_WEIGHTINGS:
             raise ValueError(f"MODEL.BOX_LOSS.WEIGHTING must be one of {BOX_WEIGHTINGS}, got {weighting!r}")
+        if weight < 0:
+            raise ValueError(f"MODEL.BOX_LOSS.WEIGHT must be >= 0, got {weight}")
         self.weighting, self.weight = weighting, weight
         self.NEEDS_QUALITY = weighting == "quality"
 
     @classmethod
-    def from_config(cls, cfg, loss_type: str, weighting: str, weight: float):
-        """The three keys of ``MODEL.BOX_LOSS`` come resolved (the preset fills empty ones)."""
-        return {"loss_type": loss_type, "weighting": weighting, "weight": weight}
+    def from_config(cls, cfg, phase: str = "main"):
+        b = cfg.MODEL.BOX_LOSS
+        return {"loss_type": b.TYPE, "weighting": box_weighting(cfg, phase), "weight": b.WEIGHT}
 
     def __call__(self, out, targets: DenseTargets) -> Dict[str, torch.Tensor]:
         loss = weighted_box_loss(out.ltrb, self.loss_type, self.weighting, out, targets)
@@ -284,7 +282,6 @@ class InitBoxLoss(LossTerm):
     detached IoU of its initial box with the GT (>= 1e-6), divided by their sum (VFNet authors'
     code). Output "loss_box_init"."""
 
-    CONFIG_KEYS = ("INIT_BOX_LOSS.*",)
     OUTPUTS = ("loss_box_init",)
     REQUIRED_EXTRAS = ("ltrb_init",)
 
@@ -293,7 +290,7 @@ class InitBoxLoss(LossTerm):
         self.weight = weight
 
     @classmethod
-    def from_config(cls, cfg):
+    def from_config(cls, cfg, phase: str = "main"):
         return {"weight": cfg.MODEL.INIT_BOX_LOSS.WEIGHT}
 
     def __call__(self, out, targets: DenseTargets) -> Dict[str, torch.Tensor]:
@@ -306,7 +303,6 @@ class CenternessLoss(LossTerm):
     """FCOS centerness: binary cross-entropy between the "centerness" logits of positives and
     their centerness targets (Eq. 3), divided by the positives. Output "loss_ctr"."""
 
-    CONFIG_KEYS = ("CENTERNESS_LOSS.*",)
     OUTPUTS = ("loss_ctr",)
     REQUIRED_EXTRAS = ("centerness",)
 
@@ -315,7 +311,7 @@ class CenternessLoss(LossTerm):
         self.weight = weight
 
     @classmethod
-    def from_config(cls, cfg):
+    def from_config(cls, cfg, phase: str = "main"):
         return {"weight": cfg.MODEL.CENTERNESS_LOSS.WEIGHT}
 
     def __call__(self, out, targets: DenseTargets) -> Dict[str, torch.Tensor]:
@@ -333,7 +329,6 @@ class DistributionFocalLoss(LossTerm):
     four sides, weighted and normalized like the box loss (``MODEL.BOX_LOSS.WEIGHTING``; GFL:
     "max_score"). Output "loss_dfl"."""
 
-    CONFIG_KEYS = ("DFL.*", "BOX_LOSS.WEIGHTING")
     OUTPUTS = ("loss_dfl",)
     REQUIRED_EXTRAS = ("box_logits",)
 
@@ -343,8 +338,8 @@ class DistributionFocalLoss(LossTerm):
         self.NEEDS_QUALITY = weighting == "quality"
 
     @classmethod
-    def from_config(cls, cfg, weighting: str):
-        return {"weighting": weighting, "weight": cfg.MODEL.DFL.WEIGHT}
+    def from_config(cls, cfg, phase: str = "main"):
+        return {"weighting": box_weighting(cfg, phase), "weight": cfg.MODEL.DFL.WEIGHT}
 
     def __call__(self, out, targets: DenseTargets) -> Dict[str, torch.Tensor]:
         t = targets.main
@@ -367,7 +362,6 @@ class AuxFocalLoss(LossTerm):
     assigner, divided by its own positives. Added by the detector whenever
     ``MODEL.DENSE.AUX_ASSIGNER`` names one. Output "loss_aux"."""
 
-    CONFIG_KEYS = ("AUX_LOSS.*", "FOCAL_LOSS.ALPHA", "FOCAL_LOSS.GAMMA")
     OUTPUTS = ("loss_aux",)
     REQUIRED_EXTRAS = ("aux_logits",)
 
@@ -377,7 +371,7 @@ class AuxFocalLoss(LossTerm):
         self.alpha, self.gamma, self.weight = alpha, gamma, weight
 
     @classmethod
-    def from_config(cls, cfg):
+    def from_config(cls, cfg, phase: str = "main"):
         f = cfg.MODEL.FOCAL_LOSS
         return {"alpha": f.ALPHA, "gamma": f.GAMMA, "weight": cfg.MODEL.AUX_LOSS.WEIGHT}
 
@@ -389,21 +383,26 @@ class AuxFocalLoss(LossTerm):
         return {"loss_aux": self.weight * loss}
 
 
-def build_loss_term(cfg, name: str, parts, initial: bool = False) -> LossTerm:
-    """Build the loss term registered as ``name``; ``parts`` (``components.Components``) holds
-    the resolved ``MODEL.BOX_LOSS`` keys for the box loss and for the terms that weight positives
-    like it (DFL), and the QFL target; ``initial``: a term of the initial-assigner phase (its box
-    weighting is ``parts.initial_box_weighting``).
+def box_weighting(cfg, phase: str = "main") -> str:
+    """The per-positive weighting of the box loss (and of the terms weighted like it, DFL) in
+    ``phase``: ``MODEL.BOX_LOSS.WEIGHTING``, or ``MODEL.BOX_LOSS.INITIAL_WEIGHTING`` in the
+    "initial" phase (TOOD's warm-up: "centerness").
+
+    Raises:
+        ValueError: ``phase`` not "main" or "initial".
+    """
+    if phase not in PHASES:
+        raise ValueError(f"a training phase is one of {PHASES}, got {phase!r}")
+    b = cfg.MODEL.BOX_LOSS
+    return b.INITIAL_WEIGHTING if phase == "initial" else b.WEIGHTING
+
+
+def build_loss_term(cfg, name: str, phase: str = "main") -> LossTerm:
+    """Build the loss term registered as ``name`` from ``cfg`` (complete: the preset has filled
+    it, ``components.apply_preset``), for the training ``phase`` ("main", or "initial": the
+    initial assigner's iterations, whose box weighting is ``MODEL.BOX_LOSS.INITIAL_WEIGHTING``).
 
     Raises:
         KeyError: no term registered under ``name`` (the message lists the known ones).
     """
-    cls = LOSS_REGISTRY.get(name)
-    weighting = parts.initial_box_weighting if initial else parts.box_weighting
-    if cls is BoxLoss:
-        return cls(cfg, loss_type=parts.box_type, weighting=weighting, weight=parts.box_weight)
-    if cls is DistributionFocalLoss:
-        return cls(cfg, weighting=weighting)
-    if cls is QualityFocalLoss:
-        return cls(cfg, target=parts.qfl_target)
-    return cls(cfg)
+    return LOSS_REGISTRY.get(name)(cfg, phase=phase)
