@@ -1,6 +1,7 @@
 """Modeling: backbones, heads, assigners, losses, the composed detector and its presets."""
 from . import backbone  # noqa: F401  (registers build_fcos_resnet_fpn_backbone)
 from . import backbone_dcn  # noqa: F401  (registers build_fcos_resnet_fpn_dcn_backbone)
+from . import backbone_timm  # noqa: F401  (registers build_timm_fpn_backbone; timm imported on use)
 from .assigners import ASSIGNER_REGISTRY, build_assigner
 from .detector import AnchorFreeDetector
 from .heads import HEAD_REGISTRY

@@ -5,7 +5,7 @@ from detectron2.config import CfgNode as CN
 
 
 def add_model_config(cfg):
-    """Add the model's keys: ``MODEL.FPN`` TOP_LEVELS*, ``MODEL.SHIFT_GENERATOR``, ``MODEL.DENSE``,
+    """Add the model's keys: ``MODEL.FPN`` TOP_LEVELS*, ``MODEL.TIMM``, ``MODEL.SHIFT_GENERATOR``, ``MODEL.DENSE``,
     the head / assigner / loss-term sections, ``MODEL.MAX_FILTER``, and the renamed keys of the
     old layout (:data:`MOVED_KEYS`).
 
@@ -23,6 +23,21 @@ def add_model_config(cfg):
     # ReLU before each extra conv but the first (P7 = conv(relu(P6)), FCOS and RetinaNet); False:
     # P7 = conv(P6) (MMDetection's relu_before_extra_convs=False: its ATSS, GFL, VFNet, TOOD).
     _C.MODEL.FPN.TOP_LEVELS_RELU = True
+
+    # ---- timm backbones (MODEL.BACKBONE.NAME "build_timm_fpn_backbone", modeling/backbone_timm.py)
+    _C.MODEL.TIMM = CN()
+    _C.MODEL.TIMM.NAME = ""  # a timm model name, e.g. "mobilenetv3_large_100", "regnetx_002"
+    # Levels given to the FPN, named by stride: "res3" = stride 8, "res4" = 16, "res5" = 32.
+    _C.MODEL.TIMM.OUT_FEATURES = ["res3", "res4", "res5"]
+    # ImageNet weights through timm's loader: from timm's hub (needs the network or timm's cache),
+    # or from a local file (.pth / .safetensors; loaded with weights_only=True).
+    _C.MODEL.TIMM.PRETRAINED = False
+    _C.MODEL.TIMM.WEIGHTS = ""
+    # Feature levels (finest first, timm's feature_info) whose modules are frozen; 0 = none.
+    _C.MODEL.TIMM.FREEZE_AT = 0
+    # "BN" (trained; from scratch), "FrozenBN" (fine-tuning ImageNet weights with small batches) or
+    # "SyncBN".
+    _C.MODEL.TIMM.NORM = "BN"
 
     # ---- shift (location) generator: one point per feature-map cell
     _C.MODEL.SHIFT_GENERATOR = CN()

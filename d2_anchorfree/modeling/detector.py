@@ -112,8 +112,8 @@ class AnchorFreeDetector(DenseDetector):
             KeyError: a component name that is not registered.
         """
         resolved = apply_preset(cfg, cls.PRESET, cfg.MODEL.META_ARCHITECTURE)
-        backbone = build_backbone(resolved)
         view, reads = recording_view(resolved)
+        backbone = build_backbone(view)
         d = view.MODEL.DENSE
         head_in_features = list(d.IN_FEATURES)
         output_shapes = backbone.output_shape()
