@@ -83,7 +83,7 @@ MODELS = {
     "tiny": "configs/FCOS/FCOS_tiny_R_18_cpu.yaml",
     "R50": "configs/FCOS/FCOS_R_50_FPN_1x.yaml",
 }
-BACKENDS = ("eager", "onnxruntime", "torchscript")
+BACKENDS = ("eager", "onnxruntime", "torchscript", "onnxruntime-int8")
 ORT_LEVELS = ("disable", "basic", "extended", "all")
 EXPORT_SIZE = (512, 512)  # the traced sample; the graphs are valid for every size
 
@@ -110,6 +110,9 @@ def parse_args(argv=None, prog=None):
     p.add_argument("--opts", nargs="*", default=[], metavar="KEY VALUE",
                    help="extra config options for every model, e.g. MODEL.DENSE.SCORE_THRESH_TEST 0.0 "
                         "(every candidate up to TOPK_CANDIDATES_TEST reaches NMS: its worst case)")
+    p.add_argument("--int8", type=int, default=0, metavar="N",
+                   help="also time the INT8 ONNX graph (d2_anchorfree.runtime.quantize_onnx), calibrated on "
+                        "N tree images tiled to the traced size (0: off)")
     p.add_argument("--workdir", default="", help="where the exported files go (default: a temporary folder)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: tiny model, 512x512, 2 runs, 1 warm-up, JSON to output/ (unless given explicitly)")
@@ -199,10 +202,11 @@ def backbone_input(model, image: np.ndarray) -> torch.Tensor:
         return model.preprocess_image([{"image": chw.to(model.pixel_mean.dtype)}]).tensor.contiguous()
 
 
-def export_all(name: str, model, sample: np.ndarray, workdir: str, parts: bool) -> Dict[str, str]:
-    """Export the whole graph (ONNX + TorchScript, via ``d2_anchorfree.export``) and, with
-    ``parts``, the backbone alone; returns {key: path} with keys onnx, ts, backbone.onnx,
-    backbone.ts and the export times in seconds under "seconds"."""
+def export_all(name: str, model, sample: np.ndarray, workdir: str, parts: bool, int8: int = 0) -> Dict[str, str]:
+    """Export the whole graph (ONNX + TorchScript, via ``d2_anchorfree.export``), with ``int8``
+    > 0 its INT8 ONNX graph calibrated on that many tree tiles, and, with ``parts``, the backbone
+    alone; returns {key: path} with keys onnx, ts, onnx-int8, backbone.onnx, backbone.ts and the
+    export (and quantization) times in seconds under "seconds"."""
     from d2_anchorfree.export import export_onnx, export_torchscript
 
     paths, seconds = {}, {}
@@ -226,8 +230,25 @@ def export_all(name: str, model, sample: np.ndarray, workdir: str, parts: bool) 
             torch.onnx.export(graph, (x,), paths["backbone.onnx"], dynamo=False, opset_version=19,
                               input_names=["x"], output_names=outputs, dynamic_axes=axes)
             torch.jit.save(torch.jit.trace(graph, (x,), check_trace=False), paths["backbone.ts"])
+    if int8:
+        from d2_anchorfree.runtime.quantize_onnx import quantize_graph
+
+        start = time.perf_counter()
+        paths["onnx-int8"] = os.path.join(workdir, f"{name}_int8.onnx")
+        quantize_graph(paths["onnx"], paths["onnx-int8"], calibration_tiles(int8, sample.shape[:2]))
+        seconds["onnx-int8"] = time.perf_counter() - start
     paths["seconds"] = seconds
     return paths
+
+
+def calibration_tiles(count: int, size: Tuple[int, int]) -> List[np.ndarray]:
+    """``count`` tree images (sorted, from the folder of :func:`default_image`) tiled to ``size``
+    (H, W); seeded random images without the dataset."""
+    first = default_image()
+    files = sorted(glob.glob(os.path.join(os.path.dirname(first), "*.png")))[:count] if first else []
+    files += [""] * (count - len(files))
+    return [make_image(f, *size) if f else np.random.default_rng(i).integers(0, 256, (*size, 3), dtype=np.uint8)
+            for i, f in enumerate(files)]
 
 
 # ----------------------------------------------------------------------------- backends
@@ -275,8 +296,13 @@ def make_runners(paths: Dict[str, str], model, args, part: str) -> Dict[str, Cal
                 return [t.numpy() for t in module(torch.from_numpy(x))]
         return run
 
-    return {"eager": run_torch(eager), "onnxruntime": lambda x: session.run(None, {feed: x}),
-            "torchscript": run_torch(scripted)}
+    runners = {"eager": run_torch(eager), "onnxruntime": lambda x: session.run(None, {feed: x}),
+               "torchscript": run_torch(scripted)}
+    if part == "whole" and "onnx-int8" in paths:
+        int8 = ort.InferenceSession(paths["onnx-int8"], ort_options(args.threads, args.ort_level, not args.no_mem_arena),
+                                    providers=["CPUExecutionProvider"])
+        runners["onnxruntime-int8"] = lambda x: int8.run(None, {feed: x})
+    return runners
 
 
 def time_backends(runners: Dict[str, Callable], x: np.ndarray, runs: int, warmup: int):
@@ -477,7 +503,7 @@ def bench_model(name: str, args, image_path: str, workdir: str, log=print) -> Tu
     {"<name> <size>": profile}, model info)."""
     model, weights = build_detector(name, args.weights, args.opts)
     sample = make_image(image_path, *EXPORT_SIZE)
-    paths = export_all(name, model, sample, workdir, args.parts)
+    paths = export_all(name, model, sample, workdir, args.parts, args.int8)
     info = {"config": MODELS[name], "weights": weights, "export_seconds": paths["seconds"],
             "onnx_bytes": os.path.getsize(paths["onnx"])}
     log(f"[{name}] {weights}; exported in {paths['seconds']['onnx']:.1f} s (ONNX), {paths['seconds']['ts']:.1f} s (TorchScript)")

@@ -26,6 +26,8 @@ COMMANDS: Dict[str, Command] = {
     "export": Command("d2_anchorfree.cli.export:main", "export a trained detector to ONNX or TorchScript"),
     "predict-onnx": Command("d2_anchorfree.runtime.predict_onnx:main",
                             "run an exported ONNX detector with onnxruntime (no torch needed)"),
+    "quantize": Command("d2_anchorfree.runtime.quantize_onnx:main",
+                        "INT8-quantize an exported ONNX detector, calibrated on images (onnxruntime)"),
     "convert": Command("d2_anchorfree.cli.convert:main",
                        "convert an MMDetection / AdelaiDet / DeFCN checkpoint for a config"),
     "benchmark": Command("d2_anchorfree.cli.benchmark:main",

@@ -1,0 +1,129 @@
+"""INT8 quantization of exported detectors (``d2_anchorfree.runtime.quantize_onnx``): which
+convolutions are quantized (all but the output layers, found on a hand-made graph), the graph
+and metadata of a quantized detector, calibration and AP-margin errors, and the command's
+float32 / INT8 comparison on COCO AP."""
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from detectron2.modeling import build_model
+
+from conftest import load_cfg, trees_dir
+
+onnx = pytest.importorskip("onnx", reason="optional export dependency (requirements-extra.txt)")
+pytest.importorskip("onnxruntime", reason="optional export dependency (requirements-extra.txt)")
+
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from d2_anchorfree.export import export_model  # noqa: E402
+from d2_anchorfree.runtime import quantize_onnx  # noqa: E402
+from d2_anchorfree.runtime import predict_onnx  # noqa: E402
+from d2_anchorfree.runtime.predict_onnx import load_model, predict  # noqa: E402
+from d2_anchorfree.runtime.quantize_onnx import calibration_images, output_convs, quantize  # noqa: E402
+
+
+def _conv(name, x, out, weight):
+    return helper.make_node("Conv", [x, weight], [out], name=name, pads=[1, 1, 1, 1])
+
+
+def test_output_convs_are_those_no_convolution_follows():
+    # x -> A -> relu -> B -> sigmoid -> mul -> "scores"      B: followed by no conv
+    #               \-> C -> D -> mul                        C: followed by D; D: by none
+    #               \-> E -> add(E, relu) -> F -> "boxes"    E: followed by F (through add); F: by none
+    nodes = [_conv("A", "x", "a", "w"), helper.make_node("Relu", ["a"], ["r"], name="relu"),
+             _conv("B", "r", "b", "w"), helper.make_node("Sigmoid", ["b"], ["bs"], name="sig"),
+             _conv("C", "r", "c", "w"), _conv("D", "c", "d", "w"),
+             helper.make_node("Mul", ["bs", "d"], ["scores"], name="mul"),
+             _conv("E", "r", "e", "w"), helper.make_node("Add", ["e", "r"], ["ed"], name="add"),
+             _conv("F", "ed", "boxes", "w")]
+    w = numpy_helper.from_array(np.ones((2, 2, 3, 3), np.float32), "w")
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 8])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("scores", "boxes")],
+                              initializer=[w])
+    assert output_convs(helper.make_model(graph)) == ["B", "D", "F"]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny FCOS (random init, fixed seed) exported to ONNX, real val tiles and a COCO json of
+    three of them."""
+    trees = trees_dir()
+    val = json.load(open(os.path.join(trees, "val.json")))
+    folder = tmp_path_factory.mktemp("int8")
+    subset = {**val, "images": val["images"][:3]}
+    ids = {im["id"] for im in subset["images"]}
+    subset["annotations"] = [a for a in val["annotations"] if a["image_id"] in ids]
+    coco = folder / "val3.json"
+    coco.write_text(json.dumps(subset))
+    tiles = [cv2.imread(os.path.join(trees, "images", im["file_name"])) for im in val["images"][:6]]
+    # random init scores sit near the classifier prior: a low threshold keeps detections to compare
+    cfg = load_cfg("configs/FCOS/FCOS_tiny_R_18_cpu.yaml", "MODEL.DENSE.SCORE_THRESH_TEST", 0.001)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    path = export_model(cfg, model, "onnx", str(folder / "fp32"), torch.from_numpy(tiles[0]))
+    return {"path": path, "folder": folder, "coco": str(coco), "images": os.path.join(trees, "images"),
+            "tiles": tiles}
+
+
+def test_int8_graph_quantizes_the_towers_and_keeps_outputs_and_metadata(exported):
+    path = exported["path"]
+    _, meta = load_model(path)
+    files = [os.path.join(exported["images"], f) for f in sorted(os.listdir(exported["images"]))[:4]]
+    images = calibration_images([os.path.join(exported["images"], "missing.png")] + files, meta, 4)
+    # the unreadable file is skipped; the others come at the runtime's test size
+    expected = [predict_onnx.test_size(*cv2.imread(f).shape[:2], meta["min_size_test"], meta["max_size_test"]) for f in files]
+    assert [im.shape[:2] for im in images] == expected and all(im.dtype == np.uint8 for im in images)
+    out = str(exported["folder"] / "int8.onnx")
+    entry = quantize(path, out, images)
+    model = onnx.load(out)
+    produced_by = {o: n for n in model.graph.node for o in n.output}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    float_convs = set(entry["float_output_convs"])
+    # FCOS head: class logits, box distances and centerness on each of the 5 levels
+    assert len(float_convs) == 15 and all(("cls_logits" in n) or ("box_pred" in n) or ("centerness" in n) for n in float_convs)
+    for node in convs:
+        weight_from = produced_by.get(node.input[1])
+        quantized = weight_from is not None and weight_from.op_type == "DequantizeLinear"
+        assert quantized == (node.name not in float_convs), node.name
+    assert entry["quantized_convs"] == len(convs) - 15 > 30 and entry["calibration_images"] == 4
+    session, meta8 = load_model(out)
+    assert meta8["quantization"]["float_output_convs"] == entry["float_output_convs"]
+    assert {k: v for k, v in meta8.items() if k != "quantization"} == meta
+    # the INT8 graph runs through the runtime and finds boxes where the float one does
+    boxes, scores, classes = predict(session, meta8, exported["tiles"][5])
+    ref = predict(load_model(path)[0], meta, exported["tiles"][5])
+    assert len(ref[1]) > 0 and len(scores) > 0 and boxes.dtype == np.float32
+    assert abs(float(scores.max()) - float(ref[1].max())) < 0.05
+
+
+def test_calibration_and_model_errors_name_the_problem(exported, tmp_path):
+    _, meta = load_model(exported["path"])
+    two = [os.path.join(exported["images"], f) for f in sorted(os.listdir(exported["images"]))[:2]]
+    with pytest.raises(ValueError, match=r"--calibration-images 5 asked, but .* only 2 readable image\(s\) \(of 2 listed\)"):
+        calibration_images(two, meta, 5)
+    with pytest.raises(ValueError, match=r"--calibration-images must be >= 1, got 0"):
+        calibration_images(two, meta, 0)
+    plain = onnx.load(exported["path"])
+    del plain.metadata_props[:]
+    onnx.save(plain, str(tmp_path / "plain.onnx"))
+    with pytest.raises(ValueError, match="no d2af_metadata"):
+        quantize(str(tmp_path / "plain.onnx"), str(tmp_path / "q.onnx"), calibration_images(two, meta, 1))
+
+
+@pytest.mark.parametrize("margin, code", [(100.0, 0), (-100.0, 1)])
+def test_command_compares_coco_ap_and_flags_a_drop_above_the_margin(exported, tmp_path, capsys, margin, code):
+    out = str(tmp_path / "q" / "model_int8.onnx")
+    argv = ["--model", exported["path"], "--output", out, "--calibration", exported["coco"],
+            "--calibration-root", exported["images"], "--calibration-images", "3",
+            "--coco-json", exported["coco"], "--image-root", exported["images"], "--max-ap-drop", str(margin)]
+    assert quantize_onnx.main(argv) == code
+    captured = capsys.readouterr()
+    assert "convolutions int8" in captured.out and "COCO AP float32" in captured.out
+    assert ("INT8 REJECTED" in captured.err) == (code == 1)
+    report = json.load(open(str(tmp_path / "q" / "model_int8_ap.json")))
+    assert set(report) == {"float32", "int8", "max_ap_drop"} and report["max_ap_drop"] == margin
+    assert os.path.isfile(out)
