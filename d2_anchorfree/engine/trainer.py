@@ -17,7 +17,7 @@ from ..evaluation import AnchorFreeCOCOEvaluator
 from ..inference import build_inference_model, needs_full_resolution
 from .health import TrainingHealthCheck, check_solver_config
 from .hooks import CriterionIterationHook
-from .resumable_loader import build_resumable_train_loader
+from .resumable_loader import build_resumable_train_loader, check_sampler_config
 
 logger = logging.getLogger("d2_anchorfree")
 
@@ -64,9 +64,11 @@ class AnchorFreeTrainer(DefaultTrainer):
     * data loaders whose mapper reports unreadable images by file name;
     * exact resume: ``--resume`` restores model, optimizer, LR scheduler and iteration and
       continues the training data stream, augmentations included, where the checkpoint left
-      off (see ``resumable_loader``). detectron2 v0.6's ``DefaultTrainer`` leaves the optimizer
-      (SGD momentum) and AMP's grad scaler out of its checkpoints; ``state_dict`` puts them back,
-      and checkpoints are the same on detectron2 v0.6 and main;
+      off (see ``resumable_loader``), with the sampler of ``DATALOADER.SAMPLER_TRAIN``
+      (``TrainingSampler``, ``RepeatFactorTrainingSampler``, ``RandomSubsetTrainingSampler``).
+      detectron2 v0.6's ``DefaultTrainer`` leaves the optimizer (SGD momentum) and AMP's grad
+      scaler out of its checkpoints; ``state_dict`` puts them back, and checkpoints are the same
+      on detectron2 v0.6 and main;
     * the model's training criterion told the iteration of every step
       (:class:`~.hooks.CriterionIterationHook`: TOOD's warm-up phase, resumed with the run);
     * ``SOLVER.AMP.PRECISION`` ("float16" or, on detectron2 main, "bfloat16") for AMP;
@@ -82,6 +84,7 @@ class AnchorFreeTrainer(DefaultTrainer):
 
     def __init__(self, cfg):
         check_solver_config(cfg)
+        check_sampler_config(cfg)
         super().__init__(cfg)
         check_num_classes(cfg)  # after the loader: the training datasets' metadata is filled
         compat.set_amp_precision(self._trainer, cfg.SOLVER.AMP.PRECISION)  # SOLVER.AMP.ENABLED only

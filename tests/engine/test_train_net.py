@@ -73,8 +73,8 @@ def test_bad_config_key_and_missing_config_fail_loudly(toy, tmp_path):
     assert missing.returncode != 0 and "nope.yaml" in missing.stderr
 
 
-def _train(toy, out_dir, resume, max_iter=4):
-    args = argparse.Namespace(config_file=CONFIG, opts=opts(toy, out_dir, "SOLVER.MAX_ITER", str(max_iter)),
+def _train(toy, out_dir, resume, max_iter=4, *extra):
+    args = argparse.Namespace(config_file=CONFIG, opts=opts(toy, out_dir, "SOLVER.MAX_ITER", str(max_iter), *extra),
                               eval_only=False, resume=resume)
     cfg = setup_cfg(args, default_setup_logging=False)
     cfg.defrost()
@@ -88,20 +88,38 @@ def _train(toy, out_dir, resume, max_iter=4):
     return torch.load(os.path.join(out_dir, "model_final.pth"), weights_only=False)["model"]
 
 
+def _resume_from_iteration_2(toy, tmp_path, max_iter, *extra):
+    """Final weights of a straight run and of the same run resumed from its iteration-2 checkpoint."""
+    straight = _train(toy, tmp_path / "a", False, max_iter, *extra)
+    b = tmp_path / "b"
+    os.makedirs(b)
+    shutil.copy(tmp_path / "a" / "model_0000001.pth", b)  # the checkpoint after 2 iterations
+    (b / "last_checkpoint").write_text("model_0000001.pth")
+    return straight, _train(toy, b, True, max_iter, *extra)
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for name, value in a.items():
+        assert torch.equal(value, b[name]), name
+
+
 def test_resume_is_exact(toy, tmp_path):
     """6 iterations straight == 2 iterations, stop, --resume for the last 4 (random flips and
     multi-scale resize on): the data stream, augmentations, optimizer and LR schedule resume,
     bitwise, BatchNorm buffers included. (In-process; tests/engine/test_killed_runs.py resumes in fresh
     processes, which is what caught TorchScript's focal loss changing gradients after warm-up.)"""
-    straight = _train(toy, tmp_path / "a", resume=False, max_iter=6)
-    b = tmp_path / "b"
-    os.makedirs(b)
-    shutil.copy(tmp_path / "a" / "model_0000001.pth", b)  # the checkpoint after 2 iterations
-    (b / "last_checkpoint").write_text("model_0000001.pth")
-    resumed = _train(toy, b, resume=True, max_iter=6)
-    assert straight.keys() == resumed.keys()
-    for name, value in straight.items():
-        assert torch.equal(value, resumed[name]), name
+    straight, resumed = _resume_from_iteration_2(toy, tmp_path, 6)
+    assert_same_weights(straight, resumed)
+
+
+def test_resume_is_exact_with_repeat_factor_sampler(toy, tmp_path):
+    """As above with RepeatFactorTrainingSampler (threshold 2: every image has a fractional repeat
+    factor >= sqrt(2), so the stochastic rounding draws), 4 iterations resumed after 2; the
+    sampler's stream is checked for each sampler in tests/engine/test_samplers.py."""
+    straight, resumed = _resume_from_iteration_2(
+        toy, tmp_path, 4, "DATALOADER.SAMPLER_TRAIN", "RepeatFactorTrainingSampler", "DATALOADER.REPEAT_THRESHOLD", "2.0")
+    assert_same_weights(straight, resumed)
 
 
 def test_default_predictor_round_trip_and_predict_tool(toy, tmp_path):
