@@ -1,11 +1,12 @@
-"""Config keys of the training loop (read by ``engine.trainer``, ``engine.health`` and
-``engine.resumable_loader``)."""
+"""Config keys of the training loop (read by ``engine.trainer``, ``engine.health``,
+``engine.hooks`` and ``engine.resumable_loader``)."""
 from detectron2.config import CfgNode as CN
 
 
 def add_engine_config(cfg):
     """Add ``SOLVER.HEALTH_CHECK`` (:class:`~.health.TrainingHealthCheck`),
-    ``SOLVER.AMP.PRECISION``, and the training-sampler keys that detectron2 reads but
+    ``SOLVER.AMP.PRECISION``, ``SOLVER.BEST_CHECKPOINT`` and ``SOLVER.EARLY_STOP``
+    (:class:`~.hooks.BestCheckpointer`), and the training-sampler keys that detectron2 reads but
     does not define in every version (``DATALOADER.REPEAT_SQRT``, ``DATALOADER.RANDOM_SUBSET_RATIO``;
     see ``d2_anchorfree.compat``).
 
@@ -28,6 +29,20 @@ def add_engine_config(cfg):
     # Autocast dtype of AMPTrainer: "float16" (default, every detectron2) or "bfloat16" (needs a
     # detectron2 whose AMPTrainer takes `precision`, i.e. main after v0.6; see compat.py).
     _C.SOLVER.AMP.PRECISION = "float16"
+
+    # ---- best checkpoint and early stopping (d2_anchorfree.engine.hooks.BestCheckpointer)
+    # After every evaluation during training (TEST.EVAL_PERIOD > 0, DATASETS.TEST not empty), write
+    # OUTPUT_DIR/model_best.pth when this evaluation result improved: a name of the flattened
+    # results, e.g. "bbox/AP", "bbox/AP50", "bbox/AP-<class>", "<dataset>/bbox/AP" with several test
+    # datasets; "" turns best checkpoints and early stopping off.
+    _C.SOLVER.BEST_CHECKPOINT = CN()
+    _C.SOLVER.BEST_CHECKPOINT.METRIC = "bbox/AP"
+    # "max" (higher is better) or "min".
+    _C.SOLVER.BEST_CHECKPOINT.MODE = "max"
+    # Stop training after this many evaluations in a row without improvement of
+    # SOLVER.BEST_CHECKPOINT.METRIC (model_final.pth is written at that iteration); 0 = never.
+    _C.SOLVER.EARLY_STOP = CN()
+    _C.SOLVER.EARLY_STOP.PATIENCE = 0
 
     # ---- training samplers (d2_anchorfree.engine.resumable_loader.build_train_sampler);
     # detectron2 reads these keys but not every version defines them.
