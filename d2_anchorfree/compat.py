@@ -22,6 +22,13 @@ Where the two differ for us:
   load is in progress and clears that state only on success, so after one corrupt file every
   later ``load`` fails with a bare AssertionError; :func:`reset_failed_checkpoint_load` clears it
   (resume falling back to the previous checkpoint).
+* **Repeat factors.** main's ``RepeatFactorTrainingSampler.repeat_factors_from_category_frequency``
+  takes ``sqrt`` (``DATALOADER.REPEAT_SQRT``, default True: ``max(1, sqrt(t / f))``; False:
+  ``max(1, t / f)``); v0.6's always takes the square root and has no such key.
+  ``add_engine_config`` adds the key where detectron2 lacks it, and
+  :func:`repeat_factors_from_category_frequency` refuses ``False`` on v0.6 (:func:`check_repeat_sqrt`).
+  ``DATALOADER.RANDOM_SUBSET_RATIO``, which both versions' loaders read for
+  ``RandomSubsetTrainingSampler``, is in neither version's defaults; ``add_engine_config`` adds it.
 * **DenseDetector.** main pads with ``backbone.padding_constraints`` and adds tracing helpers;
   our detectors use ``DenseDetector`` only through its constructor, ``forward`` and
   ``preprocess_image``, which behave the same for our backbones on both versions.
@@ -117,6 +124,58 @@ def replace_train_loader(trainer_loop, data_loader) -> None:
         trainer_loop._data_loader_iter_obj = None  # main: re-created from data_loader on first use
     else:
         trainer_loop._data_loader_iter = iter(data_loader)
+
+
+def repeat_factors_take_sqrt() -> bool:
+    """True when detectron2's ``repeat_factors_from_category_frequency`` has a ``sqrt`` argument
+    (main; not v0.6)."""
+    from detectron2.data.samplers import RepeatFactorTrainingSampler
+
+    return "sqrt" in inspect.signature(RepeatFactorTrainingSampler.repeat_factors_from_category_frequency).parameters
+
+
+def check_repeat_sqrt(sqrt) -> None:
+    """Refuse a ``DATALOADER.REPEAT_SQRT`` that this detectron2 cannot apply.
+
+    Args:
+        sqrt: the key's value; True (default, both versions) or False (detectron2 main only).
+
+    Raises:
+        ValueError: not a bool, or False with detectron2 v0.6 (whose repeat factors always take
+            the square root), naming the key and value.
+    """
+    if not isinstance(sqrt, bool):
+        raise ValueError(f"DATALOADER.REPEAT_SQRT must be True or False, got {sqrt!r}")
+    if not sqrt and not repeat_factors_take_sqrt():
+        raise ValueError(
+            "DATALOADER.REPEAT_SQRT = False needs a detectron2 whose repeat_factors_from_category_frequency "
+            "takes `sqrt` (main after v0.6); this one always uses max(1, sqrt(REPEAT_THRESHOLD / frequency))")
+
+
+def repeat_factors_from_category_frequency(dataset_dicts, repeat_thresh: float, sqrt: bool = True) -> torch.Tensor:
+    """detectron2's ``RepeatFactorTrainingSampler.repeat_factors_from_category_frequency`` on
+    either version: per image ``max(1, g(repeat_thresh / f_c))`` maximised over the image's
+    categories c, ``f_c`` the fraction of images containing c, ``g`` = sqrt (or the identity with
+    ``sqrt=False``, main only); 1 for images without annotations.
+
+    Args:
+        dataset_dicts: detectron2 dataset dicts with ``annotations`` (``category_id``).
+        repeat_thresh: the frequency threshold t (> 0).
+        sqrt: ``DATALOADER.REPEAT_SQRT``.
+
+    Returns:
+        float32 tensor [len(dataset_dicts)] of repeat factors >= 1.
+
+    Raises:
+        ValueError: ``sqrt=False`` on detectron2 v0.6 (:func:`check_repeat_sqrt`).
+    """
+    from detectron2.data.samplers import RepeatFactorTrainingSampler
+
+    check_repeat_sqrt(sqrt)
+    compute = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency
+    if repeat_factors_take_sqrt():
+        return compute(dataset_dicts, repeat_thresh, sqrt=sqrt)
+    return compute(dataset_dicts, repeat_thresh)
 
 
 def reset_failed_checkpoint_load(checkpointer) -> None:

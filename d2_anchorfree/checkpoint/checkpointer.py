@@ -112,9 +112,11 @@ class AnchorFreeCheckpointer(DetectionCheckpointer):
         self.loaded_path = ""
 
     # ---- saving
-    def save(self, name: str, **kwargs) -> None:
-        """Write ``<save_dir>/<name>.pth`` (model, checkpointables, ``kwargs``) atomically, then
-        point ``last_checkpoint`` at it (atomically too)."""
+    def save(self, name: str, *, tag_last: bool = True, **kwargs) -> None:
+        """Write ``<save_dir>/<name>.pth`` (model, checkpointables, ``kwargs``) atomically, then,
+        with ``tag_last`` (default, as detectron2), point ``last_checkpoint`` at it (atomically
+        too). ``tag_last=False`` is for files that ``--resume`` must not continue from, e.g.
+        ``model_best.pth``."""
         if not self.save_dir or not self.save_to_disk:
             return
         data = {"model": self.model.state_dict()}
@@ -125,7 +127,8 @@ class AnchorFreeCheckpointer(DetectionCheckpointer):
         save_file = os.path.join(self.save_dir, basename)
         self.logger.info("Saving checkpoint to {}".format(save_file))
         atomic_write(save_file, lambda f: torch.save(data, f))
-        self.tag_last_checkpoint(basename)
+        if tag_last:
+            self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         atomic_write(os.path.join(self.save_dir, "last_checkpoint"),

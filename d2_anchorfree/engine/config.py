@@ -1,10 +1,14 @@
-"""Config keys of the training loop (read by ``engine.trainer`` and ``engine.health``)."""
+"""Config keys of the training loop (read by ``engine.trainer``, ``engine.health``,
+``engine.hooks`` and ``engine.resumable_loader``)."""
 from detectron2.config import CfgNode as CN
 
 
 def add_engine_config(cfg):
-    """Add ``SOLVER.HEALTH_CHECK`` (:class:`~.health.TrainingHealthCheck`) and
-    ``SOLVER.AMP.PRECISION``.
+    """Add ``SOLVER.HEALTH_CHECK`` (:class:`~.health.TrainingHealthCheck`),
+    ``SOLVER.AMP.PRECISION``, ``SOLVER.BEST_CHECKPOINT`` and ``SOLVER.EARLY_STOP``
+    (:class:`~.hooks.BestCheckpointer`), and the training-sampler keys that detectron2 reads but
+    does not define in every version (``DATALOADER.REPEAT_SQRT``, ``DATALOADER.RANDOM_SUBSET_RATIO``;
+    see ``d2_anchorfree.compat``).
 
     Args:
         cfg (CfgNode): a detectron2 config; modified in place (called by
@@ -25,4 +29,28 @@ def add_engine_config(cfg):
     # Autocast dtype of AMPTrainer: "float16" (default, every detectron2) or "bfloat16" (needs a
     # detectron2 whose AMPTrainer takes `precision`, i.e. main after v0.6; see compat.py).
     _C.SOLVER.AMP.PRECISION = "float16"
+
+    # ---- best checkpoint and early stopping (d2_anchorfree.engine.hooks.BestCheckpointer)
+    # After every evaluation during training (TEST.EVAL_PERIOD > 0, DATASETS.TEST not empty), write
+    # OUTPUT_DIR/model_best.pth when this evaluation result improved: a name of the flattened
+    # results, e.g. "bbox/AP", "bbox/AP50", "bbox/AP-<class>", "<dataset>/bbox/AP" with several test
+    # datasets; "" turns best checkpoints and early stopping off.
+    _C.SOLVER.BEST_CHECKPOINT = CN()
+    _C.SOLVER.BEST_CHECKPOINT.METRIC = "bbox/AP"
+    # "max" (higher is better) or "min".
+    _C.SOLVER.BEST_CHECKPOINT.MODE = "max"
+    # Stop training after this many evaluations in a row without improvement of
+    # SOLVER.BEST_CHECKPOINT.METRIC (model_final.pth is written at that iteration); 0 = never.
+    _C.SOLVER.EARLY_STOP = CN()
+    _C.SOLVER.EARLY_STOP.PATIENCE = 0
+
+    # ---- training samplers (d2_anchorfree.engine.resumable_loader.build_train_sampler);
+    # detectron2 reads these keys but not every version defines them.
+    if "REPEAT_SQRT" not in _C.DATALOADER:  # detectron2 v0.6; main defines it (True)
+        # RepeatFactorTrainingSampler: max(1, sqrt(REPEAT_THRESHOLD / f)); False: without the
+        # square root (detectron2 main only).
+        _C.DATALOADER.REPEAT_SQRT = True
+    if "RANDOM_SUBSET_RATIO" not in _C.DATALOADER:  # read by detectron2, defined by neither version
+        # RandomSubsetTrainingSampler: the fraction of the training images, in (0, 1], to train on.
+        _C.DATALOADER.RANDOM_SUBSET_RATIO = 1.0
     return cfg

@@ -8,6 +8,7 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.data import build_detection_test_loader
 from detectron2.engine import DefaultTrainer, TrainerBase, default_setup
+from detectron2.engine.hooks import EvalHook
 
 from .. import compat
 from ..checkpoint import AnchorFreeCheckpointer
@@ -16,8 +17,9 @@ from ..data import CheckedDatasetMapper, check_num_classes, register_datasets_fr
 from ..evaluation import AnchorFreeCOCOEvaluator
 from ..inference import build_inference_model, needs_full_resolution
 from .health import TrainingHealthCheck, check_solver_config
-from .hooks import CriterionIterationHook
-from .resumable_loader import build_resumable_train_loader
+from .hooks import (AnchorFreeBestCheckpointer, CriterionIterationHook, EarlyStop, best_checkpoint_enabled,
+                    check_best_checkpoint_config)
+from .resumable_loader import build_resumable_train_loader, check_sampler_config
 
 logger = logging.getLogger("d2_anchorfree")
 
@@ -64,9 +66,14 @@ class AnchorFreeTrainer(DefaultTrainer):
     * data loaders whose mapper reports unreadable images by file name;
     * exact resume: ``--resume`` restores model, optimizer, LR scheduler and iteration and
       continues the training data stream, augmentations included, where the checkpoint left
-      off (see ``resumable_loader``). detectron2 v0.6's ``DefaultTrainer`` leaves the optimizer
-      (SGD momentum) and AMP's grad scaler out of its checkpoints; ``state_dict`` puts them back,
-      and checkpoints are the same on detectron2 v0.6 and main;
+      off (see ``resumable_loader``), with the sampler of ``DATALOADER.SAMPLER_TRAIN``
+      (``TrainingSampler``, ``RepeatFactorTrainingSampler``, ``RandomSubsetTrainingSampler``).
+      detectron2 v0.6's ``DefaultTrainer`` leaves the optimizer (SGD momentum) and AMP's grad
+      scaler out of its checkpoints; ``state_dict`` puts them back, and checkpoints are the same
+      on detectron2 v0.6 and main;
+    * with periodic evaluation, ``model_best.pth`` for the best ``SOLVER.BEST_CHECKPOINT.METRIC``
+      and early stopping after ``SOLVER.EARLY_STOP.PATIENCE`` evaluations without improvement
+      (:class:`~.hooks.AnchorFreeBestCheckpointer`; :meth:`train` then returns normally);
     * the model's training criterion told the iteration of every step
       (:class:`~.hooks.CriterionIterationHook`: TOOD's warm-up phase, resumed with the run);
     * ``SOLVER.AMP.PRECISION`` ("float16" or, on detectron2 main, "bfloat16") for AMP;
@@ -82,6 +89,8 @@ class AnchorFreeTrainer(DefaultTrainer):
 
     def __init__(self, cfg):
         check_solver_config(cfg)
+        check_sampler_config(cfg)
+        check_best_checkpoint_config(cfg)
         super().__init__(cfg)
         check_num_classes(cfg)  # after the loader: the training datasets' metadata is filled
         compat.set_amp_precision(self._trainer, cfg.SOLVER.AMP.PRECISION)  # SOLVER.AMP.ENABLED only
@@ -92,11 +101,27 @@ class AnchorFreeTrainer(DefaultTrainer):
         self.checkpointer = AnchorFreeCheckpointer(
             self.checkpointer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         hooks = super().build_hooks()
+        if best_checkpoint_enabled(self.cfg):  # right after the EvalHook, whose results it reads
+            evaluation = next(i for i, h in enumerate(hooks) if isinstance(h, EvalHook))
+            best = self.cfg.SOLVER.BEST_CHECKPOINT
+            hooks.insert(evaluation + 1, AnchorFreeBestCheckpointer(
+                self.cfg.TEST.EVAL_PERIOD, self.checkpointer, best.METRIC, mode=best.MODE,
+                patience=self.cfg.SOLVER.EARLY_STOP.PATIENCE,
+                latest_results=lambda: getattr(self, "_last_eval_results", None) or {}))
         hooks.insert(0, CriterionIterationHook())  # the training phase of each step
         health = self.cfg.SOLVER.HEALTH_CHECK
         if health.ENABLED:  # first, so that exploded weights are never checkpointed
             hooks.insert(0, TrainingHealthCheck(health.MAX_WEIGHT_NORM_GROWTH))
         return hooks
+
+    def train(self):
+        """``DefaultTrainer.train``; a run ended by early stopping (:class:`~.hooks.EarlyStop`,
+        after ``model_final.pth`` was written and the reason logged) returns None, as a run
+        without ``TEST.EXPECTED_RESULTS`` does."""
+        try:
+            return super().train()
+        except EarlyStop:
+            return None
 
     @classmethod
     def build_train_loader(cls, cfg, start_iter: int = 0):

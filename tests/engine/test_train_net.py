@@ -15,6 +15,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
+from detectron2.utils.events import get_event_storage
 
 from d2_anchorfree.engine import AnchorFreeTrainer, setup_cfg
 
@@ -73,8 +74,8 @@ def test_bad_config_key_and_missing_config_fail_loudly(toy, tmp_path):
     assert missing.returncode != 0 and "nope.yaml" in missing.stderr
 
 
-def _train(toy, out_dir, resume, max_iter=4):
-    args = argparse.Namespace(config_file=CONFIG, opts=opts(toy, out_dir, "SOLVER.MAX_ITER", str(max_iter)),
+def _train(toy, out_dir, resume, max_iter=4, *extra):
+    args = argparse.Namespace(config_file=CONFIG, opts=opts(toy, out_dir, "SOLVER.MAX_ITER", str(max_iter), *extra),
                               eval_only=False, resume=resume)
     cfg = setup_cfg(args, default_setup_logging=False)
     cfg.defrost()
@@ -88,20 +89,94 @@ def _train(toy, out_dir, resume, max_iter=4):
     return torch.load(os.path.join(out_dir, "model_final.pth"), weights_only=False)["model"]
 
 
+def _resume_from_iteration_2(toy, tmp_path, max_iter, *extra):
+    """Final weights of a straight run and of the same run resumed from its iteration-2 checkpoint."""
+    straight = _train(toy, tmp_path / "a", False, max_iter, *extra)
+    b = tmp_path / "b"
+    os.makedirs(b)
+    shutil.copy(tmp_path / "a" / "model_0000001.pth", b)  # the checkpoint after 2 iterations
+    (b / "last_checkpoint").write_text("model_0000001.pth")
+    return straight, _train(toy, b, True, max_iter, *extra)
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for name, value in a.items():
+        assert torch.equal(value, b[name]), name
+
+
 def test_resume_is_exact(toy, tmp_path):
     """6 iterations straight == 2 iterations, stop, --resume for the last 4 (random flips and
     multi-scale resize on): the data stream, augmentations, optimizer and LR schedule resume,
     bitwise, BatchNorm buffers included. (In-process; tests/engine/test_killed_runs.py resumes in fresh
     processes, which is what caught TorchScript's focal loss changing gradients after warm-up.)"""
-    straight = _train(toy, tmp_path / "a", resume=False, max_iter=6)
+    straight, resumed = _resume_from_iteration_2(toy, tmp_path, 6)
+    assert_same_weights(straight, resumed)
+
+
+def test_resume_is_exact_with_repeat_factor_sampler(toy, tmp_path):
+    """As above with RepeatFactorTrainingSampler (threshold 2: every image has a fractional repeat
+    factor >= sqrt(2), so the stochastic rounding draws), 4 iterations resumed after 2; the
+    sampler's stream is checked for each sampler in tests/engine/test_samplers.py."""
+    straight, resumed = _resume_from_iteration_2(
+        toy, tmp_path, 4, "DATALOADER.SAMPLER_TRAIN", "RepeatFactorTrainingSampler", "DATALOADER.REPEAT_THRESHOLD", "2.0")
+    assert_same_weights(straight, resumed)
+
+
+class ScriptedEvaluationTrainer(AnchorFreeTrainer):
+    """Evaluation reports ``SCORES[iteration]`` as bbox/AP without running inference, so that
+    where the run stops can be computed by hand."""
+
+    SCORES = {0: 0.1, 1: 0.2, 2: 0.15, 3: 0.18, 4: 0.19}
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        return {"bbox": {"AP": cls.SCORES[get_event_storage().iter], "AP50": 0.0}}
+
+
+def _train_until_stopped(toy, out_dir, resume):
+    """An evaluation after every iteration, patience 3, MAX_ITER 20; returns the final weights."""
+    args = argparse.Namespace(config_file=CONFIG, eval_only=False, resume=resume, opts=opts(
+        toy, out_dir, "SOLVER.MAX_ITER", "20", "TEST.EVAL_PERIOD", "1", "SOLVER.EARLY_STOP.PATIENCE", "3"))
+    cfg = setup_cfg(args, default_setup_logging=False)
+    torch.manual_seed(0)
+    trainer = ScriptedEvaluationTrainer(cfg)
+    trainer.resume_or_load(resume=resume)
+    assert trainer.train() is None  # early stopping ends train() normally
+    return torch.load(os.path.join(out_dir, "model_final.pth"), weights_only=False)
+
+
+def test_early_stop_and_best_checkpoint_resume_exactly(toy, tmp_path, caplog):
+    """bbox/AP after iterations 0-4: 0.1, 0.2 (best), 0.15, 0.18, 0.19: with patience 3 the run
+    stops after iteration 4 with model_final.pth, and model_best.pth holds iteration 1's weights.
+    Resumed from the checkpoint of iteration 3 (saved before that iteration's evaluation, so only
+    best_checkpoint.json has it), the patience counter is 2 and the run stops after iteration 4
+    again, with bitwise the same weights; resumed once more, it trains nothing."""
+    a = tmp_path / "a"
+    with caplog.at_level("INFO", logger="d2_anchorfree"):
+        straight = _train_until_stopped(toy, a, resume=False)
+    assert "Early stopping at iteration 4: bbox/AP did not improve in the last 3 evaluations" in caplog.text
+    assert straight["iteration"] == 4
+    best = torch.load(a / "model_best.pth", weights_only=False)
+    assert best["iteration"] == 1
+    assert_same_weights(best["model"], torch.load(a / "model_0000001.pth", weights_only=False)["model"])
+    assert (a / "last_checkpoint").read_text() == "model_final.pth"
+
     b = tmp_path / "b"
     os.makedirs(b)
-    shutil.copy(tmp_path / "a" / "model_0000001.pth", b)  # the checkpoint after 2 iterations
-    (b / "last_checkpoint").write_text("model_0000001.pth")
-    resumed = _train(toy, b, resume=True, max_iter=6)
-    assert straight.keys() == resumed.keys()
-    for name, value in straight.items():
-        assert torch.equal(value, resumed[name]), name
+    for name in ("model_0000003.pth", "model_best.pth", "best_checkpoint.json"):
+        shutil.copy(a / name, b)
+    (b / "last_checkpoint").write_text("model_0000003.pth")
+    resumed = _train_until_stopped(toy, b, resume=True)
+    assert resumed["iteration"] == 4
+    assert_same_weights(straight["model"], resumed["model"])
+    assert json.loads((b / "best_checkpoint.json").read_text()) == json.loads((a / "best_checkpoint.json").read_text())
+
+    caplog.clear()
+    with caplog.at_level("INFO", logger="d2_anchorfree"):
+        again = _train_until_stopped(toy, b, resume=True)
+    assert "this run already stopped" in caplog.text
+    assert again["iteration"] == 4 and not (b / "model_0000005.pth").exists()
 
 
 def test_default_predictor_round_trip_and_predict_tool(toy, tmp_path):
