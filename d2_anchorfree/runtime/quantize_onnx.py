@@ -7,7 +7,8 @@ with onnxruntime's quantizer, calibrated on real images; no torch, no detectron2
 
 (``python -m d2_anchorfree.runtime.quantize_onnx`` takes the same arguments.)
 
-What is quantized: the convolutions of the backbone, the FPN and the head towers, QDQ format
+What is quantized: the convolutions of the backbone, the FPN and the head towers, with the ReLUs,
+additions, max pooling and upsampling between them (:data:`FEATURE_OPS`), QDQ format
 (QuantizeLinear / DequantizeLinear pairs, which onnxruntime fuses into integer kernels), weights
 int8 per output channel, activations uint8 per tensor with ranges from the calibration images
 (min/max). What stays float32: the head's output layers (the convolutions from which no other
@@ -25,6 +26,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -32,42 +34,46 @@ import numpy as np
 from .predict_onnx import evaluate, list_inputs, load_model, predict, read_bgr, resize, test_size
 
 QUANTIZED_OPS = ("Conv",)
+# Ops quantized along with the convolutions inside the feature part of the graph (backbone, FPN,
+# towers), so that onnxruntime fuses each DequantizeLinear -> Conv -> QuantizeLinear chain into
+# an integer convolution: the activation after a conv, residual and top-down additions, the stem's
+# max pooling, the FPN's upsampling. Normalizations that do not fold into a conv (GroupNorm's
+# InstanceNormalization) stay float and break such chains.
+FEATURE_OPS = ("Conv", "Relu", "Clip", "Add", "MaxPool", "Resize")
+
+
+def _consumers(model) -> Dict[str, list]:
+    consumers: Dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    return consumers
+
+
+def _reaches_conv(model) -> Dict[str, bool]:
+    """{node name: whether a Conv node is reachable from its outputs} (nodes in graph order,
+    which ONNX requires to be topological, visited backwards)."""
+    consumers = _consumers(model)
+    reaches: Dict[str, bool] = {}
+    for node in reversed(model.graph.node):
+        reaches[node.name] = any(c.op_type in QUANTIZED_OPS or reaches.get(c.name, False)
+                                 for out in node.output for c in consumers.get(out, []))
+    return reaches
 
 
 def output_convs(model) -> List[str]:
     """Names of the Conv nodes of ``model`` (an ``onnx.ModelProto``) from which no other Conv node
     is reachable: the detector's output layers, left in float32."""
-    consumers: Dict[str, list] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    reaches: Dict[str, bool] = {}  # tensor name -> a Conv consumes it or something computed from it
+    reaches = _reaches_conv(model)
+    return [n.name for n in model.graph.node if n.op_type in QUANTIZED_OPS and not reaches[n.name]]
 
-    def tensor_reaches_conv(tensor: str) -> bool:
-        stack, seen = [tensor], set()
-        while stack:
-            t = stack.pop()
-            if t in reaches:
-                if reaches[t]:
-                    return True
-                continue
-            for node in consumers.get(t, []):
-                if node.op_type in QUANTIZED_OPS:
-                    return True
-                for out in node.output:
-                    if out not in seen:
-                        seen.add(out)
-                        stack.append(out)
-        return False
 
-    last = []
-    for node in model.graph.node:
-        if node.op_type in QUANTIZED_OPS:
-            hit = any(tensor_reaches_conv(t) for t in node.output)
-            reaches.update({t: hit for t in node.output})
-            if not hit:
-                last.append(node.name)
-    return last
+def feature_nodes(model) -> List[str]:
+    """Names of the nodes of ``model`` that INT8 quantization may touch: those of
+    :data:`FEATURE_OPS` from which a Conv node is reachable (backbone, FPN, head towers), the
+    output convolutions (:func:`output_convs`) and everything after them excluded."""
+    reaches = _reaches_conv(model)
+    return [n.name for n in model.graph.node if n.op_type in FEATURE_OPS and reaches[n.name]]
 
 
 def calibration_images(paths: Sequence[str], meta: dict, limit: int) -> List[np.ndarray]:
@@ -115,8 +121,9 @@ def _onnx_quantizer():
 
 def quantize_graph(model_path: str, output_path: str, images: Sequence[np.ndarray], input_name: str = "image",
                    per_channel: bool = True) -> Dict[str, object]:
-    """Write the INT8 (QDQ) version of the ONNX graph ``model_path`` to ``output_path``: every
-    Conv but the output convolutions (:func:`output_convs`) quantized, calibrated on ``images``.
+    """Write the INT8 (QDQ) version of the ONNX graph ``model_path`` to ``output_path``: the
+    :func:`feature_nodes` (every Conv but the output convolutions, and the ops between them)
+    quantized, calibrated on ``images``.
 
     Args:
         model_path: a float32 ``.onnx``. output_path: the ``.onnx`` to write (folder must exist).
@@ -131,16 +138,25 @@ def quantize_graph(model_path: str, output_path: str, images: Sequence[np.ndarra
         ImportError: onnx / onnxruntime's quantizer missing. ValueError: no image.
     """
     onnx, q = _onnx_quantizer()
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
     if not images:
         raise ValueError("no calibration image")
-    model = onnx.load(model_path)
-    keep_float = output_convs(model)
-    convs = [n.name for n in model.graph.node if n.op_type in QUANTIZED_OPS]
-    reader = _Images([{input_name: image} for image in images])
-    q.quantize_static(model_path, output_path, reader, quant_format=q.QuantFormat.QDQ,
-                      op_types_to_quantize=list(QUANTIZED_OPS), per_channel=per_channel,
-                      activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
-                      nodes_to_exclude=keep_float, calibrate_method=q.CalibrationMethod.MinMax)
+    with tempfile.TemporaryDirectory(prefix="d2af_quantize_") as tmp:
+        # onnxruntime's recommended pre-processing (its basic graph optimizations, ONNX shape
+        # inference): among others it removes the Identity nodes through which the exporter
+        # shares equal constants (e.g. zero conv biases); a Conv whose bias is not a constant is
+        # not fused into an integer convolution.
+        prepared = os.path.join(tmp, "prepared.onnx")
+        quant_pre_process(model_path, prepared, skip_symbolic_shape=True)
+        model = onnx.load(prepared)
+        keep_float = output_convs(model)
+        convs = [n.name for n in model.graph.node if n.op_type in QUANTIZED_OPS]
+        reader = _Images([{input_name: image} for image in images])
+        q.quantize_static(prepared, output_path, reader, quant_format=q.QuantFormat.QDQ,
+                          op_types_to_quantize=list(FEATURE_OPS), nodes_to_quantize=feature_nodes(model),
+                          per_channel=per_channel, activation_type=q.QuantType.QUInt8,
+                          weight_type=q.QuantType.QInt8, calibrate_method=q.CalibrationMethod.MinMax)
     return {"quantized_convs": len(convs) - len(keep_float), "float_output_convs": keep_float}
 
 

@@ -15,7 +15,7 @@ from detectron2.modeling import build_model
 from conftest import load_cfg, trees_dir
 
 onnx = pytest.importorskip("onnx", reason="optional export dependency (requirements-extra.txt)")
-pytest.importorskip("onnxruntime", reason="optional export dependency (requirements-extra.txt)")
+onnxruntime = pytest.importorskip("onnxruntime", reason="optional export dependency (requirements-extra.txt)")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
@@ -90,6 +90,15 @@ def test_int8_graph_quantizes_the_towers_and_keeps_outputs_and_metadata(exported
         quantized = weight_from is not None and weight_from.op_type == "DequantizeLinear"
         assert quantized == (node.name not in float_convs), node.name
     assert entry["quantized_convs"] == len(convs) - 15 > 30 and entry["calibration_images"] == 4
+    # onnxruntime fuses every quantized conv into an integer kernel (a Conv whose bias is not a
+    # constant, e.g. an exporter's Identity, would stay a float Conv between Q/DQ pairs: slower)
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(exported["folder"] / "int8_fused.onnx")
+    onnxruntime.InferenceSession(out, options, providers=["CPUExecutionProvider"])
+    fused = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+    assert fused.count("QLinearConv") == entry["quantized_convs"]
+    assert fused.count("Conv") + fused.count("FusedConv") == 15  # the float output layers (+ activation)
     session, meta8 = load_model(out)
     assert meta8["quantization"]["float_output_convs"] == entry["float_output_convs"]
     assert {k: v for k, v in meta8.items() if k != "quantization"} == meta
