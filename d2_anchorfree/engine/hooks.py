@@ -54,9 +54,8 @@ def best_checkpoint_enabled(cfg) -> bool:
 def check_best_checkpoint_config(cfg) -> None:
     """Reject ``SOLVER.BEST_CHECKPOINT`` / ``SOLVER.EARLY_STOP`` values that cannot work, naming
     the key: ``MODE`` not "max"/"min"; ``METRIC`` not a string; ``PATIENCE`` not an int >= 0;
-    ``PATIENCE`` > 0 without periodic evaluation or without a metric (it would never stop); with
-    several ``DATASETS.TEST``, a ``METRIC`` not prefixed by one of them (detectron2 then names
-    the results ``<dataset>/bbox/AP``). Whether the evaluator produces ``METRIC`` is checked at
+    ``PATIENCE`` > 0 without periodic evaluation or without a metric (it would never stop).
+    Whether the evaluator produces ``METRIC`` (:func:`best_checkpoint_metric`) is checked at
     the first evaluation (:class:`AnchorFreeBestCheckpointer`).
 
     Raises:
@@ -76,11 +75,16 @@ def check_best_checkpoint_config(cfg) -> None:
             f"SOLVER.EARLY_STOP.PATIENCE = {patience} needs evaluations during training to watch: set "
             f"TEST.EVAL_PERIOD > 0 (now {cfg.TEST.EVAL_PERIOD}), a DATASETS.TEST (now {tuple(cfg.DATASETS.TEST)}) "
             f"and SOLVER.BEST_CHECKPOINT.METRIC (now {best.METRIC!r})")
-    tests = tuple(cfg.DATASETS.TEST)
-    if best_checkpoint_enabled(cfg) and len(tests) > 1 and not best.METRIC.startswith(tuple(t + "/" for t in tests)):
-        raise ValueError(
-            f"SOLVER.BEST_CHECKPOINT.METRIC = {best.METRIC!r}: with several DATASETS.TEST {tests} the evaluation "
-            f"results are named \"<dataset>/<metric>\", e.g. \"{tests[0]}/bbox/AP\"; or set \"\" (off)")
+
+
+def best_checkpoint_metric(cfg) -> str:
+    """The result name the best checkpoint watches: ``SOLVER.BEST_CHECKPOINT.METRIC``; with
+    several ``DATASETS.TEST`` (detectron2 then names the results ``<dataset>/<metric>``) a metric
+    not prefixed by one of them is the first test dataset's (``<DATASETS.TEST[0]>/<metric>``)."""
+    metric, tests = cfg.SOLVER.BEST_CHECKPOINT.METRIC, tuple(cfg.DATASETS.TEST)
+    if len(tests) > 1 and not metric.startswith(tuple(t + "/" for t in tests)):
+        return f"{tests[0]}/{metric}"
+    return metric
 
 
 def _fold_evaluations(evaluations, better):

@@ -18,7 +18,7 @@ from ..evaluation import AnchorFreeCOCOEvaluator
 from ..inference import build_inference_model, needs_full_resolution
 from .health import TrainingHealthCheck, check_solver_config
 from .hooks import (AnchorFreeBestCheckpointer, CriterionIterationHook, EarlyStop, best_checkpoint_enabled,
-                    check_best_checkpoint_config)
+                    best_checkpoint_metric, check_best_checkpoint_config)
 from .resumable_loader import build_resumable_train_loader, check_sampler_config
 
 logger = logging.getLogger("d2_anchorfree")
@@ -105,7 +105,7 @@ class AnchorFreeTrainer(DefaultTrainer):
             evaluation = next(i for i, h in enumerate(hooks) if isinstance(h, EvalHook))
             best = self.cfg.SOLVER.BEST_CHECKPOINT
             hooks.insert(evaluation + 1, AnchorFreeBestCheckpointer(
-                self.cfg.TEST.EVAL_PERIOD, self.checkpointer, best.METRIC, mode=best.MODE,
+                self.cfg.TEST.EVAL_PERIOD, self.checkpointer, best_checkpoint_metric(self.cfg), mode=best.MODE,
                 patience=self.cfg.SOLVER.EARLY_STOP.PATIENCE,
                 latest_results=lambda: getattr(self, "_last_eval_results", None) or {}))
         hooks.insert(0, CriterionIterationHook())  # the training phase of each step

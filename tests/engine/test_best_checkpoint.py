@@ -173,14 +173,22 @@ def make_cfg(*opts):
      r"SOLVER.EARLY_STOP.PATIENCE = 3 needs evaluations during training .* TEST.EVAL_PERIOD > 0 \(now 0\)"),
     (["SOLVER.EARLY_STOP.PATIENCE", 3, "DATASETS.TEST", ()], r"a DATASETS.TEST \(now \(\)\)"),
     (["SOLVER.EARLY_STOP.PATIENCE", 3, "SOLVER.BEST_CHECKPOINT.METRIC", ""], r"METRIC \(now ''\)"),
-    (["DATASETS.TEST", ("a", "b")], r"METRIC = 'bbox/AP': with several DATASETS.TEST .* e.g. \"a/bbox/AP\""),
 ])
 def test_bad_settings_fail_before_training(opts, message):
     with pytest.raises(ValueError, match=message):
         AnchorFreeTrainer(make_cfg(*opts))  # checked first, before the model and the datasets
 
 
+def test_with_several_test_datasets_an_unprefixed_metric_is_the_first_ones():
+    from d2_anchorfree.engine.hooks import best_checkpoint_metric
+
+    assert best_checkpoint_metric(make_cfg("DATASETS.TEST", ("a", "b"))) == "a/bbox/AP"
+    assert best_checkpoint_metric(make_cfg("DATASETS.TEST", ("a", "b"), "SOLVER.BEST_CHECKPOINT.METRIC", "b/bbox/AP50")) == "b/bbox/AP50"
+    assert best_checkpoint_metric(make_cfg("SOLVER.BEST_CHECKPOINT.METRIC", "bbox/AP50")) == "bbox/AP50"
+
+
 def test_good_settings_pass():
     check_best_checkpoint_config(make_cfg("SOLVER.EARLY_STOP.PATIENCE", 2, "SOLVER.BEST_CHECKPOINT.MODE", "min"))
     check_best_checkpoint_config(make_cfg("DATASETS.TEST", ("a", "b"), "SOLVER.BEST_CHECKPOINT.METRIC", "b/bbox/AP50"))
+    check_best_checkpoint_config(make_cfg("DATASETS.TEST", ("a", "b")))  # watches a/bbox/AP
     check_best_checkpoint_config(make_cfg("TEST.EVAL_PERIOD", 0))  # best checkpoints off, nothing to check
