@@ -33,6 +33,7 @@ import glob
 import json
 import os
 import sys
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -41,6 +42,8 @@ from tqdm import tqdm
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.visualizer import Visualizer
 
+from d2_anchorfree.checkpoint.classes import classes_metadata, generic_classes, load_dataset_classes
+from d2_anchorfree.data.datasets import config_num_classes
 from d2_anchorfree.data.image_io import read_image
 from d2_anchorfree.engine import build_predictor, setup_cfg
 
@@ -174,6 +177,42 @@ def predict_files(predictor, files, output_dir, metadata, min_score=0.3, draw=Tr
     return results, skipped
 
 
+def prediction_classes(cfg, checkpoint_classes: Optional[dict], dataset: Optional[str] = None) -> dict:
+    """The class names (and category ids) for drawing and ``results.json``.
+
+    In this order: the dataset named by ``--dataset`` (loaded); the weights file's (training
+    writes them, ``checkpoint_classes``); ``DATASETS.TEST[0]``'s if its files are there (weights
+    written before class names were stored); else ``class_0`` ... with a warning.
+
+    Args:
+        cfg: the config. checkpoint_classes: ``build_predictor(...).classes``.
+        dataset: the ``--dataset`` value, or None.
+
+    Returns:
+        dict: ``{"thing_classes": [str], "category_ids": [int]}``.
+
+    Raises:
+        KeyError: ``dataset`` is not registered. FileNotFoundError, ValueError: ``dataset``'s
+            files are missing or wrong (the loader's checks).
+    """
+    if dataset:
+        return load_dataset_classes(dataset)
+    if checkpoint_classes is not None:
+        return checkpoint_classes
+    if cfg.DATASETS.TEST:
+        try:
+            found = load_dataset_classes(cfg.DATASETS.TEST[0])
+            if found is not None:
+                return found
+        except (KeyError, FileNotFoundError, ValueError) as e:
+            print(f"WARNING: the weights name no classes and DATASETS.TEST[0] cannot give them ({e})",
+                  file=sys.stderr)
+    num = config_num_classes(cfg) or 1
+    print(f"WARNING: no class names: writing class_0 ... class_{num - 1} (pass --dataset, or use weights "
+          "written by this version's training, which stores them)", file=sys.stderr)
+    return generic_classes(num)
+
+
 def inference_opts(args) -> list:
     """Config opts ("KEY", "VALUE", ...) of the ``--slice*`` and ``--tta`` flags (the KEY VALUE
     pairs given after the flags come later and win)."""
@@ -210,7 +249,8 @@ def main(argv=None, prog=None) -> int:
     parser.add_argument("--output", required=True, help="folder for drawn images and results.json")
     parser.add_argument("--min-score", type=float, default=0.3, help="score for drawing boxes")
     parser.add_argument("--dataset", default=None,
-                        help="dataset whose metadata (class names) to use; default DATASETS.TEST[0]")
+                        help="registered dataset whose class names to use (default: those stored in the "
+                             "weights by training; for older weights DATASETS.TEST[0]'s)")
     parser.add_argument("--allow-untrained", action="store_true",
                         help="predict even without MODEL.WEIGHTS (an untrained model)")
     parser.add_argument("--slice", action="store_true",
@@ -228,11 +268,8 @@ def main(argv=None, prog=None) -> int:
     cfg = setup_cfg(argparse.Namespace(config_file=args.config_file, opts=opts), default_setup_logging=False)
     files = list_images(args.input)
     names = relative_names(files, input_root(args.input, files))
-    name = args.dataset or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None)
-    metadata = MetadataCatalog.get(name) if name else MetadataCatalog.get("__unused")
-    if name:  # loading the json fills thing_classes and the category id map in the metadata
-        DatasetCatalog.get(name)
     predictor = build_predictor(cfg, allow_untrained=args.allow_untrained, progress=True)
+    metadata = classes_metadata(prediction_classes(cfg, predictor.classes, args.dataset))
     results, skipped = predict_files(predictor, files, args.output, metadata, args.min_score,
                                      names=names)
     with open(os.path.join(args.output, "results.json"), "w") as f:
