@@ -54,6 +54,40 @@ class AnchorFreePredictor(DefaultPredictor):
             return self.inference_model([{"image": image, "height": height, "width": width}])[0]
 
 
+    def predict_windows(self, raster) -> dict:
+        """Sliced inference reading only the windows it runs on (``TEST.SLICE.ENABLED`` required):
+        peak memory is one batch of windows (``TEST.SLICE.BATCH_SIZE``) and the detections, not
+        the image. Windows without a valid pixel (nodata, alpha 0) are skipped.
+
+        Args:
+            raster: a :class:`~d2_anchorfree.data.raster.RasterWindows` (or any object with
+                ``height``, ``width``, ``read(window) -> [h, w, 3] uint8 RGB``, ``valid(window)
+                -> [h, w] bool`` and ``all_valid``).
+
+        Returns:
+            ``{"instances": Instances}`` of (raster.height, raster.width), pixels of the raster.
+
+        Raises:
+            ValueError: sliced inference is not enabled (``TEST.SLICE.ENABLED``).
+        """
+        from ..inference.slicing import SlicedDetector
+
+        if not isinstance(self.inference_model, SlicedDetector):
+            raise ValueError("reading an image window by window needs sliced inference: set TEST.SLICE.ENABLED True "
+                             "(d2af predict --slice)")
+        check_all = not raster.all_valid
+
+        def read(window):
+            if check_all and not raster.valid(window).any():
+                return None
+            rgb = raster.read(window)
+            pixels = rgb if self.input_format == "RGB" else rgb[:, :, ::-1]
+            return torch.as_tensor(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+
+        with torch.no_grad():
+            return {"instances": self.inference_model.predict_windows(raster.height, raster.width, read)}
+
+
 def model_classes(cfg, checkpoint: dict, source: str = "MODEL.WEIGHTS") -> Optional[dict]:
     """The class names and category ids of a loaded model: the checkpoint's ``"classes"`` (written
     by training, see ``d2_anchorfree.checkpoint.classes``), else those of an already loaded
