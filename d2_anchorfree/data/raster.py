@@ -30,6 +30,9 @@ __all__ = ["RasterWindows", "parse_bands", "WINDOWED_EXTENSIONS", "needs_windowe
 #: they are larger than PIL accepts (:func:`needs_windowed_reading`).
 WINDOWED_EXTENSIONS = (".tif", ".tiff", ".vrt", ".jp2", ".img")
 
+#: GDAL block cache while a :class:`RasterWindows` is open, MiB (see its ``cache_mb``).
+DEFAULT_CACHE_MB = 128
+
 
 def parse_bands(text: Optional[str]) -> Optional[Tuple[int, int, int]]:
     """``"R,G,B"`` (1-based band numbers, e.g. ``"4,3,2"``) -> ``(4, 3, 2)``; None/"" -> None.
@@ -123,13 +126,19 @@ class RasterWindows:
         pixel (col, row) -> map (x, y); identity without georeferencing), georeferenced (bool).
     """
 
-    def __init__(self, path: str, bands: Optional[Sequence[int]] = None, overview_level: Optional[int] = None):
+    def __init__(self, path: str, bands: Optional[Sequence[int]] = None, overview_level: Optional[int] = None,
+                 cache_mb: int = DEFAULT_CACHE_MB):
         """
         Args:
             path: the file (GeoTIFF, any GDAL raster, or a JPEG/PNG).
             bands: 3 band numbers (1-based) read as R, G, B; None: chosen as the module says.
             overview_level: read the file's overview of that index (0 = the first, largest
                 reduced level) instead of full resolution; None: full resolution.
+            cache_mb: GDAL's block cache (``GDAL_CACHEMAX``) while the file is open, MiB, >= 1.
+                GDAL keeps decoded blocks up to this size (its default, 5% of the machine's
+                memory, would let the cache, not the windows, set the peak memory); 128 MiB
+                holds the tiles of one row of 400 px windows of a 30000 px wide RGB raster, so
+                the overlap of the next row is not decoded again.
 
         Raises:
             FileNotFoundError: ``path`` does not exist.
@@ -145,13 +154,18 @@ class RasterWindows:
 
         if not os.path.isfile(path):
             raise FileNotFoundError(f"image file {path} does not exist")
+        if int(cache_mb) < 1:
+            raise ValueError(f"cache_mb must be >= 1 MiB, got {cache_mb}")
         self.path = path
         kwargs = {} if overview_level is None else {"overview_level": int(overview_level)}
+        self._env = rasterio.Env(GDAL_CACHEMAX=int(cache_mb) * 2**20)  # bytes: a small int would mean MB
+        self._env.__enter__()
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 self._ds = rasterio.open(path, **kwargs)
         except RasterioIOError as e:
+            self._env.__exit__(None, None, None)
             if overview_level is not None:
                 with rasterio.open(path) as full:
                     levels = full.overviews(1)
@@ -167,7 +181,7 @@ class RasterWindows:
                     "per channel (16-bit, 32-bit or float image); only 8-bit images are read: convert it "
                     "to 8 bits with the scaling your data needs")
         except BaseException:
-            self._ds.close()
+            self.close()
             raise
         self.height, self.width = int(self._ds.height), int(self._ds.width)
         self.crs = self._ds.crs
@@ -253,8 +267,10 @@ class RasterWindows:
         return np.ascontiguousarray(data.transpose(1, 2, 0)), scale
 
     def close(self) -> None:
-        """Close the file (also on leaving a ``with`` block)."""
-        self._ds.close()
+        """Close the file and restore GDAL's cache size (also on leaving a ``with`` block)."""
+        if not self._ds.closed:
+            self._ds.close()
+            self._env.__exit__(None, None, None)
 
     def __enter__(self):
         return self

@@ -276,3 +276,15 @@ def test_raster_flags_are_checked_before_anything_runs(flags, message, tmp_path,
     with pytest.raises(SystemExit) as e:
         predict_cli.main(["--config-file", CONFIG, "--input", "x.tif", "--output", str(tmp_path), *flags])
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_gdal_block_cache_is_bounded_while_a_raster_is_open(tmp_path):
+    """GDAL's default cache (5% of the machine's memory) would set the peak memory of a long
+    windowed read; RasterWindows sets GDAL_CACHEMAX (bytes) while the file is open."""
+    from rasterio.env import getenv
+
+    path = write_tif(tmp_path / "c.tif", pixels(32, 32))
+    with RasterWindows(path, cache_mb=7):
+        assert getenv()["GDAL_CACHEMAX"] == 7 * 2**20
+    with pytest.raises(ValueError, match="cache_mb must be >= 1 MiB, got 0"):
+        RasterWindows(path, cache_mb=0)
