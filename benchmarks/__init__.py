@@ -6,7 +6,9 @@ Command lines (each also ``d2af benchmark <name> ...`` and ``python -m benchmark
   (``d2af benchmark``; ``python tools/benchmark.py``);
 * :mod:`benchmarks.export`: latency of eager PyTorch vs onnxruntime vs TorchScript;
 * :mod:`benchmarks.slicing`: accuracy, time and memory of sliced inference and TTA;
-* :mod:`benchmarks.cocoeval`: pycocotools vs faster-coco-eval vs detectron2's C++ COCOeval.
+* :mod:`benchmarks.cocoeval`: pycocotools vs faster-coco-eval vs detectron2's C++ COCOeval;
+* :mod:`benchmarks.raster`: time and peak memory of windowed sliced inference on a synthetic
+  30000 x 30000 GeoTIFF.
 
 The parts of :mod:`benchmarks.detectors`:
 
@@ -23,4 +25,4 @@ The parts of :mod:`benchmarks.detectors`:
 import os
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SUITES = ("detectors", "export", "slicing", "cocoeval")
+SUITES = ("detectors", "export", "slicing", "cocoeval", "raster")

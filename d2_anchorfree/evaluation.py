@@ -1,7 +1,9 @@
 """``AnchorFreeCOCOEvaluator``: detectron2's ``COCOEvaluator`` with the fastest COCOeval that gives
 pycocotools' numbers (detectron2's C++ one, faster-coco-eval, or pycocotools itself)."""
 import logging
+import os
 
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import COCOEvaluator
 from detectron2.evaluation import coco_evaluation
 
@@ -60,6 +62,8 @@ class AnchorFreeCOCOEvaluator(COCOEvaluator):
     ``compat.coco_eval_backend``: detectron2's C++ ``COCOeval_opt`` when ``detectron2._C`` is
     there (``use_fast_impl=True``), else ``faster-coco-eval`` when installed, else pycocotools.
     Everything else (json export, category-id mapping, ``_derive_coco_results``) is detectron2's.
+    A dataset registered with ``DATASETS.AREA_CHECK recompute`` whose corrected json is not written
+    yet is loaded first (its loader writes it).
     """
 
     def __init__(self, dataset_name, *, backend=None, max_dets_per_image=None, **kwargs):
@@ -84,6 +88,9 @@ class AnchorFreeCOCOEvaluator(COCOEvaluator):
             if not detectron2_has_C():
                 raise ValueError("backend 'detectron2_C' needs detectron2._C, which does not import")
         kwargs["use_fast_impl"] = backend == "detectron2_C"
+        meta = MetadataCatalog.get(dataset_name)
+        if getattr(meta, "areas_recomputed", False) and not os.path.isfile(meta.json_file):
+            DatasetCatalog.get(dataset_name)  # DATASETS.AREA_CHECK recompute: the loader writes json_file
         super().__init__(dataset_name, max_dets_per_image=max_dets_per_image, **kwargs)
         self.backend = backend
         self._logger.info("COCO evaluation of %s with %s", dataset_name, backend)

@@ -20,6 +20,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from .. import compat
+from .classes import CLASSES_KEY, check_classes
 
 __all__ = ["atomic_write", "AnchorFreeCheckpointer", "load_inference_weights", "WeightsMismatchError"]
 
@@ -101,27 +102,36 @@ class AnchorFreeCheckpointer(DetectionCheckpointer):
         model, save_dir, save_to_disk, checkpointables: as ``DetectionCheckpointer``.
         min_loaded_fraction: in [0, 1]; 0.5 for training from initial weights (an ImageNet
             backbone sets most of a detector, not its FPN and head), 1.0 for inference.
+        classes: the class names and category ids of the training data
+            (``classes.dataset_classes``), written into every checkpoint under ``"classes"``
+            (strings and ints only) so that prediction and export need no dataset; None: not written.
+
+    Raises:
+        ValueError: ``min_loaded_fraction`` outside [0, 1]; a malformed ``classes``.
     """
 
     def __init__(self, model, save_dir: str = "", *, save_to_disk=None, min_loaded_fraction: float = 0.5,
-                 **checkpointables):
+                 classes: Optional[dict] = None, **checkpointables):
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         if not 0.0 <= min_loaded_fraction <= 1.0:
             raise ValueError(f"min_loaded_fraction must be in [0, 1], got {min_loaded_fraction}")
         self.min_loaded_fraction = min_loaded_fraction
+        self.classes = None if classes is None else check_classes(classes, "AnchorFreeCheckpointer(classes=...)")
         self.loaded_path = ""
 
     # ---- saving
     def save(self, name: str, *, tag_last: bool = True, **kwargs) -> None:
-        """Write ``<save_dir>/<name>.pth`` (model, checkpointables, ``kwargs``) atomically, then,
-        with ``tag_last`` (default, as detectron2), point ``last_checkpoint`` at it (atomically
-        too). ``tag_last=False`` is for files that ``--resume`` must not continue from, e.g.
-        ``model_best.pth``."""
+        """Write ``<save_dir>/<name>.pth`` (model, checkpointables, ``classes`` when given,
+        ``kwargs``) atomically, then, with ``tag_last`` (default, as detectron2), point
+        ``last_checkpoint`` at it (atomically too). ``tag_last=False`` is for files that
+        ``--resume`` must not continue from, e.g. ``model_best.pth``."""
         if not self.save_dir or not self.save_to_disk:
             return
         data = {"model": self.model.state_dict()}
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
+        if self.classes is not None:
+            data[CLASSES_KEY] = self.classes
         data.update(kwargs)
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
@@ -192,7 +202,7 @@ class AnchorFreeCheckpointer(DetectionCheckpointer):
                            + "\n  ".join(failures))
 
 
-def load_inference_weights(model, weights: str, *, resume_dir: str = "", allow_untrained: bool = False) -> None:
+def load_inference_weights(model, weights: str, *, resume_dir: str = "", allow_untrained: bool = False) -> dict:
     """Load weights for evaluation or prediction, requiring every model tensor to be set.
 
     Args:
@@ -202,6 +212,10 @@ def load_inference_weights(model, weights: str, *, resume_dir: str = "", allow_u
             (``train_net.py --eval-only --resume``).
         allow_untrained: with no weights at all, keep the untrained model (with a warning)
             instead of raising. Use only for reference numbers of an untrained model.
+
+    Returns:
+        dict: the checkpoint's entries other than the model (e.g. ``"iteration"``, ``"classes"``:
+        see ``d2_anchorfree.checkpoint.classes``); empty when nothing was loaded.
 
     Raises:
         ValueError: no weights given and ``allow_untrained`` is False.
@@ -216,5 +230,5 @@ def load_inference_weights(model, weights: str, *, resume_dir: str = "", allow_u
                 "MODEL.WEIGHTS is empty: evaluating or predicting would use an untrained, random model. "
                 "Set MODEL.WEIGHTS to a trained checkpoint (or pass --allow-untrained to do this on purpose).")
         logger.warning("MODEL.WEIGHTS is empty: using the untrained model (--allow-untrained)")
-        return
-    checkpointer.resume_or_load(weights, resume=resuming)
+        return {}
+    return dict(checkpointer.resume_or_load(weights, resume=resuming) or {})

@@ -19,6 +19,7 @@ SUITES = {
     "export": "latency of eager PyTorch, onnxruntime and TorchScript inference",
     "slicing": "accuracy, time and memory of sliced inference and test-time augmentation",
     "cocoeval": "pycocotools vs faster-coco-eval vs detectron2's C++ COCOeval",
+    "raster": "time and peak memory of windowed sliced inference on a synthetic orthomosaic GeoTIFF",
 }
 
 

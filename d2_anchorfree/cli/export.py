@@ -12,9 +12,11 @@ normalization, padding, backbone, head, decoding, candidate selection and NMS (c
 the NMS-free top-k are inside (``d2_anchorfree/export/graph.py``). Resizing to the test size
 is the runtime's job (``d2af predict-onnx`` does it as detectron2's ``DefaultPredictor``).
 Writes ``<output>/model.onnx`` or ``model.ts`` and ``metadata.json`` (also embedded in the file:
-class names, test sizes, score threshold).
+class names, test sizes, score threshold). The class names come from the weights file (training
+stores them), so the training data is not needed.
 
-The trace uses ``--sample-image`` (default: the first image of ``DATASETS.TEST[0]``); then the
+The trace uses ``--sample-image`` (default: the first image of ``DATASETS.TEST[0]``, or a
+synthetic noise image of the test size when that dataset's files are not there); then the
 file is checked against the PyTorch model on that image at the test size and on a crop of
 another size (same detections, boxes within 0.01 px, scores within 1e-4); exit code 1 if not.
 """
@@ -32,6 +34,7 @@ from detectron2.modeling import build_model
 from d2_anchorfree.checkpoint import load_inference_weights
 from d2_anchorfree.data.image_io import read_image
 from d2_anchorfree.engine import setup_cfg
+from d2_anchorfree.engine.predictor import model_classes
 from d2_anchorfree.export import DEFAULT_OPSET, InferenceGraph, export_model
 from d2_anchorfree.export.verify import match_detections, run_exported
 
@@ -50,17 +53,35 @@ def parse_args(argv=None, prog=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def synthetic_sample(cfg, seed: int = 0) -> np.ndarray:
+    """A seeded noise image (uint8 BGR) of the test size, ``INPUT.MIN_SIZE_TEST`` x
+    ``min(INPUT.MAX_SIZE_TEST, 4/3 of it)`` pixels (not resized again by the test resize): the
+    tracing image when neither ``--sample-image`` nor the test dataset's files are there. The
+    graph does not depend on the pixels; the verification then compares the two runtimes on noise."""
+    h = int(cfg.INPUT.MIN_SIZE_TEST)
+    w = min(int(cfg.INPUT.MAX_SIZE_TEST), (4 * h) // 3) if cfg.INPUT.MAX_SIZE_TEST else (4 * h) // 3
+    return np.random.default_rng(seed).integers(0, 256, size=(h, max(1, w), 3), dtype=np.uint8)
+
+
 def sample_image(cfg, path: str) -> np.ndarray:
-    """The tracing image: ``path``, else the first image of ``DATASETS.TEST[0]``, resized to the
-    test size as ``DefaultPredictor`` does (uint8 BGR [H, W, 3]).
+    """The tracing image: ``path``, else the first image of ``DATASETS.TEST[0]``, else (no test
+    dataset, or its files are not on this machine) :func:`synthetic_sample` with a warning;
+    resized to the test size as ``DefaultPredictor`` does (uint8 BGR [H, W, 3]).
 
     Raises:
-        ValueError: no ``path`` and no registered test dataset to take an image from.
+        FileNotFoundError, ValueError: ``path`` cannot be read (``read_image``).
     """
     if not path:
-        if not cfg.DATASETS.TEST or cfg.DATASETS.TEST[0] not in DatasetCatalog.list():
-            raise ValueError("no --sample-image and no registered DATASETS.TEST dataset to take one from")
-        path = DatasetCatalog.get(cfg.DATASETS.TEST[0])[0]["file_name"]
+        name = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None
+        try:
+            if name is None or name not in DatasetCatalog.list():
+                raise ValueError("no registered DATASETS.TEST dataset")
+            path = DatasetCatalog.get(name)[0]["file_name"]
+        except (FileNotFoundError, ValueError, IndexError) as e:
+            logging.getLogger(__name__).warning(
+                "no --sample-image and no test image to take (%s): tracing and verifying on a "
+                "synthetic noise image; pass --sample-image for a check on a real image", e)
+            return synthetic_sample(cfg)
     image = read_image(path, format="BGR")
     resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
     return np.array(resize.get_transform(image).apply_image(image))  # writable, for torch.from_numpy
@@ -89,9 +110,10 @@ def main(argv=None, prog=None) -> int:
     cfg = setup_cfg(args, default_setup_logging=False)
     model = build_model(cfg).eval()
     try:
-        load_inference_weights(model, cfg.MODEL.WEIGHTS, allow_untrained=args.allow_untrained)
+        checkpoint = load_inference_weights(model, cfg.MODEL.WEIGHTS, allow_untrained=args.allow_untrained)
+        classes = model_classes(cfg, checkpoint, cfg.MODEL.WEIGHTS)
         image = sample_image(cfg, args.sample_image)
-        path = export_model(cfg, model, args.format, args.output, torch.from_numpy(image), args.opset)
+        path = export_model(cfg, model, args.format, args.output, torch.from_numpy(image), args.opset, classes)
     except (ValueError, FileNotFoundError, RuntimeError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -4,12 +4,14 @@ Each entry of ``DATASETS.REGISTER_COCO`` is ``"name,path/to/annotations.json,pat
 (paths relative to the working directory or absolute). :func:`register_datasets_from_config`
 registers each one through detectron2's ``register_coco_instances``, so ``MetadataCatalog`` gets
 ``json_file``, ``image_root``, ``evaluator_type="coco"`` (for ``COCOEvaluator``) and, once loaded,
-``thing_classes``. The checks run lazily, when ``DatasetCatalog.get(name)`` is called:
+``thing_classes``. Registering reads no file; the checks run lazily, when
+``DatasetCatalog.get(name)`` is called (first: the json and the image folder exist,
+:func:`check_dataset_paths`):
 
 * ``DATASETS.VALIDATE_ANNOTATIONS``: the raw json (:func:`validate_coco_json`);
 * ``DATASETS.AREA_CHECK``: every annotation's ``area`` (:func:`find_bad_areas`); "error" stops
   naming the annotations, "recompute" evaluates with corrected areas (:func:`recompute_coco_areas`,
-  a corrected json written at registration that ``MetadataCatalog.get(name).json_file`` points
+  a corrected json written on the first load that ``MetadataCatalog.get(name).json_file`` points
   to, so ``COCOEvaluator``'s APs/APm/APl use it), "ignore" skips the check;
 * ``DATASETS.VALIDATE_IMAGES``: every image decoded up front (:func:`validate_images`), naming
   every unreadable file at once; "auto" does it for datasets of at most
@@ -48,7 +50,9 @@ __all__ = [
     "recompute_coco_areas",
     "validate_images",
     "check_num_classes",
+    "config_num_classes",
     "num_classes_key",
+    "check_dataset_paths",
     "register_coco_dataset",
     "register_datasets_from_config",
 ]
@@ -473,6 +477,18 @@ def num_classes_key(cfg) -> Optional[str]:
     return _D2_NUM_CLASSES_KEYS.get(arch)
 
 
+def config_num_classes(cfg) -> Optional[int]:
+    """The number of classes the config gives its model (the value of :func:`num_classes_key`),
+    or None when the meta-architecture has no known key."""
+    key = num_classes_key(cfg)
+    if key is None:
+        return None
+    node = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return int(node)
+
+
 def check_num_classes(cfg, dataset_names: Optional[Sequence[str]] = None) -> Optional[int]:
     """Raise if the model's number of classes differs from the datasets' class count.
 
@@ -495,13 +511,9 @@ def check_num_classes(cfg, dataset_names: Optional[Sequence[str]] = None) -> Opt
             class names), e.g. "MODEL.DENSE.NUM_CLASSES is 80 but the training dataset 'trees_train'
             has 1 class (['tree']); set MODEL.DENSE.NUM_CLASSES 1".
     """
-    key = num_classes_key(cfg)
+    key, k = num_classes_key(cfg), config_num_classes(cfg)
     if key is None:
         return None
-    node = cfg
-    for part in key.split(".")[:-1]:
-        node = getattr(node, part)
-    k = getattr(node, key.split(".")[-1])
     names = list(cfg.DATASETS.TRAIN) if dataset_names is None else list(dataset_names)
     for name in names:
         meta = MetadataCatalog.get(name)
@@ -528,13 +540,41 @@ def _check_mode(key: str, value, allowed) -> str:
     return value
 
 
+def check_dataset_paths(name: str, json_file: str, image_root: str) -> None:
+    """Raise if the annotation file or the image folder of dataset ``name`` is missing.
+
+    Called when the dataset is loaded (``DatasetCatalog.get(name)``), never at registration: a
+    config that names datasets absent from this machine still predicts and exports.
+
+    Args:
+        name (str): the dataset's name, for the message.
+        json_file (str): its COCO json (absolute path).
+        image_root (str): its image folder (absolute path).
+
+    Raises:
+        FileNotFoundError: naming the missing path and the dataset (and, for the annotation file,
+            how to prepare the bundled tree data).
+    """
+    if not os.path.isfile(json_file):
+        raise FileNotFoundError(
+            f"annotation file {json_file} of dataset '{name}' does not exist (for the bundled tree "
+            "data run: python tools/prepare_trees.py --out datasets/trees)"
+        )
+    if not os.path.isdir(image_root):
+        raise FileNotFoundError(f"image root {image_root} of dataset '{name}' is not a directory")
+
+
 def _checked_loader(json_file: str, image_root: str, name: str, source_json: str, validate: bool,
                     area_check: str, area_tolerance: float, validate_images_mode: str):
     def load() -> List[dict]:
+        check_dataset_paths(name, source_json, image_root)
         if validate:
             validate_coco_json(source_json, image_root)
         if area_check == "error":
             check_coco_areas(source_json, area_tolerance)
+        if json_file != source_json:  # "recompute": the corrected json, written on first load
+            n = recompute_coco_areas(source_json, json_file, area_tolerance)
+            logger.info("dataset '%s': %d area(s) recomputed; evaluating against %s", name, n, json_file)
         dicts = load_coco_json(json_file, image_root, name)
         if validate_images_mode == "always" or (
             validate_images_mode == "auto" and len(dicts) <= VALIDATE_IMAGES_AUTO_LIMIT
@@ -550,7 +590,9 @@ def register_coco_dataset(name: str, json_file: str, image_root: str, validate: 
                           validate_images: str = "auto", cache_dir: Optional[str] = None) -> bool:
     """Register a COCO instances dataset under ``name`` (see :func:`register_datasets_from_config`).
 
-    Paths are made absolute (relative to the current working directory) and must exist now.
+    Paths are made absolute (relative to the current working directory). Registering reads no
+    file: the paths are checked (:func:`check_dataset_paths`), the json validated and, with
+    "recompute", the corrected json written when the dataset is loaded (``DatasetCatalog.get``).
 
     Args:
         name (str): the dataset name.
@@ -558,10 +600,12 @@ def register_coco_dataset(name: str, json_file: str, image_root: str, validate: 
         image_root (str): folder the json's ``file_name`` entries are relative to.
         validate (bool): run :func:`validate_coco_json` when the dataset is loaded.
         area_check (str): "error" (a wrong ``area`` stops the load, :func:`check_coco_areas`),
-            "recompute" (now, at registration: write a corrected json with
-            :func:`recompute_coco_areas` to ``cache_dir/<name>.areas_recomputed.json``; it becomes
-            ``MetadataCatalog.get(name).json_file``, which ``COCOEvaluator`` evaluates against,
-            and the loader reads it; the original stays in ``.source_json_file``) or "ignore".
+            "recompute" (when the dataset is loaded: write a corrected json with
+            :func:`recompute_coco_areas` to ``cache_dir/<name>.areas_recomputed.json``; that path
+            is ``MetadataCatalog.get(name).json_file`` from registration on, which
+            ``COCOEvaluator`` evaluates against (``AnchorFreeCOCOEvaluator`` loads the dataset
+            first if the file is not written yet), and the loader reads it; the original stays in
+            ``.source_json_file``) or "ignore".
         area_tolerance (float): relative tolerance of the area check, >= 0.
         validate_images (str): "auto" (decode every image when the dataset is loaded if it has at
             most :data:`VALIDATE_IMAGES_AUTO_LIMIT` images), "always" or "never"
@@ -574,23 +618,16 @@ def register_coco_dataset(name: str, json_file: str, image_root: str, validate: 
         settings).
 
     Raises:
-        FileNotFoundError: ``json_file`` or ``image_root`` does not exist (naming the path).
         ValueError: ``name`` is already registered with other paths, with another choice of
             recomputing areas, or not from a COCO json; a bad ``area_check``/``validate_images``
-            value or ``area_tolerance``; "recompute" without ``cache_dir``; a json that is not COCO.
+            value or ``area_tolerance``; "recompute" without ``cache_dir``. (Missing files and a
+            json that is not COCO raise when the dataset is loaded.)
     """
     _check_mode("DATASETS.AREA_CHECK", area_check, AREA_CHECK_MODES)
     _check_mode("DATASETS.VALIDATE_IMAGES", validate_images, VALIDATE_IMAGES_MODES)
     if not (_is_number(area_tolerance) and area_tolerance >= 0):
         raise ValueError(f"DATASETS.AREA_TOLERANCE must be a number >= 0, got {area_tolerance!r}")
     json_file, image_root = os.path.abspath(json_file), os.path.abspath(image_root)
-    if not os.path.isfile(json_file):
-        raise FileNotFoundError(
-            f"annotation file {json_file} of dataset '{name}' does not exist (for the bundled tree "
-            "data run: python tools/prepare_trees.py --out datasets/trees)"
-        )
-    if not os.path.isdir(image_root):
-        raise FileNotFoundError(f"image root {image_root} of dataset '{name}' is not a directory")
     recompute = area_check == "recompute"
     if recompute and not cache_dir:
         raise ValueError(f"dataset '{name}': DATASETS.AREA_CHECK 'recompute' needs a cache_dir for the corrected json")
@@ -618,8 +655,6 @@ def register_coco_dataset(name: str, json_file: str, image_root: str, validate: 
     load_json = json_file
     if recompute:
         load_json = os.path.abspath(os.path.join(cache_dir, f"{name}.areas_recomputed.json"))
-        n = recompute_coco_areas(json_file, load_json, area_tolerance)
-        logger.info("dataset '%s': %d area(s) recomputed; evaluating against %s", name, n, load_json)
     register_coco_instances(name, {}, load_json, image_root)
     meta = MetadataCatalog.get(name)
     meta.set(source_json_file=json_file, areas_recomputed=recompute)
@@ -634,13 +669,15 @@ def register_datasets_from_config(cfg) -> List[str]:
 
     Each entry ``"name,json_path,image_root"`` goes through ``register_coco_instances``;
     ``MetadataCatalog.get(name)`` then has ``json_file``, ``image_root``, ``evaluator_type="coco"``
-    and, after the first ``DatasetCatalog.get(name)``, ``thing_classes``. When the dataset is
-    loaded (lazily; registration only checks that the paths exist), the loader runs, as configured:
+    and, after the first ``DatasetCatalog.get(name)``, ``thing_classes``. Registering reads no
+    file, so a config whose datasets are absent (a machine with the model but not the training
+    data) still predicts and exports. When the dataset is loaded (lazily), the loader checks that
+    its files exist (:func:`check_dataset_paths`) and runs, as configured:
     :func:`validate_coco_json` (``DATASETS.VALIDATE_ANNOTATIONS``), :func:`check_coco_areas`
     (``DATASETS.AREA_CHECK`` "error", tolerance ``DATASETS.AREA_TOLERANCE``) and
     :func:`validate_images` (``DATASETS.VALIDATE_IMAGES``). With ``DATASETS.AREA_CHECK``
-    "recompute" a corrected json is written now to ``OUTPUT_DIR/datasets/<name>.areas_recomputed.json``
-    and evaluation uses it (see :func:`register_coco_dataset`). Entries whose name is already
+    "recompute" a corrected json is written on the first load to
+    ``OUTPUT_DIR/datasets/<name>.areas_recomputed.json`` and evaluation uses it (see :func:`register_coco_dataset`). Entries whose name is already
     registered with the same paths are skipped, so calling this twice is harmless.
 
     Args:
@@ -652,7 +689,6 @@ def register_datasets_from_config(cfg) -> List[str]:
     Raises:
         ValueError: a malformed entry (naming it), a name taken by other paths, or a bad
             ``DATASETS.AREA_CHECK``/``VALIDATE_IMAGES``/``AREA_TOLERANCE`` value (naming the key).
-        FileNotFoundError: a missing json file or image root (naming the path).
     """
     validate = bool(cfg.DATASETS.VALIDATE_ANNOTATIONS)
     area_check = _check_mode("DATASETS.AREA_CHECK", cfg.DATASETS.AREA_CHECK, AREA_CHECK_MODES)

@@ -11,7 +11,7 @@ from detectron2.engine import DefaultTrainer, TrainerBase, default_setup
 from detectron2.engine.hooks import EvalHook
 
 from .. import compat
-from ..checkpoint import AnchorFreeCheckpointer
+from ..checkpoint import AnchorFreeCheckpointer, dataset_classes
 from ..config import add_anchorfree_config
 from ..data import CheckedDatasetMapper, check_num_classes, register_datasets_from_config
 from ..evaluation import AnchorFreeCOCOEvaluator
@@ -62,7 +62,8 @@ class AnchorFreeTrainer(DefaultTrainer):
       gradients become non-finite or the weights explode (``SOLVER.HEALTH_CHECK``);
     * :class:`AnchorFreeCheckpointer`: atomic checkpoint files (a killed save never truncates
       ``model_final.pth``), a resume that falls back to the previous complete checkpoint, and
-      initial weights that must set most of the model;
+      initial weights that must set most of the model; every checkpoint holds the training
+      data's class names and category ids (``"classes"``), so prediction and export need no dataset;
     * data loaders whose mapper reports unreadable images by file name;
     * exact resume: ``--resume`` restores model, optimizer, LR scheduler and iteration and
       continues the training data stream, augmentations included, where the checkpoint left
@@ -97,9 +98,11 @@ class AnchorFreeTrainer(DefaultTrainer):
 
     def build_hooks(self):
         # DefaultTrainer.__init__ made a plain DetectionCheckpointer; swap in ours before the
-        # PeriodicCheckpointer hook is built around it.
+        # PeriodicCheckpointer hook is built around it. The train loader has filled the training
+        # datasets' metadata by now: their class names go into every checkpoint.
         self.checkpointer = AnchorFreeCheckpointer(
-            self.checkpointer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+            self.checkpointer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self),
+            classes=dataset_classes(self.cfg.DATASETS.TRAIN))
         hooks = super().build_hooks()
         if best_checkpoint_enabled(self.cfg):  # right after the EvalHook, whose results it reads
             evaluation = next(i for i, h in enumerate(hooks) if isinstance(h, EvalHook))

@@ -20,12 +20,14 @@ the boxes back to the original image; the runtime does both, exactly as detectro
 ``DefaultPredictor`` (:mod:`d2_anchorfree.runtime.predict_onnx`). One image per call (batch of one).
 """
 import json
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import DatasetCatalog
+
+from ..checkpoint.classes import load_dataset_classes
 
 from ..modeling.geometry import clip_boxes_to_image, nonempty_boxes
 
@@ -85,7 +87,7 @@ class InferenceGraph(nn.Module):
         return boxes[keep], scores[keep], classes[keep]
 
 
-def graph_metadata(cfg, model: nn.Module, fmt: str) -> Dict[str, str]:
+def graph_metadata(cfg, model: nn.Module, fmt: str, classes: Optional[dict] = None) -> Dict[str, str]:
     """What a runtime needs besides the graph, as string key/values (stored in the ONNX file's
     ``metadata_props`` and the TorchScript file's extra file ``d2af_metadata.json``).
 
@@ -94,26 +96,26 @@ def graph_metadata(cfg, model: nn.Module, fmt: str) -> Dict[str, str]:
     the shorter side to min_size_test, the longer at most to max_size_test, as detectron2's
     ``ResizeShortestEdge``; 0 means no resize), ``meta_architecture``, ``nms_thresh`` (class-aware
     NMS IoU threshold, or null: NMS-free top-k),
-    ``score_thresh``, ``class_names`` (from the metadata of ``DATASETS.TEST[0]`` when registered,
-    which is loaded for it unless already loaded; else "class_<i>"), ``category_ids`` (contiguous index -> dataset category id),
+    ``score_thresh``, ``class_names`` and ``category_ids`` (contiguous index -> dataset category
+    id): ``classes`` when given (the weights file's, see ``d2_anchorfree.checkpoint.classes``),
+    else from the metadata of ``DATASETS.TEST[0]`` when registered and its files are there (loaded
+    for it unless already loaded), else "class_<i>" and 0..K-1;
     ``coco_max_dets_per_image`` (``TEST.COCO_MAX_DETS_PER_IMAGE``, for COCO AP as evaluation).
 
     Args:
         cfg: the detector's config. model: the detector built from it. fmt: "onnx" or "torchscript".
+        classes: ``{"thing_classes": [str], "category_ids": [int]}`` (K each) or None.
     """
     num_classes = cfg.MODEL.DENSE.NUM_CLASSES
     names = [f"class_{i}" for i in range(num_classes)]
     ids = list(range(num_classes))
-    if cfg.DATASETS.TEST and cfg.DATASETS.TEST[0] in DatasetCatalog.list():
-        meta = MetadataCatalog.get(cfg.DATASETS.TEST[0])
-        if not hasattr(meta, "thing_classes"):  # loading fills thing_classes and the id map
-            DatasetCatalog.get(cfg.DATASETS.TEST[0])
-        if len(getattr(meta, "thing_classes", [])) == num_classes:
-            names = list(meta.thing_classes)
-        id_map = getattr(meta, "thing_dataset_id_to_contiguous_id", None)
-        if id_map and len(id_map) == num_classes:
-            inverse = {v: k for k, v in id_map.items()}
-            ids = [int(inverse[i]) for i in range(num_classes)]
+    if classes is None and cfg.DATASETS.TEST and cfg.DATASETS.TEST[0] in DatasetCatalog.list():
+        try:
+            classes = load_dataset_classes(cfg.DATASETS.TEST[0])
+        except FileNotFoundError:  # a config naming data this machine does not have
+            classes = None
+    if classes is not None and len(classes["thing_classes"]) == num_classes:
+        names, ids = list(classes["thing_classes"]), [int(i) for i in classes["category_ids"]]
     info = {
         "format": fmt,
         "input": f"{GRAPH_INPUT}: uint8 BGR [H, W, 3] at the test size",

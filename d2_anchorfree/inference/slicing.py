@@ -290,10 +290,15 @@ class SlicedDetector(nn.Module):
         """The detectron2 input of one window: its pixels, test-resized; output size = the
         window's size in image pixels."""
         x0, y0, x1, y1 = window.tolist()
-        crop = image[:, y0:y1, x0:x1]
+        return self.crop_input(image[:, y0:y1, x0:x1])
+
+    def crop_input(self, crop: torch.Tensor) -> dict:
+        """The detectron2 input of a window's pixels ``crop`` [C, h, w] uint8: test-resized;
+        output size = ``(h, w)``."""
+        h, w = crop.shape[1:]
         if self.min_size_test > 0:
             crop = resize_shortest_edge(crop, self.min_size_test, self.max_size_test)
-        return {"image": crop, "height": y1 - y0, "width": x1 - x0}
+        return {"image": crop, "height": h, "width": w}
 
     def predict(self, image: torch.Tensor) -> Instances:
         """Sliced inference on one image.
@@ -304,19 +309,44 @@ class SlicedDetector(nn.Module):
         Returns:
             ``Instances`` of (H, W): ``pred_boxes`` XYXY image pixels, ``scores``, ``pred_classes``.
         """
+        h, w = image.shape[1:]
+        return self.predict_windows(h, w, lambda win: image[:, win[1]:win[3], win[0]:win[2]])
+
+    def predict_windows(self, height: int, width: int,
+                        read_window: Callable[[Tuple[int, int, int, int]], Optional[torch.Tensor]]) -> Instances:
+        """Sliced inference on an image that is read one window at a time (never whole).
+
+        The windows are those of :func:`slice_windows`, read in row order, ``batch_size`` at a
+        time; memory holds one batch of windows, its feature maps and the detections so far.
+
+        Args:
+            height, width: the image size, pixels.
+            read_window: ``(x0, y0, x1, y1)`` (ints, x1/y1 exclusive) -> that window's pixels,
+                [C, y1 - y0, x1 - x0] uint8 in the model's input format, or None to skip the
+                window (e.g. only nodata: no forward, no detection there).
+
+        Returns:
+            ``Instances`` of (height, width): ``pred_boxes`` XYXY image pixels, ``scores``,
+            ``pred_classes``; windows read from an in-memory image give exactly :meth:`predict`'s.
+        """
         from tqdm import tqdm
 
-        h, w = image.shape[1:]
-        windows = slice_windows(h, w, self.size, self.overlap)
-        per_window = []
+        windows = slice_windows(height, width, self.size, self.overlap)
+        per_window, kept, batch = [], [], []
         bar = tqdm(total=len(windows), desc="windows", unit="win", leave=False, disable=not self.progress)
-        for start in range(0, len(windows), self.batch_size):
-            batch = [self.window_input(image, win) for win in windows[start:start + self.batch_size]]
-            per_window.extend(out["instances"].to("cpu") for out in self.window_model(batch))
-            bar.update(len(batch))
+        for k, win in enumerate(windows):
+            crop = read_window(tuple(win.tolist()))
+            if crop is not None:
+                batch.append(self.crop_input(crop))
+                kept.append(k)
+            if len(batch) == self.batch_size or (k == len(windows) - 1 and batch):
+                per_window.extend(out["instances"].to("cpu") for out in self.window_model(batch))
+                batch = []
+            bar.update(1)
         bar.close()
+        windows = windows[torch.tensor(kept, dtype=torch.long)]
         boxes, scores, classes, ids = windows_to_image(per_window, windows)
-        return merge_windows(boxes, scores, classes, ids, windows, (h, w), self.merge, self.merge_iou,
+        return merge_windows(boxes, scores, classes, ids, windows, (height, width), self.merge, self.merge_iou,
                              self.max_detections)
 
     def forward(self, batched_inputs: List[dict]) -> List[dict]:

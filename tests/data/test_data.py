@@ -321,14 +321,25 @@ def test_parse_register_entry_strips_spaces():
     assert parse_register_entry(" n , x/a.json , imgs ") == ("n", "x/a.json", "imgs")
 
 
-def test_register_missing_paths_and_name_clash(coco_dir, names, tmp_path):
+def test_missing_paths_raise_when_loaded_not_when_registered(coco_dir, names, tmp_path):
+    """A config naming datasets absent from this machine registers them (prediction and export
+    need no training files); loading one names the missing path, as before."""
+    missing_json, missing_root = names(), names()
+    absent = str(tmp_path / "nope.json")
+    assert register_datasets_from_config(data_cfg(f"{missing_json},{absent},{coco_dir['root']}")) == [missing_json]
+    assert register_datasets_from_config(
+        data_cfg(f"{missing_root},{coco_dir['json']},{tmp_path / 'no_images'}")) == [missing_root]
+    assert MetadataCatalog.get(missing_json).json_file == absent  # metadata without reading anything
+    with pytest.raises(FileNotFoundError, match=r"annotation file .*nope\.json of dataset '%s' does not exist"
+                       % missing_json):
+        DatasetCatalog.get(missing_json)
+    with pytest.raises(FileNotFoundError, match=r"image root .*no_images of dataset '%s' is not a directory"
+                       % missing_root):
+        DatasetCatalog.get(missing_root)
+
+
+def test_register_name_clash(coco_dir, names):
     name = names()
-    missing = str(tmp_path / "nope.json")
-    with pytest.raises(FileNotFoundError, match="nope.json"):
-        register_datasets_from_config(data_cfg(f"{name},{missing},{coco_dir['root']}"))
-    with pytest.raises(FileNotFoundError, match="no_images"):
-        register_datasets_from_config(data_cfg(f"{name},{coco_dir['json']},{tmp_path / 'no_images'}"))
-    assert name not in DatasetCatalog.list()
     register_datasets_from_config(data_cfg(f"{name},{coco_dir['json']},{coco_dir['root']}"))
     other = write_json(coco_dir, coco_dir["data"], "other.json")
     with pytest.raises(ValueError, match="already registered"):

@@ -256,6 +256,8 @@ def test_recomputed_areas_drive_the_small_medium_large_split(tmp_path, names):
     meta = MetadataCatalog.get(fixed)
     assert meta.json_file == os.path.join(cfg.OUTPUT_DIR, "datasets", f"{fixed}.areas_recomputed.json")
     assert meta.source_json_file == json_file and open(json_file).read() == original
+    assert not os.path.exists(meta.json_file)  # registering writes nothing; the first load does
+    DatasetCatalog.get(fixed)
     assert [a["area"] for a in json.load(open(meta.json_file))["annotations"]] == [100, 2500, 14400]
     right = _evaluate_small_box_only(fixed, tmp_path)
     assert right["APs"] == pytest.approx(100) and right["APm"] == 0 and right["APl"] == 0
@@ -273,9 +275,9 @@ def test_recompute_uses_the_segmentation_area(tmp_path, names):
     ])
     name = names()
     register_datasets_from_config(data_cfg(tmp_path, f"{name},{json_file},{root}", AREA_CHECK="recompute"))
+    assert len(DatasetCatalog.get(name)) == 1
     areas = [a["area"] for a in json.load(open(MetadataCatalog.get(name).json_file))["annotations"]]
     assert areas == [800, 700]
-    assert len(DatasetCatalog.get(name)) == 1
 
 
 # ----------------------------------------------------------------------------------------------
