@@ -47,7 +47,10 @@ demo: data
 #   chain + training options, MMDetection dumps by dumper/shim sources + config + images; neither
 #   depends on the detectron2 version, and weights trained on v0.6 load on main):
 #     export weights, 7 detectors x 20 iterations (test_export.py)    about 2 min at load 1-1.6
-#       (15-16 s each, VFNet 28 s); with the former 50 iterations about 45 min at load 5-10
+#       (15-16 s each, VFNet 28 s); with the former 50 iterations about 45 min at load 5-10.
+#       Side by side at load 3.6-5.6 with OMP_WAIT_POLICY=PASSIVE, 50 -> 20 iterations: FCOS
+#       54 -> 27 s, ATSS 56 -> 26, GFL 55 -> 25, VFNet 87 -> 43, DeFCN 58 -> 28, TOOD 66 -> 30,
+#       the composition 57 s at 50 (its 20-iteration run was not timed in that run)
 #     MMDetection references, 9 dumps (test_mmdet_parity.py)         40-90 s each quiet, made by
 #       one process (importing mmdet took 20 s at load 5.5, once instead of 9 times)
 #   v0.6 suite with warm caches                                        538 s at load 1.4
