@@ -38,7 +38,7 @@ demo: data
 	  --output $(OUT)/predictions MODEL.WEIGHTS $(OUT)/model_final.pth
 
 # Where CI time goes (.ci/run prints every phase; measured 2026-12-06 on the shared 2-core dev
-# machine at load 5-10, i.e. 3-4x a quiet machine; quiet numbers from the README where known):
+# machine, at load 5-10 where no load is given, i.e. 3-4x a quiet machine):
 #   environment, fresh (tools/setup_env.sh, local wheel mirror)        115 s
 #   MMDetection environment, fresh (tools/setup_mmdet_env.sh)           21 s
 #   detectron2 main build (tools/setup_d2main.sh, 5 C++ files)         780 s  (186 s quiet)
@@ -46,11 +46,22 @@ demo: data
 #   under ~/.cache/d2af and reused by the second suite (keys checked: export weights by config
 #   chain + training options, MMDetection dumps by dumper/shim sources + config + images; neither
 #   depends on the detectron2 version, and weights trained on v0.6 load on main):
-#     export weights, 7 detectors x 50 iterations (test_export.py)    about 45 min (1-2 min each
-#       quiet; VFNet 16 min and TOOD 10 min here: deformable sampling on the CPU)
-#     MMDetection references, 9 dumps (test_mmdet_parity.py)         40-90 s each quiet
-#   v0.6 suite with warm caches                                        918 s quiet (README)
-#   detectron2 main suite                                              639 s quiet (README)
+#     export weights, 7 detectors x 20 iterations (test_export.py)    about 2 min at load 1-1.6
+#       (15-16 s each, VFNet 28 s); with the former 50 iterations about 45 min at load 5-10.
+#       Side by side at load 3.6-5.6 with OMP_WAIT_POLICY=PASSIVE, 50 -> 20 iterations: FCOS
+#       54 -> 27 s, ATSS 56 -> 26, GFL 55 -> 25, VFNet 87 -> 43, DeFCN 58 -> 28, TOOD 66 -> 30,
+#       the composition 57 s at 50 (its 20-iteration run was not timed in that run)
+#     MMDetection references, 9 dumps (test_mmdet_parity.py)         40-90 s each quiet, made by
+#       one process (importing mmdet took 20 s at load 5.5, once instead of 9 times)
+#   v0.6 suite with warm caches                                        538 s at load 1.4
+#   detectron2 main suite                                              551 s at load 1.4
+#   fresh machine at load ~1.5, estimated from these: about 31 min (setup 5.4 min, fixtures
+#   7 min, suites 18 min); at load 5-10 everything is 3-4x slower (no such run measured).
+# Under load the tests' training processes slow down far more than their CPU share (FCOS: 22 s
+# per iteration at load 11; its whole 20-iteration run took 16 s at load 1), so compare only
+# timings taken together. Much of that is OpenMP threads spinning while they wait: .ci/run sets
+# OMP_WAIT_POLICY=PASSIVE (the same training at load 10: 413 s by default, 108 s with PASSIVE;
+# its effect on an idle machine is not measured).
 # The main suite runs everything again, on purpose. A subset may only leave out tests whose
 # outcome cannot depend on the detectron2 version. Traced with tools/d2_version_exposure.py (every
 # detectron2 function that runs in the test process, compared by AST with 02b5c4e's source),

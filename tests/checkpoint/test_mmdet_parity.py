@@ -18,6 +18,7 @@ runs reuse them. Without the MMDetection environment the tests skip, unless
 ``D2AF_REQUIRE_MMDET=1`` (set by ``make test``), when they fail.
 """
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -85,28 +86,81 @@ def _digest(config: str, layout: str, images, cfg_options=()) -> str:
     return h.hexdigest()[:16]
 
 
-def reference(mmdet_python, images, config: str, layout: str = "3.x", cfg_options=()) -> str:
-    """Directory of the (cached) MMDetection dump of ``config``: checkpoint.pth and outputs.pt
-    (``cfg_options``: MMDetection ``--cfg-options`` such as ``model.test_cfg.nms_pre=50``)."""
+def _target(images, config: str, layout: str, cfg_options) -> str:
     name = os.path.splitext(os.path.basename(config))[0]
-    target = os.path.join(CACHE, f"{name}-{layout}-{_digest(config, layout, images, cfg_options)}")
-    if os.path.isfile(os.path.join(target, "outputs.pt")):
-        return target
-    os.makedirs(CACHE, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=name + ".", dir=CACHE)
-    cmd = [mmdet_python, os.path.join(REF_DIR, "dump_reference.py"), "--config", config, "--images",
-           *images, "--seed", str(SEED), "--out", tmp, "--layout", layout]
-    if cfg_options:
-        cmd += ["--cfg-options", *cfg_options]
-    run = subprocess.run(cmd, capture_output=True, text=True)
-    if run.returncode != 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        pytest.fail(f"MMDetection reference dump failed ({' '.join(cmd)}):\n{run.stderr[-3000:]}")
-    try:
-        os.replace(tmp, target)  # atomic: a killed dump leaves no half-written cache entry
-    except OSError:  # another process finished the same dump first
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return os.path.join(CACHE, f"{name}-{layout}-{_digest(config, layout, images, cfg_options)}")
+
+
+# Every dump the tests here read, by key, as (config, checkpoint layout, MMDetection --cfg-options),
+# and the keys each test reads (the parametrized test: its config). The `dumps` fixture makes the
+# missing dumps of the selected tests in one MMDetection process.
+DUMPS = {**{c: (c, "3.x", ()) for c in CONFIGS},
+         "gfl-2.x": (CONFIGS[3], "2.x", ()),
+         "fcos-nms_pre50": (CONFIGS[0], "3.x", ("model.test_cfg.nms_pre=50",))}
+USES = {
+    "test_converted_checkpoint_reproduces_mmdetection": lambda params: [params["config"]],
+    "test_mmdetection_2x_checkpoint_layout_converts_the_same": lambda params: ["gfl-2.x"],
+    "test_parity_check_catches_a_wrong_conversion": lambda params: [CONFIGS[3]],
+    "test_topk_candidates_by_class_score_is_what_mmdetection_does": lambda params: ["fcos-nms_pre50"],
+    "test_a_config_that_does_not_describe_the_file_is_refused": lambda params: [CONFIGS[2], "gfl-2.x"],
+}
+
+
+class Dumps:
+    """The dump directories (checkpoint.pth and outputs.pt) of :data:`DUMPS` keys; a key whose dump
+    failed fails the test that reads it, with the dumper's output."""
+
+    def __init__(self, dirs, errors):
+        self.dirs, self.errors = dirs, errors
+
+    def __getitem__(self, key):
+        if key in self.errors:
+            pytest.fail(self.errors[key])
+        return self.dirs[key]  # KeyError: a test reads a dump that USES does not list
+
+
+def make_dumps(mmdet_python, images, keys) -> Dumps:
+    """Directories of the (cached) MMDetection dumps of ``keys``; those not cached yet are made
+    by one ``dump_reference.py --jobs`` process (mmdet imported once for all of them)."""
+    dirs = {k: _target(images, *DUMPS[k]) for k in keys}
+    missing = [k for k in keys if not os.path.isfile(os.path.join(dirs[k], "outputs.pt"))]
+    errors = {}
+    if missing:
+        os.makedirs(CACHE, exist_ok=True)
+        tmps, jobs = {}, []
+        for k in missing:
+            config, layout, cfg_options = DUMPS[k]
+            tmps[k] = tempfile.mkdtemp(prefix=os.path.basename(dirs[k]) + ".", dir=CACHE)
+            jobs.append(["--config", config, "--images", *images, "--seed", str(SEED), "--out", tmps[k],
+                         "--layout", layout] + (["--cfg-options", *cfg_options] if cfg_options else []))
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            json.dump(jobs, f)
+        cmd = [mmdet_python, os.path.join(REF_DIR, "dump_reference.py"), "--jobs", f.name]
+        run = subprocess.run(cmd, capture_output=True, text=True)
+        os.remove(f.name)
+        for k in missing:
+            if not os.path.isfile(os.path.join(tmps[k], "outputs.pt")):  # the dumper removed a failed one
+                shutil.rmtree(tmps[k], ignore_errors=True)
+                errors[k] = (f"MMDetection reference dump of {DUMPS[k]} failed (exit {run.returncode}):\n"
+                             f"{run.stdout[-2000:]}\n{run.stderr[-3000:]}")
+                continue
+            try:
+                os.replace(tmps[k], dirs[k])  # atomic: a killed dump leaves no half-written cache entry
+            except OSError:  # another process finished the same dump first
+                shutil.rmtree(tmps[k], ignore_errors=True)
+    return Dumps(dirs, errors)
+
+
+@pytest.fixture(scope="session")
+def dumps(mmdet_python, test_images, request):
+    """The dumps that the selected tests of this module read (:data:`USES`)."""
+    keys = []
+    for item in request.session.items:
+        if str(item.path) != os.path.abspath(__file__) or getattr(item, "originalname", None) not in USES:
+            continue
+        params = item.callspec.params if hasattr(item, "callspec") else {}
+        keys += [k for k in USES[item.originalname](params) if k not in keys]
+    return make_dumps(mmdet_python, test_images, keys)
 
 
 def _check(result, max_outside: int = 0):
@@ -120,50 +174,50 @@ def _check(result, max_outside: int = 0):
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[os.path.basename(c)[:-3] for c in CONFIGS])
-def test_converted_checkpoint_reproduces_mmdetection(mmdet_python, test_images, config):
-    result = parity.compare(reference(mmdet_python, test_images, config), images=test_images)
+def test_converted_checkpoint_reproduces_mmdetection(dumps, test_images, config):
+    result = parity.compare(dumps[config], images=test_images)
     # TOOD's reference clips no box: 2 of its 200 detections lie entirely above the 275x333 tile
     # (y1 = -88.7, y2 = 0); detectron2 clips and drops such boxes, so they are not compared.
     _check(result, max_outside=2 if config.startswith("tood/") else 0)
 
 
-def test_mmdetection_2x_checkpoint_layout_converts_the_same(mmdet_python, test_images):
+def test_mmdetection_2x_checkpoint_layout_converts_the_same(dumps, test_images):
     """A 2.x-layout file (meta CLASSES / config text) converts to the same model."""
-    result = parity.compare(reference(mmdet_python, test_images, CONFIGS[3], layout="2.x"), images=test_images)
+    result = parity.compare(dumps["gfl-2.x"], images=test_images)
     _check(result)
 
 
-def test_parity_check_catches_a_wrong_conversion(mmdet_python, test_images):
+def test_parity_check_catches_a_wrong_conversion(dumps, test_images):
     """Negative control: one head tensor perturbed by 1e-3 after conversion is caught."""
     def perturb(state):
         state["head.cls_logits.bias"] = state["head.cls_logits.bias"] + 1e-3
 
-    result = parity.compare(reference(mmdet_python, test_images, CONFIGS[3]), edit_state=perturb, images=test_images)
+    result = parity.compare(dumps[CONFIGS[3]], edit_state=perturb, images=test_images)
     assert result["head"]["cls_scores"] > parity.HEAD_ATOL
     assert any(unmatched > 0 for _, _, unmatched, _, _ in result["detections"])
     # and the unperturbed conversion of the same dump passes
-    _check(parity.compare(reference(mmdet_python, test_images, CONFIGS[3]), images=test_images))
+    _check(parity.compare(dumps[CONFIGS[3]], images=test_images))
 
 
-def test_topk_candidates_by_class_score_is_what_mmdetection_does(mmdet_python, test_images):
+def test_topk_candidates_by_class_score_is_what_mmdetection_does(dumps, test_images):
     """With 50 candidates per level (nms_pre=50 there, TOPK_CANDIDATES_TEST 50 here) the top-k
     choice decides the detections: MMDetection picks them by class score before the centerness
     factor (MODEL.DENSE.TOPK_CANDIDATES_BY "candidate"); ranking by the product does not match."""
-    dump = reference(mmdet_python, test_images, CONFIGS[0], cfg_options=["model.test_cfg.nms_pre=50"])
+    dump = dumps["fcos-nms_pre50"]
     opts = ["MODEL.DENSE.TOPK_CANDIDATES_TEST", 50]
     _check(parity.compare(dump, images=test_images, opts=opts))
     wrong = parity.compare(dump, images=test_images, opts=opts + ["MODEL.DENSE.TOPK_CANDIDATES_BY", "score"])
     assert any(unmatched > 0 for _, _, unmatched, _, _ in wrong["detections"]), wrong
 
 
-def test_a_config_that_does_not_describe_the_file_is_refused(mmdet_python, test_images):
+def test_a_config_that_does_not_describe_the_file_is_refused(dumps):
     """The head's key family and the config text of a 2.x file are checked against our config."""
     from d2_anchorfree.checkpoint.conversion import ConversionError, convert_checkpoint
 
-    atss = os.path.join(reference(mmdet_python, test_images, CONFIGS[2]), "checkpoint.pth")
+    atss = os.path.join(dumps[CONFIGS[2]], "checkpoint.pth")
     with pytest.raises(ConversionError, match="BOX_CODER 'anchor_delta'"):
         convert_checkpoint(atss, parity.zoo_config(CONFIGS[0]))  # ATSS file, FCOS config
-    gfl_2x = os.path.join(reference(mmdet_python, test_images, CONFIGS[3], layout="2.x"), "checkpoint.pth")
+    gfl_2x = os.path.join(dumps["gfl-2.x"], "checkpoint.pth")
     for opts, message in ((["INPUT.FORMAT", "BGR"], "takes RGB input"),
                           (["MODEL.RESNETS.STRIDE_IN_1X1", True], "pytorch-style"),
                           (["MODEL.FPN.TOP_LEVELS_RELU", True], "relu_before_extra_convs=False"),

@@ -7,6 +7,10 @@ Runs in the mmdet venv (``bash tools/setup_mmdet_env.sh`` prints its path)::
     $PY tests/mmdet_ref/dump_reference.py --config fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py \\
         --images /tmp/mmref/images/*.png --seed 0 --out /tmp/mmref/fcos [--layout 2.x] \\
         [--cfg-options model.test_cfg.score_thr=0.1 ...]
+    $PY tests/mmdet_ref/dump_reference.py --jobs JOBS.json   # several dumps, one process
+
+``--jobs``: a JSON list of argument lists (each as above); the dumps run one after the other in
+one process, so that mmdet is imported once (see :func:`main_jobs`).
 
 Steps: build the model from mmdet's packaged config (``mmdet/.mim/configs/<config>``, or any
 path) with mmengine's Config and mmdet's MODELS registry, backbone ``init_cfg`` None (nothing is
@@ -562,5 +566,34 @@ def main(argv=None) -> dict:
     return outputs
 
 
+def main_jobs(jobs_file: str) -> int:
+    """Run several dumps in this one process (mmdet is imported once; importing it takes about
+    as long as a dump's own work on 2 cores). ``jobs_file``: a JSON list of argument lists, each
+    as for one dump's command line. A dump that fails (its checks included) is reported, its
+    ``--out`` directory removed, and the others still run. Returns the exit code: 0, or 1 if a
+    dump failed."""
+    import json
+    import shutil
+    import traceback
+
+    with open(jobs_file) as f:
+        jobs = json.load(f)
+    failed = []
+    for argv in jobs:
+        try:
+            main(argv)
+        except (Exception, SystemExit):  # one failed dump must not stop the others
+            traceback.print_exc()
+            print(f"[dump_reference] FAILED: {' '.join(argv)}", file=sys.stderr)
+            out = argv[argv.index("--out") + 1] if "--out" in argv else None
+            if out:
+                shutil.rmtree(out, ignore_errors=True)
+            failed.append(argv)
+        sys.stdout.flush()
+    return 1 if failed else 0
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--jobs"] and len(sys.argv) == 3:
+        raise SystemExit(main_jobs(sys.argv[2]))
     main()
