@@ -69,6 +69,7 @@ def exported(tmp_path_factory):
             "tiles": tiles}
 
 
+@pytest.mark.slow  # an export and a quantization (about 20 s on an idle machine)
 def test_int8_graph_quantizes_the_towers_and_keeps_outputs_and_metadata(exported):
     path = exported["path"]
     _, meta = load_model(path)
@@ -109,20 +110,25 @@ def test_int8_graph_quantizes_the_towers_and_keeps_outputs_and_metadata(exported
     assert abs(float(scores.max()) - float(ref[1].max())) < 0.05
 
 
-def test_calibration_and_model_errors_name_the_problem(exported, tmp_path):
-    _, meta = load_model(exported["path"])
-    two = [os.path.join(exported["images"], f) for f in sorted(os.listdir(exported["images"]))[:2]]
+def test_calibration_and_model_errors_name_the_problem(tmp_path):
+    images = os.path.join(trees_dir(), "images")
+    two = [os.path.join(images, f) for f in sorted(os.listdir(images))[:2]]
+    meta = {"min_size_test": 400, "max_size_test": 640}
     with pytest.raises(ValueError, match=r"--calibration-images 5 asked, but .* only 2 readable image\(s\) \(of 2 listed\)"):
         calibration_images(two, meta, 5)
     with pytest.raises(ValueError, match=r"--calibration-images must be >= 1, got 0"):
         calibration_images(two, meta, 0)
-    plain = onnx.load(exported["path"])
-    del plain.metadata_props[:]
-    onnx.save(plain, str(tmp_path / "plain.onnx"))
+    # an ONNX file that d2af export did not write (no d2af_metadata) is refused before any work
+    w = numpy_helper.from_array(np.ones((2, 3, 3, 3), np.float32), "w")
+    graph = helper.make_graph([_conv("A", "x", "y", "w")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=[w])
+    onnx.save(helper.make_model(graph), str(tmp_path / "plain.onnx"))
     with pytest.raises(ValueError, match="no d2af_metadata"):
         quantize(str(tmp_path / "plain.onnx"), str(tmp_path / "q.onnx"), calibration_images(two, meta, 1))
 
 
+@pytest.mark.slow  # a quantization and two evaluations each
 @pytest.mark.parametrize("margin, code", [(100.0, 0), (-100.0, 1)])
 def test_command_compares_coco_ap_and_flags_a_drop_above_the_margin(exported, tmp_path, capsys, margin, code):
     out = str(tmp_path / "q" / "model_int8.onnx")
