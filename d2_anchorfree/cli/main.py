@@ -28,6 +28,8 @@ COMMANDS: Dict[str, Command] = {
                             "run an exported ONNX detector with onnxruntime (no torch needed)"),
     "quantize": Command("d2_anchorfree.runtime.quantize_onnx:main",
                         "INT8-quantize an exported ONNX detector, calibrated on images (onnxruntime)"),
+    "analyze": Command("d2_anchorfree.cli.analyze:main",
+                       "parameters, FLOPs, activations and structure of a detector from its config (fvcore)"),
     "convert": Command("d2_anchorfree.cli.convert:main",
                        "convert an MMDetection / AdelaiDet / DeFCN checkpoint for a config"),
     "benchmark": Command("d2_anchorfree.cli.benchmark:main",
