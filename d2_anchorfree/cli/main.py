@@ -28,6 +28,8 @@ COMMANDS: Dict[str, Command] = {
                             "run an exported ONNX detector with onnxruntime (no torch needed)"),
     "quantize": Command("d2_anchorfree.runtime.quantize_onnx:main",
                         "INT8-quantize an exported ONNX detector, calibrated on images (onnxruntime)"),
+    "curves": Command("d2_anchorfree.cli.curves:main",
+                      "draw losses, learning rate and AP against iteration from metrics.json, runs side by side"),
     "analyze": Command("d2_anchorfree.cli.analyze:main",
                        "parameters, FLOPs, activations and structure of a detector from its config (fvcore)"),
     "convert": Command("d2_anchorfree.cli.convert:main",
