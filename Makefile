@@ -5,7 +5,7 @@
 #               converter's parity tests, tools/setup_mmdet_env.sh), run the whole test suite (all markers).
 #   make test-fast   the fast tier, pytest -m "not slow and not mmdet": every component (assigners,
 #               losses, heads, geometry, post-processing, config checks): 795 of 905 tests, 97 s at load 0.2-0.9
-#               on the 2-core machine at load 1.3-1.6 (175 s at load 3-4); no MMDetection
+#               on the 2-core machine (175 s at load 3-4); no MMDetection
 #               environment needed. Markers: pytest.ini.
 #   make test-d2main   the same suite on detectron2 main (02b5c4e) with its compiled ops, built by
 #               tools/setup_d2main.sh from $(D2MAIN_ARCHIVE) (skipped, with the reason, when absent).
