@@ -35,32 +35,33 @@ def parse_size(text: str) -> Tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
-def flop_analysis(model, size: Tuple[int, int]):
-    """fvcore's ``FlopCountAnalysis`` of ``InferenceGraph(model)`` on a zero uint8 image [H, W, 3]
-    (warnings about operators without a formula silenced); ``.total()`` is in flops (multiply-adds)."""
-    from fvcore.nn import FlopCountAnalysis
-
+def _traced_analysis(analysis_class, model, size: Tuple[int, int]):
+    """An fvcore analysis (``FlopCountAnalysis`` / ``ActivationCountAnalysis``) of
+    ``InferenceGraph(model)`` on a zero uint8 image [H, W, 3], warnings about operators without a
+    formula silenced."""
     from d2_anchorfree.export import InferenceGraph
 
     image = torch.zeros(size[0], size[1], 3, dtype=torch.uint8)
-    analysis = FlopCountAnalysis(InferenceGraph(model.eval()), (image,))
+    analysis = analysis_class(InferenceGraph(model.eval()), (image,))
     analysis.unsupported_ops_warnings(False)
     analysis.uncalled_modules_warnings(False)
     return analysis
+
+
+def flop_analysis(model, size: Tuple[int, int]):
+    """fvcore's ``FlopCountAnalysis`` of the inference graph at ``size`` (H, W); ``.total()`` is in
+    flops (multiply-adds)."""
+    from fvcore.nn import FlopCountAnalysis
+
+    return _traced_analysis(FlopCountAnalysis, model, size)
 
 
 def activation_analysis(model, size: Tuple[int, int]):
     """fvcore's ``ActivationCountAnalysis`` (output elements of convolutions and linear layers) of
-    ``InferenceGraph(model)`` on a zero uint8 image [H, W, 3]."""
+    the inference graph at ``size`` (H, W)."""
     from fvcore.nn import ActivationCountAnalysis
 
-    from d2_anchorfree.export import InferenceGraph
-
-    image = torch.zeros(size[0], size[1], 3, dtype=torch.uint8)
-    analysis = ActivationCountAnalysis(InferenceGraph(model.eval()), (image,))
-    analysis.unsupported_ops_warnings(False)
-    analysis.uncalled_modules_warnings(False)
-    return analysis
+    return _traced_analysis(ActivationCountAnalysis, model, size)
 
 
 def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> int:

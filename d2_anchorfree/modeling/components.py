@@ -178,12 +178,13 @@ def recording_view(cfg: CfgNode) -> Tuple[CfgNode, Set[str]]:
     return view, reads
 
 
-def model_sections() -> Tuple[str, ...]:
+def model_sections(defaults: Optional[CfgNode] = None) -> Tuple[str, ...]:
     """The sections under ``MODEL`` that this package adds (``MODEL.DENSE``, the head, assigner
-    and loss-term sections, ``MODEL.MAX_FILTER``, ...): those whose keys only its components read."""
+    and loss-term sections, ``MODEL.MAX_FILTER``, ...): those whose keys only its components read.
+    ``defaults``: :func:`default_config` when the caller has it already."""
     from detectron2.config import get_cfg
 
-    ours = default_config().MODEL
+    ours = (defaults or default_config()).MODEL
     theirs = get_cfg().MODEL
     return tuple(sorted(k for k, v in ours.items() if isinstance(v, dict) and k not in theirs))
 
@@ -208,8 +209,9 @@ def check_unused_keys(cfg: CfgNode, reads: Iterable[str], components: Iterable) 
     A key set to its default value cannot be told apart from an unset one and is accepted.
     """
     reads = set(reads)
-    defaults = default_config().MODEL
-    unused = [f"MODEL.{section}.{key}" for section in model_sections() for key in cfg.MODEL[section]
+    full_defaults = default_config()
+    defaults = full_defaults.MODEL
+    unused = [f"MODEL.{section}.{key}" for section in model_sections(full_defaults) for key in cfg.MODEL[section]
               if f"MODEL.{section}.{key}" not in reads
               and not _same(cfg.MODEL[section][key], defaults[section][key])]
     if unused:
