@@ -118,6 +118,14 @@ def predict(session, meta: dict, image: np.ndarray) -> Tuple[np.ndarray, np.ndar
     return boxes[keep], scores[keep], classes[keep]
 
 
+def coco_results(boxes, scores, classes, meta: dict, **fields) -> List[dict]:
+    """COCO-style result entries of one image's detections (:func:`predict`): ``category_id`` =
+    the dataset's id of each class (``meta["category_ids"]``), ``bbox`` [x, y, w, h] pixels,
+    ``score``, plus ``fields`` (e.g. file_name, image_id) in every entry."""
+    return [{**fields, "category_id": meta["category_ids"][cls], "bbox": [x0, y0, x1 - x0, y1 - y0], "score": score}
+            for (x0, y0, x1, y1), score, cls in zip(boxes.tolist(), scores.tolist(), classes.tolist())]
+
+
 def draw(image: np.ndarray, boxes, scores, classes, names: List[str], min_score: float) -> np.ndarray:
     """A copy of ``image`` with the detections of score >= ``min_score`` drawn (box, name, score;
     OpenCV drawing, plainer than the detectron2 ``Visualizer``).
@@ -239,13 +247,8 @@ def main(argv=None, prog=None) -> int:
             tqdm.write(f"WARNING: skipping {path}: {e}", file=sys.stderr)  # above the progress bar
             continue
         boxes, scores, classes = predict(session, meta, image)
-        for box, score, cls in zip(boxes.tolist(), scores.tolist(), classes.tolist()):
-            x0, y0, x1, y1 = box
-            entry = {"file_name": name, "category_id": meta["category_ids"][cls],
-                     "bbox": [x0, y0, x1 - x0, y1 - y0], "score": score}
-            if name in image_ids:
-                entry["image_id"] = image_ids[name]
-            results.append(entry)
+        extra = {"file_name": name, **({"image_id": image_ids[name]} if name in image_ids else {})}
+        results += coco_results(boxes, scores, classes, meta, **extra)
         if not args.no_draw:
             out_path = os.path.join(args.output, *(name + ".jpg").split("/"))
             os.makedirs(os.path.dirname(out_path), exist_ok=True)

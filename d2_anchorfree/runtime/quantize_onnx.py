@@ -31,7 +31,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .predict_onnx import evaluate, list_inputs, load_model, predict, read_bgr, resize, test_size
+from .predict_onnx import coco_results, evaluate, list_inputs, load_model, predict, read_bgr, resize, test_size
 
 QUANTIZED_OPS = ("Conv",)
 # Ops quantized along with the convolutions inside the feature part of the graph (backbone, FPN,
@@ -209,10 +209,7 @@ def coco_ap(model_path: str, coco_json: str, image_root: str = "", threads: int 
             image = read_bgr(path)
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from e
-        boxes, scores, classes = predict(session, meta, image)
-        for (x0, y0, x1, y1), score, cls in zip(boxes.tolist(), scores.tolist(), classes.tolist()):
-            results.append({"image_id": ids[name], "category_id": meta["category_ids"][cls],
-                            "bbox": [x0, y0, x1 - x0, y1 - y0], "score": score})
+        results += coco_results(*predict(session, meta, image), meta, image_id=ids[name])
     return evaluate(coco_json, results, meta["coco_max_dets_per_image"])
 
 
