@@ -69,6 +69,18 @@ RUNS = {
     "VFNet+POTO+3DMF+Aux": ("configs/compositions/VFNet_POTO_3DMF_Aux_tiny_R_18_cpu.yaml", [], None),
     "VFNet+POTO+3DMF+Aux+NMS": ("configs/compositions/VFNet_POTO_3DMF_Aux_tiny_R_18_cpu.yaml",
                                 ["MODEL.DENSE.POSTPROCESS", "nms"], "VFNet+POTO+3DMF+Aux"),
+    # NMS-free by dual assignment: one-to-many + one-to-one branches, inference from the one-to-one
+    "GFL+Dual": ("configs/compositions/GFL_Dual_tiny_R_18_cpu.yaml", [], None),
+    "GFL+Dual+NMS": ("configs/compositions/GFL_Dual_tiny_R_18_cpu.yaml", ["MODEL.DENSE.POSTPROCESS", "nms"],
+                     "GFL+Dual"),
+    "GFL+Dual/o2m+NMS": ("configs/compositions/GFL_Dual_tiny_R_18_cpu.yaml",
+                         ["MODEL.DUAL.INFERENCE_BRANCH", "one_to_many", "MODEL.DENSE.POSTPROCESS", "nms"], "GFL+Dual"),
+    "GFL+DualTAL": ("configs/compositions/GFL_Dual_TAL_tiny_R_18_cpu.yaml", [], None),
+    "GFL+DualTAL+NMS": ("configs/compositions/GFL_Dual_TAL_tiny_R_18_cpu.yaml", ["MODEL.DENSE.POSTPROCESS", "nms"],
+                        "GFL+DualTAL"),
+    "GFL+DualTAL/o2m+NMS": ("configs/compositions/GFL_Dual_TAL_tiny_R_18_cpu.yaml",
+                            ["MODEL.DUAL.INFERENCE_BRANCH", "one_to_many", "MODEL.DENSE.POSTPROCESS", "nms"],
+                            "GFL+DualTAL"),
     "RetinaNet": ("configs/tiny/RetinaNet_tiny_R_18_cpu.yaml", [], None),
 }
 METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]

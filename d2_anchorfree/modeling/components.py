@@ -220,4 +220,4 @@ def check_unused_keys(cfg: CfgNode, reads: Iterable[str], components: Iterable) 
             f"{unused} set in the config, but no component of this detector reads them (components: "
             f"{names}); remove them (or set them to their defaults), or choose components that use "
             "them (MODEL.DENSE.HEAD / ASSIGNER / AUX_ASSIGNER / LOSSES / POSTPROCESS, "
-            "MODEL.MAX_FILTER.ENABLED)")
+            "MODEL.MAX_FILTER.ENABLED, MODEL.DUAL)")

@@ -132,6 +132,31 @@ def add_model_config(cfg):
     _C.MODEL.MAX_FILTER.KERNEL = 3  # k x k spatial window
     _C.MODEL.MAX_FILTER.TAU = 2  # scale window: tau + 1 neighbouring levels
 
+    # ---- Dual assignment (YOLOv10, Wang et al., NeurIPS 2024, Sec. 3.1), on any head: a second,
+    # one-to-one branch trained beside the head's one-to-many one (MODEL.DENSE.ASSIGNER / LOSSES);
+    # inference from the one-to-one branch, NMS-free (see modeling/heads/dual_head.py)
+    _C.MODEL.DUAL = CN()
+    _C.MODEL.DUAL.ENABLED = False
+    # Assigner of the one-to-one branch: "TaskAlignedAssigner" (top-1 of the one-to-many metric:
+    # MODEL.TAL ALPHA / BETA, "consistent matching") or "POTOAssigner" (MODEL.POTO).
+    _C.MODEL.DUAL.ONE_TO_ONE_ASSIGNER = "TaskAlignedAssigner"
+    _C.MODEL.DUAL.ONE_TO_ONE_TOPK = 1  # the top-k of a TaskAlignedAssigner one-to-one rule: must be 1
+    # Loss terms of the one-to-one branch ([] = MODEL.DENSE.LOSSES); reported with an "_o2o" suffix.
+    _C.MODEL.DUAL.ONE_TO_ONE_LOSSES = []
+    _C.MODEL.DUAL.ONE_TO_ONE_WEIGHT = 1.0  # multiplies every loss of the one-to-one branch
+    # "separate" (YOLOv10: the one-to-one branch is a copy of the head, own towers) or "shared"
+    # (own predictors on the one-to-many branch's tower features).
+    _C.MODEL.DUAL.TOWERS = "separate"
+    # The one-to-one branch's inputs are detached (YOLOv10's v10Detect): its gradient never reaches
+    # the backbone (or, with shared towers, the towers), which the one-to-many branch trains.
+    _C.MODEL.DUAL.DETACH = True
+    # Whose predictions rank the one-to-one candidates: "own" (YOLOv10's code: each branch its own)
+    # or "one_to_many" (the one-to-one positive is exactly the one-to-many branch's best point).
+    _C.MODEL.DUAL.MATCH_ON = "own"
+    # Branch used at inference: "one_to_one" (with MODEL.DENSE.POSTPROCESS "topk": NMS-free) or
+    # "one_to_many" (with "nms": the same weights as an NMS detector, for comparison).
+    _C.MODEL.DUAL.INFERENCE_BRANCH = "one_to_one"
+
     # ---- assigners (one section each)
     _C.MODEL.ATSS = CN()  # ATSS (Zhang et al., CVPR 2020)
     _C.MODEL.ATSS.TOPK = 9  # candidates per level per GT, closest to the GT center

@@ -23,9 +23,10 @@ from detectron2.config import configurable
 from detectron2.structures import Instances
 from detectron2.utils.events import get_event_storage
 
-from .assigners import build_assigner
+from .assigners import ASSIGNER_REGISTRY, build_assigner
 from .geometry import Points, boxes_to_ltrb, ltrb_to_boxes
 from .heads import DenseOutputs
+from .heads.dual_head import ONE_TO_MANY, ONE_TO_ONE
 from .losses.terms import AuxFocalLoss, LossTerm, build_loss_term
 from .targets import DenseTargets, check_gt_instances, gather_positive_targets, loss_normalizer
 
@@ -42,7 +43,7 @@ def put_scalar(name: str, value: float):
 
 
 def check_composition(head, assigner, aux_assigner=None, initial_assigner=None, loss_terms=(),
-                      initial_loss_terms=None) -> None:
+                      initial_loss_terms=None, losses_key: str = "MODEL.DENSE.LOSSES") -> None:
     """Reject compositions that would train the wrong thing silently.
 
     Raises:
@@ -51,14 +52,14 @@ def check_composition(head, assigner, aux_assigner=None, initial_assigner=None, 
             soft targets (``NEEDS_QUALITY``) with an assigner of its phase that gives none; two
             terms of a phase with the same output name (one would overwrite the other); a phase
             without a classification ("loss_cls") or a box ("loss_box") term. Each message names
-            the config key to change.
+            the config key to change (``losses_key``: the key listing ``loss_terms``).
     """
     has_aux_branch = getattr(head, "aux_logits", None) is not None
     if has_aux_branch != (aux_assigner is not None):
         raise ValueError(
             f"the head's auxiliary classifier (present: {has_aux_branch}) and the auxiliary "
             f"assigner (present: {aux_assigner is not None}) must come together (MODEL.DENSE.AUX_ASSIGNER)")
-    phases = [("MODEL.DENSE.LOSSES", loss_terms, assigner)]
+    phases = [(losses_key, loss_terms, assigner)]
     if initial_assigner is not None:
         phases.append(("MODEL.DENSE.INITIAL_LOSSES", initial_loss_terms or loss_terms, initial_assigner))
     for key, terms, phase_assigner in phases:
@@ -107,7 +108,7 @@ class DenseCriterion:
     @configurable
     def __init__(self, *, num_classes: int, assigner, loss_terms: List[LossTerm], aux_assigner=None,
                  initial_assigner=None, initial_assigner_iters: int = 0,
-                 initial_loss_terms: Optional[List[LossTerm]] = None):
+                 initial_loss_terms: Optional[List[LossTerm]] = None, scalar_prefix: str = "dense"):
         """
         Args:
             num_classes: K >= 1 (the label of non-positive points in the targets).
@@ -117,6 +118,8 @@ class DenseCriterion:
             initial_assigner, initial_assigner_iters: assigner of the first iterations (TOOD's
                 ATSS warm-up; iterations ``0 .. initial_assigner_iters - 1``), or None and 0.
             initial_loss_terms: the loss terms of those iterations, or None: ``loss_terms``.
+            scalar_prefix: prefix of the training scalars it logs ("dense/num_pos_per_gt"; a dual
+                head's one-to-one branch: "dense_o2o").
 
         Raises:
             ValueError: ``initial_assigner_iters`` < 0, naming MODEL.DENSE.INITIAL_ASSIGNER_ITERS.
@@ -131,6 +134,7 @@ class DenseCriterion:
         self.loss_terms = list(loss_terms)
         self.initial_loss_terms = list(initial_loss_terms) if initial_loss_terms else self.loss_terms
         self.iteration = 0
+        self.scalar_prefix = scalar_prefix
 
     @classmethod
     def from_config(cls, cfg, head, strides: List[int]):
@@ -236,12 +240,12 @@ class DenseCriterion:
         gt_ltrb = boxes_to_ltrb(points.points[main.pos_point], main.gt_boxes)  # [P, 4] pixels
         num_pos = loss_normalizer(main.pos.sum().float(), 1.0)
         num_gt = max(1, sum(len(g) for g in gt_instances))
-        put_scalar("dense/num_pos_per_gt", main.pos.sum().item() / num_gt)
+        put_scalar(f"{self.scalar_prefix}/num_pos_per_gt", main.pos.sum().item() / num_gt)
         aux = None
         if self.aux_assigner is not None:
             aux_matched, _ = self.assign(self.aux_assigner, points, gt_instances, pred_scores, pred_boxes)
             aux = gather_positive_targets(gt_instances, aux_matched, self.num_classes)
-            put_scalar("dense/num_aux_pos_per_gt", aux.pos.sum().item() / num_gt)
+            put_scalar(f"{self.scalar_prefix}/num_aux_pos_per_gt", aux.pos.sum().item() / num_gt)
         return DenseTargets(points.points, points.point_strides, main, gt_ltrb, quality, num_pos, aux)
 
     def losses(self, out: DenseOutputs, targets: DenseTargets,
@@ -276,3 +280,137 @@ class DenseCriterion:
         phase = self.phase
         targets = self.build_targets(points, gt_instances, out, phase.assigner)
         return self.losses(out, targets, phase.loss_terms)
+
+
+MATCH_ON = ("own", ONE_TO_MANY)
+
+
+def build_one_to_one_assigner(cfg, strides: List[int]):
+    """The assigner of a dual head's one-to-one branch: ``MODEL.DUAL.ONE_TO_ONE_ASSIGNER`` built
+    from ``cfg``, its top-k (if it has one) replaced by ``MODEL.DUAL.ONE_TO_ONE_TOPK``; e.g.
+    TaskAlignedAssigner with MODEL.TAL ALPHA / BETA (the one-to-many branch's metric: YOLOv10's
+    consistent matching) and top-1.
+
+    Raises:
+        KeyError: an unregistered name.
+        ValueError: no assigner named ("" / "none"), or an assigner that can give a GT several
+            positives (not ``one_to_one``: e.g. ATSS, or TAL with top-k > 1), naming the key.
+    """
+    dual = cfg.MODEL.DUAL
+    name = dual.ONE_TO_ONE_ASSIGNER
+    if name in ("", "none"):
+        raise ValueError("MODEL.DUAL.ENABLED needs a one-to-one assigner in MODEL.DUAL.ONE_TO_ONE_ASSIGNER "
+                         "('TaskAlignedAssigner' with top-1, or 'POTOAssigner')")
+    cls = ASSIGNER_REGISTRY.get(name)
+    kwargs = cls.from_config(cfg, strides)
+    if "topk" in kwargs:
+        kwargs["topk"] = dual.ONE_TO_ONE_TOPK
+        if dual.ONE_TO_ONE_TOPK != 1:
+            raise ValueError(f"MODEL.DUAL.ONE_TO_ONE_TOPK must be 1 (a one-to-one rule takes the top-1 of "
+                             f"{name}'s metric), got {dual.ONE_TO_ONE_TOPK}")
+    assigner = cls(**kwargs)
+    if not getattr(assigner, "one_to_one", False):
+        raise ValueError(f"MODEL.DUAL.ONE_TO_ONE_ASSIGNER {name!r} gives a GT several positives; the "
+                         "one-to-one branch needs a one-to-one assigner ('TaskAlignedAssigner' with top-1, "
+                         "or 'POTOAssigner')")
+    return assigner
+
+
+class DualCriterion:
+    """The criterion of a dual head (``heads.dual_head.DualAssignmentHead``): a
+    :class:`DenseCriterion` per branch, losses summed (YOLOv10 Sec. 3.1 and ``v10DetectLoss``).
+
+    * one-to-many: ``MODEL.DENSE`` ASSIGNER / LOSSES (and an initial phase, if any), as a single
+      head would be trained;
+    * one-to-one: ``MODEL.DUAL.ONE_TO_ONE_ASSIGNER`` (top-1; :func:`build_one_to_one_assigner`)
+      and ``ONE_TO_ONE_LOSSES``, each loss times ``ONE_TO_ONE_WEIGHT`` and named with an "_o2o"
+      suffix ("loss_cls_o2o", ...). With ``match_on="one_to_many"`` the one-to-one assigner ranks
+      the one-to-many branch's detached predictions, so each GT's one-to-one positive is the point
+      the one-to-many branch scores highest by the shared metric; "own" (YOLOv10's code) ranks the
+      one-to-one branch's own predictions.
+    Called as ``criterion({"one_to_many": out, "one_to_one": out}, points, gt_instances)``.
+    """
+
+    @configurable
+    def __init__(self, *, one_to_many: DenseCriterion, one_to_one: DenseCriterion,
+                 one_to_one_weight: float = 1.0, match_on: str = "own"):
+        """
+        Args:
+            one_to_many, one_to_one: the branches' criteria (the one-to-one one without an
+                initial phase or auxiliary assigner).
+            one_to_one_weight: > 0, multiplies the one-to-one losses (``MODEL.DUAL.ONE_TO_ONE_WEIGHT``).
+            match_on: "own" or "one_to_many" (``MODEL.DUAL.MATCH_ON``).
+
+        Raises:
+            ValueError: a weight <= 0 or an unknown ``match_on``, naming the key.
+        """
+        if not one_to_one_weight > 0:
+            raise ValueError(f"MODEL.DUAL.ONE_TO_ONE_WEIGHT must be > 0, got {one_to_one_weight}")
+        if match_on not in MATCH_ON:
+            raise ValueError(f"MODEL.DUAL.MATCH_ON must be one of {MATCH_ON}, got {match_on!r}")
+        self.one_to_many = one_to_many
+        self.one_to_one = one_to_one
+        self.one_to_one_weight = float(one_to_one_weight)
+        self.match_on = match_on
+
+    @classmethod
+    def from_config(cls, cfg, head, strides: List[int]):
+        """Both branches' criteria from ``cfg`` (filled by the preset), checked against the head's
+        branches.
+
+        Raises:
+            KeyError, ValueError: as :meth:`DenseCriterion.from_config` and
+            :func:`build_one_to_one_assigner`.
+        """
+        dual = cfg.MODEL.DUAL
+        names = list(dual.ONE_TO_ONE_LOSSES) or list(cfg.MODEL.DENSE.LOSSES)
+        key = "MODEL.DUAL.ONE_TO_ONE_LOSSES" if dual.ONE_TO_ONE_LOSSES else "MODEL.DENSE.LOSSES (one-to-one branch)"
+        assigner = build_one_to_one_assigner(cfg, strides)
+        terms = [build_loss_term(cfg, name) for name in names]
+        check_composition(head.one_to_one, assigner, loss_terms=terms, losses_key=key)
+        one_to_one = DenseCriterion(num_classes=cfg.MODEL.DENSE.NUM_CLASSES, assigner=assigner,
+                                    loss_terms=terms, scalar_prefix="dense_o2o")
+        return {"one_to_many": DenseCriterion(cfg, head.one_to_many, strides), "one_to_one": one_to_one,
+                "one_to_one_weight": dual.ONE_TO_ONE_WEIGHT, "match_on": dual.MATCH_ON}
+
+    @property
+    def components(self) -> List[object]:
+        """The assigners and loss terms of both branches (for the unused-key check)."""
+        return [*self.one_to_many.components, *self.one_to_one.components]
+
+    @property
+    def phase(self) -> TrainingPhase:
+        """The one-to-many branch's phase (the one-to-one branch has one phase)."""
+        return self.one_to_many.phase
+
+    def set_iteration(self, iteration: int) -> None:
+        """Tell both branches the trainer's iteration (see :meth:`DenseCriterion.set_iteration`)."""
+        self.one_to_many.set_iteration(iteration)
+        self.one_to_one.set_iteration(iteration)
+
+    def one_to_one_targets(self, outs: Dict[str, DenseOutputs], points: Points,
+                           gt_instances: List[Instances]) -> DenseTargets:
+        """The one-to-one branch's targets, assigned on the predictions ``match_on`` names."""
+        return self.one_to_one.build_targets(points, gt_instances, outs[ONE_TO_MANY if self.match_on == ONE_TO_MANY else ONE_TO_ONE])
+
+    def __call__(self, outs: Dict[str, DenseOutputs], points: Points,
+                 gt_instances: List[Instances]) -> Dict[str, torch.Tensor]:
+        """The losses of one training step.
+
+        Args:
+            outs: {"one_to_many": DenseOutputs, "one_to_one": DenseOutputs}, scored
+                (``DualAssignmentHead.training_outputs``).
+            points, gt_instances: as :meth:`DenseCriterion.__call__`.
+
+        Returns:
+            the one-to-many losses ("loss_cls", "loss_box", ...) and the one-to-one ones, weighted,
+            with an "_o2o" suffix.
+
+        Raises:
+            ValueError: see :meth:`DenseCriterion.__call__`.
+        """
+        losses = self.one_to_many(outs[ONE_TO_MANY], points, gt_instances)
+        targets = self.one_to_one_targets(outs, points, gt_instances)
+        for name, value in self.one_to_one.losses(outs[ONE_TO_ONE], targets).items():
+            losses[f"{name}_o2o"] = value * self.one_to_one_weight
+        return losses

@@ -21,9 +21,10 @@ from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.structures import Instances
 
 from .components import apply_preset, check_unused_keys, recording_view
-from .criterion import DenseCriterion
+from .criterion import DenseCriterion, DualCriterion
 from .geometry import Points
-from .heads import build_head
+from .heads import build_dual_head, build_head
+from .heads.dual_head import ONE_TO_ONE
 from .postprocessing import TOPK_BY, dense_detections, detections_to_instances
 from .shift_generator import build_shift_generator
 
@@ -50,11 +51,12 @@ class AnchorFreeDetector(DenseDetector):
         """
         Args:
             backbone: a detectron2 ``Backbone`` (e.g. ResNet-FPN with P6/P7).
-            head: a :class:`~d2_anchorfree.modeling.heads.DenseHead`.
+            head: a :class:`~d2_anchorfree.modeling.heads.DenseHead`, or a
+                :class:`~d2_anchorfree.modeling.heads.DualAssignmentHead` (``MODEL.DUAL``).
             head_in_features: backbone feature names fed to the head, finest first.
             shift_generator: module mapping those features to per-level points (pixels).
             criterion: the training criterion (:class:`~.criterion.DenseCriterion`: assigners,
-                training phases, loss terms).
+                training phases, loss terms; :class:`~.criterion.DualCriterion` for a dual head).
             num_classes: K >= 1.
             pixel_mean, pixel_std: per-channel normalization (``input_format`` order, 0-255).
             input_format: "BGR" or "RGB" (``INPUT.FORMAT``).
@@ -107,7 +109,9 @@ class AnchorFreeDetector(DenseDetector):
         Raises:
             ValueError: a feature of ``MODEL.DENSE.IN_FEATURES`` that the backbone does not
                 produce, a missing component choice, a composition that
-                ``criterion.check_composition`` rejects, or a key that no component of the
+                ``criterion.check_composition`` rejects, NMS-free post-processing
+                (``POSTPROCESS`` "topk") of a branch not trained one-to-one, a dual head whose
+                one-to-one assigner is not one-to-one, or a key that no component of the
                 detector reads (``components.check_unused_keys``).
             KeyError: a component name that is not registered.
         """
@@ -122,9 +126,21 @@ class AnchorFreeDetector(DenseDetector):
             raise ValueError(f"MODEL.DENSE.IN_FEATURES {missing} not produced by the backbone ({sorted(output_shapes)})")
         shapes = [output_shapes[f] for f in head_in_features]
         strides = [s.stride for s in shapes]
-        head = build_head(view, shapes, d.HEAD, aux_classifier=d.AUX_ASSIGNER != "none")
-        criterion = DenseCriterion(view, head, strides)
+        if view.MODEL.DUAL.ENABLED:
+            head = build_dual_head(view, shapes, d.HEAD)
+            criterion = DualCriterion(view, head, strides)
+            one_to_one = head.inference_branch == ONE_TO_ONE
+        else:
+            head = build_head(view, shapes, d.HEAD, aux_classifier=d.AUX_ASSIGNER != "none")
+            criterion = DenseCriterion(view, head, strides)
+            one_to_one = bool(getattr(criterion.assigner, "one_to_one", False))
         nms_free = d.POSTPROCESS == "topk"
+        if nms_free and not one_to_one:
+            raise ValueError(
+                "MODEL.DENSE.POSTPROCESS 'topk' (NMS-free) needs a branch trained one-to-one: a one-to-one "
+                f"MODEL.DENSE.ASSIGNER (POTOAssigner), or MODEL.DUAL.ENABLED with INFERENCE_BRANCH "
+                f"'one_to_one'; this detector's inference branch is trained by "
+                f"{type(criterion.phase.assigner).__name__} (one-to-many): use 'nms'")
         settings = {
             "head_in_features": head_in_features,
             "shift_generator": build_shift_generator(view, shapes),
@@ -175,9 +191,7 @@ class AnchorFreeDetector(DenseDetector):
             ValueError: see :meth:`DenseCriterion.__call__`.
         """
         points = self.points(features)
-        out = self.head.flatten(predictions, points.point_strides)
-        out = out._replace(scores=self.head.cls_scores(out))
-        return self.criterion(out, points, gt_instances)
+        return self.criterion(self.head.training_outputs(predictions, points.point_strides), points, gt_instances)
 
     def forward_inference(self, images, features: List[torch.Tensor], predictions) -> List[Instances]:
         """Dense inference, per image: the head's scoring rule (``inference_scores``), then per

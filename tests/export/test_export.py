@@ -59,6 +59,7 @@ DETECTORS = {  # name: (config, extra config opts, name whose trained weights it
     "DeFCN+NMS": ("configs/DeFCN/DeFCN_tiny_R_18_cpu.yaml", ("MODEL.DENSE.POSTPROCESS", "nms"), "DeFCN"),
     "TOOD": ("configs/TOOD/TOOD_tiny_R_18_cpu.yaml", (), "TOOD"),
     "GFL+POTO+3DMF+Aux": ("configs/compositions/GFL_POTO_3DMF_Aux_tiny_R_18_cpu.yaml", (), "GFL+POTO+3DMF+Aux"),
+    "GFL+Dual": ("configs/compositions/GFL_Dual_tiny_R_18_cpu.yaml", (), "GFL+Dual"),
 }
 # 20 iterations, warmup 2: scores spread out (with 50 iterations and a 10-iteration warmup, VFNet's
 # and TOOD's top 300 were mostly tied, and they cost 2.5x the time)
@@ -458,3 +459,24 @@ def test_match_detections_accepts_only_ties_swapped_at_the_cut():
     assert not match_detections(ref, extra).ok
     moved = (boxes + np.float32(0.05), ref[1], ref[2])
     assert not match_detections(ref, moved).ok
+
+
+@pytest.mark.parametrize("opts, nms_nodes", [
+    ((), 0),  # one-to-one branch, NMS-free
+    (("MODEL.DUAL.INFERENCE_BRANCH", "one_to_many", "MODEL.DENSE.POSTPROCESS", "nms"), 1),
+])
+def test_dual_head_exports_one_branch_and_no_nms_node(opts, nms_nodes, tmp_path):
+    # Random weights suffice for the graph's structure: the one-to-one export has no
+    # NonMaxSuppression node and none of the other branch's weights.
+    onnx = pytest.importorskip("onnx")
+    cfg = load_cfg("configs/compositions/GFL_Dual_tiny_R_18_cpu.yaml", *opts)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    path = export_model(cfg, model, "onnx", str(tmp_path), torch.zeros(128, 160, 3, dtype=torch.uint8))
+    graph = onnx.load(path).graph
+    assert sum(n.op_type == "NonMaxSuppression" for n in graph.node) == nms_nodes
+    branch = "one_to_many" if nms_nodes else "one_to_one"
+    # both branches have a classifier conv of this shape; the graph holds the inference branch's only
+    (kept,) = [p for n, p in model.named_parameters() if n == f"head.{branch}.cls_logits.weight"]
+    same_shape = [t for t in graph.initializer if tuple(t.dims) == tuple(kept.shape)]
+    assert len(same_shape) == 1 and np.array_equal(onnx.numpy_helper.to_array(same_shape[0]), kept.detach().numpy())

@@ -15,6 +15,8 @@ Registry for target assigners. An assigner is a pure callable: per image it take
 every level and that image's ground truth (and, for prediction-aware ones such as POTO, the
 predictions) and returns ``matched_idxs`` [R] (long): the index of the GT each point learns from,
 ``BACKGROUND`` (-1) or ``IGNORE`` (-2). No module state, no logging; it runs under no_grad.
+An assigner that gives every GT at most one positive has ``one_to_one`` True (POTO, TAL with
+top-1); others have no such attribute or False.
 """
 
 BACKGROUND = -1

@@ -352,6 +352,9 @@ class POTOAssigner:
     crowd GTs are never matched. No GT -> all BACKGROUND.
     """
 
+    #: every GT gets at most one positive (what a dual head's one-to-one branch needs)
+    one_to_one = True
+
     @configurable
     def __init__(self, *, strides: List[int], sizes_of_interest: Optional[List[float]] = None, alpha: float = 0.8,
                  spatial_prior: str = "center", center_sampling_radius: float = 1.5,

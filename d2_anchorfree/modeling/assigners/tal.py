@@ -142,6 +142,12 @@ class TaskAlignedAssigner:
         self.beta = float(beta)
         self.chunk_elements = int(chunk_elements)
 
+    @property
+    def one_to_one(self) -> bool:
+        """True with top-1 (YOLOv10's one-to-one rule): a GT then gets at most one positive (rule
+        4 may take it away, never add one)."""
+        return self.topk == 1
+
     @classmethod
     def from_config(cls, cfg, strides):
         t = cfg.MODEL.TAL

@@ -258,11 +258,24 @@ class DenseHead(nn.Module):
             ValueError: if the number of levels differs from the number of strides.
         """
         check_num_levels(features, self.strides)
+        return self.predict([self.level_features(feature) for feature in features])
+
+    def predict(self, level_feats: List[Dict[str, torch.Tensor]]) -> Dict[str, List[torch.Tensor]]:
+        """The predictions of every level from its tower features (:meth:`level_features`), with
+        the add-ons; :meth:`forward` is ``predict([level_features(f) for f in features])``.
+
+        Args:
+            level_feats: per level the dict of :meth:`level_features` ("cls" and "box" [N, C, H_l, W_l],
+                and what the head's own path adds). A dual head's one-to-one branch on shared
+                towers predicts from the one-to-many branch's (detached) features this way.
+
+        Returns:
+            as :meth:`forward`.
+        """
         outputs: Dict[str, List[torch.Tensor]] = {}
         box_feats = []
         compute_aux = self.aux_logits is not None and self.training
-        for level, feature in enumerate(features):
-            feats = self.level_features(feature)
+        for level, feats in enumerate(level_feats):
             for key, value in self.predict_level(feats, level).items():
                 outputs.setdefault(key, []).append(value)
             if compute_aux:
@@ -287,6 +300,16 @@ class DenseHead(nn.Module):
         logits = flat.pop("logits")
         ltrb = self.decode_ltrb(flat, point_strides)
         return DenseOutputs(logits, ltrb, flat)
+
+    def training_outputs(self, per_level: Dict[str, List[torch.Tensor]], point_strides: torch.Tensor) -> DenseOutputs:
+        """:meth:`flatten` with the training scores set (:meth:`cls_scores`): what the criterion
+        takes (a dual head returns one per branch, see ``dual_head.DualAssignmentHead``).
+
+        Args:
+            per_level: the output of :meth:`forward`. point_strides: [R] stride (pixels) of every point.
+        """
+        out = self.flatten(per_level, point_strides)
+        return out._replace(scores=self.cls_scores(out))
 
     def level_outputs(self, per_level: Dict[str, List[torch.Tensor]], image: int, level: int,
                       point_strides: torch.Tensor) -> DenseOutputs:
