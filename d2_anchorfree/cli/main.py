@@ -38,6 +38,8 @@ COMMANDS: Dict[str, Command] = {
                          "run a benchmark of the source tree: detectors (default), export, slicing, cocoeval"),
     "import": Command("d2_anchorfree.cli.import_data:main",
                       "convert YOLO / VOC / CVAT / LabelMe box labels to a checked COCO json (globox)"),
+    "browse": Command("d2_anchorfree.cli.browse:main",
+                      "draw the ground truth of a registered dataset, optionally after the training augmentations"),
     "prepare-data": Command("d2_anchorfree.cli.prepare_data:main",
                             "download and tile the bundled tree-crown dataset (COCO format)"),
 }
