@@ -215,5 +215,26 @@ def test_cli_writes_the_json_and_prints_the_summary(tmp_path, capsys):
 
 def test_missing_globox_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "globox", None)
+    from d2_anchorfree.cli.main import resolve
+
+    assert resolve("import") is import_data.main  # the command module itself does not import globox
     with pytest.raises(ImportError, match=r"pip install 'd2_anchorfree\[import\]'"):
         import_dataset("voc", str(tmp_path))
+
+
+def test_yolo_uses_the_image_size_after_exif_orientation(tmp_path):
+    # stored 64x48 with EXIF orientation 6 (turn 90 degrees): training reads it as 48x64, so the
+    # normalized YOLO box is scaled by 48 (x) and 64 (y)
+    from d2_anchorfree.data.image_io import image_size, read_image
+
+    (tmp_path / "images").mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.full((48, 64, 3), 90, np.uint8)).save(tmp_path / "images" / "r.jpg", exif=exif)
+    assert image_size(str(tmp_path / "images" / "r.jpg")) == (48, 64)
+    assert read_image(str(tmp_path / "images" / "r.jpg")).shape[:2] == (64, 48)
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "r.txt").write_text("0 0.5 0.5 0.25 0.5\n")
+    coco = import_dataset("yolo", str(tmp_path / "labels"), classes=["x"]).coco
+    assert coco["images"][0]["width"] == 48 and coco["images"][0]["height"] == 64
+    assert coco["annotations"][0]["bbox"] == [18.0, 16.0, 12.0, 32.0]
