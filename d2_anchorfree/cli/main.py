@@ -36,6 +36,10 @@ COMMANDS: Dict[str, Command] = {
                        "convert an MMDetection / AdelaiDet / DeFCN checkpoint for a config"),
     "benchmark": Command("d2_anchorfree.cli.benchmark:main",
                          "run a benchmark of the source tree: detectors (default), export, slicing, cocoeval"),
+    "import": Command("d2_anchorfree.cli.import_data:main",
+                      "convert YOLO / VOC / CVAT / LabelMe box labels to a checked COCO json (globox)"),
+    "browse": Command("d2_anchorfree.cli.browse:main",
+                      "draw the ground truth of a registered dataset, optionally after the training augmentations"),
     "prepare-data": Command("d2_anchorfree.cli.prepare_data:main",
                             "download and tile the bundled tree-crown dataset (COCO format)"),
 }

@@ -59,12 +59,12 @@ from d2_anchorfree.checkpoint.classes import classes_metadata, generic_classes, 
 from d2_anchorfree.data.datasets import config_num_classes
 from d2_anchorfree.data.geo import (VECTOR_DRIVERS, detections_feature_collection, require_georeference,
                                     write_geojson, write_vector)
-from d2_anchorfree.data.image_io import read_image
+from d2_anchorfree.data.image_io import IMAGE_EXTENSIONS, read_image
 from d2_anchorfree.data.raster import (RasterWindows, is_georeferenced, needs_windowed_reading, parse_bands,
                                        read_georeference)
 from d2_anchorfree.engine import build_predictor, setup_cfg
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_EXTS = IMAGE_EXTENSIONS
 
 
 def _unique(paths):

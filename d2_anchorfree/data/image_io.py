@@ -23,10 +23,13 @@ import os
 import numpy as np
 from PIL import Image, ImageOps
 
-__all__ = ["read_image", "SUPPORTED_FORMATS", "EIGHT_BIT_MODES"]
+__all__ = ["read_image", "image_size", "SUPPORTED_FORMATS", "EIGHT_BIT_MODES", "IMAGE_EXTENSIONS"]
 
 #: ``format`` values of :func:`read_image`: channel order of the returned array.
 SUPPORTED_FORMATS = ("BGR", "RGB", "L")
+
+#: File name endings (lower case) taken as images when a folder is listed (``d2af predict``, ``d2af import``).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 #: PIL modes with 8 bits (or 1 bit) per channel; every other mode is refused.
 EIGHT_BIT_MODES = ("1", "L", "P", "LA", "PA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr")
@@ -104,6 +107,34 @@ def read_image(path: str, format: str = "BGR") -> np.ndarray:
     if format == "BGR":
         return np.ascontiguousarray(array[:, :, ::-1])
     return array
+
+
+# EXIF orientations (tag 0x0112) that turn the image by 90 or 270 degrees: width and height swap.
+_EXIF_ORIENTATION_TAG = 0x0112
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
+
+
+def image_size(path: str):
+    """The ``(width, height)`` in pixels that :func:`read_image` returns for ``path``, from the
+    file's header (the pixels are not decoded): the stored size, swapped when the EXIF orientation
+    (5-8) turns the image by 90 or 270 degrees.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist (naming it).
+        ValueError: ``"cannot read image <path>: <reason>"`` when PIL cannot open the file.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image file {path} does not exist")
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            try:
+                orientation = image.getexif().get(_EXIF_ORIENTATION_TAG)
+            except Exception:  # unreadable EXIF: read_image ignores it too
+                orientation = None
+    except Exception as e:
+        raise ValueError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
+    return (height, width) if orientation in _TRANSPOSING_ORIENTATIONS else (width, height)
 
 
 class _BitDepthError(Exception):
