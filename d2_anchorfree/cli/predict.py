@@ -349,8 +349,9 @@ def main(argv=None, prog=None) -> int:
 
     Raises:
         FileNotFoundError: no image matches ``--input``.
-        ValueError: two inputs would get the same output name; ``--min-score best`` and the weights
-            have no (valid) saved best-F1 threshold.
+        ValueError: two inputs would get the same output name.
+        SystemExit: code 2 for bad arguments, e.g. ``--min-score best`` when the weights have no
+            (valid) saved best-F1 threshold (argparse's usage error, naming what to run).
     """
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--config-file", required=True)
@@ -402,7 +403,10 @@ def main(argv=None, prog=None) -> int:
     cfg = setup_cfg(argparse.Namespace(config_file=args.config_file, opts=opts), default_setup_logging=False)
     files = list_images(args.input)
     names = relative_names(files, input_root(args.input, files))
-    min_score, why = resolve_min_score(args.min_score, cfg.MODEL.WEIGHTS)  # before the model: "best" may fail
+    try:  # before the model is built: "best" may fail
+        min_score, why = resolve_min_score(args.min_score, cfg.MODEL.WEIGHTS)
+    except ValueError as e:
+        parser.error(str(e))  # exits with code 2
     print(f"drawing detections with score >= {min_score:.3f} ({why})")
     predictor = build_predictor(cfg, allow_untrained=args.allow_untrained, progress=True)
     metadata = classes_metadata(prediction_classes(cfg, predictor.classes, args.dataset))

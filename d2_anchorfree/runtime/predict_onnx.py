@@ -39,9 +39,10 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 LABEL_MODES = ("none", "class", "score")
 #: Drawing threshold of a model without a saved best-F1 threshold.
 DEFAULT_MIN_SCORE = 0.3
-#: Box colours (BGR), one per class index, cycling: the "tab10" colours.
-PALETTE = ((180, 119, 31), (14, 127, 255), (44, 160, 44), (40, 39, 214), (189, 103, 148), (75, 86, 140),
-           (194, 119, 227), (127, 127, 127), (34, 189, 188), (207, 190, 23))
+#: Box colours (BGR), one per class index, cycling: saturated colours that stand out on photos and
+#: aerial imagery (yellow first: a single-class model's boxes).
+PALETTE = ((0, 255, 255), (255, 0, 255), (255, 255, 0), (0, 0, 255), (0, 255, 0), (0, 140, 255), (255, 120, 0),
+           (255, 255, 255), (128, 0, 255), (0, 128, 128))
 
 
 def load_model(path: str, threads: int = 0) -> Tuple["onnxruntime.InferenceSession", dict]:
@@ -286,8 +287,9 @@ def main(argv=None, prog=None) -> int:
         int: 0, or 1 when some images were skipped.
 
     Raises:
-        ValueError: the model has no d2_anchorfree metadata (:func:`load_model`); ``--min-score
-            best`` for a model without a saved best-F1 threshold.
+        ValueError: the model has no d2_anchorfree metadata (:func:`load_model`).
+        SystemExit: code 2 for bad arguments, e.g. ``--min-score best`` for a model without a
+            saved best-F1 threshold (argparse's usage error, naming what to run).
         FileNotFoundError: no image matches ``--input``.
     """
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
@@ -310,7 +312,10 @@ def main(argv=None, prog=None) -> int:
     if args.evaluate and not args.coco_json:
         p.error("--evaluate needs --coco-json")
     session, meta = load_model(args.model, args.threads)
-    min_score, why = min_score_of(args.min_score, meta)
+    try:
+        min_score, why = min_score_of(args.min_score, meta)
+    except ValueError as e:
+        p.error(f"{args.model}: {e}")  # exits with code 2
     labels = args.labels or default_labels(len(meta["class_names"]))
     if not args.no_draw:
         print(f"drawing detections with score >= {min_score:.3f} ({why})")
