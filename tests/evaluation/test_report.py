@@ -126,6 +126,14 @@ def test_confusion_matrix_by_hand():
     assert rows.tolist() == [[1, 0, 1], [1, 0, 0], [0, 2, 0]]
 
 
+def test_confusion_matrix_prefers_the_own_class_over_a_better_overlap():
+    # the detection of class a overlaps object b exactly (IoU 1) and object a at IoU 90/110: as in
+    # COCOeval it is a correct detection of a, and b is missed
+    gt = coco({1: [(1, [0, 0, 10, 10]), (2, [1, 0, 10, 10])]}, categories=((1, "a"), (2, "b")))
+    rows = confusion_matrix(gt, [det(1, 1, [1, 0, 10, 10], 0.9)], [1, 2], iou=0.5)
+    assert rows.tolist() == [[1, 0, 0], [0, 0, 1], [0, 0, 0]]
+
+
 def test_confusion_matrix_diagonal_is_cocoeval_true_positives():
     gt, dets = _two_class_case(seed=3)
     report = build_report(gt, load_results(dets, gt), score_threshold=0.4)
