@@ -1,6 +1,7 @@
 # d2-anchorfree: the two commands of the README.
 #   make demo   create the environment if missing, prepare the bundled tree-crown data, train the
-#               tiny FCOS on CPU, evaluate COCO AP on val, draw predictions on val images.
+#               tiny FCOS on CPU, evaluate COCO AP on val (+ the evaluation report), draw predictions on val
+#               images at the best-F1 score threshold of that evaluation.
 #   make test   create the environment if missing (and the MMDetection reference environment of the
 #               converter's parity tests, tools/setup_mmdet_env.sh), run the whole test suite (all markers).
 #   make test-fast   the fast tier, pytest -m "not slow and not mmdet": every component (assigners,

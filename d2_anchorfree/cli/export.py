@@ -12,7 +12,8 @@ normalization, padding, backbone, head, decoding, candidate selection and NMS (c
 the NMS-free top-k are inside (``d2_anchorfree/export/graph.py``). Resizing to the test size
 is the runtime's job (``d2af predict-onnx`` does it as detectron2's ``DefaultPredictor``).
 Writes ``<output>/model.onnx`` or ``model.ts`` and ``metadata.json`` (also embedded in the file:
-class names, test sizes, score threshold). The class names come from the weights file (training
+class names, test sizes, score threshold, and the best-F1 score threshold saved beside the
+weights, for ``d2af predict-onnx --min-score best``). The class names come from the weights file (training
 stores them), so the training data is not needed.
 
 The trace uses ``--sample-image`` (default: the first image of ``DATASETS.TEST[0]``, or a
@@ -23,6 +24,7 @@ another size (same detections, boxes within 0.01 px, scores within 1e-4); exit c
 import argparse
 import logging
 import sys
+from typing import Optional
 
 import numpy as np
 import torch
@@ -32,6 +34,7 @@ from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
 from d2_anchorfree.checkpoint import load_inference_weights
+from d2_anchorfree.checkpoint.score_threshold import load_best_f1
 from d2_anchorfree.data.image_io import read_image
 from d2_anchorfree.engine import setup_cfg
 from d2_anchorfree.engine.predictor import model_classes
@@ -94,6 +97,21 @@ def verification_images(image: np.ndarray):
     return [image, np.ascontiguousarray(crop)]
 
 
+def saved_score_threshold(weights: str) -> Optional[float]:
+    """The best-F1 threshold saved beside ``weights`` (``checkpoint.score_threshold``) to embed in
+    the export, or None (none saved; a stale or malformed one is left out with a warning)."""
+    try:
+        entry = load_best_f1(weights)
+    except ValueError as e:
+        logging.getLogger(__name__).warning("not embedding a best-F1 threshold: %s", e)
+        return None
+    if entry is None:
+        logging.getLogger(__name__).info("no best-F1 threshold saved beside %s: predict-onnx --min-score best "
+                                         "will refuse this export", weights or "the weights")
+        return None
+    return float(entry["score_threshold"])
+
+
 def main(argv=None, prog=None) -> int:
     """Export and verify.
 
@@ -113,7 +131,8 @@ def main(argv=None, prog=None) -> int:
         checkpoint = load_inference_weights(model, cfg.MODEL.WEIGHTS, allow_untrained=args.allow_untrained)
         classes = model_classes(cfg, checkpoint, cfg.MODEL.WEIGHTS)
         image = sample_image(cfg, args.sample_image)
-        path = export_model(cfg, model, args.format, args.output, torch.from_numpy(image), args.opset, classes)
+        path = export_model(cfg, model, args.format, args.output, torch.from_numpy(image), args.opset, classes,
+                            saved_score_threshold(cfg.MODEL.WEIGHTS))
     except (ValueError, FileNotFoundError, RuntimeError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -22,6 +22,8 @@ class Command(NamedTuple):
 COMMANDS: Dict[str, Command] = {
     "train": Command("d2_anchorfree.cli.train:run", "train a detector (detectron2 arguments, as train_net.py)"),
     "evaluate": Command("d2_anchorfree.cli.train:evaluate", "evaluate trained weights (= train --eval-only)"),
+    "report": Command("d2_anchorfree.cli.report:main",
+                      "evaluation report of a results json: per-class AP, PR/F1 curves, best-F1 threshold, confusion"),
     "predict": Command("d2_anchorfree.cli.predict:main", "draw and save detections on images, a folder or a dataset"),
     "export": Command("d2_anchorfree.cli.export:main", "export a trained detector to ONNX or TorchScript"),
     "predict-onnx": Command("d2_anchorfree.runtime.predict_onnx:main",

@@ -7,9 +7,13 @@
 Every input gets a unique relative name: its path relative to the input root (the folder given,
 the folder part of a glob before its first wildcard, the dataset's ``image_root``, or the folder of
 a single file), e.g. ``a/x.png`` and ``b/x.png`` for ``--input "imgs/*/x.png"``. Writes
-``<output>/<relative name>.jpg`` with the detections drawn (detectron2 ``Visualizer``; the
-extension is kept, so ``a.png`` and ``a.tif`` give ``a.png.jpg`` and ``a.tif.jpg``; sub-folders
-are mirrored) and ``<output>/results.json``: a COCO-style results list (file_name = the relative
+``<output>/<relative name>.jpg`` (the extension is kept, so ``a.png`` and ``a.tif`` give
+``a.png.jpg`` and ``a.tif.jpg``; sub-folders are mirrored) with the detections of score >=
+``--min-score`` drawn as 1-pixel boxes coloured by class, with ``--labels none|class|score`` text
+(default none for a single-class model): the drawing of ``d2af predict-onnx``. ``--min-score``
+defaults to the best-F1 threshold saved beside the weights (by training, ``d2af evaluate`` or
+``d2af report --weights``), else 0.3; ``--min-score best`` requires the saved one. Also writes
+``<output>/results.json``: a COCO-style results list (file_name = the relative
 name, category_id, bbox [x, y, w, h] in pixels, score). Images are read by the reader used in
 training (``d2_anchorfree.data.image_io.read_image``); an image it refuses (missing, corrupt,
 truncated, 16-bit or float) is skipped with a warning, the run goes on, results.json is written
@@ -48,14 +52,12 @@ from typing import Optional, Tuple
 
 import cv2
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.structures import Boxes, Instances
-from detectron2.utils.visualizer import Visualizer
 
 from d2_anchorfree.checkpoint.classes import classes_metadata, generic_classes, load_dataset_classes
+from d2_anchorfree.checkpoint.score_threshold import DEFAULT_MIN_SCORE, parse_min_score, resolve_min_score
 from d2_anchorfree.data.datasets import config_num_classes
 from d2_anchorfree.data.geo import (VECTOR_DRIVERS, detections_feature_collection, require_georeference,
                                     write_geojson, write_vector)
@@ -63,6 +65,7 @@ from d2_anchorfree.data.image_io import IMAGE_EXTENSIONS, read_image
 from d2_anchorfree.data.raster import (RasterWindows, is_georeferenced, needs_windowed_reading, parse_bands,
                                        read_georeference)
 from d2_anchorfree.engine import build_predictor, setup_cfg
+from d2_anchorfree.runtime.predict_onnx import LABEL_MODES, default_labels, draw
 
 IMAGE_EXTS = IMAGE_EXTENSIONS
 
@@ -158,9 +161,8 @@ class ReadOptions:
             naming why); without it GeoJSON is written for the georeferenced ones.
         vector_format (str or None): ``--vector-format`` ("gpkg" or "shp"): also write that file.
         draw_max_size (int): longest side, pixels, of the drawing of a windowed image (a
-            reduced copy; the others are drawn at full size). detectron2's ``Visualizer`` needs
-            about 120 bytes per pixel of the drawing (measured: 0.46 GiB at 2000 x 2000,
-            1.9 GiB at 4000 x 4000).
+            reduced copy; the others are drawn at full size). The drawing is a uint8 BGR copy,
+            3 bytes per pixel.
     """
 
     def __init__(self, windowed: bool = False, bands: Optional[Tuple[int, int, int]] = None,
@@ -193,23 +195,19 @@ def predict_one(predictor, path: str, options: ReadOptions, windowed: bool, draw
         return inst, np.ascontiguousarray(rgb[:, :, ::-1]), scale
 
 
-def _draw(image, inst, metadata, scale, min_score, out_path):
+def _draw(image, inst, names, scale, min_score, labels, out_path):
     """Draw ``inst`` scoring at least ``min_score`` on ``image`` (BGR; boxes scaled by ``scale``
-    = (sx, sy)) with detectron2's ``Visualizer`` and write it to ``out_path``."""
-    inst = inst[inst.scores >= min_score]
-    if scale != (1.0, 1.0):  # a reduced drawing of a windowed image: boxes scaled onto it
-        sx, sy = scale
-        inst = Instances(image.shape[:2], scores=inst.scores, pred_classes=inst.pred_classes,
-                         pred_boxes=Boxes(inst.pred_boxes.tensor * torch.tensor([sx, sy, sx, sy])))
-    vis = Visualizer(image[:, :, ::-1], metadata, scale=1.0)
-    out = vis.draw_instance_predictions(inst).get_image()[:, :, ::-1]
+    = (sx, sy)) with ``runtime.predict_onnx.draw`` (as ``d2af predict-onnx``: 1-pixel boxes
+    coloured by class, ``labels`` "none" | "class" | "score") and write it to ``out_path``."""
+    boxes = inst.pred_boxes.tensor.numpy() * np.array([scale[0], scale[1]] * 2, dtype=np.float32)
+    out = draw(image, boxes, inst.scores.numpy(), inst.pred_classes.numpy(), names, min_score, labels)
     os.makedirs(os.path.dirname(out_path), exist_ok=True)
-    if not cv2.imwrite(out_path, np.ascontiguousarray(out)):
+    if not cv2.imwrite(out_path, out):
         raise OSError(f"could not write {out_path}")
 
 
-def predict_files(predictor, files, output_dir, metadata, min_score=0.3, draw=True, names=None,
-                  options: Optional[ReadOptions] = None):
+def predict_files(predictor, files, output_dir, metadata, min_score=DEFAULT_MIN_SCORE, draw=True, names=None,
+                  options: Optional[ReadOptions] = None, labels: Optional[str] = None):
     """Run ``predictor`` on ``files``; write drawn images (and map outputs) and return COCO-style results.
 
     Args:
@@ -221,6 +219,8 @@ def predict_files(predictor, files, output_dir, metadata, min_score=0.3, draw=Tr
             ``d2_anchorfree.data.geo``) and, with ``options.vector_format``, ``<name>.gpkg`` / ``.shp``.
         metadata: detectron2 ``Metadata`` (class names for drawing; the category id map).
         min_score (float): boxes with at least this score are drawn (all go to the results).
+        labels (str or None): text beside drawn boxes, "none", "class" or "score"; None: "none"
+            for a single-class model, else "class".
         draw (bool): write the drawn images.
         names (list[str] or None): unique relative names, one per file (:func:`relative_names`);
             default: the files' paths relative to their common folder.
@@ -234,6 +234,8 @@ def predict_files(predictor, files, output_dir, metadata, min_score=0.3, draw=Tr
         also written to stderr as a warning when it happens).
     """
     options = options or ReadOptions()
+    if labels is not None and labels not in LABEL_MODES:
+        raise ValueError(f"labels must be one of {LABEL_MODES}, got {labels!r}")
     if names is None:
         names = relative_names(files, os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in files]))
     if len(names) != len(files):
@@ -241,6 +243,7 @@ def predict_files(predictor, files, output_dir, metadata, min_score=0.3, draw=Tr
     os.makedirs(output_dir, exist_ok=True)
     id_map = {v: k for k, v in getattr(metadata, "thing_dataset_id_to_contiguous_id", {}).items()}
     class_names = list(getattr(metadata, "thing_classes", None) or [])
+    labels = labels or default_labels(len(class_names))
     results, skipped = [], []
     for path, name in zip(tqdm(files, desc="predict", unit="img", file=sys.stderr), names):
         try:
@@ -272,7 +275,7 @@ def predict_files(predictor, files, output_dir, metadata, min_score=0.3, draw=Tr
                 write_vector(base + VECTOR_DRIVERS[options.vector_format][1], collection, georef[0],
                              options.vector_format)
         if draw:
-            _draw(image, inst, metadata, scale, min_score, base + ".jpg")
+            _draw(image, inst, class_names, scale, min_score, labels, base + ".jpg")
     return results, skipped
 
 
@@ -312,6 +315,13 @@ def prediction_classes(cfg, checkpoint_classes: Optional[dict], dataset: Optiona
     return generic_classes(num)
 
 
+def _min_score_arg(text: str):
+    try:
+        return parse_min_score(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a score in [0, 1] or 'best', got {text!r}") from None
+
+
 def inference_opts(args) -> list:
     """Config opts ("KEY", "VALUE", ...) of the ``--slice*`` and ``--tta`` flags (the KEY VALUE
     pairs given after the flags come later and win)."""
@@ -340,13 +350,20 @@ def main(argv=None, prog=None) -> int:
     Raises:
         FileNotFoundError: no image matches ``--input``.
         ValueError: two inputs would get the same output name.
+        SystemExit: code 2 for bad arguments, e.g. ``--min-score best`` when the weights have no
+            (valid) saved best-F1 threshold (argparse's usage error, naming what to run).
     """
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--input", required=True,
                         help="an image, a folder, a quoted glob, or a registered dataset name")
     parser.add_argument("--output", required=True, help="folder for drawn images and results.json")
-    parser.add_argument("--min-score", type=float, default=0.3, help="score for drawing boxes")
+    parser.add_argument("--min-score", type=_min_score_arg, default=None,
+                        help="draw boxes with at least this score; 'best': the best-F1 threshold saved beside "
+                             "the weights by training / d2af evaluate / d2af report --weights (default: that "
+                             f"when there is one, else {DEFAULT_MIN_SCORE})")
+    parser.add_argument("--labels", choices=LABEL_MODES, default=None,
+                        help="text beside each drawn box (default: none for a single-class model, else class)")
     parser.add_argument("--dataset", default=None,
                         help="registered dataset whose class names to use (default: those stored in the "
                              "weights by training; for older weights DATASETS.TEST[0]'s)")
@@ -369,8 +386,8 @@ def main(argv=None, prog=None) -> int:
     parser.add_argument("--vector-format", choices=sorted(VECTOR_DRIVERS), default=None,
                         help="also write the georeferenced detections as GeoPackage or Shapefile (fiona)")
     parser.add_argument("--draw-max-size", type=int, default=2000,
-                        help="longest side (pixels) of the drawing of an image read window by window; drawing "
-                             "takes about 120 bytes per pixel of it (0.5 GB at 2000)")
+                        help="longest side (pixels) of the drawing of an image read window by window "
+                             "(a uint8 copy: 3 bytes per pixel)")
     parser.add_argument("--tta", action="store_true",
                         help="test-time augmentation: TEST.AUG.MIN_SIZES x FLIP (TEST.AUG.ENABLED)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config KEY VALUE pairs")
@@ -386,13 +403,18 @@ def main(argv=None, prog=None) -> int:
     cfg = setup_cfg(argparse.Namespace(config_file=args.config_file, opts=opts), default_setup_logging=False)
     files = list_images(args.input)
     names = relative_names(files, input_root(args.input, files))
+    try:  # before the model is built: "best" may fail
+        min_score, why = resolve_min_score(args.min_score, cfg.MODEL.WEIGHTS)
+    except ValueError as e:
+        parser.error(str(e))  # exits with code 2
+    print(f"drawing detections with score >= {min_score:.3f} ({why})")
     predictor = build_predictor(cfg, allow_untrained=args.allow_untrained, progress=True)
     metadata = classes_metadata(prediction_classes(cfg, predictor.classes, args.dataset))
     options = ReadOptions(windowed=args.slice, bands=parse_bands(args.bands), overview_level=args.overview_level,
                           require_geo=args.geojson, vector_format=args.vector_format,
                           draw_max_size=args.draw_max_size)
-    results, skipped = predict_files(predictor, files, args.output, metadata, args.min_score,
-                                     names=names, options=options)
+    results, skipped = predict_files(predictor, files, args.output, metadata, min_score,
+                                     names=names, options=options, labels=args.labels)
     with open(os.path.join(args.output, "results.json"), "w") as f:
         json.dump(results, f)
     print(f"wrote {len(files) - len(skipped)} images and {len(results)} detections to {args.output}")

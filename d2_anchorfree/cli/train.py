@@ -11,7 +11,10 @@
 (``python train_net.py`` takes the same arguments as ``d2af train``.) Any config key can be
 overridden after the flags as ``KEY VALUE`` pairs (detectron2 ``opts``). ``--eval-only`` needs
 weights that set every tensor of the model; ``--allow-untrained`` evaluates an untrained model
-on purpose (a reference number). ``TEST.SLICE.*`` (sliced inference over overlapping windows) and
+on purpose (a reference number). After the final evaluation (training, ``--eval-only``) the
+evaluation report of each test dataset is written to ``OUTPUT_DIR/report/<dataset>/`` and the
+best-F1 score threshold beside the weights (``TEST.REPORT``; ``d2af report`` makes it from any
+results json). ``TEST.SLICE.*`` (sliced inference over overlapping windows) and
 ``TEST.AUG.*`` (multi-scale + flip test-time augmentation) apply to every detector; see
 ``d2_anchorfree/inference``.
 """
@@ -22,6 +25,7 @@ from detectron2.engine import default_argument_parser, launch
 from d2_anchorfree.checkpoint import load_inference_weights
 from d2_anchorfree.data import check_num_classes
 from d2_anchorfree.engine import AnchorFreeTrainer, setup_cfg
+from d2_anchorfree.engine.report import check_report_config, write_evaluation_reports
 
 
 def main(args):
@@ -36,15 +40,21 @@ def main(args):
 
     Raises:
         FileNotFoundError, KeyError: bad config file or key (``setup_cfg``).
-        ValueError: ``--eval-only`` weights that do not set the model (``load_inference_weights``).
+        ValueError: ``--eval-only`` weights that do not set the model (``load_inference_weights``);
+            bad ``TEST.REPORT`` values.
     """
     cfg = setup_cfg(args)
     if args.eval_only:
         check_num_classes(cfg, cfg.DATASETS.TEST)
+        check_report_config(cfg)
         model = AnchorFreeTrainer.build_model(cfg)
         load_inference_weights(model, cfg.MODEL.WEIGHTS, resume_dir=cfg.OUTPUT_DIR if args.resume else "",
                                allow_untrained=args.allow_untrained)
-        return AnchorFreeTrainer.test(cfg, model)
+        results = AnchorFreeTrainer.test(cfg, model)
+        # TEST.REPORT: OUTPUT_DIR/report/<dataset>/; the threshold is saved only beside weights named
+        # by MODEL.WEIGHTS (with --resume the loaded checkpoint may be another file)
+        write_evaluation_reports(cfg, "" if args.resume else cfg.MODEL.WEIGHTS)
+        return results
     trainer = AnchorFreeTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()

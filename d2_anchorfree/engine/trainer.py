@@ -8,7 +8,7 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.data import build_detection_test_loader
 from detectron2.engine import DefaultTrainer, TrainerBase, default_setup
-from detectron2.engine.hooks import EvalHook
+from detectron2.engine.hooks import EvalHook, PeriodicWriter
 
 from .. import compat
 from ..checkpoint import AnchorFreeCheckpointer, dataset_classes
@@ -17,6 +17,7 @@ from ..data import CheckedDatasetMapper, check_num_classes, register_datasets_fr
 from ..evaluation import AnchorFreeCOCOEvaluator
 from ..inference import build_inference_model, needs_full_resolution
 from .health import TrainingHealthCheck, check_solver_config
+from .report import EvaluationReportHook, check_report_config
 from .hooks import (AnchorFreeBestCheckpointer, CriterionIterationHook, EarlyStop, best_checkpoint_enabled,
                     best_checkpoint_metric, check_best_checkpoint_config)
 from .resumable_loader import build_resumable_train_loader, check_sampler_config
@@ -82,6 +83,9 @@ class AnchorFreeTrainer(DefaultTrainer):
       fastest COCOeval that gives pycocotools' numbers: detectron2's C++ one with
       ``detectron2._C``, else faster-coco-eval when installed, else pycocotools
       (``d2_anchorfree.evaluation.AnchorFreeCOCOEvaluator``);
+    * after the final evaluation, the evaluation report of every test dataset (``TEST.REPORT``:
+      ``OUTPUT_DIR/report/<dataset>/``) and the best-F1 score threshold beside ``model_final.pth``
+      (:class:`~.report.EvaluationReportHook`);
     * evaluation of sliced inference (``TEST.SLICE.ENABLED``) and test-time augmentation
       (``TEST.AUG.ENABLED``) for every detector: :meth:`test` wraps the model with
       ``d2_anchorfree.inference.build_inference_model`` and the test loader then gives the images
@@ -92,6 +96,7 @@ class AnchorFreeTrainer(DefaultTrainer):
         check_solver_config(cfg)
         check_sampler_config(cfg)
         check_best_checkpoint_config(cfg)
+        check_report_config(cfg)
         super().__init__(cfg)
         check_num_classes(cfg)  # after the loader: the training datasets' metadata is filled
         compat.set_amp_precision(self._trainer, cfg.SOLVER.AMP.PRECISION)  # SOLVER.AMP.ENABLED only
@@ -111,6 +116,9 @@ class AnchorFreeTrainer(DefaultTrainer):
                 self.cfg.TEST.EVAL_PERIOD, self.checkpointer, best_checkpoint_metric(self.cfg), mode=best.MODE,
                 patience=self.cfg.SOLVER.EARLY_STOP.PATIENCE,
                 latest_results=lambda: getattr(self, "_last_eval_results", None) or {}))
+        if self.cfg.TEST.REPORT.ENABLED:  # after the final evaluation, before the writer's last write
+            writer = next((i for i, h in enumerate(hooks) if isinstance(h, PeriodicWriter)), len(hooks))
+            hooks.insert(writer, EvaluationReportHook())
         hooks.insert(0, CriterionIterationHook())  # the training phase of each step
         health = self.cfg.SOLVER.HEALTH_CHECK
         if health.ENABLED:  # first, so that exploded weights are never checkpointed

@@ -237,7 +237,8 @@ def export_onnx(model: nn.Module, sample_image: torch.Tensor, path: str, opset: 
 
 
 def export_model(cfg, model: nn.Module, fmt: str, output_dir: str, sample_image: torch.Tensor,
-                 opset: int = DEFAULT_OPSET, classes: Optional[dict] = None) -> str:
+                 opset: int = DEFAULT_OPSET, classes: Optional[dict] = None,
+                 best_f1_score_threshold: Optional[float] = None) -> str:
     """Export ``model`` (built from ``cfg``, weights loaded) as ``<output_dir>/model.onnx`` or
     ``model.ts``, with :func:`~d2_anchorfree.export.graph.graph_metadata` embedded, and write
     ``<output_dir>/metadata.json`` (the same, readable).
@@ -247,6 +248,7 @@ def export_model(cfg, model: nn.Module, fmt: str, output_dir: str, sample_image:
         output_dir: created if missing. sample_image: uint8 [H, W, 3] BGR. opset: ONNX only.
         classes: the class names and category ids to embed (the weights file's), see
             :func:`~d2_anchorfree.export.graph.graph_metadata`.
+        best_f1_score_threshold: the weights' saved best-F1 threshold to embed, or None.
 
     Returns:
         the path of the written model file.
@@ -257,7 +259,7 @@ def export_model(cfg, model: nn.Module, fmt: str, output_dir: str, sample_image:
     if fmt not in ("onnx", "torchscript"):
         raise ValueError(f"--format must be 'onnx' or 'torchscript', got {fmt!r}")
     os.makedirs(output_dir, exist_ok=True)
-    metadata = graph_metadata(cfg, model, fmt, classes)
+    metadata = graph_metadata(cfg, model, fmt, classes, best_f1_score_threshold)
     if fmt == "onnx":
         path = os.path.join(output_dir, "model.onnx")
         export_onnx(model, sample_image, path, opset, metadata, cfg.MODEL.META_ARCHITECTURE)

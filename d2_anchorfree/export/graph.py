@@ -87,7 +87,8 @@ class InferenceGraph(nn.Module):
         return boxes[keep], scores[keep], classes[keep]
 
 
-def graph_metadata(cfg, model: nn.Module, fmt: str, classes: Optional[dict] = None) -> Dict[str, str]:
+def graph_metadata(cfg, model: nn.Module, fmt: str, classes: Optional[dict] = None,
+                   best_f1_score_threshold: Optional[float] = None) -> Dict[str, str]:
     """What a runtime needs besides the graph, as string key/values (stored in the ONNX file's
     ``metadata_props`` and the TorchScript file's extra file ``d2af_metadata.json``).
 
@@ -100,11 +101,14 @@ def graph_metadata(cfg, model: nn.Module, fmt: str, classes: Optional[dict] = No
     id): ``classes`` when given (the weights file's, see ``d2_anchorfree.checkpoint.classes``),
     else from the metadata of ``DATASETS.TEST[0]`` when registered and its files are there (loaded
     for it unless already loaded), else "class_<i>" and 0..K-1;
-    ``coco_max_dets_per_image`` (``TEST.COCO_MAX_DETS_PER_IMAGE``, for COCO AP as evaluation).
+    ``coco_max_dets_per_image`` (``TEST.COCO_MAX_DETS_PER_IMAGE``, for COCO AP as evaluation);
+    ``best_f1_score_threshold`` (the weights' saved best-F1 threshold in [0, 1], see
+    ``d2_anchorfree.checkpoint.score_threshold``, or null: ``predict-onnx --min-score best``).
 
     Args:
         cfg: the detector's config. model: the detector built from it. fmt: "onnx" or "torchscript".
         classes: ``{"thing_classes": [str], "category_ids": [int]}`` (K each) or None.
+        best_f1_score_threshold: the weights' best-F1 score threshold, or None.
     """
     num_classes = cfg.MODEL.DENSE.NUM_CLASSES
     names = [f"class_{i}" for i in range(num_classes)]
@@ -128,5 +132,6 @@ def graph_metadata(cfg, model: nn.Module, fmt: str, classes: Optional[dict] = No
         "coco_max_dets_per_image": int(cfg.TEST.COCO_MAX_DETS_PER_IMAGE),
         "class_names": names,
         "category_ids": ids,
+        "best_f1_score_threshold": None if best_f1_score_threshold is None else float(best_f1_score_threshold),
     }
     return {"d2af_metadata": json.dumps(info)}

@@ -4,7 +4,7 @@ from detectron2.config import CfgNode as CN
 
 
 def add_inference_config(cfg):
-    """Add ``TEST.COCO_MAX_DETS_PER_IMAGE`` (evaluation), ``TEST.SLICE`` (sliced inference) and
+    """Add ``TEST.COCO_MAX_DETS_PER_IMAGE`` and ``TEST.REPORT`` (evaluation), ``TEST.SLICE`` (sliced inference) and
     ``TEST.AUG.MERGE`` / ``MERGE_IOU`` (test-time augmentation; detectron2 has the other ``TEST.AUG`` keys).
 
     Args:
@@ -19,6 +19,15 @@ def add_inference_config(cfg):
     # COCOeval maxDets becomes [1, 10, this]; AP is computed at this many detections per image.
     # Raise it (with TEST.DETECTIONS_PER_IMAGE) for crowded images such as tree-crown tiles.
     _C.TEST.COCO_MAX_DETS_PER_IMAGE = 100
+    # The evaluation report (d2_anchorfree.evaluation.report; engine.hooks.write_evaluation_reports):
+    # after training's final evaluation and with --eval-only, per DATASETS.TEST dataset with a COCO
+    # json, OUTPUT_DIR/report/<dataset>/ gets report.json and PNGs (per-class AP, PR and F1 curves,
+    # confusion matrix, recall by size), and the weights get their best-F1 score threshold
+    # (<weights>.best_f1.json, from DATASETS.TEST[0]; used by d2af predict --min-score best).
+    _C.TEST.REPORT = CN()
+    _C.TEST.REPORT.ENABLED = True
+    # IoU at which the confusion matrix matches detections to ground truth, in (0, 1].
+    _C.TEST.REPORT.CONFUSION_IOU = 0.5
 
     # ---- sliced inference (d2_anchorfree.inference.slicing): large images in overlapping windows
     # Evaluation (train_net.py --eval-only, AnchorFreeTrainer.test), build_predictor and

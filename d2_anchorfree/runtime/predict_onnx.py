@@ -16,8 +16,9 @@ Per image, as detectron2's ``DefaultPredictor`` + ``detector_postprocess``: read
 ``max_size_test`` (detectron2's ``ResizeShortestEdge`` rule and its Pillow bilinear resize),
 run the graph, scale the boxes back to the original image, clip them to it and drop empty ones.
 Outputs like ``d2af predict``: ``<output>/<relative name>.jpg`` with the detections of score
->= ``--min-score`` drawn, ``<output>/results.json`` (COCO-style: file_name, category_id = the
-dataset's id, bbox [x, y, w, h] pixels, score; plus image_id with ``--coco-json``), a progress
+>= ``--min-score`` drawn (default: the best-F1 threshold saved in the model's metadata, else 0.3;
+``--labels none|class|score``, default none for a single-class model), ``<output>/results.json``
+(COCO-style: file_name, category_id = the dataset's id, bbox [x, y, w, h] pixels, score; plus image_id with ``--coco-json``), a progress
 bar; unreadable images are skipped, listed, and make the exit code 1.
 """
 import argparse
@@ -30,14 +31,21 @@ from typing import Dict, List, Tuple
 
 import cv2
 import numpy as np
-import onnxruntime
 from PIL import Image
 from tqdm import tqdm
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+#: What :func:`draw` writes beside each box: nothing, the class name, or class name and score.
+LABEL_MODES = ("none", "class", "score")
+#: Drawing threshold of a model without a saved best-F1 threshold.
+DEFAULT_MIN_SCORE = 0.3
+#: Box colours (BGR), one per class index, cycling: saturated colours that stand out on photos and
+#: aerial imagery (yellow first: a single-class model's boxes).
+PALETTE = ((0, 255, 255), (255, 0, 255), (255, 255, 0), (0, 0, 255), (0, 255, 0), (0, 140, 255), (255, 120, 0),
+           (255, 255, 255), (128, 0, 255), (0, 128, 128))
 
 
-def load_model(path: str, threads: int = 0) -> Tuple[onnxruntime.InferenceSession, dict]:
+def load_model(path: str, threads: int = 0) -> Tuple["onnxruntime.InferenceSession", dict]:
     """An onnxruntime CPU session of ``path`` and the metadata that export embedded
     (``d2_anchorfree.export.graph.graph_metadata``: class_names, category_ids, min/max_size_test,
     score_thresh, coco_max_dets_per_image, ...).
@@ -47,7 +55,14 @@ def load_model(path: str, threads: int = 0) -> Tuple[onnxruntime.InferenceSessio
 
     Raises:
         ValueError: the file has no d2_anchorfree metadata (not written by ``d2af export``).
+        ImportError: onnxruntime is not installed (naming the extra).
     """
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise ImportError("onnxruntime is needed to run an exported model: pip install d2_anchorfree[export] "
+                          "(or onnxruntime alone)") from e
+
     options = onnxruntime.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
@@ -126,23 +141,78 @@ def coco_results(boxes, scores, classes, meta: dict, **fields) -> List[dict]:
             for (x0, y0, x1, y1), score, cls in zip(boxes.tolist(), scores.tolist(), classes.tolist())]
 
 
-def draw(image: np.ndarray, boxes, scores, classes, names: List[str], min_score: float) -> np.ndarray:
-    """A copy of ``image`` with the detections of score >= ``min_score`` drawn (box, name, score;
-    OpenCV drawing, plainer than the detectron2 ``Visualizer``).
+def default_labels(num_classes: int) -> str:
+    """The default of ``--labels``: "none" for a single-class model (every box is that class),
+    else "class"."""
+    return "none" if num_classes <= 1 else "class"
+
+
+def draw(image: np.ndarray, boxes, scores, classes, names: List[str], min_score: float,
+         labels: str = "class") -> np.ndarray:
+    """A copy of ``image`` with the detections of score >= ``min_score`` drawn: 1-pixel boxes
+    coloured by class (:data:`PALETTE`) and, per ``labels``, a small text above each box (OpenCV
+    drawing; ``d2af predict`` draws with this function too).
 
     Args:
         image: uint8 BGR [H, W, 3]. boxes: [D, 4] XYXY pixels. scores: [D]. classes: [D] indices
-            into ``names``. min_score: in [0, 1].
+            into ``names``. min_score: in [0, 1]. labels: one of :data:`LABEL_MODES`: "none",
+            "class" (the class name) or "score" (name and score).
+
+    Raises:
+        ValueError: ``labels`` not one of :data:`LABEL_MODES`.
     """
-    out = image.copy()
+    if labels not in LABEL_MODES:
+        raise ValueError(f"labels must be one of {LABEL_MODES}, got {labels!r}")
+    out = np.ascontiguousarray(image).copy()
     for box, score, cls in zip(boxes, scores, classes):
         if score < min_score:
             continue
-        x0, y0, x1, y1 = (int(round(v)) for v in box)
-        cv2.rectangle(out, (x0, y0), (x1, y1), (0, 200, 0), 1)
-        cv2.putText(out, f"{names[int(cls)]} {score:.2f}", (x0, max(y0 - 2, 8)), cv2.FONT_HERSHEY_SIMPLEX,
-                    0.3, (0, 255, 255), 1, cv2.LINE_AA)
+        x0, y0, x1, y1 = (int(round(float(v))) for v in box)
+        color = PALETTE[int(cls) % len(PALETTE)]
+        cv2.rectangle(out, (x0, y0), (x1, y1), color, 1)
+        if labels != "none":
+            name = names[int(cls)] if int(cls) < len(names) else f"class_{int(cls)}"
+            text = name if labels == "class" else f"{name} {float(score):.2f}"
+            cv2.putText(out, text, (x0, max(y0 - 2, 8)), cv2.FONT_HERSHEY_SIMPLEX, 0.3, color, 1, cv2.LINE_AA)
     return out
+
+
+def min_score_of(value, meta: dict) -> Tuple[float, str]:
+    """The drawing threshold for ``--min-score value`` and the model's metadata.
+
+    Args:
+        value: a float (used as is), "best" (``meta["best_f1_score_threshold"]``, required) or
+            None (that when present, else :data:`DEFAULT_MIN_SCORE`).
+        meta: :func:`load_model`'s metadata.
+
+    Returns:
+        (float, str): the threshold and where it comes from.
+
+    Raises:
+        ValueError: "best" and the model has no saved threshold (naming what to run).
+    """
+    if isinstance(value, float):
+        return value, f"--min-score {value:g}"
+    best = meta.get("best_f1_score_threshold")
+    if best is not None:
+        return float(best), f"the model's best-F1 threshold ({float(best):.3f})"
+    if value == "best":
+        raise ValueError("--min-score best: the model has no saved best-F1 threshold: run 'd2af report ... "
+                         "--weights <weights.pth>' (training's final evaluation and d2af evaluate write it too), "
+                         "then export those weights again with d2af export")
+    return DEFAULT_MIN_SCORE, f"the default {DEFAULT_MIN_SCORE} (the model has no saved best-F1 threshold)"
+
+
+def _min_score_arg(text: str):
+    if text == "best":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a score in [0, 1] or 'best', got {text!r}")
+    return value
 
 
 def list_inputs(spec: str, coco_json: str, image_root: str) -> Tuple[List[str], List[str], Dict[str, int]]:
@@ -218,6 +288,8 @@ def main(argv=None, prog=None) -> int:
 
     Raises:
         ValueError: the model has no d2_anchorfree metadata (:func:`load_model`).
+        SystemExit: code 2 for bad arguments, e.g. ``--min-score best`` for a model without a
+            saved best-F1 threshold (argparse's usage error, naming what to run).
         FileNotFoundError: no image matches ``--input``.
     """
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
@@ -226,7 +298,11 @@ def main(argv=None, prog=None) -> int:
     p.add_argument("--coco-json", default="", help="run the images of this COCO json instead of --input")
     p.add_argument("--image-root", default="", help="image folder of --coco-json (default: <json dir>/images)")
     p.add_argument("--output", required=True, help="folder for drawn images and results.json")
-    p.add_argument("--min-score", type=float, default=0.3, help="score for drawing boxes")
+    p.add_argument("--min-score", type=_min_score_arg, default=None,
+                   help="draw boxes with at least this score; 'best': the model's saved best-F1 threshold "
+                        f"(default: that when the model has one, else {DEFAULT_MIN_SCORE})")
+    p.add_argument("--labels", choices=LABEL_MODES, default=None,
+                   help="text beside each drawn box (default: none for a single-class model, else class)")
     p.add_argument("--no-draw", action="store_true", help="write results.json only")
     p.add_argument("--evaluate", action="store_true", help="with --coco-json: print COCO AP (pycocotools)")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: default)")
@@ -236,6 +312,13 @@ def main(argv=None, prog=None) -> int:
     if args.evaluate and not args.coco_json:
         p.error("--evaluate needs --coco-json")
     session, meta = load_model(args.model, args.threads)
+    try:
+        min_score, why = min_score_of(args.min_score, meta)
+    except ValueError as e:
+        p.error(f"{args.model}: {e}")  # exits with code 2
+    labels = args.labels or default_labels(len(meta["class_names"]))
+    if not args.no_draw:
+        print(f"drawing detections with score >= {min_score:.3f} ({why})")
     files, names, image_ids = list_inputs(args.input, args.coco_json, args.image_root)
     os.makedirs(args.output, exist_ok=True)
     results, skipped = [], []
@@ -252,7 +335,7 @@ def main(argv=None, prog=None) -> int:
         if not args.no_draw:
             out_path = os.path.join(args.output, *(name + ".jpg").split("/"))
             os.makedirs(os.path.dirname(out_path), exist_ok=True)
-            if not cv2.imwrite(out_path, draw(image, boxes, scores, classes, meta["class_names"], args.min_score)):
+            if not cv2.imwrite(out_path, draw(image, boxes, scores, classes, meta["class_names"], min_score, labels)):
                 raise OSError(f"could not write {out_path}")
     with open(os.path.join(args.output, "results.json"), "w") as f:
         json.dump(results, f)

@@ -57,11 +57,15 @@ def test_train_net_trains_then_evaluates_checkpoint(toy, tmp_path):
     metrics = [json.loads(line) for line in open(out / "metrics.json")]
     assert any("total_loss" in m for m in metrics) and any("bbox/AP" in m for m in metrics)
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(out))  # TensorBoard
+    tag = os.path.basename(str(out))
+    report = out / "report" / f"toy_val_{tag}"  # the evaluation report after the final evaluation
+    assert json.load(open(report / "report.json"))["num_images"] == 3 and (report / "summary.png").exists()
+    os.remove(report / "report.json")
     ev = subprocess.run(cmd + ["--eval-only"] + opts(toy, out, "MODEL.WEIGHTS", str(out / "model_final.pth")),
                         cwd=REPO, capture_output=True, text=True)
     assert ev.returncode == 0, ev.stderr[-3000:]
     assert "Evaluation results for bbox" in ev.stdout + ev.stderr
-    tag = os.path.basename(str(out))
+    assert (report / "report.json").exists()  # written again by --eval-only
     assert (out / "inference" / f"toy_val_{tag}" / "coco_instances_results.json").exists()
 
 

@@ -242,6 +242,9 @@ def test_onnx_runtime_draws_writes_results_and_skips_unreadable(tiles, trees_val
     # contiguous class 0 is written as the dataset's category id (1 in the trees json)
     assert results and all(r["category_id"] == 1 and r["bbox"][2] > 0 and r["bbox"][3] > 0 for r in results)
     assert (tmp_path / "out" / "a.png.jpg").exists() and (tmp_path / "out" / "b.png.jpg").exists()
+    best = _torch_free(["--model", path, "--input", str(inputs / "a.png"), "--output", str(tmp_path / "best"),
+                        "--min-score", "best"], REPO)  # the export embedded no best-F1 threshold
+    assert best.returncode == 2 and "no saved best-F1 threshold" in best.stderr, best.stderr[-2000:]
     # the runtime's boxes on b (333x271, resized to 400 px short side inside) are the PyTorch
     # predictor's (detectron2 DefaultPredictor: same resize, boxes scaled back)
     from detectron2.engine import DefaultPredictor
@@ -263,6 +266,9 @@ def test_metadata_names_classes_and_sizes(trees_val):
         assert (meta["class_names"], meta["category_ids"]) == (names, ids)
         assert (meta["min_size_test"], meta["max_size_test"], meta["coco_max_dets_per_image"]) == (400, 640, 300)
         assert (meta["score_thresh"], meta["nms_thresh"]) == (cfg.MODEL.DENSE.SCORE_THRESH_TEST, 0.6)
+        assert meta["best_f1_score_threshold"] is None  # no threshold saved beside the weights
+    meta = json.loads(graph_metadata(cfg, build_model(cfg), "onnx", best_f1_score_threshold=0.42)["d2af_metadata"])
+    assert meta["best_f1_score_threshold"] == 0.42  # what predict-onnx --min-score best reads
 
 
 def test_metadata_loads_a_registered_test_dataset():

@@ -7,7 +7,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import COCOEvaluator
 from detectron2.evaluation import coco_evaluation
 
-from .compat import COCO_EVAL_BACKENDS, coco_eval_backend
+from ..compat import COCO_EVAL_BACKENDS, coco_eval_backend
 
 logger = logging.getLogger("d2_anchorfree")
 
@@ -83,7 +83,7 @@ class AnchorFreeCOCOEvaluator(COCOEvaluator):
         if backend not in COCO_EVAL_BACKENDS:
             raise ValueError(f"backend must be one of {COCO_EVAL_BACKENDS}, got {backend!r}")
         if backend == "detectron2_C":
-            from .compat import detectron2_has_C
+            from ..compat import detectron2_has_C
 
             if not detectron2_has_C():
                 raise ValueError("backend 'detectron2_C' needs detectron2._C, which does not import")
