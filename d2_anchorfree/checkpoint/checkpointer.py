@@ -22,11 +22,17 @@ from detectron2.checkpoint import DetectionCheckpointer
 from .. import compat
 from .classes import CLASSES_KEY, check_classes
 
-__all__ = ["atomic_write", "AnchorFreeCheckpointer", "load_inference_weights", "WeightsMismatchError"]
+__all__ = ["atomic_write", "AnchorFreeCheckpointer", "load_inference_weights", "WeightsMismatchError", "EMA_KEY",
+           "RAW_MODEL_KEY"]
 
 logger = logging.getLogger(__name__)
 
 _TMP_SUFFIX = ".tmp"
+# With model EMA (MODEL_EMA.ENABLED), a checkpoint's "model" holds the averaged weights (what
+# evaluation, prediction and export load), RAW_MODEL_KEY the trained weights and EMA_KEY the
+# average's update count: resuming training needs all three.
+RAW_MODEL_KEY = "model_raw"
+EMA_KEY = "ema"
 
 
 class WeightsMismatchError(ValueError):
@@ -93,7 +99,13 @@ class AnchorFreeCheckpointer(DetectionCheckpointer):
       is logged naming it and the newest other complete ``.pth`` in the folder is used;
     * a weight-coverage check: loading raises :class:`WeightsMismatchError` when the file sets
       less than ``min_loaded_fraction`` of the model's weights (counted in elements; missing keys
-      and shape mismatches count as unset). Resuming always needs every tensor.
+      and shape mismatches count as unset). Resuming always needs every tensor;
+    * model EMA (``ema``, a ``d2_anchorfree.engine.ema.ModelEMA``): ``"model"`` holds the
+      averaged weights, so every consumer that loads ``"model"`` (evaluation, ``DefaultPredictor``,
+      prediction, export, :func:`load_inference_weights`, ``MODEL.WEIGHTS`` of a new run) gets
+      them unchanged; ``"model_raw"`` holds the trained weights and ``"ema"`` the update count.
+      Resuming with ``training=True`` loads ``"model_raw"`` into the model and ``"model"`` into
+      ``ema``; any other load takes ``"model"`` and ignores ``"model_raw"``.
 
     Weight files are read by ``d2_anchorfree.checkpoint.load_checkpoint_file`` (no code runs).
     ``loaded_path`` is the file most recently loaded ("" before any).
@@ -105,14 +117,23 @@ class AnchorFreeCheckpointer(DetectionCheckpointer):
         classes: the class names and category ids of the training data
             (``classes.dataset_classes``), written into every checkpoint under ``"classes"``
             (strings and ints only) so that prediction and export need no dataset; None: not written.
+        ema: the trainer's ``ModelEMA`` or None (no averaging: ``"model"`` is the trained model).
+        training: the checkpointer of a training run: a resume restores the trained weights from
+            ``"model_raw"`` when the checkpoint has them (written with model EMA), whether or not
+            this run averages. False (inference): ``"model"`` is always what is loaded.
 
     Raises:
         ValueError: ``min_loaded_fraction`` outside [0, 1]; a malformed ``classes``.
     """
 
     def __init__(self, model, save_dir: str = "", *, save_to_disk=None, min_loaded_fraction: float = 0.5,
-                 classes: Optional[dict] = None, **checkpointables):
+                 classes: Optional[dict] = None, ema=None, training: bool = False, **checkpointables):
+        if ema is not None:
+            checkpointables[EMA_KEY] = ema
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
+        self.ema = ema
+        self.training = training
+        self._resuming = False
         if not 0.0 <= min_loaded_fraction <= 1.0:
             raise ValueError(f"min_loaded_fraction must be in [0, 1], got {min_loaded_fraction}")
         self.min_loaded_fraction = min_loaded_fraction
@@ -124,10 +145,14 @@ class AnchorFreeCheckpointer(DetectionCheckpointer):
         """Write ``<save_dir>/<name>.pth`` (model, checkpointables, ``classes`` when given,
         ``kwargs``) atomically, then, with ``tag_last`` (default, as detectron2), point
         ``last_checkpoint`` at it (atomically too). ``tag_last=False`` is for files that
-        ``--resume`` must not continue from, e.g. ``model_best.pth``."""
+        ``--resume`` must not continue from, e.g. ``model_best.pth``. With ``ema``, ``"model"`` is
+        the averaged weights and ``"model_raw"`` the trained ones."""
         if not self.save_dir or not self.save_to_disk:
             return
-        data = {"model": self.model.state_dict()}
+        if self.ema is None:
+            data = {"model": self.model.state_dict()}
+        else:
+            data = {"model": self.ema.module.state_dict(), RAW_MODEL_KEY: self.model.state_dict()}
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
         if self.classes is not None:
@@ -159,11 +184,17 @@ class AnchorFreeCheckpointer(DetectionCheckpointer):
         return super().load(path, *args, **kwargs)
 
     def _load_model(self, checkpoint):
+        raw = checkpoint.pop(RAW_MODEL_KEY, None)
+        averaged = None
+        if raw is not None and self.training and self._resuming:  # the trained weights go on training
+            averaged, checkpoint["model"] = checkpoint["model"], raw
         incompatible = super()._load_model(checkpoint)
         unset = list(incompatible.missing_keys) + [k for k, *_ in incompatible.incorrect_shapes]
         error = _coverage_error(self.model.state_dict(), unset, self.min_loaded_fraction, self.loaded_path)
         if error:
             raise WeightsMismatchError(error)
+        if averaged is not None and self.ema is not None:  # its update count: the "ema" checkpointable
+            self.ema.load_weights(averaged)
         return incompatible
 
     def _resume_candidates(self) -> List[str]:
@@ -187,6 +218,7 @@ class AnchorFreeCheckpointer(DetectionCheckpointer):
         self.remove_stale_temp_files()
         failures = []
         required, self.min_loaded_fraction = self.min_loaded_fraction, 1.0
+        self._resuming = True
         try:
             for candidate in self._resume_candidates():
                 try:
@@ -198,6 +230,7 @@ class AnchorFreeCheckpointer(DetectionCheckpointer):
                                       candidate, type(e).__name__, e)
         finally:
             self.min_loaded_fraction = required
+            self._resuming = False
         raise RuntimeError(f"--resume: no checkpoint in {self.save_dir} could be loaded:\n  "
                            + "\n  ".join(failures))
 

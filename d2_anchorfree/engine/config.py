@@ -6,7 +6,8 @@ from detectron2.config import CfgNode as CN
 def add_engine_config(cfg):
     """Add ``SOLVER.HEALTH_CHECK`` (:class:`~.health.TrainingHealthCheck`),
     ``SOLVER.AMP.PRECISION``, ``SOLVER.BEST_CHECKPOINT`` and ``SOLVER.EARLY_STOP``
-    (:class:`~.hooks.BestCheckpointer`), and the training-sampler keys that detectron2 reads but
+    (:class:`~.hooks.BestCheckpointer`), ``MODEL_EMA`` (:class:`~.ema.ModelEMA`), and the
+    training-sampler keys that detectron2 reads but
     does not define in every version (``DATALOADER.REPEAT_SQRT``, ``DATALOADER.RANDOM_SUBSET_RATIO``;
     see ``d2_anchorfree.compat``).
 
@@ -43,6 +44,20 @@ def add_engine_config(cfg):
     # SOLVER.BEST_CHECKPOINT.METRIC (model_final.pth is written at that iteration); 0 = never.
     _C.SOLVER.EARLY_STOP = CN()
     _C.SOLVER.EARLY_STOP.PATIENCE = 0
+
+    # ---- model EMA (d2_anchorfree.engine.ema): an exponential moving average of the weights,
+    # updated after every step, evaluated during and after training and written as the checkpoints'
+    # "model" (the trained weights go to "model_raw", for --resume).
+    _C.MODEL_EMA = CN()
+    _C.MODEL_EMA.ENABLED = False
+    # In (0, 1): the weight of the previous average once warmed up; the average spans about
+    # 1 / (1 - DECAY) iterations. 0.9998 is RTMDet's (momentum 0.0002; Ultralytics: 0.9999), for
+    # runs of 10^5 iterations and more; a run of a few hundred iterations needs a shorter span
+    # (e.g. 0.98 with WARMUP 30, benchmarks/ema_fixed_budget.sh).
+    _C.MODEL_EMA.DECAY = 0.9998
+    # Warm-up ramp DECAY * (1 - exp(-n / WARMUP)) at update n, time constant in iterations
+    # (Ultralytics' tau, RTMDet's gamma: 2000); 0 = no ramp (DECAY from the first update).
+    _C.MODEL_EMA.WARMUP = 2000
 
     # ---- training samplers (d2_anchorfree.engine.resumable_loader.build_train_sampler);
     # detectron2 reads these keys but not every version defines them.

@@ -16,6 +16,7 @@ from ..config import add_anchorfree_config
 from ..data import CheckedDatasetMapper, check_num_classes, register_datasets_from_config
 from ..evaluation import AnchorFreeCOCOEvaluator
 from ..inference import build_inference_model, needs_full_resolution
+from .ema import ModelEMA, ModelEMAHook, check_model_ema_config
 from .health import TrainingHealthCheck, check_solver_config
 from .report import EvaluationReportHook, check_report_config
 from .hooks import (AnchorFreeBestCheckpointer, CriterionIterationHook, EarlyStop, best_checkpoint_enabled,
@@ -76,6 +77,11 @@ class AnchorFreeTrainer(DefaultTrainer):
     * with periodic evaluation, ``model_best.pth`` for the best ``SOLVER.BEST_CHECKPOINT.METRIC``
       and early stopping after ``SOLVER.EARLY_STOP.PATIENCE`` evaluations without improvement
       (:class:`~.hooks.AnchorFreeBestCheckpointer`; :meth:`train` then returns normally);
+    * model EMA (``MODEL_EMA.ENABLED``, :class:`~.ema.ModelEMA`): an exponential moving average
+      of the weights, updated after every step, is what the periodic and final evaluations run
+      and what every checkpoint stores as ``"model"`` (``model_final.pth``, ``model_best.pth``,
+      the periodic ones), so prediction and export use it; the trained weights (``"model_raw"``)
+      and the update count (``"ema"``) make ``--resume`` exact for both;
     * the model's training criterion told the iteration of every step
       (:class:`~.hooks.CriterionIterationHook`: TOOD's warm-up phase, resumed with the run);
     * ``SOLVER.AMP.PRECISION`` ("float16" or, on detectron2 main, "bfloat16") for AMP;
@@ -97,6 +103,7 @@ class AnchorFreeTrainer(DefaultTrainer):
         check_sampler_config(cfg)
         check_best_checkpoint_config(cfg)
         check_report_config(cfg)
+        check_model_ema_config(cfg)
         super().__init__(cfg)
         check_num_classes(cfg)  # after the loader: the training datasets' metadata is filled
         compat.set_amp_precision(self._trainer, cfg.SOLVER.AMP.PRECISION)  # SOLVER.AMP.ENABLED only
@@ -104,13 +111,17 @@ class AnchorFreeTrainer(DefaultTrainer):
     def build_hooks(self):
         # DefaultTrainer.__init__ made a plain DetectionCheckpointer; swap in ours before the
         # PeriodicCheckpointer hook is built around it. The train loader has filled the training
-        # datasets' metadata by now: their class names go into every checkpoint.
+        # datasets' metadata by now: their class names go into every checkpoint. The model EMA
+        # (a copy of the model) is made here too, since the checkpointer stores it.
+        self.model_ema = ModelEMA(self.cfg, self.model) if self.cfg.MODEL_EMA.ENABLED else None
         self.checkpointer = AnchorFreeCheckpointer(
             self.checkpointer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self),
-            classes=dataset_classes(self.cfg.DATASETS.TRAIN))
+            classes=dataset_classes(self.cfg.DATASETS.TRAIN), ema=self.model_ema, training=True)
         hooks = super().build_hooks()
+        # DefaultTrainer's EvalHook evaluates self.model; ours evaluates inference_model (the EMA).
+        evaluation = next(i for i, h in enumerate(hooks) if isinstance(h, EvalHook))
+        hooks[evaluation] = EvalHook(self.cfg.TEST.EVAL_PERIOD, self._test_and_save_results)
         if best_checkpoint_enabled(self.cfg):  # right after the EvalHook, whose results it reads
-            evaluation = next(i for i, h in enumerate(hooks) if isinstance(h, EvalHook))
             best = self.cfg.SOLVER.BEST_CHECKPOINT
             hooks.insert(evaluation + 1, AnchorFreeBestCheckpointer(
                 self.cfg.TEST.EVAL_PERIOD, self.checkpointer, best_checkpoint_metric(self.cfg), mode=best.MODE,
@@ -120,10 +131,22 @@ class AnchorFreeTrainer(DefaultTrainer):
             writer = next((i for i, h in enumerate(hooks) if isinstance(h, PeriodicWriter)), len(hooks))
             hooks.insert(writer, EvaluationReportHook())
         hooks.insert(0, CriterionIterationHook())  # the training phase of each step
+        if self.model_ema is not None:  # before the checkpointer and the evaluation, which use it
+            hooks.insert(0, ModelEMAHook(self.model_ema))
         health = self.cfg.SOLVER.HEALTH_CHECK
         if health.ENABLED:  # first, so that exploded weights are never checkpointed
             hooks.insert(0, TrainingHealthCheck(health.MAX_WEIGHT_NORM_GROWTH))
         return hooks
+
+    @property
+    def inference_model(self):
+        """The model that evaluation runs and checkpoints store as ``"model"``: the EMA's averaged
+        copy with ``MODEL_EMA.ENABLED``, else the trained model (``self.model``)."""
+        return self.model if self.model_ema is None else self.model_ema.module
+
+    def _test_and_save_results(self):
+        self._last_eval_results = self.test(self.cfg, self.inference_model)
+        return self._last_eval_results
 
     def train(self):
         """``DefaultTrainer.train``; a run ended by early stopping (:class:`~.hooks.EarlyStop`,

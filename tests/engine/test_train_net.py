@@ -90,11 +90,11 @@ def _train(toy, out_dir, resume, max_iter=4, *extra):
     trainer = AnchorFreeTrainer(cfg)
     trainer.resume_or_load(resume=resume)
     trainer.train()
-    return torch.load(os.path.join(out_dir, "model_final.pth"), weights_only=False)["model"]
+    return torch.load(os.path.join(out_dir, "model_final.pth"), weights_only=False)
 
 
 def _resume_from_iteration_2(toy, tmp_path, max_iter, *extra):
-    """Final weights of a straight run and of the same run resumed from its iteration-2 checkpoint."""
+    """model_final.pth of a straight run and of the same run resumed from its iteration-2 checkpoint."""
     straight = _train(toy, tmp_path / "a", False, max_iter, *extra)
     b = tmp_path / "b"
     os.makedirs(b)
@@ -115,7 +115,7 @@ def test_resume_is_exact(toy, tmp_path):
     bitwise, BatchNorm buffers included. (In-process; tests/engine/test_killed_runs.py resumes in fresh
     processes, which is what caught TorchScript's focal loss changing gradients after warm-up.)"""
     straight, resumed = _resume_from_iteration_2(toy, tmp_path, 6)
-    assert_same_weights(straight, resumed)
+    assert_same_weights(straight["model"], resumed["model"])
 
 
 def test_resume_is_exact_with_repeat_factor_sampler(toy, tmp_path):
@@ -124,7 +124,62 @@ def test_resume_is_exact_with_repeat_factor_sampler(toy, tmp_path):
     sampler's stream is checked for each sampler in tests/engine/test_samplers.py."""
     straight, resumed = _resume_from_iteration_2(
         toy, tmp_path, 4, "DATALOADER.SAMPLER_TRAIN", "RepeatFactorTrainingSampler", "DATALOADER.REPEAT_THRESHOLD", "2.0")
-    assert_same_weights(straight, resumed)
+    assert_same_weights(straight["model"], resumed["model"])
+
+
+# A short average (decay 0.5 after a ramp of tau 1) so that it differs clearly from the weights.
+EMA = ("MODEL_EMA.ENABLED", "True", "MODEL_EMA.DECAY", "0.5", "MODEL_EMA.WARMUP", "1")
+
+
+def differs(a, b):
+    """Names of the floating-point tensors that differ between state dicts ``a`` and ``b``."""
+    return [k for k, v in a.items() if v.is_floating_point() and not torch.equal(v, b[k])]
+
+
+def test_resume_is_exact_with_model_ema(toy, tmp_path):
+    """Model EMA: 4 iterations straight == 2, stop, --resume for 2: the averaged weights
+    ("model"), the trained ones ("model_raw") and the update count, bitwise."""
+    straight, resumed = _resume_from_iteration_2(toy, tmp_path, 4, *EMA)
+    assert_same_weights(straight["model"], resumed["model"])
+    assert_same_weights(straight["model_raw"], resumed["model_raw"])
+    assert straight["ema"]["updates"] == resumed["ema"]["updates"] == 4
+    assert len(differs(straight["model"], straight["model_raw"])) > 10  # the average is not the weights
+
+
+class RecordingEvaluationTrainer(AnchorFreeTrainer):
+    """Evaluation records the weights it is given and reports ``SCORES[iteration]`` as bbox/AP
+    (the event storage's iteration: 4 = MAX_ITER for the final evaluation, after iteration 3)."""
+
+    SCORES = {1: 0.5, 4: 0.1}
+    evaluated = {}
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        it = get_event_storage().iter
+        cls.evaluated[it] = {k: v.clone() for k, v in model.state_dict().items()}
+        return {"bbox": {"AP": cls.SCORES[it], "AP50": 0.0}}
+
+
+def test_model_ema_weights_are_evaluated_and_saved(toy, tmp_path):
+    """With model EMA, the evaluations after iterations 1 (periodic) and 3 (final) run the
+    averaged weights, which are what model_0000001.pth, model_best.pth (the evaluation after
+    iteration 1 scored best) and model_final.pth hold as "model"; "model_raw" differs."""
+    args = argparse.Namespace(config_file=CONFIG, eval_only=False, resume=False,
+                              opts=opts(toy, tmp_path, "TEST.EVAL_PERIOD", "2", *EMA))
+    cfg = setup_cfg(args, default_setup_logging=False)
+    torch.manual_seed(0)
+    RecordingEvaluationTrainer.evaluated = {}
+    trainer = RecordingEvaluationTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    evaluated = RecordingEvaluationTrainer.evaluated
+    assert sorted(evaluated) == [1, 4]
+    files = {name: torch.load(tmp_path / f"{name}.pth", weights_only=False)
+             for name in ("model_0000001", "model_best", "model_final")}
+    assert files["model_best"]["iteration"] == 1
+    for name, it in (("model_0000001", 1), ("model_best", 1), ("model_final", 4)):
+        assert_same_weights(files[name]["model"], evaluated[it])
+        assert differs(files[name]["model"], files[name]["model_raw"]), name
 
 
 class ScriptedEvaluationTrainer(AnchorFreeTrainer):
