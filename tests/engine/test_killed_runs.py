@@ -25,21 +25,22 @@ def toy(tmp_path_factory):
     return make_toy_data(root, train=6, val=2)
 
 
-def run(toy, out, max_iter, resume=False, kill_at=None):
-    """train_net.py on the toy data (no evaluation), optionally killed at ``kill_at``."""
+def run(toy, out, max_iter, resume=False, kill_at=None, extra=()):
+    """train_net.py on the toy data (no evaluation), optionally killed at ``kill_at``; ``extra``:
+    more config overrides."""
     cmd = [sys.executable, DRIVER if kill_at else os.path.join(REPO, "train_net.py")]
     cmd += (["--resume"] if resume else []) + ["--config-file", CONFIG]
     cmd += ["DATASETS.REGISTER_COCO", f"('toy_kill_train,{toy}/train.json,{toy}/images',)",
             "DATASETS.TRAIN", "('toy_kill_train',)", "DATASETS.TEST", "()",
             "INPUT.MIN_SIZE_TRAIN", "(128, 160)", "INPUT.MAX_SIZE_TRAIN", "200",
             "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", str(max_iter), "SOLVER.WARMUP_ITERS", "2",
-            "SOLVER.CHECKPOINT_PERIOD", "2", "DATALOADER.NUM_WORKERS", "1", "OUTPUT_DIR", str(out)]
+            "SOLVER.CHECKPOINT_PERIOD", "2", "DATALOADER.NUM_WORKERS", "1", "OUTPUT_DIR", str(out), *extra]
     env = dict(os.environ, D2AF_KILL_AT=kill_at or "")
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
 
 
-def final_weights(out):
-    return torch.load(os.path.join(out, "model_final.pth"), map_location="cpu", weights_only=True)["model"]
+def final_weights(out, key="model"):
+    return torch.load(os.path.join(out, "model_final.pth"), map_location="cpu", weights_only=True)[key]
 
 
 def assert_bitwise_equal(a, b):
@@ -103,3 +104,19 @@ def test_kill_during_periodic_save_then_resume_equals_uninterrupted(toy, tmp_pat
     resumed = run(toy, killed_dir, 6, resume=True)  # from iteration 2, in a fresh process
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_bitwise_equal(final_weights(killed_dir), final_weights(straight))
+
+
+def test_model_ema_resumes_exactly_after_a_kill(toy, tmp_path):
+    """With model EMA, killed while saving the checkpoints after iteration 3 (the last) and
+    resumed from iteration 2 in a fresh process: the averaged weights ("model") and the trained ones
+    ("model_raw") equal those of the uninterrupted run, bitwise."""
+    ema = ("MODEL_EMA.ENABLED", "True", "MODEL_EMA.DECAY", "0.5", "MODEL_EMA.WARMUP", "1")
+    straight = tmp_path / "straight"
+    assert run(toy, straight, 4, extra=ema).returncode == 0
+    killed_dir = tmp_path / "killed"
+    killed = run(toy, killed_dir, 4, kill_at="model_0000003.pth:replace", extra=ema)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    resumed = run(toy, killed_dir, 4, resume=True, extra=ema)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for key in ("model", "model_raw"):
+        assert_bitwise_equal(final_weights(killed_dir, key), final_weights(straight, key))
