@@ -32,9 +32,12 @@ _COPYPASTE = re.compile(r"copypaste: Task: bbox\s.*?copypaste: (AP,[^\n]*)\n.*?c
 
 
 def argument_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--configs", nargs="+", default=CONFIGS, help="tiny configs to train (default: FCOS, GFL, DeFCN)")
-    p.add_argument("--max-iter", type=int, default=300, help="SOLVER.MAX_ITER of every run (default: 300, the configs')")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--configs", nargs="+", default=CONFIGS,
+                   help="tiny configs to train (default: FCOS, GFL, DeFCN)")
+    p.add_argument("--max-iter", type=int, default=300,
+                   help="SOLVER.MAX_ITER of every run (default: 300, the configs')")
     p.add_argument("--decay", type=float, default=0.98,
                    help="MODEL_EMA.DECAY (default 0.98: an average over ~50 of the 300 iterations)")
     p.add_argument("--warmup", type=int, default=30,
@@ -113,11 +116,12 @@ def main(argv=None) -> int:
     for config in args.configs:
         rows[config] = measure(config, args, extra)
         print(f"{config}: done, {rows[config]['train_s']:.0f} s of training", flush=True)
-    print("\n| config | AP trained | AP EMA | AP EMA - trained | AP50 trained | AP50 EMA | train s | load before/after |")
+    print("\n| config | AP trained | AP EMA | AP EMA - trained | AP50 trained | AP50 EMA | train s "
+          "| load before/after |")
     print("|---|---|---|---|---|---|---|---|")
     for config, r in rows.items():
-        print(f"| {os.path.basename(config)} | {r['raw_AP']:.2f} | {r['ema_AP']:.2f} | {r['ema_AP'] - r['raw_AP']:+.2f} | "
-              f"{r['raw_AP50']:.2f} | {r['ema_AP50']:.2f} | {r['train_s']:.0f} | "
+        print(f"| {os.path.basename(config)} | {r['raw_AP']:.2f} | {r['ema_AP']:.2f} "
+              f"| {r['ema_AP'] - r['raw_AP']:+.2f} | {r['raw_AP50']:.2f} | {r['ema_AP50']:.2f} | {r['train_s']:.0f} | "
               f"{r['load_before']:.1f}/{r['load_after']:.1f} |")
     return 0
 

@@ -3,8 +3,8 @@
 ``add_anchorfree_config(cfg)`` gathers the keys that each subsystem defines next to the code that
 reads them: ``modeling/config.py`` (model), ``data/config.py`` (datasets and their checks),
 ``inference/config.py`` (evaluation, sliced inference, TTA), ``engine/config.py`` (training
-health, AMP precision, training samplers, best checkpoint and early stopping). Unknown keys in a
-YAML file still fail loudly (yacs raises
+health, AMP precision, training samplers, best checkpoint and early stopping, model EMA).
+Unknown keys in a YAML file still fail loudly (yacs raises
 ``KeyError: 'Non-existent config key: ...'``); keys of the old layout fail with the name of the
 key that replaced them (:data:`MOVED_KEYS`); keys of a component the detector does not use fail
 when the model is built (``modeling/components.py``).

@@ -100,7 +100,8 @@ class ModelEMA:
         source = unwrap_model(model).state_dict()
         target = self.module.state_dict()
         if source.keys() != target.keys():
-            raise ValueError(f"the model's state dict differs from the EMA's: {sorted(source.keys() ^ target.keys())[:8]}")
+            differ = sorted(source.keys() ^ target.keys())[:8]
+            raise ValueError(f"the model's state dict differs from the EMA's: {differ}")
         return [(target[k], source[k]) for k in target]
 
     @torch.no_grad()
