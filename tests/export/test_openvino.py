@@ -26,8 +26,8 @@ pytest.importorskip("openvino", reason="optional openvino dependency (requiremen
 
 from d2_anchorfree.runtime.predict_onnx import load_model  # noqa: E402
 
-# float32 OpenVINO vs onnxruntime: measured at most 1e-4 px and 1e-6 in score (tiny FCOS on the
-# val tiles); the export check's tolerances (0.01 px, 1e-4) apply unchanged
+# float32 OpenVINO vs onnxruntime: measured at most 2e-4 px and 1.3e-6 in score (these detectors, sizes and
+# tiles); the export check's tolerances (0.01 px, 1e-4) apply unchanged
 # (all but VFNet and TOOD: their deformable convolutions are not in OpenVINO's ONNX reader)
 OPENVINO_DETECTORS = ["FCOS", "ATSS", "GFL", "DeFCN", "GFL+POTO+3DMF+Aux"]
 # Sizes (H, W): a multiple of 32, neither side one, one side one (each padded differently)
