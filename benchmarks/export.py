@@ -15,6 +15,14 @@ backbone + FPN timed alone) from::
     nice -n 5 python tools/benchmark_export.py --models R50 --threads 1 --runs 5 --warmup 1 --parts --profile \\
         --out docs/benchmarks/export_speed_r50_1thread.json
 
+and those of docs/benchmarks/export_speed_openvino.json (onnxruntime and OpenVINO, float32 and
+INT8, side by side; the tiny FCOS with GroupNorm and with BatchNorm heads, randomly initialized)
+from::
+
+    python -m benchmarks.export --weights output/fcos_tiny/model_final.pth --models tiny,R50,tiny-GN,tiny-BN \
+        --sizes 400x400,800x1333 --int8 16 --openvino --no-torchscript --runs 5 --warmup 1 --threads 2 \
+        --out docs/benchmarks/export_speed_openvino.json
+
 Other uses (``d2af benchmark export`` and ``python -m benchmarks.export`` take the same
 arguments as ``python tools/benchmark_export.py``)::
 
@@ -37,6 +45,9 @@ How it measures:
 * Threads: ``torch.set_num_threads(T)`` for eager and TorchScript; onnxruntime
   ``intra_op_num_threads = T``, ``inter_op_num_threads = 1``, sequential execution,
   ``graph_optimization_level`` from ``--ort-level`` (default "all" = ORT_ENABLE_ALL).
+* ``--openvino``: OpenVINO's CPU plugin on the same ONNX files (``predict_onnx.open_session``:
+  ``INFERENCE_NUM_THREADS = T``, float32 inference precision, latency hint), and with
+  ``--int8`` on the INT8 QDQ file, which OpenVINO runs with its own INT8 kernels.
 * "x eager" = eager's median / the backend's median; "paired" = the median over repetitions of
   eager's time / the backend's time in the same repetition (less sensitive to load drifts).
   Interleaving does not make the backends equally sensitive to load: on a busy machine (other
@@ -82,8 +93,13 @@ from benchmarks.timing import interleaved, summarize
 MODELS = {
     "tiny": "configs/FCOS/FCOS_tiny_R_18_cpu.yaml",
     "R50": "configs/FCOS/FCOS_R_50_FPN_1x.yaml",
+    # the head-norm comparison: the tiny FCOS randomly initialized (seed 0) with its GroupNorm
+    # towers (the default) and with BatchNorm towers, which the export folds into the convolutions
+    "tiny-GN": "configs/FCOS/FCOS_tiny_R_18_cpu.yaml",
+    "tiny-BN": "configs/FCOS/FCOS_tiny_R_18_cpu.yaml",
 }
-BACKENDS = ("eager", "onnxruntime", "torchscript", "onnxruntime-int8")
+MODEL_OPTS = {"tiny-GN": ["MODEL.DENSE.NORM", "GN"], "tiny-BN": ["MODEL.DENSE.NORM", "BN"]}
+BACKENDS = ("eager", "onnxruntime", "torchscript", "onnxruntime-int8", "openvino", "openvino-int8")
 ORT_LEVELS = ("disable", "basic", "extended", "all")
 EXPORT_SIZE = (512, 512)  # the traced sample; the graphs are valid for every size
 
@@ -113,6 +129,10 @@ def parse_args(argv=None, prog=None):
     p.add_argument("--int8", type=int, default=0, metavar="N",
                    help="also time the INT8 ONNX graph (d2_anchorfree.runtime.quantize_onnx), calibrated on "
                         "N tree images tiled to the traced size (0: off)")
+    p.add_argument("--openvino", action="store_true",
+                   help="also time OpenVINO (CPU plugin, float32 precision, latency hint, INFERENCE_NUM_THREADS = "
+                        "--threads) on the ONNX graph, and with --int8 on the INT8 graph")
+    p.add_argument("--no-torchscript", action="store_true", help="leave the TorchScript backend out")
     p.add_argument("--workdir", default="", help="where the exported files go (default: a temporary folder)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: tiny model, 512x512, 2 runs, 1 warm-up, JSON to output/ (unless given explicitly)")
@@ -160,10 +180,10 @@ def make_image(path: str, height: int, width: int) -> np.ndarray:
 
 
 def build_detector(name: str, weights: str, extra_opts: Optional[List[str]] = None):
-    """The detector ``name`` of :data:`MODELS` on the CPU, in eval mode: the tiny one with
-    ``weights`` when given, otherwise (and always for R-50: no pretrained weights here)
-    randomly initialized; ``extra_opts`` (KEY VALUE ...) merged last. Returns (model, weights
-    used or "random init")."""
+    """The detector ``name`` of :data:`MODELS` on the CPU, in eval mode: "tiny" with
+    ``weights`` when given, otherwise (and always for the others: no pretrained weights here)
+    randomly initialized (``torch.manual_seed(0)`` first); :data:`MODEL_OPTS` of ``name``, then
+    ``extra_opts`` (KEY VALUE ...) merged last. Returns (model, weights used or "random init")."""
     from detectron2.modeling import build_model
 
     from d2_anchorfree.checkpoint import load_inference_weights
@@ -171,8 +191,10 @@ def build_detector(name: str, weights: str, extra_opts: Optional[List[str]] = No
 
     config = os.path.join(REPO, MODELS[name])
     # No dataset is read: REGISTER_COCO cleared so that the tiny config builds without datasets/.
-    opts = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "DATASETS.REGISTER_COCO", "[]", *(extra_opts or [])]
+    opts = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "DATASETS.REGISTER_COCO", "[]", *MODEL_OPTS.get(name, []),
+            *(extra_opts or [])]
     cfg = setup_cfg(argparse.Namespace(config_file=config, opts=opts), default_setup_logging=False)
+    torch.manual_seed(0)
     model = build_model(cfg).eval()
     used = weights if (name == "tiny" and weights) else ""
     load_inference_weights(model, used, allow_untrained=True)
@@ -278,14 +300,15 @@ def ort_options(threads: int, level: str, mem_arena: bool, profile_prefix: str =
 def make_runners(paths: Dict[str, str], model, args, part: str) -> Dict[str, Callable]:
     """{backend: fn(input) -> outputs} for ``part`` "whole" (input: uint8 HW3 numpy; outputs
     boxes, scores, classes) or "backbone" (input: float [1, 3, H, W] numpy). A fresh onnxruntime
-    session and a freshly loaded TorchScript module, so that no size inherits another's state."""
+    session, OpenVINO compiled model (``--openvino``; ``predict_onnx.open_session``) and freshly
+    loaded TorchScript module, so that no size inherits another's state."""
     import onnxruntime as ort
 
     from d2_anchorfree.export import InferenceGraph
 
     prefix = "" if part == "whole" else "backbone."
     eager = InferenceGraph(model).eval() if part == "whole" else BackboneGraph(model).eval()
-    scripted = torch.jit.load(paths[prefix + "ts"])
+    scripted = None if args.no_torchscript else torch.jit.load(paths[prefix + "ts"])
     session = ort.InferenceSession(paths[prefix + "onnx"], ort_options(args.threads, args.ort_level, not args.no_mem_arena),
                                    providers=["CPUExecutionProvider"])
     feed = session.get_inputs()[0].name
@@ -296,12 +319,22 @@ def make_runners(paths: Dict[str, str], model, args, part: str) -> Dict[str, Cal
                 return [t.numpy() for t in module(torch.from_numpy(x))]
         return run
 
-    runners = {"eager": run_torch(eager), "onnxruntime": lambda x: session.run(None, {feed: x}),
-               "torchscript": run_torch(scripted)}
+    runners = {"eager": run_torch(eager), "onnxruntime": lambda x: session.run(None, {feed: x})}
+    if not args.no_torchscript:
+        runners["torchscript"] = run_torch(scripted)
     if part == "whole" and "onnx-int8" in paths:
         int8 = ort.InferenceSession(paths["onnx-int8"], ort_options(args.threads, args.ort_level, not args.no_mem_arena),
                                     providers=["CPUExecutionProvider"])
         runners["onnxruntime-int8"] = lambda x: int8.run(None, {feed: x})
+    if args.openvino:
+        from d2_anchorfree.runtime.predict_onnx import open_session
+
+        graphs = {"openvino": paths[prefix + "onnx"]}
+        if part == "whole" and "onnx-int8" in paths:
+            graphs["openvino-int8"] = paths["onnx-int8"]
+        for backend, path in graphs.items():
+            ov_session = open_session(path, args.threads, "openvino")[0]
+            runners[backend] = lambda x, run=ov_session: list(run(x).values())
     return runners
 
 
@@ -487,6 +520,11 @@ def environment(args, argv: List[str], image: str) -> Dict:
             "image_note": "tiled (repeated, then cropped) to each size, not resized" if image else "seeded random uint8",
             "loadavg_start": os.getloadavg(), "time_start": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "command": shlex.join(["python", "tools/benchmark_export.py", *argv]), "args": vars(args)}
+    if args.openvino:
+        import openvino
+
+        info.update({"openvino": openvino.__version__, "openvino_device": "CPU", "openvino_inference_num_threads": args.threads,
+                     "openvino_inference_precision_hint": "f32", "openvino_performance_hint": "LATENCY"})
     try:
         with open("/proc/cpuinfo") as f:
             info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
@@ -564,7 +602,8 @@ def _run(args, argv: List[str]) -> Dict:
     print(f"\nCPU: {env['cpu']} ({env['cpu_count']} cores); torch {env['torch']} with {env['torch_threads']} threads; "
           f"onnxruntime {env['onnxruntime']} CPUExecutionProvider, intra_op {args.threads}, inter_op 1, "
           f"{env['ort_graph_optimization_level']}, mem arena {env['ort_enable_cpu_mem_arena']}; "
-          f"{args.runs} runs after {args.warmup} warm-up, backends interleaved; image {env['image']} "
+          + (f"OpenVINO {env['openvino'].split('-')[0]} CPU, {args.threads} threads, f32, LATENCY; " if args.openvino else "")
+          + f"{args.runs} runs after {args.warmup} warm-up, backends interleaved; image {env['image']} "
           f"({env['image_note']}); load average {env['loadavg_start'][0]:.1f} -> {env['loadavg_end'][0]:.1f}\n")
     print(table(result["rows"]))
     if args.parts:

@@ -81,6 +81,12 @@ RUNS = {
     "GFL+DualTAL/o2m+NMS": ("configs/compositions/GFL_Dual_TAL_tiny_R_18_cpu.yaml",
                             ["MODEL.DUAL.INFERENCE_BRANCH", "one_to_many", "MODEL.DENSE.POSTPROCESS", "nms"],
                             "GFL+DualTAL"),
+    "GFL+DualShared": ("configs/compositions/GFL_Dual_shared_tiny_R_18_cpu.yaml", [], None),
+    "GFL+DualShared+NMS": ("configs/compositions/GFL_Dual_shared_tiny_R_18_cpu.yaml",
+                           ["MODEL.DENSE.POSTPROCESS", "nms"], "GFL+DualShared"),
+    "GFL+DualShared/o2m+NMS": ("configs/compositions/GFL_Dual_shared_tiny_R_18_cpu.yaml",
+                               ["MODEL.DUAL.INFERENCE_BRANCH", "one_to_many", "MODEL.DENSE.POSTPROCESS", "nms"],
+                               "GFL+DualShared"),
     "RetinaNet": ("configs/tiny/RetinaNet_tiny_R_18_cpu.yaml", [], None),
 }
 METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]

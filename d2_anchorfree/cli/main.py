@@ -27,7 +27,7 @@ COMMANDS: Dict[str, Command] = {
     "predict": Command("d2_anchorfree.cli.predict:main", "draw and save detections on images, a folder or a dataset"),
     "export": Command("d2_anchorfree.cli.export:main", "export a trained detector to ONNX or TorchScript"),
     "predict-onnx": Command("d2_anchorfree.runtime.predict_onnx:main",
-                            "run an exported ONNX detector with onnxruntime (no torch needed)"),
+                            "run an exported ONNX detector with onnxruntime or OpenVINO (no torch needed)"),
     "quantize": Command("d2_anchorfree.runtime.quantize_onnx:main",
                         "INT8-quantize an exported ONNX detector, calibrated on images (onnxruntime)"),
     "curves": Command("d2_anchorfree.cli.curves:main",

@@ -6,7 +6,9 @@ branch (so that one trace serves every input size):
 
     uint8 BGR image [H, W, 3]
     -> float CHW, channel order of ``INPUT.FORMAT``, normalized by PIXEL_MEAN / PIXEL_STD and
-       padded to the backbone's size divisibility (the model's own ``preprocess_image``)
+       padded with zeros (after normalization) to the backbone's size divisibility: what the
+       model's ``preprocess_image`` computes for one image, with the padded size computed by
+       :func:`padded_to_divisibility` (a float ceil, which every ONNX runtime evaluates alike)
     -> backbone + FPN -> head -> per level the head's scoring rule, candidates, box decoding
        (``AnchorFreeDetector.detect_image``, the code eager inference runs)
     -> class-aware NMS or NMS-free top-k (``postprocessing.dense_detections``)
@@ -24,17 +26,48 @@ from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from detectron2.data import DatasetCatalog
+from detectron2.layers.wrappers import shapes_to_tensor
 
 from ..checkpoint.classes import load_dataset_classes
 
 from ..modeling.geometry import clip_boxes_to_image, nonempty_boxes
 
-__all__ = ["InferenceGraph", "graph_metadata", "GRAPH_INPUT", "GRAPH_OUTPUTS"]
+__all__ = ["InferenceGraph", "graph_metadata", "padded_to_divisibility", "GRAPH_INPUT", "GRAPH_OUTPUTS"]
 
 GRAPH_INPUT = "image"
 GRAPH_OUTPUTS = ("boxes", "scores", "classes")
+
+
+def padded_to_divisibility(image: torch.Tensor, divisibility: int) -> torch.Tensor:
+    """``image`` [C, H, W] zero-padded at the bottom and right to the next multiples of
+    ``divisibility`` and batched: [1, C, ceil(H / d) d, ceil(W / d) d]. The same tensor as
+    detectron2's ``ImageList.from_tensors([image], d)`` (pad value 0), which computes the padded
+    size as ``(H + d - 1) // d * d``.
+
+    Here the size is ``ceil(float32(H) / d) * d`` instead: traced, the integer floor division
+    becomes an int64 ONNX ``Div`` chained with the ``Add`` and ``Mul`` around it, and OpenVINO's
+    CPU plugin (2026.4) fuses that chain into one float kernel that rounds the quotient instead
+    of truncating it (H = 384 was padded to 416, and 416 to 448). A float division of an integer
+    below 2^24 by ``d`` is exact when the quotient is an integer, so the ceil is exact too and
+    onnxruntime, OpenVINO and eager PyTorch agree.
+
+    Args:
+        image: [C, H, W] float; H, W >= 1 (traced sizes while tracing).
+        divisibility: the backbone's ``size_divisibility``; <= 1 pads nothing.
+
+    Returns:
+        [1, C, H', W'] float, H' and W' the smallest multiples of ``divisibility`` >= H and W.
+    """
+    batched = image.unsqueeze(0)
+    if divisibility <= 1:
+        return batched
+    size = shapes_to_tensor([image.shape[-2], image.shape[-1]])
+    padded = (torch.ceil(size.to(torch.float32) / divisibility) * divisibility).to(size.dtype)
+    extra = padded - size
+    return F.pad(batched, [0, extra[1], 0, extra[0]], value=0.0)
 
 
 class InferenceGraph(nn.Module):
@@ -76,11 +109,14 @@ class InferenceGraph(nn.Module):
         chw = image.permute(2, 0, 1)
         if model.input_format == "RGB":
             chw = chw.flip(0)
-        images = model.preprocess_image([{"image": chw.to(model.pixel_mean.dtype)}])
-        features = model.backbone(images.tensor)
+        # model.preprocess_image for one image (normalize, then pad with zeros), with the padded
+        # size computed so that OpenVINO agrees (padded_to_divisibility); the equality of the
+        # whole graph with the model's forward is tested (tests/export/test_export.py)
+        normalized = (chw.to(model.pixel_mean.dtype) - model.pixel_mean) / model.pixel_std
+        image_size = (normalized.shape[-2], normalized.shape[-1])  # ints, or 0-dim tensors traced
+        features = model.backbone(padded_to_divisibility(normalized, model.backbone.size_divisibility))
         features = [features[f] for f in model.head_in_features]
         predictions = model.head(features)
-        image_size = images.image_sizes[0]
         boxes, scores, classes = model.detect_image(predictions, 0, model.shift_generator(features), image_size)
         boxes = clip_boxes_to_image(boxes, image_size)
         keep = nonempty_boxes(boxes)

@@ -1,11 +1,12 @@
-"""Run an exported detector (``d2af export --format onnx``) with onnxruntime: no torch, no
-detectron2; numpy, OpenCV, Pillow, onnxruntime and tqdm only. The module imports nothing else
-from d2_anchorfree: on a deployment machine, either install d2_anchorfree without its
-dependencies (``pip install --no-deps``) or copy this one file next to model.onnx and run it
-(``python predict_onnx.py ...``).
+"""Run an exported detector (``d2af export --format onnx``) with onnxruntime or OpenVINO: no
+torch, no detectron2; numpy, OpenCV, Pillow, tqdm and one runtime (onnxruntime, or OpenVINO with
+``--runtime openvino``) only. The module imports nothing else from d2_anchorfree: on a deployment
+machine, either install d2_anchorfree without its dependencies (``pip install --no-deps``) or copy
+this one file next to model.onnx and run it (``python predict_onnx.py ...``).
 
     d2af predict-onnx --model output/defcn_onnx/model.onnx \
         --input "photos/*.jpg" --output output/onnx_predictions
+    d2af predict-onnx --runtime openvino --model model.onnx --input photos/ --output out/
     python -m d2_anchorfree.runtime.predict_onnx --model model.onnx --coco-json datasets/trees/val.json \
         --output out/ --evaluate        # COCO AP with pycocotools, as d2af evaluate
 
@@ -20,6 +21,10 @@ Outputs like ``d2af predict``: ``<output>/<relative name>.jpg`` with the detecti
 ``--labels none|class|score``, default none for a single-class model), ``<output>/results.json``
 (COCO-style: file_name, category_id = the dataset's id, bbox [x, y, w, h] pixels, score; plus image_id with ``--coco-json``), a progress
 bar; unreadable images are skipped, listed, and make the exit code 1.
+
+Runtimes (:func:`load_model`): ``onnxruntime`` (``CPUExecutionProvider``) and ``openvino``
+(OpenVINO's ONNX reader, CPU plugin, float32 inference precision, latency hint); both read the
+same file, the INT8 QDQ files of ``d2af quantize`` included.
 """
 import argparse
 import glob
@@ -27,7 +32,7 @@ import json
 import math
 import os
 import sys
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import cv2
 import numpy as np
@@ -44,33 +49,133 @@ DEFAULT_MIN_SCORE = 0.3
 PALETTE = ((0, 255, 255), (255, 0, 255), (255, 255, 0), (0, 0, 255), (0, 255, 0), (0, 140, 255), (255, 120, 0),
            (255, 255, 255), (128, 0, 255), (0, 128, 128))
 
+#: The runtimes of --runtime.
+RUNTIMES = ("onnxruntime", "openvino")
+METADATA_KEY = "d2af_metadata"
+# what installs each runtime (extras of d2_anchorfree's pyproject.toml)
+RUNTIME_EXTRAS = {"onnxruntime": "export", "openvino": "openvino"}
 
-def load_model(path: str, threads: int = 0) -> Tuple["onnxruntime.InferenceSession", dict]:
-    """An onnxruntime CPU session of ``path`` and the metadata that export embedded
-    (``d2_anchorfree.export.graph.graph_metadata``: class_names, category_ids, min/max_size_test,
-    score_thresh, coco_max_dets_per_image, ...).
+# A session: fn(image uint8 [H, W, 3]) -> {output name: array} ("boxes", "scores", "classes").
+Session = Callable[[np.ndarray], Dict[str, np.ndarray]]
 
-    Args:
-        path: the ``.onnx`` file. threads: intra-op threads (0: onnxruntime's default).
+
+def _import_runtime(runtime: str):
+    """The module of ``runtime`` (one of :data:`RUNTIMES`), imported on first use so that
+    either runtime alone is enough.
 
     Raises:
-        ValueError: the file has no d2_anchorfree metadata (not written by ``d2af export``).
-        ImportError: onnxruntime is not installed (naming the extra).
+        ImportError: it is not installed, with the extra that installs it.
     """
-    try:
-        import onnxruntime
-    except ImportError as e:
-        raise ImportError("onnxruntime is needed to run an exported model: pip install d2_anchorfree[export] "
-                          "(or onnxruntime alone)") from e
+    import importlib
 
+    try:
+        return importlib.import_module(runtime)
+    except ImportError as e:
+        raise ImportError(f"--runtime {runtime} needs the {runtime} package: pip install "
+                          f"'d2_anchorfree[{RUNTIME_EXTRAS[runtime]}]' (or the pinned requirements-extra.txt)") from e
+
+
+def _onnxruntime_session(path: str, threads: int) -> Tuple[Session, Dict[str, str]]:
+    """(session, the file's metadata_props) with onnxruntime's ``CPUExecutionProvider``;
+    ``threads``: intra-op threads (0: onnxruntime's default, one per core)."""
+    onnxruntime = _import_runtime("onnxruntime")
     options = onnxruntime.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
     session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    props = session.get_modelmeta().custom_metadata_map
-    if "d2af_metadata" not in props:
+    names = [o.name for o in session.get_outputs()]
+    feed = session.get_inputs()[0].name
+
+    def run(image: np.ndarray) -> Dict[str, np.ndarray]:
+        return dict(zip(names, session.run(None, {feed: image})))
+
+    return run, dict(session.get_modelmeta().custom_metadata_map)
+
+
+def _openvino_session(path: str, threads: int) -> Tuple[Session, Dict[str, str]]:
+    """(session, the file's metadata_props) with OpenVINO's CPU plugin: the ONNX file read by
+    ``Core.read_model`` (metadata_props land in the model's rt_info under "framework"),
+    compiled with ``INFERENCE_NUM_THREADS`` = ``threads`` (0: OpenVINO's default), float32
+    inference precision (OpenVINO would otherwise pick bfloat16 on CPUs that have it) and the
+    latency hint (one image per call).
+
+    Raises:
+        ValueError: the graph has ONNX ``DeformConv`` (VFNet, TOOD, DCN towers), which OpenVINO's
+            ONNX reader (2026.4) does not convert.
+    """
+    ov = _import_runtime("openvino")
+    core = ov.Core()
+    try:
+        model = core.read_model(path)
+    except RuntimeError as e:
+        if "DeformConv" not in str(e):
+            raise
+        raise ValueError(f"{path} has deformable convolutions (ONNX DeformConv: VFNet, TOOD, DCN towers), which "
+                         f"OpenVINO {ov.__version__.split('-')[0]} cannot read from ONNX; run it with --runtime "
+                         "onnxruntime") from e
+    props = {}
+    if model.has_rt_info(["framework", METADATA_KEY]):
+        props[METADATA_KEY] = str(model.get_rt_info(["framework", METADATA_KEY]).astype(str))
+    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    compiled = core.compile_model(model, "CPU", config)
+    request = compiled.create_infer_request()
+    names = [o.get_any_name() for o in compiled.outputs]
+
+    def run(image: np.ndarray) -> Dict[str, np.ndarray]:
+        results = request.infer([image])  # copies the outputs out of the request's buffers
+        return {name: results[i] for i, name in enumerate(names)}
+
+    return run, props
+
+
+def open_session(path: str, threads: int = 0, runtime: str = "onnxruntime") -> Tuple[Session, Dict[str, str]]:
+    """A CPU session of any single-input ONNX file in ``runtime``, and the file's
+    ``metadata_props`` (empty when it has none).
+
+    Args:
+        path: the ``.onnx`` file. threads: intra-op threads (onnxruntime) or
+            ``INFERENCE_NUM_THREADS`` (OpenVINO); 0: the runtime's default.
+        runtime: one of :data:`RUNTIMES`.
+
+    Returns:
+        (session, metadata_props): ``session(x)`` runs the graph on its one input ``x`` and
+        returns {output name: array} in the graph's output order.
+
+    Raises:
+        ValueError: an unknown runtime; deformable convolutions with OpenVINO.
+        ImportError: the runtime is not installed (naming the extra that installs it).
+    """
+    loaders = {"onnxruntime": _onnxruntime_session, "openvino": _openvino_session}
+    if runtime not in loaders:
+        raise ValueError(f"--runtime must be one of {list(RUNTIMES)}, got {runtime!r}")
+    return loaders[runtime](path, threads)
+
+
+def load_model(path: str, threads: int = 0, runtime: str = "onnxruntime") -> Tuple[Session, dict]:
+    """A CPU session of a ``d2af export`` file in ``runtime`` (:func:`open_session`) and the
+    metadata that export embedded (``d2_anchorfree.export.graph.graph_metadata``: class_names,
+    category_ids, min/max_size_test, score_thresh, coco_max_dets_per_image, ...).
+
+    Args:
+        path: the ``.onnx`` file. threads: intra-op threads (onnxruntime) or
+            ``INFERENCE_NUM_THREADS`` (OpenVINO); 0: the runtime's default.
+        runtime: one of :data:`RUNTIMES`.
+
+    Returns:
+        (session, metadata): ``session(image)`` takes a uint8 BGR [H, W, 3] array at the test
+        size and returns {"boxes": [D, 4] float32, "scores": [D] float32, "classes": [D] int64}.
+
+    Raises:
+        ValueError: an unknown runtime; the file has no d2_anchorfree metadata (not written by
+            ``d2af export``); deformable convolutions with OpenVINO.
+        ImportError: the runtime is not installed (naming the extra that installs it).
+    """
+    session, props = open_session(path, threads, runtime)
+    if METADATA_KEY not in props:
         raise ValueError(f"{path} has no d2af_metadata: export it with d2af export (tools/export_model.py)")
-    return session, json.loads(props["d2af_metadata"])
+    return session, json.loads(props[METADATA_KEY])
 
 
 def test_size(height: int, width: int, min_size: int, max_size: int) -> Tuple[int, int]:
@@ -115,7 +220,7 @@ def predict(session, meta: dict, image: np.ndarray) -> Tuple[np.ndarray, np.ndar
     """Detections of one BGR uint8 image [H, W, 3] in its own pixels.
 
     Args:
-        session: the ``onnxruntime.InferenceSession`` of :func:`load_model`.
+        session: a session of :func:`load_model` (any runtime).
         meta: its metadata (``min_size_test`` and ``max_size_test`` are used).
         image: uint8 BGR [H, W, 3], any size.
 
@@ -126,7 +231,8 @@ def predict(session, meta: dict, image: np.ndarray) -> Tuple[np.ndarray, np.ndar
     """
     height, width = image.shape[:2]
     new_h, new_w = test_size(height, width, meta["min_size_test"], meta["max_size_test"])
-    boxes, scores, classes = session.run(None, {"image": np.ascontiguousarray(resize(image, (new_h, new_w)))})
+    out = session(np.ascontiguousarray(resize(image, (new_h, new_w))))
+    boxes, scores, classes = out["boxes"], out["scores"], out["classes"]
     scale = np.array([width / new_w, height / new_h] * 2, dtype=np.float32)
     boxes = np.minimum(np.maximum(boxes * scale, 0), np.array([width, height] * 2, dtype=np.float32))
     keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
@@ -290,6 +396,7 @@ def main(argv=None, prog=None) -> int:
         ValueError: the model has no d2_anchorfree metadata (:func:`load_model`).
         SystemExit: code 2 for bad arguments, e.g. ``--min-score best`` for a model without a
             saved best-F1 threshold (argparse's usage error, naming what to run).
+        ImportError: the ``--runtime`` is not installed (naming the extra).
         FileNotFoundError: no image matches ``--input``.
     """
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
@@ -305,13 +412,16 @@ def main(argv=None, prog=None) -> int:
                    help="text beside each drawn box (default: none for a single-class model, else class)")
     p.add_argument("--no-draw", action="store_true", help="write results.json only")
     p.add_argument("--evaluate", action="store_true", help="with --coco-json: print COCO AP (pycocotools)")
-    p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: default)")
+    p.add_argument("--runtime", choices=RUNTIMES, default="onnxruntime",
+                   help="onnxruntime (default) or openvino (pip install 'd2_anchorfree[openvino]')")
+    p.add_argument("--threads", type=int, default=0,
+                   help="onnxruntime intra-op threads / OpenVINO INFERENCE_NUM_THREADS (0: the runtime's default)")
     args = p.parse_args(argv)
     if not args.input and not args.coco_json:
         p.error("give --input or --coco-json")
     if args.evaluate and not args.coco_json:
         p.error("--evaluate needs --coco-json")
-    session, meta = load_model(args.model, args.threads)
+    session, meta = load_model(args.model, args.threads, args.runtime)
     try:
         min_score, why = min_score_of(args.min_score, meta)
     except ValueError as e:

@@ -214,8 +214,10 @@ def test_wheel_ships_the_configs_and_model_zoo_works_installed(tmp_path):
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    # without PYTHONPATH: a checkout on it (with its egg-info) would make pip skip the wheel as installed
+    clean_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     install = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", "--no-index",
-                              wheel], capture_output=True, text=True)
+                              wheel], capture_output=True, text=True, env=clean_env)
     assert install.returncode == 0, install.stderr[-3000:]
     code = ("import sys, d2_anchorfree; from d2_anchorfree import model_zoo\n"
             "assert 'torch' not in sys.modules\n"

@@ -486,3 +486,47 @@ def test_dual_head_exports_one_branch_and_no_nms_node(opts, nms_nodes, tmp_path)
     (kept,) = [p for n, p in model.named_parameters() if n == f"head.{branch}.cls_logits.weight"]
     same_shape = [t for t in graph.initializer if tuple(t.dims) == tuple(kept.shape)]
     assert len(same_shape) == 1 and np.array_equal(onnx.numpy_helper.to_array(same_shape[0]), kept.detach().numpy())
+
+
+def _norm_ops(path: str):
+    import collections
+
+    import onnx
+
+    ops = collections.Counter(n.op_type for n in onnx.load(path).graph.node)
+    return {op: ops[op] for op in ("BatchNormalization", "InstanceNormalization", "GroupNormalization") if ops[op]}
+
+
+@pytest.mark.slow  # two exports (about 10 s on an idle machine)
+def test_bn_heads_fold_into_the_convolutions_gn_heads_do_not(tiles, tmp_path):
+    """MODEL.DENSE.NORM "BN": the exported graph has no normalization node left (the exporter's
+    eval-mode pass folds each BatchNorm into the conv before it; its statistics are set to
+    arbitrary values so that a wrong fold would move the detections) and equals PyTorch; "GN"
+    (the default) exports one InstanceNormalization (with reshapes around it) per GroupNorm and
+    FPN level."""
+    sample, image, _ = tiles
+    for norm in ("BN", "GN"):
+        cfg = load_cfg("configs/FCOS/FCOS_tiny_R_18_cpu.yaml", "MODEL.DENSE.NORM", norm)
+        torch.manual_seed(0)
+        model = build_model(cfg).eval()
+        norms = [m for m in model.head.modules() if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.GroupNorm))]
+        assert norms and all(isinstance(m, torch.nn.BatchNorm2d if norm == "BN" else torch.nn.GroupNorm) for m in norms)
+        gen = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for m in norms:
+                m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.2)
+                if norm == "BN":
+                    m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
+                    m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+            torch.nn.init.normal_(model.head.cls_logits.weight, std=0.05)  # spread-out scores
+            torch.nn.init.constant_(model.head.cls_logits.bias, -2.0)
+        path = str(tmp_path / f"{norm}.onnx")
+        export_onnx(model, torch.from_numpy(sample), path)
+        levels = len(model.head_in_features)
+        assert _norm_ops(path) == ({} if norm == "BN" else {"InstanceNormalization": len(norms) * levels}), norm
+        with torch.no_grad():
+            ref = InferenceGraph(model)(torch.from_numpy(image))
+        assert len(ref[1]) >= 20, (norm, len(ref[1]))
+        report = match_detections(ref, run_exported(path, image))
+        assert report.ok, f"{norm}: {report.summary()}"

@@ -1,5 +1,5 @@
 """benchmarks/export.py (d2af benchmark export): a tiny run (tiny FCOS, 128x128, one repetition, no warm-up) goes
-through export, the three backends, the backbone-only parts and the onnxruntime profile, and
+through export, every backend (OpenVINO and the INT8 graphs included), the backbone-only parts and the onnxruntime profile, and
 writes a JSON with one row per backend and part, positive times and the environment. No
 timing is checked."""
 import json
@@ -12,6 +12,7 @@ pytestmark = pytest.mark.slow  # exports and times a model on three backends
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
+pytest.importorskip("openvino")
 
 from benchmarks import export as bench  # noqa: E402
 
@@ -29,25 +30,26 @@ def test_tiled_image_repeats_the_tile(tmp_path):
 def test_tiny_run_writes_rows_and_environment(tmp_path, capsys):
     out = tmp_path / "export_speed.json"
     result = bench.main(["--models", "tiny", "--sizes", "128x128", "--runs", "1", "--warmup", "0",
-                         "--threads", "1", "--parts", "--profile", "--profile-runs", "1", "--int8", "2",
+                         "--threads", "1", "--parts", "--profile", "--profile-runs", "1", "--int8", "2", "--openvino",
                          "--workdir", str(tmp_path / "files"), "--out", str(out)])
     saved = json.loads(out.read_text())
     assert saved["rows"] == json.loads(json.dumps(result["rows"]))
     rows = {(r["part"], r["backend"]): r for r in saved["rows"]}
-    # the INT8 graph is timed whole only
+    # the INT8 graphs are timed whole only
     assert set(rows) == {(p, b) for p in ("whole", "backbone") for b in bench.BACKENDS
-                         if (p, b) != ("backbone", "onnxruntime-int8")}
+                         if not (p == "backbone" and b.endswith("-int8"))}
     for r in rows.values():
         assert "error" not in r, r
         assert r["model"] == "tiny" and r["size"] == "128x128"
         assert len(r["seconds"]) == 1 and r["seconds"][0] > 0 and r["ms"]["median"] > 0
         assert r["eager_over_backend"] > 0
-    counts = {rows["whole", b]["detections"] for b in bench.BACKENDS if b != "onnxruntime-int8"}
+    counts = {rows["whole", b]["detections"] for b in bench.BACKENDS if not b.endswith("-int8")}
     assert len(counts) == 1 and min(counts) >= 0  # every float backend returns the same number of boxes
     env = saved["environment"]
     assert env["ort_intra_op_num_threads"] == 1 and env["ort_inter_op_num_threads"] == 1
     assert env["ort_graph_optimization_level"] == "ORT_ENABLE_ALL"
     assert env["torch"] and env["onnxruntime"] and env["cpu"] and "--runs 1" in env["command"]
+    assert env["openvino"] and env["openvino_inference_num_threads"] == 1
     profile = saved["profile"]["tiny 128x128"]
     assert profile["onnxruntime"]["total_ms"] > 0 and any(op == "Conv" for op, _, _ in profile["onnxruntime"]["by_op"])
     assert profile["eager"]["total_ms"] > 0 and any("conv" in op for op, _, _ in profile["eager"]["by_op"])
