@@ -97,8 +97,16 @@ MODELS = {
     # towers (the default) and with BatchNorm towers, which the export folds into the convolutions
     "tiny-GN": "configs/FCOS/FCOS_tiny_R_18_cpu.yaml",
     "tiny-BN": "configs/FCOS/FCOS_tiny_R_18_cpu.yaml",
+    # NMS-free by dual assignment: inference from the one-to-one branch (no NMS node) and the same
+    # weights with NMS; give trained weights with --model-weights tiny-dual=PATH (random ones
+    # score below the threshold, and NMS then has nothing to do)
+    "tiny-dual": "configs/compositions/GFL_Dual_tiny_R_18_cpu.yaml",
+    "tiny-dual+NMS": "configs/compositions/GFL_Dual_tiny_R_18_cpu.yaml",
 }
-MODEL_OPTS = {"tiny-GN": ["MODEL.DENSE.NORM", "GN"], "tiny-BN": ["MODEL.DENSE.NORM", "BN"]}
+MODEL_OPTS = {"tiny-GN": ["MODEL.DENSE.NORM", "GN"], "tiny-BN": ["MODEL.DENSE.NORM", "BN"],
+              "tiny-dual+NMS": ["MODEL.DENSE.POSTPROCESS", "nms"]}
+# models that take the weights of another entry of --model-weights
+SHARED_WEIGHTS = {"tiny-dual+NMS": "tiny-dual"}
 BACKENDS = ("eager", "onnxruntime", "torchscript", "onnxruntime-int8", "openvino", "openvino-int8")
 ORT_LEVELS = ("disable", "basic", "extended", "all")
 EXPORT_SIZE = (512, 512)  # the traced sample; the graphs are valid for every size
@@ -112,6 +120,9 @@ def parse_args(argv=None, prog=None):
     p.add_argument("--models", type=csv, default=list(MODELS), help=f"comma list of {','.join(MODELS)}")
     p.add_argument("--sizes", type=csv, default=["512x512", "800x1333"], help="comma list of HxW")
     p.add_argument("--weights", default="", help="trained weights of the tiny model (default: random init; R-50 is always random)")
+    p.add_argument("--model-weights", nargs="*", default=[], metavar="NAME=PATH",
+                   help="trained weights of other --models entries (e.g. tiny-dual=output/dual/model_final.pth; "
+                        "tiny-dual+NMS uses tiny-dual's)")
     p.add_argument("--image", default="", help="a BGR image file (default: first of datasets/trees/images/)")
     p.add_argument("--runs", type=int, default=6, help="timed repetitions per model and size")
     p.add_argument("--warmup", type=int, default=2, help="untimed repetitions before them")
@@ -179,10 +190,27 @@ def make_image(path: str, height: int, width: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- models
 
 
+def model_weights(name: str, weights: str, named: List[str]) -> str:
+    """The weights file of ``name``: ``weights`` for "tiny", else its (or :data:`SHARED_WEIGHTS`'
+    entry's) NAME=PATH in ``named``, else "" (random init).
+
+    Raises:
+        ValueError: an entry of ``named`` without "=" or naming an unknown model.
+    """
+    pairs = {}
+    for item in named:
+        key, sep, path = item.partition("=")
+        if not sep or key not in MODELS:
+            raise ValueError(f"--model-weights {item!r}: expected NAME=PATH with NAME one of {list(MODELS)}")
+        pairs[key] = path
+    if name == "tiny":
+        return weights
+    return pairs.get(name, pairs.get(SHARED_WEIGHTS.get(name, ""), ""))
+
+
 def build_detector(name: str, weights: str, extra_opts: Optional[List[str]] = None):
-    """The detector ``name`` of :data:`MODELS` on the CPU, in eval mode: "tiny" with
-    ``weights`` when given, otherwise (and always for the others: no pretrained weights here)
-    randomly initialized (``torch.manual_seed(0)`` first); :data:`MODEL_OPTS` of ``name``, then
+    """The detector ``name`` of :data:`MODELS` on the CPU, in eval mode, with ``weights`` when
+    given (:func:`model_weights`), otherwise (R-50: no pretrained weights here) randomly initialized (``torch.manual_seed(0)`` first); :data:`MODEL_OPTS` of ``name``, then
     ``extra_opts`` (KEY VALUE ...) merged last. Returns (model, weights used or "random init")."""
     from detectron2.modeling import build_model
 
@@ -196,7 +224,7 @@ def build_detector(name: str, weights: str, extra_opts: Optional[List[str]] = No
     cfg = setup_cfg(argparse.Namespace(config_file=config, opts=opts), default_setup_logging=False)
     torch.manual_seed(0)
     model = build_model(cfg).eval()
-    used = weights if (name == "tiny" and weights) else ""
+    used = weights
     load_inference_weights(model, used, allow_untrained=True)
     return model, used or "random init"
 
@@ -539,7 +567,7 @@ def environment(args, argv: List[str], image: str) -> Dict:
 def bench_model(name: str, args, image_path: str, workdir: str, log=print) -> Tuple[List[Dict], Dict, Dict]:
     """Export model ``name`` once and time it at every size (and part). Returns (rows,
     {"<name> <size>": profile}, model info)."""
-    model, weights = build_detector(name, args.weights, args.opts)
+    model, weights = build_detector(name, model_weights(name, args.weights, args.model_weights), args.opts)
     sample = make_image(image_path, *EXPORT_SIZE)
     paths = export_all(name, model, sample, workdir, args.parts, args.int8)
     info = {"config": MODELS[name], "weights": weights, "export_seconds": paths["seconds"],
