@@ -23,6 +23,7 @@ from test_export import _model, tiles  # noqa: F401  (tiles: the fixture, used b
 
 pytest.importorskip("onnxruntime", reason="optional export dependency (requirements-extra.txt)")
 pytest.importorskip("openvino", reason="optional openvino dependency (requirements-extra.txt)")
+pytestmark = pytest.mark.openvino  # run in their own pytest process by make test (pytest.ini)
 
 from d2_anchorfree.runtime.predict_onnx import load_model  # noqa: E402
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 
-pytestmark = pytest.mark.slow  # exports and times a model on three backends
+# exports and times a model on three backends, OpenVINO among them in this process
+pytestmark = [pytest.mark.slow, pytest.mark.openvino]
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
