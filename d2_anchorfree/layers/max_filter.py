@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detectron2.layers import get_norm
+from .level_norm import apply_norm, level_norm
 
 
 def check_max_filter_args(kernel_size: int, tau: int):
@@ -93,17 +93,19 @@ class MaxFiltering3D(nn.Module):
 
         out_i = relu(norm(max_filter_3d([conv(x_0), ..., conv(x_{L-1})], k, tau)[i] + x_i))
 
-    The 3x3 conv (C -> C, with bias) and the norm are shared by all levels. Its output feeds
+    The 3x3 conv (C -> C, with bias) is shared by all levels, and so is a GroupNorm; a BatchNorm
+    is per level (:func:`~d2_anchorfree.layers.level_norm.level_norm`). Its output feeds
     the head's "filter" branch (a 3x3 conv to one channel whose sigmoid multiplies the class
     score).
     """
 
-    def __init__(self, channels: int, kernel_size: int = 3, tau: int = 2, norm: str = "GN"):
+    def __init__(self, channels: int, kernel_size: int = 3, tau: int = 2, norm: str = "GN", num_levels: int = 1):
         """
         Args:
             channels: C, the channel count of every level (multiple of 32 for "GN").
             kernel_size, tau: see :func:`max_filter_3d`.
             norm: "GN" (32 groups, the paper), "BN", "" (none: the authors' "3dmf_wo_gn").
+            num_levels: L, the levels it filters (one BatchNorm each; GN is shared).
 
         Raises:
             ValueError: bad window sizes, or "GN" with channels not divisible by 32.
@@ -115,7 +117,7 @@ class MaxFiltering3D(nn.Module):
         self.kernel_size = int(kernel_size)
         self.tau = int(tau)
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-        self.norm = get_norm(norm, channels) or nn.Identity()
+        self.norm = level_norm(norm, channels, num_levels)
 
     def forward(self, features: List[torch.Tensor]) -> List[torch.Tensor]:
         """
@@ -126,4 +128,4 @@ class MaxFiltering3D(nn.Module):
             L tensors [N, C, H_i, W_i] (>= 0 after the ReLU).
         """
         filtered = max_filter_3d([self.conv(x) for x in features], self.kernel_size, self.tau)
-        return [F.relu(self.norm(m + x)) for m, x in zip(filtered, features)]
+        return [F.relu(apply_norm(self.norm, m + x, level)) for level, (m, x) in enumerate(zip(filtered, features))]

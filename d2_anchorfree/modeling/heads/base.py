@@ -174,8 +174,10 @@ class DenseHead(nn.Module):
         self.norm = norm
         self.tower_conv_bias = tower_conv_bias
         if towers:
-            self.cls_tower = conv_tower(self.in_channels, num_convs, norm, tower_conv_bias, dcn_on_last_conv)
-            self.box_tower = conv_tower(self.in_channels, num_convs, norm, tower_conv_bias, dcn_on_last_conv)
+            self.cls_tower = conv_tower(self.in_channels, num_convs, norm, tower_conv_bias, dcn_on_last_conv,
+                                        num_levels=len(self.strides))
+            self.box_tower = conv_tower(self.in_channels, num_convs, norm, tower_conv_bias, dcn_on_last_conv,
+                                        num_levels=len(self.strides))
         self.max_filter = None
         self.filter = None
         self.aux_logits = None
@@ -210,7 +212,8 @@ class DenseHead(nn.Module):
         """
         c = self.in_channels
         if max_filter is not None:
-            self.max_filter = MaxFiltering3D(c, max_filter[0], max_filter[1], self.norm)
+            self.max_filter = MaxFiltering3D(c, max_filter[0], max_filter[1], self.norm,
+                                             num_levels=len(self.strides))
             self.filter = nn.Conv2d(c, 1, 3, padding=1)
         if aux_classifier:
             self.aux_logits = nn.Conv2d(c, self.num_classes, 3, padding=1)
@@ -235,10 +238,12 @@ class DenseHead(nn.Module):
             names += ("aux_logits",)
         return names
 
-    def level_features(self, feature: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """[N, C, H, W] -> named features of one level: at least "cls" and "box" [N, C, H, W]
-        (the add-ons read them: 3DMF the box features, the auxiliary classifier the cls ones)."""
-        return {"cls": self.cls_tower(feature), "box": self.box_tower(feature)}
+    def level_features(self, feature: torch.Tensor, level: int) -> Dict[str, torch.Tensor]:
+        """[N, C, H, W] of level ``level`` (0 = the finest; it picks the level's own BatchNorm,
+        see :func:`towers.level_norm`) -> named features of one level: at least "cls" and "box"
+        [N, C, H, W] (the add-ons read them: 3DMF the box features, the auxiliary classifier the
+        cls ones)."""
+        return {"cls": self.cls_tower(feature, level), "box": self.box_tower(feature, level)}
 
     def predict_level(self, feats: Dict[str, torch.Tensor], level: int) -> Dict[str, torch.Tensor]:
         """The head's predictions of one level from :meth:`level_features` (at least "logits"
@@ -258,11 +263,11 @@ class DenseHead(nn.Module):
             ValueError: if the number of levels differs from the number of strides.
         """
         check_num_levels(features, self.strides)
-        return self.predict([self.level_features(feature) for feature in features])
+        return self.predict([self.level_features(feature, level) for level, feature in enumerate(features)])
 
     def predict(self, level_feats: List[Dict[str, torch.Tensor]]) -> Dict[str, List[torch.Tensor]]:
         """The predictions of every level from its tower features (:meth:`level_features`), with
-        the add-ons; :meth:`forward` is ``predict([level_features(f) for f in features])``.
+        the add-ons; :meth:`forward` is ``predict([level_features(f, l) for l, f in enumerate(features)])``.
 
         Args:
             level_feats: per level the dict of :meth:`level_features` ("cls" and "box" [N, C, H_l, W_l],

@@ -105,7 +105,7 @@ class DualAssignmentHead(nn.Module):
         detach = self.detach and self.training
         if self.towers == "shared":
             if level_feats is None:
-                level_feats = [self.one_to_many.level_features(f) for f in features]
+                level_feats = [self.one_to_many.level_features(f, level) for level, f in enumerate(features)]
             if detach:
                 level_feats = [{k: v.detach() for k, v in feats.items()} for feats in level_feats]
             return self.one_to_one.predict(level_feats)
@@ -125,7 +125,7 @@ class DualAssignmentHead(nn.Module):
                 return self.one_to_many(features)
             return self._one_to_one(features)
         if self.towers == "shared":
-            level_feats = [self.one_to_many.level_features(f) for f in features]
+            level_feats = [self.one_to_many.level_features(f, level) for level, f in enumerate(features)]
             return {ONE_TO_MANY: self.one_to_many.predict(level_feats),
                     ONE_TO_ONE: self._one_to_one(features, level_feats)}
         return {ONE_TO_MANY: self.one_to_many(features), ONE_TO_ONE: self._one_to_one(features)}

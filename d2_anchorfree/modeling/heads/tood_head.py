@@ -14,10 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from detectron2.config import configurable
-from detectron2.layers import ShapeSpec, get_norm
+from detectron2.layers import ShapeSpec
 
 from ...layers import Scale
 from ...layers.deform_conv import deform_conv2d_fp32
+from ...layers.level_norm import apply_norm, level_norm
 from .base import HEAD_REGISTRY, ClassScores, DenseHead, DenseOutputs
 from .towers import MAX_EXP_INPUT, conv_tower, prior_bias
 
@@ -82,7 +83,10 @@ class TaskDecomposition(nn.Module):
     Init (reference): attention convs normal std 0.001, bias 0; reduction conv normal std 0.01.
     """
 
-    def __init__(self, channels: int, num_convs: int, la_down_rate: int, norm: str):
+    def __init__(self, channels: int, num_convs: int, la_down_rate: int, norm: str, num_levels: int = 1):
+        """channels: C. num_convs: n. la_down_rate: the attention's reduction. norm: "GN", "BN"
+        or "" (a BatchNorm is per level, :func:`~d2_anchorfree.layers.level_norm.level_norm`).
+        num_levels: the FPN levels sharing the layer."""
         super().__init__()
         self.channels = channels
         self.num_convs = num_convs
@@ -91,7 +95,7 @@ class TaskDecomposition(nn.Module):
         self.layer_attention = nn.Sequential(
             nn.Conv2d(in_channels, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, num_convs, 1), nn.Sigmoid())
         self.reduction_conv = nn.Conv2d(in_channels, channels, 1, bias=not norm)
-        self.norm = get_norm(norm, channels) if norm else None
+        self.norm = level_norm(norm, channels, num_levels) if norm else None
         for m in self.layer_attention:
             if isinstance(m, nn.Conv2d):
                 nn.init.normal_(m.weight, std=0.001)
@@ -100,11 +104,12 @@ class TaskDecomposition(nn.Module):
         if self.reduction_conv.bias is not None:
             nn.init.constant_(self.reduction_conv.bias, 0)
 
-    def forward(self, feat: torch.Tensor, avg_feat: torch.Tensor) -> torch.Tensor:
+    def forward(self, feat: torch.Tensor, avg_feat: torch.Tensor, level: int = 0) -> torch.Tensor:
         """
         Args:
             feat: [N, C * n, H, W] concatenated task-interactive features.
             avg_feat: [N, C * n, 1, 1] their global average (shared by the two decompositions).
+            level: the FPN level (0 = the finest), for a per-level BatchNorm.
 
         Returns:
             Tensor [N, C, H, W], >= 0.
@@ -116,8 +121,7 @@ class TaskDecomposition(nn.Module):
         out = torch.bmm(weight.reshape(n, c, k * c), feat.reshape(n, k * c, h * w)).reshape(n, c, h, w)
         if self.reduction_conv.bias is not None:
             out = out + self.reduction_conv.bias[None, :, None, None]
-        if self.norm is not None:
-            out = self.norm(out)
+        out = apply_norm(self.norm, out, level)
         return F.relu(out)
 
 
@@ -212,9 +216,11 @@ class TOODHead(DenseHead):
             raise ValueError(f"MODEL.SHIFT_GENERATOR.OFFSET must be in [0, 1), got {point_offset}")
         bias = prior_bias(prior_prob)
         self.point_offset = float(point_offset)
-        self.inter_convs = nn.ModuleList([conv_tower(c, 1, norm, tower_conv_bias) for _ in range(num_convs)])
-        self.cls_decomp = TaskDecomposition(c, num_convs, la_down_rate, norm)
-        self.reg_decomp = TaskDecomposition(c, num_convs, la_down_rate, norm)
+        levels = len(self.strides)
+        self.inter_convs = nn.ModuleList([conv_tower(c, 1, norm, tower_conv_bias, num_levels=levels)
+                                          for _ in range(num_convs)])
+        self.cls_decomp = TaskDecomposition(c, num_convs, la_down_rate, norm, levels)
+        self.reg_decomp = TaskDecomposition(c, num_convs, la_down_rate, norm, levels)
         self.tood_cls = nn.Conv2d(c, num_classes, 3, padding=1)
         self.tood_reg = nn.Conv2d(c, 4, 3, padding=1)
         self.cls_prob_module = nn.Sequential(
@@ -251,18 +257,18 @@ class TOODHead(DenseHead):
         xs = torch.arange(width, dtype=torch.float32, device=device) + self.point_offset
         return torch.stack([xs[None, :].expand(height, width), ys[:, None].expand(height, width)])
 
-    def level_features(self, feature: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def level_features(self, feature: torch.Tensor, level: int) -> Dict[str, torch.Tensor]:
         """Task-interactive features X_inter [N, C * n, H, W] ("inter") and the two task
-        decompositions, "cls" and "box" [N, C, H, W]."""
+        decompositions, "cls" and "box" [N, C, H, W], of level ``level`` (0 = the finest)."""
         inter = []
         x = feature
         for conv in self.inter_convs:
-            x = conv(x)
+            x = conv(x, level)
             inter.append(x)
         inter_feat = torch.cat(inter, dim=1)
         avg_feat = F.adaptive_avg_pool2d(inter_feat, 1)
-        return {"inter": inter_feat, "cls": self.cls_decomp(inter_feat, avg_feat),
-                "box": self.reg_decomp(inter_feat, avg_feat)}
+        return {"inter": inter_feat, "cls": self.cls_decomp(inter_feat, avg_feat, level),
+                "box": self.reg_decomp(inter_feat, avg_feat, level)}
 
     def predict_level(self, feats: Dict[str, torch.Tensor], level: int) -> Dict[str, torch.Tensor]:
         """"logits" [N, K, H, W], "prob" [N, 1, H, W] logits and "ltrb" [N, 4, H, W] pixels (see

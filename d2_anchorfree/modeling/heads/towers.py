@@ -6,9 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detectron2.layers import ShapeSpec, get_norm
+from detectron2.layers import ShapeSpec
 
 from ...layers.deform_conv import ModulatedDeformConvWithOffsets
+from ...layers.level_norm import PerLevelNorm, level_norm
 
 # exp() inputs are clamped to at most this: exp(20) ~ 5e8 pixels is far beyond any image, and the
 # clamp keeps the distances finite early in training.
@@ -18,17 +19,33 @@ MAX_EXP_INPUT = 20.0
 TOWER_CONV_BIAS = ("auto", "always")
 
 
+class ConvTower(nn.Sequential):
+    """``num_convs`` x (3x3 conv, norm, ReLU) shared by the FPN levels; a batch-statistics norm is
+    per level (:class:`PerLevelNorm`), so ``forward`` takes the level. Same module indices (and
+    state-dict keys) as the ``nn.Sequential`` of (conv, norm, ReLU) it replaces."""
+
+    def forward(self, x: torch.Tensor, level: int = 0) -> torch.Tensor:
+        """x: [N, C, H, W] of level ``level`` (0 = the finest; ignored without per-level norms)
+        -> [N, C, H, W]."""
+        for layer in self:
+            x = layer(x, level) if isinstance(layer, PerLevelNorm) else layer(x)
+        return x
+
+
 def conv_tower(in_channels: int, num_convs: int, norm: str, conv_bias: str = "auto",
-               dcn_on_last: bool = False) -> nn.Sequential:
+               dcn_on_last: bool = False, num_levels: int = 1) -> ConvTower:
     """``num_convs`` x (3x3 conv, norm, ReLU), keeping ``in_channels`` channels.
 
     Args:
         norm: "GN" (32 groups), "BN", "SyncBN" or "" (none); see detectron2's ``get_norm``.
+            A batch-statistics norm ("BN", "SyncBN", ...) gets one layer per level when
+            ``num_levels`` > 1 (:class:`PerLevelNorm`); "GN" is shared.
         conv_bias: "auto" (a conv bias only without a norm) or "always"
             (``MODEL.DENSE.TOWER_CONV_BIAS``; the FCOS authors' towers have one before GN).
         dcn_on_last: the last conv is a DCNv2 predicting its own offsets
             (:class:`~d2_anchorfree.layers.deform_conv.ModulatedDeformConvWithOffsets`;
             ``MODEL.DENSE.DCN_ON_LAST_CONV``, MMDetection's ``dcn_on_last_conv``).
+        num_levels: how many FPN levels share the tower (the head's strides).
 
     Raises:
         ValueError: "GN" with a channel count not divisible by 32, or an unknown ``conv_bias``.
@@ -45,9 +62,9 @@ def conv_tower(in_channels: int, num_convs: int, norm: str, conv_bias: str = "au
         else:
             layers.append(nn.Conv2d(in_channels, in_channels, 3, padding=1, bias=bias))
         if norm:
-            layers.append(get_norm(norm, in_channels))
+            layers.append(level_norm(norm, in_channels, num_levels))
         layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
+    return ConvTower(*layers)
 
 
 def init_conv_normal(module: nn.Module, std: float = 0.01):

@@ -157,7 +157,7 @@ class VFNetHead(DenseHead):
             raise ValueError(f"init_ltrb must be > 0 (stride units), got {init_ltrb}")
         c = self.in_channels
         self.offset_grad_mul = float(offset_grad_mul)
-        self.box_init_conv = conv_tower(c, 1, norm, tower_conv_bias)
+        self.box_init_conv = conv_tower(c, 1, norm, tower_conv_bias, num_levels=len(self.strides))
         self.box_init_pred = nn.Conv2d(c, 4, 3, padding=1)
         self.box_refine_dconv = DeformConv(c, c, 3, padding=1)
         self.box_refine_pred = nn.Conv2d(c, 4, 3, padding=1)
@@ -190,7 +190,7 @@ class VFNetHead(DenseHead):
         """"logits" [N, K, H, W], "ltrb" (refined) and "ltrb_init" [N, 4, H, W] pixels."""
         cls_feat, box_feat = feats["cls"], feats["box"]
         stride = self.strides[level]
-        init_reg = self.scales_init[level](self.box_init_pred(self.box_init_conv(box_feat)))
+        init_reg = self.scales_init[level](self.box_init_pred(self.box_init_conv(box_feat, level)))
         if self.init_box_norm == "relu":
             init = decode_ltrb(init_reg, stride, norm_reg_targets=True)  # relu(x) * stride, pixels
         else:
