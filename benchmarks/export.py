@@ -102,6 +102,11 @@ MODELS = {
     # score below the threshold, and NMS then has nothing to do)
     "tiny-dual": "configs/compositions/GFL_Dual_tiny_R_18_cpu.yaml",
     "tiny-dual+NMS": "configs/compositions/GFL_Dual_tiny_R_18_cpu.yaml",
+    # the real-time family (configs/realtime/: RegNetX-200MF from timm, BatchNorm towers); give
+    # trained weights with --model-weights rt-gfl=PATH ...
+    "rt-gfl": "configs/realtime/GFL_RegNetX_002_cpu.yaml",
+    "rt-defcn": "configs/realtime/DeFCN_RegNetX_002_cpu.yaml",
+    "rt-dual": "configs/realtime/GFL_Dual_RegNetX_002_cpu.yaml",
 }
 MODEL_OPTS = {"tiny-GN": ["MODEL.DENSE.NORM", "GN"], "tiny-BN": ["MODEL.DENSE.NORM", "BN"],
               "tiny-dual+NMS": ["MODEL.DENSE.POSTPROCESS", "nms"]}
