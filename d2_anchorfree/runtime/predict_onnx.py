@@ -408,7 +408,8 @@ def main(argv=None, prog=None) -> int:
     Raises:
         ValueError: the model has no d2_anchorfree metadata (:func:`load_model`).
         SystemExit: code 2 for bad arguments, e.g. ``--min-score best`` for a model without a
-            saved best-F1 threshold (argparse's usage error, naming what to run).
+            saved best-F1 threshold (argparse's usage error, naming what to run), or an OpenVINO
+            IR ``.xml`` without ``--runtime openvino``.
         ImportError: the ``--runtime`` is not installed (naming the extra).
         FileNotFoundError: no image matches ``--input``.
     """
@@ -435,6 +436,8 @@ def main(argv=None, prog=None) -> int:
         p.error("give --input or --coco-json")
     if args.evaluate and not args.coco_json:
         p.error("--evaluate needs --coco-json")
+    if args.model.lower().endswith(".xml") and args.runtime != "openvino":
+        p.error(f"{args.model} is OpenVINO IR (e.g. from d2af quantize --quantizer nncf): run it with --runtime openvino")
     session, meta = load_model(args.model, args.threads, args.runtime)
     try:
         min_score, why = min_score_of(args.min_score, meta)

@@ -162,3 +162,6 @@ def test_nncf_quantizer_names_its_extra_and_its_output_format(tmp_path, monkeypa
         quantize_onnx.quantize_nncf(str(tmp_path / "model.onnx"), str(tmp_path / "int8.xml"), [])
     with pytest.raises(ValueError, match=r"int8.xml is OpenVINO IR .*: run it with --runtime openvino"):
         load_model(str(tmp_path / "int8.xml"))
+    with pytest.raises(SystemExit) as exit_info:  # d2af predict-onnx: a usage error before any work
+        predict_onnx.main(["--model", str(tmp_path / "int8.xml"), "--input", str(tmp_path), "--output", str(tmp_path)])
+    assert exit_info.value.code == 2 and "int8.xml is OpenVINO IR" in capsys.readouterr().err
