@@ -23,6 +23,13 @@ from::
         --sizes 400x400,800x1333 --int8 16 --openvino --no-torchscript --runs 5 --warmup 1 --threads 2 \
         --out docs/benchmarks/export_speed_openvino.json
 
+and those of docs/benchmarks/export_speed_nncf.json (OpenVINO on float32, the QDQ INT8 file and
+NNCF's INT8 IR of the trained tiny FCOS) from::
+
+    python -m benchmarks.export --weights output/fcos_tiny/model_final.pth --models tiny \\
+        --sizes 400x400,800x1333 --int8 16 --openvino --nncf --no-torchscript --runs 7 --warmup 1 --threads 2 \\
+        --out docs/benchmarks/export_speed_nncf.json
+
 Other uses (``d2af benchmark export`` and ``python -m benchmarks.export`` take the same
 arguments as ``python tools/benchmark_export.py``)::
 
