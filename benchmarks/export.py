@@ -23,6 +23,13 @@ from::
         --sizes 400x400,800x1333 --int8 16 --openvino --no-torchscript --runs 5 --warmup 1 --threads 2 \
         --out docs/benchmarks/export_speed_openvino.json
 
+and those of docs/benchmarks/export_speed_nncf.json (OpenVINO on float32, the QDQ INT8 file and
+NNCF's INT8 IR of the trained tiny FCOS) from::
+
+    python -m benchmarks.export --weights output/fcos_tiny/model_final.pth --models tiny \\
+        --sizes 400x400,800x1333 --int8 16 --openvino --nncf --no-torchscript --runs 7 --warmup 1 --threads 2 \\
+        --out docs/benchmarks/export_speed_nncf.json
+
 Other uses (``d2af benchmark export`` and ``python -m benchmarks.export`` take the same
 arguments as ``python tools/benchmark_export.py``)::
 
@@ -48,6 +55,9 @@ How it measures:
 * ``--openvino``: OpenVINO's CPU plugin on the same ONNX files (``predict_onnx.open_session``:
   ``INFERENCE_NUM_THREADS = T``, float32 inference precision, latency hint), and with
   ``--int8`` on the INT8 QDQ file, which OpenVINO runs with its own INT8 kernels.
+* ``--nncf`` (with ``--int8`` and ``--openvino``): the whole graph also quantized by NNCF
+  (``quantize_onnx.quantize_nncf_graph``, the same calibration tiles) and its OpenVINO IR timed
+  in OpenVINO as "openvino-nncf-int8".
 * "x eager" = eager's median / the backend's median; "paired" = the median over repetitions of
   eager's time / the backend's time in the same repetition (less sensitive to load drifts).
   Interleaving does not make the backends equally sensitive to load: on a busy machine (other
@@ -112,7 +122,7 @@ MODEL_OPTS = {"tiny-GN": ["MODEL.DENSE.NORM", "GN"], "tiny-BN": ["MODEL.DENSE.NO
               "tiny-dual+NMS": ["MODEL.DENSE.POSTPROCESS", "nms"]}
 # models that take the weights of another entry of --model-weights
 SHARED_WEIGHTS = {"tiny-dual+NMS": "tiny-dual"}
-BACKENDS = ("eager", "onnxruntime", "torchscript", "onnxruntime-int8", "openvino", "openvino-int8")
+BACKENDS = ("eager", "onnxruntime", "torchscript", "onnxruntime-int8", "openvino", "openvino-int8", "openvino-nncf-int8")
 ORT_LEVELS = ("disable", "basic", "extended", "all")
 EXPORT_SIZE = (512, 512)  # the traced sample; the graphs are valid for every size
 
@@ -148,6 +158,9 @@ def parse_args(argv=None, prog=None):
     p.add_argument("--openvino", action="store_true",
                    help="also time OpenVINO (CPU plugin, float32 precision, latency hint, INFERENCE_NUM_THREADS = "
                         "--threads) on the ONNX graph, and with --int8 on the INT8 graph")
+    p.add_argument("--nncf", action="store_true",
+                   help="with --int8 and --openvino: also time NNCF's INT8 OpenVINO IR of the whole graph "
+                        "(quantize_onnx --quantizer nncf, the same calibration tiles)")
     p.add_argument("--no-torchscript", action="store_true", help="leave the TorchScript backend out")
     p.add_argument("--workdir", default="", help="where the exported files go (default: a temporary folder)")
     p.add_argument("--quick", action="store_true",
@@ -159,6 +172,8 @@ def parse_args(argv=None, prog=None):
         for key, value in quick.items():
             if getattr(args, key) == p.get_default(key):
                 setattr(args, key, value)
+    if args.nncf and not (args.int8 and args.openvino):
+        p.error("--nncf needs --int8 N and --openvino")
     unknown = [m for m in args.models if m not in MODELS]
     if unknown:
         p.error(f"unknown --models {unknown}; choose from {list(MODELS)}")
@@ -257,10 +272,12 @@ def backbone_input(model, image: np.ndarray) -> torch.Tensor:
         return model.preprocess_image([{"image": chw.to(model.pixel_mean.dtype)}]).tensor.contiguous()
 
 
-def export_all(name: str, model, sample: np.ndarray, workdir: str, parts: bool, int8: int = 0) -> Dict[str, str]:
+def export_all(name: str, model, sample: np.ndarray, workdir: str, parts: bool, int8: int = 0,
+               nncf: bool = False) -> Dict[str, str]:
     """Export the whole graph (ONNX + TorchScript, via ``d2_anchorfree.export``), with ``int8``
-    > 0 its INT8 ONNX graph calibrated on that many tree tiles, and, with ``parts``, the backbone
-    alone; returns {key: path} with keys onnx, ts, onnx-int8, backbone.onnx, backbone.ts and the
+    > 0 its INT8 ONNX graph calibrated on that many tree tiles (and with ``nncf`` NNCF's INT8
+    OpenVINO IR calibrated on the same tiles), and, with ``parts``, the backbone alone; returns
+    {key: path} with keys onnx, ts, onnx-int8, ov-nncf-int8, backbone.onnx, backbone.ts and the
     export (and quantization) times in seconds under "seconds"."""
     from d2_anchorfree.export import export_onnx, export_torchscript
 
@@ -290,8 +307,16 @@ def export_all(name: str, model, sample: np.ndarray, workdir: str, parts: bool, 
 
         start = time.perf_counter()
         paths["onnx-int8"] = os.path.join(workdir, f"{name}_int8.onnx")
-        quantize_graph(paths["onnx"], paths["onnx-int8"], calibration_tiles(int8, sample.shape[:2]))
+        tiles = calibration_tiles(int8, sample.shape[:2])
+        quantize_graph(paths["onnx"], paths["onnx-int8"], tiles)
         seconds["onnx-int8"] = time.perf_counter() - start
+        if nncf:
+            from d2_anchorfree.runtime.quantize_onnx import quantize_nncf_graph
+
+            start = time.perf_counter()
+            paths["ov-nncf-int8"] = os.path.join(workdir, f"{name}_nncf_int8.xml")
+            quantize_nncf_graph(paths["onnx"], paths["ov-nncf-int8"], tiles)
+            seconds["ov-nncf-int8"] = time.perf_counter() - start
     paths["seconds"] = seconds
     return paths
 
@@ -365,6 +390,8 @@ def make_runners(paths: Dict[str, str], model, args, part: str) -> Dict[str, Cal
         graphs = {"openvino": paths[prefix + "onnx"]}
         if part == "whole" and "onnx-int8" in paths:
             graphs["openvino-int8"] = paths["onnx-int8"]
+        if part == "whole" and "ov-nncf-int8" in paths:
+            graphs["openvino-nncf-int8"] = paths["ov-nncf-int8"]
         for backend, path in graphs.items():
             ov_session = open_session(path, args.threads, "openvino")[0]
             runners[backend] = lambda x, run=ov_session: list(run(x).values())
@@ -558,6 +585,10 @@ def environment(args, argv: List[str], image: str) -> Dict:
 
         info.update({"openvino": openvino.__version__, "openvino_device": "CPU", "openvino_inference_num_threads": args.threads,
                      "openvino_inference_precision_hint": "f32", "openvino_performance_hint": "LATENCY"})
+    if args.nncf:
+        import nncf
+
+        info["nncf"] = nncf.__version__
     try:
         with open("/proc/cpuinfo") as f:
             info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
@@ -574,7 +605,7 @@ def bench_model(name: str, args, image_path: str, workdir: str, log=print) -> Tu
     {"<name> <size>": profile}, model info)."""
     model, weights = build_detector(name, model_weights(name, args.weights, args.model_weights), args.opts)
     sample = make_image(image_path, *EXPORT_SIZE)
-    paths = export_all(name, model, sample, workdir, args.parts, args.int8)
+    paths = export_all(name, model, sample, workdir, args.parts, args.int8, args.nncf)
     info = {"config": MODELS[name], "weights": weights, "export_seconds": paths["seconds"],
             "onnx_bytes": os.path.getsize(paths["onnx"])}
     log(f"[{name}] {weights}; exported in {paths['seconds']['onnx']:.1f} s (ONNX), {paths['seconds']['ts']:.1f} s (TorchScript)")

@@ -29,7 +29,7 @@ COMMANDS: Dict[str, Command] = {
     "predict-onnx": Command("d2_anchorfree.runtime.predict_onnx:main",
                             "run an exported ONNX detector with onnxruntime or OpenVINO (no torch needed)"),
     "quantize": Command("d2_anchorfree.runtime.quantize_onnx:main",
-                        "INT8-quantize an exported ONNX detector, calibrated on images (onnxruntime)"),
+                        "INT8-quantize an exported ONNX detector, calibrated on images (onnxruntime or NNCF)"),
     "curves": Command("d2_anchorfree.cli.curves:main",
                       "draw losses, learning rate and AP against iteration from metrics.json, runs side by side"),
     "analyze": Command("d2_anchorfree.cli.analyze:main",

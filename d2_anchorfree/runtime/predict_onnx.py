@@ -24,7 +24,9 @@ bar; unreadable images are skipped, listed, and make the exit code 1.
 
 Runtimes (:func:`load_model`): ``onnxruntime`` (``CPUExecutionProvider``) and ``openvino``
 (OpenVINO's ONNX reader, CPU plugin, float32 inference precision, latency hint); both read the
-same file, the INT8 QDQ files of ``d2af quantize`` included.
+same file, the INT8 QDQ files of ``d2af quantize`` included. ``openvino`` also reads OpenVINO IR
+(``--model model_int8.xml``, its ``.bin`` beside it: ``d2af quantize --quantizer nncf``), with
+the same metadata, pre- and post-processing.
 """
 import argparse
 import glob
@@ -77,7 +79,14 @@ def _import_runtime(runtime: str):
 
 def _onnxruntime_session(path: str, threads: int) -> Tuple[Session, Dict[str, str]]:
     """(session, the file's metadata_props) with onnxruntime's ``CPUExecutionProvider``;
-    ``threads``: intra-op threads (0: onnxruntime's default, one per core)."""
+    ``threads``: intra-op threads (0: onnxruntime's default, one per core).
+
+    Raises:
+        ValueError: ``path`` is an OpenVINO IR ``.xml``, which onnxruntime cannot read.
+    """
+    if path.lower().endswith(".xml"):
+        raise ValueError(f"{path} is OpenVINO IR (e.g. from d2af quantize --quantizer nncf), which onnxruntime "
+                         "cannot read: run it with --runtime openvino")
     onnxruntime = _import_runtime("onnxruntime")
     options = onnxruntime.SessionOptions()
     if threads:
@@ -93,8 +102,9 @@ def _onnxruntime_session(path: str, threads: int) -> Tuple[Session, Dict[str, st
 
 
 def _openvino_session(path: str, threads: int) -> Tuple[Session, Dict[str, str]]:
-    """(session, the file's metadata_props) with OpenVINO's CPU plugin: the ONNX file read by
-    ``Core.read_model`` (metadata_props land in the model's rt_info under "framework"),
+    """(session, the file's metadata_props) with OpenVINO's CPU plugin: the ONNX file, or an
+    OpenVINO IR ``.xml`` (its ``.bin`` beside it), read by ``Core.read_model`` (an ONNX file's
+    metadata_props land in the model's rt_info under "framework", where IR keeps them),
     compiled with ``INFERENCE_NUM_THREADS`` = ``threads`` (0: OpenVINO's default), float32
     inference precision (OpenVINO would otherwise pick bfloat16 on CPUs that have it) and the
     latency hint (one image per call).
@@ -131,11 +141,11 @@ def _openvino_session(path: str, threads: int) -> Tuple[Session, Dict[str, str]]
 
 
 def open_session(path: str, threads: int = 0, runtime: str = "onnxruntime") -> Tuple[Session, Dict[str, str]]:
-    """A CPU session of any single-input ONNX file in ``runtime``, and the file's
-    ``metadata_props`` (empty when it has none).
+    """A CPU session of any single-input ONNX file (or OpenVINO IR ``.xml`` with runtime
+    "openvino") in ``runtime``, and the file's ``metadata_props`` (empty when it has none).
 
     Args:
-        path: the ``.onnx`` file. threads: intra-op threads (onnxruntime) or
+        path: the ``.onnx`` file, or a ``.xml`` with runtime "openvino". threads: intra-op threads (onnxruntime) or
             ``INFERENCE_NUM_THREADS`` (OpenVINO); 0: the runtime's default.
         runtime: one of :data:`RUNTIMES`.
 
@@ -144,7 +154,8 @@ def open_session(path: str, threads: int = 0, runtime: str = "onnxruntime") -> T
         returns {output name: array} in the graph's output order.
 
     Raises:
-        ValueError: an unknown runtime; deformable convolutions with OpenVINO.
+        ValueError: an unknown runtime; deformable convolutions with OpenVINO; an IR ``.xml``
+            with onnxruntime.
         ImportError: the runtime is not installed (naming the extra that installs it).
     """
     loaders = {"onnxruntime": _onnxruntime_session, "openvino": _openvino_session}
@@ -159,7 +170,8 @@ def load_model(path: str, threads: int = 0, runtime: str = "onnxruntime") -> Tup
     category_ids, min/max_size_test, score_thresh, coco_max_dets_per_image, ...).
 
     Args:
-        path: the ``.onnx`` file. threads: intra-op threads (onnxruntime) or
+        path: the ``.onnx`` file, or the ``.xml`` of ``d2af quantize --quantizer nncf`` with
+            runtime "openvino". threads: intra-op threads (onnxruntime) or
             ``INFERENCE_NUM_THREADS`` (OpenVINO); 0: the runtime's default.
         runtime: one of :data:`RUNTIMES`.
 
@@ -169,7 +181,8 @@ def load_model(path: str, threads: int = 0, runtime: str = "onnxruntime") -> Tup
 
     Raises:
         ValueError: an unknown runtime; the file has no d2_anchorfree metadata (not written by
-            ``d2af export``); deformable convolutions with OpenVINO.
+            ``d2af export``); deformable convolutions with OpenVINO; an IR ``.xml`` with
+            onnxruntime.
         ImportError: the runtime is not installed (naming the extra that installs it).
     """
     session, props = open_session(path, threads, runtime)
@@ -395,12 +408,14 @@ def main(argv=None, prog=None) -> int:
     Raises:
         ValueError: the model has no d2_anchorfree metadata (:func:`load_model`).
         SystemExit: code 2 for bad arguments, e.g. ``--min-score best`` for a model without a
-            saved best-F1 threshold (argparse's usage error, naming what to run).
+            saved best-F1 threshold (argparse's usage error, naming what to run), or an OpenVINO
+            IR ``.xml`` without ``--runtime openvino``.
         ImportError: the ``--runtime`` is not installed (naming the extra).
         FileNotFoundError: no image matches ``--input``.
     """
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="model.onnx written by d2af export")
+    p.add_argument("--model", required=True,
+                   help="model.onnx written by d2af export (or d2af quantize's .onnx / .xml; .xml: --runtime openvino)")
     p.add_argument("--input", default="", help="an image, a folder or a quoted glob")
     p.add_argument("--coco-json", default="", help="run the images of this COCO json instead of --input")
     p.add_argument("--image-root", default="", help="image folder of --coco-json (default: <json dir>/images)")
@@ -421,6 +436,8 @@ def main(argv=None, prog=None) -> int:
         p.error("give --input or --coco-json")
     if args.evaluate and not args.coco_json:
         p.error("--evaluate needs --coco-json")
+    if args.model.lower().endswith(".xml") and args.runtime != "openvino":
+        p.error(f"{args.model} is OpenVINO IR (e.g. from d2af quantize --quantizer nncf): run it with --runtime openvino")
     session, meta = load_model(args.model, args.threads, args.runtime)
     try:
         min_score, why = min_score_of(args.min_score, meta)

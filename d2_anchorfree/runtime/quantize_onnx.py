@@ -1,9 +1,13 @@
 """INT8 post-training static quantization of an exported detector (``d2af export --format onnx``)
-with onnxruntime's quantizer, calibrated on real images; no torch, no detectron2.
+with onnxruntime's quantizer (the default) or OpenVINO's NNCF (``--quantizer nncf``), calibrated
+on real images; no torch, no detectron2.
 
     d2af quantize --model output/fcos_onnx/model.onnx --output output/fcos_onnx/model_int8.onnx \\
         --calibration datasets/trees/train.json --calibration-images 64 \\
         --coco-json datasets/trees/val.json --max-ap-drop 1.0
+    d2af quantize --quantizer nncf --model output/fcos_onnx/model.onnx \\
+        --output output/fcos_onnx/model_int8.xml --calibration datasets/trees/train.json \\
+        --coco-json datasets/trees/val.json      # OpenVINO IR: d2af predict-onnx --runtime openvino
 
 (``python -m d2_anchorfree.runtime.quantize_onnx`` takes the same arguments.)
 
@@ -16,14 +20,23 @@ convolution is reachable: class logits, box distances, centerness, DFL distribut
 filtering's last conv; quantizing them costs AP), every normalization, the scoring rule, box
 decoding, candidate selection, top-k and NMS, and deformable convolutions.
 
+``--quantizer nncf`` (``pip install 'd2_anchorfree[openvino]'``): OpenVINO reads the ONNX file,
+NNCF (``nncf.quantize``, OpenVINO backend) quantizes the same part, every op not made from
+:func:`feature_nodes` passed as its ignored scope (:func:`nncf_ignored_names`), with its own
+quantizer placement (FakeQuantize on the activation inputs of convolutions, additions, pooling;
+int8 weights per output channel, the ``--nncf-preset``'s activation scheme) and its fast bias
+correction; the result is an OpenVINO IR (``.xml`` + ``.bin``, float parts kept float32) with the
+metadata inside, which ``d2af predict-onnx --runtime openvino`` runs like the ONNX files.
+
 Calibration images go through the runtime's own preprocessing (``predict_onnx``: BGR, resized to
 the model's test size), so the ranges are those the deployed model sees. With ``--coco-json`` the
 float32 and INT8 models are both evaluated on that dataset (COCO AP, pycocotools, as ``d2af
-predict-onnx --evaluate``); an AP drop above ``--max-ap-drop`` points makes the exit code 1 and
+predict-onnx --evaluate``; with onnxruntime, or with OpenVINO for ``--quantizer nncf``); an AP drop above ``--max-ap-drop`` points makes the exit code 1 and
 says so: the INT8 file is written but flagged, never passed off as equivalent.
 """
 import argparse
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -31,7 +44,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .predict_onnx import coco_results, evaluate, list_inputs, load_model, predict, read_bgr, resize, test_size
+from .predict_onnx import (METADATA_KEY, coco_results, evaluate, list_inputs, load_model, predict, read_bgr,
+                           resize, test_size)
 
 QUANTIZED_OPS = ("Conv",)
 # Ops quantized along with the convolutions inside the feature part of the graph (backbone, FPN,
@@ -40,6 +54,14 @@ QUANTIZED_OPS = ("Conv",)
 # max pooling, the FPN's upsampling. Normalizations that do not fold into a conv (GroupNorm's
 # InstanceNormalization) stay float and break such chains.
 FEATURE_OPS = ("Conv", "Relu", "Clip", "Add", "MaxPool", "Resize")
+#: The quantizers of ``--quantizer``.
+QUANTIZERS = ("onnxruntime", "nncf")
+#: NNCF's presets (``--nncf-preset``): "performance" (NNCF's default): symmetric int8 weights and
+#: activations; "mixed": asymmetric activations (a zero point, as onnxruntime's uint8). On the
+#: trained tiny FCOS both gave the same AP and latency (docs/deployment.md).
+NNCF_PRESETS = ("performance", "mixed")
+# OpenVINO op types that hold no computation to quantize; left out of NNCF's ignored scope
+_OV_STRUCTURAL = ("Constant", "Parameter", "Result")
 
 
 def _consumers(model) -> Dict[str, list]:
@@ -194,14 +216,195 @@ def quantize(model_path: str, output_path: str, images: Sequence[np.ndarray], pe
     return entry
 
 
-def coco_ap(model_path: str, coco_json: str, image_root: str = "", threads: int = 0) -> Dict[str, float]:
-    """COCO box AP / AP50 / AP75 (percent) of ``model_path`` on the images of ``coco_json``, as
-    ``d2af predict-onnx --coco-json ... --evaluate``.
+def _nncf():
+    """(nncf, openvino), imported on first use.
+
+    Raises:
+        ImportError: either is missing, naming the extra that installs both.
+    """
+    try:
+        import nncf
+        import openvino
+    except ImportError as e:
+        raise ImportError("--quantizer nncf needs nncf and openvino: pip install 'd2_anchorfree[openvino]' "
+                          "(or the pinned requirements-extra.txt)") from e
+    return nncf, openvino
+
+
+def _onnx():
+    try:
+        import onnx
+    except ImportError as e:
+        raise ImportError("--quantizer nncf reads the ONNX graph's node names with onnx: "
+                          "pip install 'd2_anchorfree[export]'") from e
+    return onnx
+
+
+def openvino_conv_name(node, names) -> str:
+    """The OpenVINO op name of the ONNX Conv ``node`` (an ``onnx.NodeProto``) in a model read by
+    OpenVINO's ONNX reader, whose op names are ``names`` (a set): ``<node name>/WithoutBiases``
+    for a Conv with a bias (OpenVINO splits it into a Convolution and an Add named after the
+    node), else the node's name, or its output's name where that is a graph output (OpenVINO
+    names the op that writes a graph output after it).
+
+    Raises:
+        KeyError: no such name is in ``names``.
+    """
+    for name in (node.name + "/WithoutBiases", node.name, node.output[0]):
+        if name in names:
+            return name
+    raise KeyError(f"no OpenVINO op for the ONNX Conv {node.name!r}")
+
+
+def nncf_ignored_names(onnx_model, ov_model) -> List[str]:
+    """The op names of ``ov_model`` (``openvino.Model``: the ONNX graph ``onnx_model``, an
+    ``onnx.ModelProto``, read by ``Core.read_model``) that NNCF must leave float, so that it
+    quantizes what the onnxruntime path quantizes: every op but those made from
+    :func:`feature_nodes` (OpenVINO names an op after the ONNX node it comes from; a Conv with a
+    bias becomes the Convolution ``<name>/WithoutBiases`` and the Add ``<name>``), constants,
+    parameters and results left out (nothing to quantize there).
+
+    Raises:
+        ValueError: a feature node has no op of its name in ``ov_model`` (the reader named ops
+            otherwise: the ignored scope would not match what onnxruntime quantizes).
+    """
+    ops = ov_model.get_ordered_ops()
+    names = {op.get_friendly_name() for op in ops}
+    keep = set()
+    for node in feature_nodes(onnx_model):
+        found = {node, node + "/WithoutBiases"} & names
+        if not found:
+            raise ValueError(f"the ONNX node {node!r} has no OpenVINO op of that name: cannot map the float32 "
+                             "part to NNCF's ignored scope")
+        keep |= found
+    return [op.get_friendly_name() for op in ops
+            if op.get_friendly_name() not in keep and op.get_type_name() not in _OV_STRUCTURAL]
+
+
+def is_quantized_conv(op) -> bool:
+    """Whether the OpenVINO Convolution ``op`` computes in INT8 after NNCF: its weights come
+    from an integer constant (NNCF's compressed weights: i8/u8 -> Convert -> Subtract ->
+    Multiply) or through a FakeQuantize. A float32 conv reads a float constant directly."""
+    node = op.input_value(1).get_node()
+    while True:
+        kind = node.get_type_name()
+        if kind == "FakeQuantize":
+            return True
+        if kind == "Constant":
+            return node.get_element_type().is_integral()
+        if kind not in ("Convert", "Subtract", "Multiply", "Reshape", "Transpose", "Unsqueeze"):
+            return False
+        node = node.input_value(0).get_node()
+
+
+def quantize_nncf_graph(model_path: str, output_path: str, images: Sequence[np.ndarray], per_channel: bool = True,
+                        preset: str = "performance", metadata: Optional[dict] = None) -> Dict[str, object]:
+    """Write the INT8 OpenVINO IR of the ONNX graph ``model_path`` to ``output_path`` (``.xml``,
+    its ``.bin`` beside it) with NNCF's post-training quantization (OpenVINO backend),
+    calibrated on ``images``: the convolutions of :func:`feature_nodes` and the ops between them
+    quantized, everything else (the :func:`output_convs`, normalizations, scoring, decoding,
+    top-k, NMS) left float32 through NNCF's ignored scope (:func:`nncf_ignored_names`) and saved
+    without fp16 compression. Activation ranges: per tensor, NNCF's default for activations (the
+    mean over the images of each image's min and max).
+
+    Args:
+        model_path: a float32 ``.onnx``. output_path: the ``.xml`` (folder must exist).
+        images: calibration inputs of the graph's one input (e.g. uint8 BGR [h, w, 3] for ``d2af
+            export``'s graphs).
+        per_channel: int8 weight scales per output channel (else per tensor).
+        preset: one of :data:`NNCF_PRESETS`.
+        metadata: when given, written (with the "quantization" entry added) into the IR's rt_info
+            under ("framework", "d2af_metadata"), where ``predict_onnx`` reads it.
+
+    Returns:
+        the "quantization" entry: format (preset, weight scales), quantizer (nncf version),
+        calibration image count, "quantized_convs" (the INT8 convolutions counted in the
+        result) and "float_output_convs" (the ONNX node names of :func:`output_convs`).
+
+    Raises:
+        ImportError: nncf / openvino missing (``pip install 'd2_anchorfree[openvino]'``), or onnx.
+        ValueError: no image; an unknown preset; an output path not ending in ``.xml``; a
+            feature node the ignored scope cannot name.
+        KeyError: an output convolution with no OpenVINO op of its name.
+        RuntimeError: the result quantizes an output convolution or no convolution at all.
+    """
+    nncf, ov = _nncf()
+    onnx = _onnx()
+    if not images:
+        raise ValueError("no calibration image")
+    if preset not in NNCF_PRESETS:
+        raise ValueError(f"--nncf-preset must be one of {list(NNCF_PRESETS)}, got {preset!r}")
+    if not output_path.endswith(".xml"):
+        raise ValueError(f"--quantizer nncf writes OpenVINO IR (.xml + .bin): --output must end in .xml, got {output_path}")
+    from nncf.common.logging import nncf_logger
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
+
+    graph = onnx.load(model_path, load_external_data=False)
+    model = ov.Core().read_model(model_path)
+    keep_float = output_convs(graph)
+    advanced = AdvancedQuantizationParameters(weights_quantization_params=QuantizationParameters(per_channel=per_channel))
+    level = nncf_logger.level
+    nncf.set_log_level(logging.WARNING)  # at INFO NNCF logs every ignored op: hundreds of lines
+    try:
+        quantized = nncf.quantize(model, nncf.Dataset(list(images)), preset=nncf.QuantizationPreset(preset),
+                                  subset_size=len(images), ignored_scope=nncf.IgnoredScope(names=nncf_ignored_names(graph, model)),
+                                  advanced_parameters=advanced)
+    finally:
+        nncf.set_log_level(level)
+    convs = {op.get_friendly_name(): op for op in quantized.get_ordered_ops() if op.get_type_name() == "Convolution"}
+    int8 = [name for name, op in convs.items() if is_quantized_conv(op)]
+    nodes = {node.name: node for node in graph.graph.node}
+    wrong = [name for name in keep_float if openvino_conv_name(nodes[name], convs) in int8]
+    if wrong or not int8:
+        raise RuntimeError(f"NNCF quantized {len(int8)} convolutions, output convolutions among them: {wrong}")
+    entry = {"format": f"OpenVINO IR, NNCF {preset} preset, int8 weights per " + ("channel" if per_channel else "tensor")
+             + ", int8/uint8 activations per tensor (mean min/max over the calibration images), fast bias correction",
+             "quantizer": f"nncf {nncf.__version__}", "calibration_images": len(images),
+             "quantized_convs": len(int8), "float_output_convs": keep_float}
+    if metadata is not None:
+        quantized.set_rt_info(json.dumps({**metadata, "quantization": entry}), ["framework", METADATA_KEY])
+    ov.save_model(quantized, output_path, compress_to_fp16=False)  # the float32 parts stay float32
+    return entry
+
+
+def quantize_nncf(model_path: str, output_path: str, images: Sequence[np.ndarray], per_channel: bool = True,
+                  preset: str = "performance") -> dict:
+    """:func:`quantize_nncf_graph` of a ``d2af export`` file, keeping its metadata (OpenVINO
+    reads the ONNX metadata_props into the model's rt_info under "framework", and IR keeps it
+    there) with the "quantization" entry added.
+
+    Args:
+        model_path: a float32 ``.onnx`` written by ``d2af export``. output_path: the ``.xml``.
+        images: uint8 BGR [h, w, 3] as the runtime feeds them (:func:`calibration_images`).
+        per_channel: int8 weight scales per output channel (else per tensor).
+        preset: one of :data:`NNCF_PRESETS`.
+
+    Returns:
+        the "quantization" entry (:func:`quantize_nncf_graph`).
+
+    Raises:
+        ImportError: nncf / openvino missing (``pip install 'd2_anchorfree[openvino]'``), or onnx.
+        ValueError: the file has no d2af_metadata; and those of :func:`quantize_nncf_graph`.
+        RuntimeError: the result quantizes an output convolution or no convolution at all.
+    """
+    _, ov = _nncf()
+    model = ov.Core().read_model(model_path)
+    if not model.has_rt_info(["framework", METADATA_KEY]):
+        raise ValueError(f"{model_path} has no d2af_metadata: export it with d2af export")
+    meta = json.loads(str(model.get_rt_info(["framework", METADATA_KEY]).astype(str)))
+    return quantize_nncf_graph(model_path, output_path, images, per_channel, preset, metadata=meta)
+
+
+def coco_ap(model_path: str, coco_json: str, image_root: str = "", threads: int = 0,
+            runtime: str = "onnxruntime") -> Dict[str, float]:
+    """COCO box AP / AP50 / AP75 (percent) of ``model_path`` (ONNX, or OpenVINO IR with
+    ``runtime`` "openvino") on the images of ``coco_json``, as ``d2af predict-onnx --coco-json
+    ... --evaluate --runtime <runtime>``.
 
     Raises:
         ValueError: an image of the json cannot be read (named).
     """
-    session, meta = load_model(model_path, threads)
+    session, meta = load_model(model_path, threads, runtime)
     files, names, ids = list_inputs("", coco_json, image_root)
     results = []
     for path, name in zip(files, names):
@@ -223,11 +426,19 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
     Raises:
         ValueError: too few calibration images, a model without d2_anchorfree metadata.
         FileNotFoundError: no calibration image found.
+        ImportError: the ``--quantizer``'s packages are missing (naming the extra).
+        SystemExit: code 2 for bad arguments (``--quantizer nncf`` with an ``--output`` not
+            ending in ``.xml``).
     """
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--model", required=True, help="float32 model.onnx written by d2af export")
-    p.add_argument("--output", required=True, help="the INT8 .onnx to write")
+    p.add_argument("--output", required=True, help="the INT8 file to write: .onnx (onnxruntime) or .xml (nncf)")
+    p.add_argument("--quantizer", choices=QUANTIZERS, default="onnxruntime",
+                   help="onnxruntime (default: QDQ ONNX, onnxruntime or OpenVINO run it) or nncf (OpenVINO IR, run "
+                        "with --runtime openvino; pip install 'd2_anchorfree[openvino]')")
+    p.add_argument("--nncf-preset", choices=NNCF_PRESETS, default="performance",
+                   help="with --quantizer nncf: performance (default: symmetric activations) or mixed (asymmetric)")
     p.add_argument("--calibration", required=True,
                    help="calibration images: a COCO json (its images, e.g. the training set's), a folder or a quoted glob")
     p.add_argument("--calibration-root", default="", help="image folder of a --calibration json (default: <json dir>/images)")
@@ -236,27 +447,38 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
     p.add_argument("--coco-json", default="", help="evaluate float32 and INT8 on this COCO json")
     p.add_argument("--image-root", default="", help="image folder of --coco-json (default: <json dir>/images)")
     p.add_argument("--max-ap-drop", type=float, default=1.0, help="AP points INT8 may lose (default 1.0)")
-    p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads for evaluation")
+    p.add_argument("--threads", type=int, default=0,
+                   help="onnxruntime intra-op threads / OpenVINO INFERENCE_NUM_THREADS for evaluation")
     args = p.parse_args(argv)
-    _, meta = load_model(args.model)
+    nncf = args.quantizer == "nncf"
+    if nncf and not args.output.endswith(".xml"):
+        p.error(f"--quantizer nncf writes OpenVINO IR (.xml + .bin): --output must end in .xml, got {args.output}")
+    if nncf:
+        _nncf()  # a missing package is named before any work
+    runtime = "openvino" if nncf else "onnxruntime"
+    _, meta = load_model(args.model, runtime=runtime)
     is_json = args.calibration.endswith(".json")
     paths, _, _ = list_inputs("" if is_json else args.calibration, args.calibration if is_json else "",
                               args.calibration_root)
     images = calibration_images(paths, meta, args.calibration_images)
     folder = os.path.dirname(os.path.abspath(args.output))
     os.makedirs(folder, exist_ok=True)
-    entry = quantize(args.model, args.output, images, per_channel=not args.per_tensor)
-    print(f"wrote {args.output}: {entry['quantized_convs']} convolutions int8, "
+    if nncf:
+        entry = quantize_nncf(args.model, args.output, images, per_channel=not args.per_tensor, preset=args.nncf_preset)
+    else:
+        entry = quantize(args.model, args.output, images, per_channel=not args.per_tensor)
+    print(f"wrote {args.output} ({args.quantizer}): {entry['quantized_convs']} convolutions int8, "
           f"{len(entry['float_output_convs'])} output convolutions float32, {len(images)} calibration images")
     if not args.coco_json:
         return 0
-    fp32 = coco_ap(args.model, args.coco_json, args.image_root, args.threads)
-    int8 = coco_ap(args.output, args.coco_json, args.image_root, args.threads)
+    fp32 = coco_ap(args.model, args.coco_json, args.image_root, args.threads, runtime)
+    int8 = coco_ap(args.output, args.coco_json, args.image_root, args.threads, runtime)
     drop = fp32["AP"] - int8["AP"]
     print(f"COCO AP float32 {fp32['AP']:.2f} (AP50 {fp32['AP50']:.2f}), INT8 {int8['AP']:.2f} "
-          f"(AP50 {int8['AP50']:.2f}): {drop:.2f} points lost")
+          f"(AP50 {int8['AP50']:.2f}): {drop:.2f} points lost (both evaluated with {runtime})")
     with open(os.path.splitext(args.output)[0] + "_ap.json", "w") as f:
-        json.dump({"float32": fp32, "int8": int8, "max_ap_drop": args.max_ap_drop}, f)
+        json.dump({"float32": fp32, "int8": int8, "max_ap_drop": args.max_ap_drop, "quantizer": args.quantizer,
+                   "runtime": runtime}, f)
     if not drop <= args.max_ap_drop:  # also NaN: no detection to compare
         print(f"INT8 REJECTED: it loses {drop:.2f} AP points (more than --max-ap-drop {args.max_ap_drop}, "
               "or nothing to compare); "

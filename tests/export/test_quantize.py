@@ -1,7 +1,8 @@
 """INT8 quantization of exported detectors (``d2_anchorfree.runtime.quantize_onnx``): which
 convolutions are quantized (all but the output layers, found on a hand-made graph), the graph
-and metadata of a quantized detector, calibration and AP-margin errors, and the command's
-float32 / INT8 comparison on COCO AP."""
+and metadata of a quantized detector, calibration and AP-margin errors, the command's
+float32 / INT8 comparison on COCO AP, and the errors of ``--quantizer nncf`` that need no
+OpenVINO in the process (test_quantize_nncf.py runs NNCF itself)."""
 import json
 import os
 
@@ -140,5 +141,27 @@ def test_command_compares_coco_ap_and_flags_a_drop_above_the_margin(exported, tm
     assert "convolutions int8" in captured.out and "COCO AP float32" in captured.out
     assert ("INT8 REJECTED" in captured.err) == (code == 1)
     report = json.load(open(str(tmp_path / "q" / "model_int8_ap.json")))
-    assert set(report) == {"float32", "int8", "max_ap_drop"} and report["max_ap_drop"] == margin
+    assert set(report) == {"float32", "int8", "max_ap_drop", "quantizer", "runtime"} and report["max_ap_drop"] == margin
+    assert report["quantizer"] == report["runtime"] == "onnxruntime"
     assert os.path.isfile(out)
+
+
+def test_nncf_quantizer_names_its_extra_and_its_output_format(tmp_path, monkeypatch, capsys):
+    """Before any work: NNCF missing names the extra that installs it; NNCF writes OpenVINO IR,
+    so an --output that is not .xml is a usage error; onnxruntime refuses an IR file by name."""
+    import sys
+
+    argv = ["--quantizer", "nncf", "--model", str(tmp_path / "model.onnx"), "--calibration", str(tmp_path)]
+    with pytest.raises(SystemExit) as exit_info:
+        quantize_onnx.main(argv + ["--output", str(tmp_path / "int8.onnx")])
+    assert exit_info.value.code == 2 and "--output must end in .xml" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "nncf", None)  # import fails as if not installed
+    with pytest.raises(ImportError, match=r"--quantizer nncf needs nncf and openvino: pip install 'd2_anchorfree\[openvino\]'"):
+        quantize_onnx.main(argv + ["--output", str(tmp_path / "int8.xml")])
+    with pytest.raises(ImportError, match=r"pip install 'd2_anchorfree\[openvino\]'"):
+        quantize_onnx.quantize_nncf(str(tmp_path / "model.onnx"), str(tmp_path / "int8.xml"), [])
+    with pytest.raises(ValueError, match=r"int8.xml is OpenVINO IR .*: run it with --runtime openvino"):
+        load_model(str(tmp_path / "int8.xml"))
+    with pytest.raises(SystemExit) as exit_info:  # d2af predict-onnx: a usage error before any work
+        predict_onnx.main(["--model", str(tmp_path / "int8.xml"), "--input", str(tmp_path), "--output", str(tmp_path)])
+    assert exit_info.value.code == 2 and "int8.xml is OpenVINO IR" in capsys.readouterr().err

@@ -1,5 +1,5 @@
 """benchmarks/export.py (d2af benchmark export): a tiny run (tiny FCOS, 128x128, one repetition, no warm-up) goes
-through export, every backend (OpenVINO and the INT8 graphs included), the backbone-only parts and the onnxruntime profile, and
+through export, every backend (OpenVINO and the INT8 graphs, NNCF's included), the backbone-only parts and the onnxruntime profile, and
 writes a JSON with one row per backend and part, positive times and the environment. No
 timing is checked."""
 import json
@@ -31,7 +31,7 @@ def test_tiled_image_repeats_the_tile(tmp_path):
 def test_tiny_run_writes_rows_and_environment(tmp_path, capsys):
     out = tmp_path / "export_speed.json"
     result = bench.main(["--models", "tiny", "--sizes", "128x128", "--runs", "1", "--warmup", "0",
-                         "--threads", "1", "--parts", "--profile", "--profile-runs", "1", "--int8", "2", "--openvino",
+                         "--threads", "1", "--parts", "--profile", "--profile-runs", "1", "--int8", "2", "--openvino", "--nncf",
                          "--workdir", str(tmp_path / "files"), "--out", str(out)])
     saved = json.loads(out.read_text())
     assert saved["rows"] == json.loads(json.dumps(result["rows"]))
