@@ -1,6 +1,7 @@
 """A detectron2 ``DatasetMapper`` that reads images with :func:`d2_anchorfree.data.image_io.read_image`
 (the reader shared with ``tools/predict.py``), whose failures name the file."""
 import copy
+from typing import Optional
 
 import numpy as np
 import torch
@@ -55,7 +56,13 @@ class CheckedDatasetMapper(DatasetMapper):
             sem_seg_gt = utils.read_image(dataset_dict.pop("sem_seg_file_name"), "L").squeeze(2)
         else:
             sem_seg_gt = None
+        return self.augment(dataset_dict, image, sem_seg_gt)
 
+    def augment(self, dataset_dict: dict, image: np.ndarray, sem_seg_gt: Optional[np.ndarray] = None) -> dict:
+        """The steps after reading: apply the augmentations to ``image`` ([H, W, C] uint8) and
+        ``sem_seg_gt``, put ``"image"`` (uint8 [C, H, W] tensor) into ``dataset_dict`` (modified in
+        place and returned), transform proposals and, in training, the annotations into
+        ``"instances"`` (at test time the annotations are removed)."""
         aug_input = T.AugInput(image, sem_seg=sem_seg_gt)
         transforms = self.augmentations(aug_input)
         image, sem_seg_gt = aug_input.image, aug_input.sem_seg
