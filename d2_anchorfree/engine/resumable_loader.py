@@ -12,8 +12,9 @@ uninterrupted run would have used. Here:
   stochastic rounding, the random subset) from generators seeded once, so the stream is a
   function of the seed and the position alone;
 * every sample's augmentation randomness (numpy / random / torch, which detectron2's
-  augmentations draw from) is seeded from (SEED, position in the stream), so it does not depend
-  on which data-loader worker maps it or on what was mapped before.
+  augmentations and the mosaic of ``INPUT.MOSAIC`` draw from) is seeded from (SEED, position in
+  the stream), so it does not depend on which data-loader worker maps it or on what was mapped
+  before.
 
 With ``DATALOADER.ASPECT_RATIO_GROUPING`` the images buffered in a not-yet-full aspect-ratio
 bucket at checkpoint time are not replayed; the stream is exact when all images share one
@@ -186,7 +187,7 @@ def build_resumable_train_loader(cfg, mapper, start_iter: int = 0, dataset_dicts
             from numpy / random / torch's global generators, seeded per sample position.
         start_iter: number of iterations already trained (0 for a new run).
         dataset_dicts: the dicts of :func:`train_dataset_dicts` when the caller has loaded them
-            already (e.g. for a mapper that needs them); None loads them.
+            already (e.g. for a mapper that needs them, the mosaic's); None loads them.
 
     Returns:
         An infinite iterable of lists of mapped dicts, ``IMS_PER_BATCH / world_size`` per list.
