@@ -6,11 +6,12 @@
 The dataset is any name the config registers (``DATASETS.REGISTER_COCO``; the default config, the
 tiny FCOS one, registers the bundled ``trees_train``, ``trees_val`` and ``trees_val_whole``);
 loading it runs the data checks of training. ``--num`` images are picked at random (``--seed``)
-and each goes through the training mapper (``CheckedDatasetMapper(cfg, is_train=True)``, as
-detectron2's ``tools/visualize_data.py --source dataloader``): with ``--augment`` its
-augmentations (``INPUT.MIN_SIZE_TRAIN`` resize, ``INPUT.RANDOM_FLIP``, ``INPUT.CROP``) are
-applied, without it none, so what is drawn is what the model is given: crowd boxes are dropped,
-boxes follow the resize and flip. ``<out>/<image path relative to the image root>`` (``.png``
+and each goes through the training mapper (``data.build_train_mapper``, as detectron2's
+``tools/visualize_data.py --source dataloader``): with ``--augment`` its augmentations
+(``INPUT.MIN_SIZE_TRAIN`` resize, ``INPUT.RANDOM_FLIP``, ``INPUT.CROP``) are applied, and with
+``INPUT.MOSAIC.ENABLED`` the mosaic (the picked image top left, the 3 others drawn from the whole
+dataset); without ``--augment`` none, so what is drawn is what the model is given: crowd boxes
+are dropped, boxes follow the mosaic, resize and flip. ``<out>/<image path relative to the image root>`` (``.png``
 added unless it ends so; PNG keeps 1-pixel lines sharp) gets the
 boxes drawn with detectron2's ``Visualizer`` (a colour per class, ``--line-width`` pixels,
 class names unless ``--no-labels``: for dense scenes).
@@ -31,7 +32,7 @@ from detectron2.utils.visualizer import Visualizer
 
 from d2_anchorfree.cli.predict import relative_names
 from d2_anchorfree.data.datasets import parse_register_entry
-from d2_anchorfree.data.mapper import CheckedDatasetMapper
+from d2_anchorfree.data.mapper import CheckedDatasetMapper, build_train_mapper
 from d2_anchorfree.engine import setup_cfg
 from d2_anchorfree.model_zoo import get_config_file
 
@@ -54,11 +55,18 @@ class GroundTruthView(NamedTuple):
     classes: np.ndarray
 
 
-def build_browse_mapper(cfg, augment: bool) -> CheckedDatasetMapper:
-    """The training mapper of ``cfg`` (its augmentations from ``INPUT.*``), or the same mapper with
-    no augmentation when ``augment`` is False (the image and boxes as stored)."""
+def build_browse_mapper(cfg, augment: bool,
+                        dataset_dicts: Optional[Sequence[dict]] = None) -> CheckedDatasetMapper:
+    """The training mapper of ``cfg`` (its augmentations from ``INPUT.*``, and the mosaic over
+    ``dataset_dicts`` with ``INPUT.MOSAIC.ENABLED``: :func:`~d2_anchorfree.data.build_train_mapper`),
+    or a mapper with no augmentation and no mosaic when ``augment`` is False (the image and boxes as
+    stored).
+
+    Raises:
+        ValueError: mosaic on with ``augment`` and no ``dataset_dicts``, or a bad ``INPUT.MOSAIC`` value.
+    """
     if augment:
-        return CheckedDatasetMapper(cfg, is_train=True)
+        return build_train_mapper(cfg, dataset_dicts)
     return CheckedDatasetMapper(cfg, is_train=True, augmentations=[])
 
 
@@ -172,12 +180,13 @@ def main(argv=None, prog=None) -> int:
         if args.dataset not in DatasetCatalog.list():
             raise ValueError(f"dataset {args.dataset!r} is not registered; {config_file} registers "
                              f"{_registered_names(cfg)} (DATASETS.REGISTER_COCO)")
-        records = pick_records(DatasetCatalog.get(args.dataset), args.num, args.seed)
+        dataset = DatasetCatalog.get(args.dataset)
+        records = pick_records(dataset, args.num, args.seed)
         meta = MetadataCatalog.get(args.dataset)
         class_names = list(meta.thing_classes)
         names = relative_names([r["file_name"] for r in records], os.path.abspath(meta.image_root))
         np.random.seed(args.seed)  # detectron2's augmentations draw from numpy's global generator
-        views = ground_truth_views(records, build_browse_mapper(cfg, args.augment), cfg.INPUT.FORMAT)
+        views = ground_truth_views(records, build_browse_mapper(cfg, args.augment, dataset), cfg.INPUT.FORMAT)
         os.makedirs(args.out, exist_ok=True)
         boxes = 0
         for name, view in zip(names, views):
@@ -191,6 +200,8 @@ def main(argv=None, prog=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     state = "after the training augmentations" if args.augment else "as stored"
+    if args.augment and cfg.INPUT.MOSAIC.ENABLED:
+        state += f", mosaics with probability {cfg.INPUT.MOSAIC.PROB:g}"
     print(f"wrote {len(records)} images with {boxes} boxes ({state}) to {args.out}")
     return 0
 

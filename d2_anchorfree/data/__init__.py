@@ -1,6 +1,7 @@
 """Data layer: COCO datasets registered from the config (``DATASETS.REGISTER_COCO``), annotation,
 area, image and class-count checks, the one image reader of training, evaluation and prediction
-(``image_io.read_image``) and a dataset mapper that names unreadable image files. Downloading and
+(``image_io.read_image``), a dataset mapper that names unreadable image files and its mosaic
+variant (``INPUT.MOSAIC``, :mod:`d2_anchorfree.data.mosaic`). Downloading and
 tiling the bundled tree-crown data: :mod:`d2_anchorfree.data.trees` (``d2af prepare-data``)."""
 from .datasets import (
     check_coco_areas,
@@ -16,11 +17,15 @@ from .datasets import (
     validate_images,
 )
 from .image_io import read_image
-from .mapper import CheckedDatasetMapper
+from .mapper import CheckedDatasetMapper, MosaicDatasetMapper, build_train_mapper
+from .mosaic import check_mosaic_config
 
 __all__ = [
     "CheckedDatasetMapper",
+    "MosaicDatasetMapper",
+    "build_train_mapper",
     "check_coco_areas",
+    "check_mosaic_config",
     "check_num_classes",
     "find_bad_areas",
     "num_classes_key",

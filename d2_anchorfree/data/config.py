@@ -1,9 +1,11 @@
-"""Config keys of the data layer (read by ``data.datasets`` and ``data.mapper``)."""
+"""Config keys of the data layer (read by ``data.datasets``, ``data.mapper`` and ``data.mosaic``)."""
+from detectron2.config import CfgNode as CN
 
 
 def add_data_config(cfg):
-    """Add ``DATASETS.REGISTER_COCO`` and the annotation / image checks (``DATASETS.VALIDATE_*``,
-    ``DATASETS.AREA_*``).
+    """Add ``DATASETS.REGISTER_COCO``, the annotation / image checks (``DATASETS.VALIDATE_*``,
+    ``DATASETS.AREA_*``) and the mosaic augmentation (``INPUT.MOSAIC``, checked by
+    :func:`~.mosaic.check_mosaic_config`).
 
     Args:
         cfg (CfgNode): a detectron2 config; modified in place (called by
@@ -29,4 +31,23 @@ def add_data_config(cfg):
     # truncated, 16-bit/float, wrong size) before training starts: "auto" (datasets of at most
     # 5000 images), "always" or "never".
     _C.DATASETS.VALIDATE_IMAGES = "auto"
+
+    # ---- mosaic augmentation (data.mapper.MosaicDatasetMapper, data.mosaic): a training image made
+    # of 4 dataset images (YOLO's mosaic; DEIM's dense one-to-one positives), before the ordinary
+    # augmentations (INPUT.MIN_SIZE_TRAIN resize, flip, crop). Boxes only (refused with masks or
+    # keypoints).
+    _C.INPUT.MOSAIC = CN()
+    _C.INPUT.MOSAIC.ENABLED = False
+    # In [0, 1]: the probability that a training sample is a mosaic (else the plain image).
+    _C.INPUT.MOSAIC.PROB = 1.0
+    # S, pixels (>= 32): each of the 4 images is resized so that its longer side is S (aspect
+    # kept) and fills one quadrant of a 2S x 2S canvas around a random centre.
+    _C.INPUT.MOSAIC.SIZE = 416
+    # "crop": the S x S middle of the canvas (YOLO's; objects at their own scale); "full": the whole
+    # 2S x 2S canvas, which the resize then shrinks (objects about 2x smaller, about 4 images'
+    # objects per training image).
+    _C.INPUT.MOSAIC.OUTPUT = "crop"
+    # In [0, 1]: a box cut by its quadrant or the crop is kept when at least this fraction of its
+    # area stays visible (and it stays at least 2 px wide and high).
+    _C.INPUT.MOSAIC.MIN_VISIBLE = 0.25
     return cfg

@@ -1,17 +1,24 @@
-"""A detectron2 ``DatasetMapper`` that reads images with :func:`d2_anchorfree.data.image_io.read_image`
-(the reader shared with ``tools/predict.py``), whose failures name the file."""
+"""Dataset mappers: a detectron2 ``DatasetMapper`` that reads images with
+:func:`d2_anchorfree.data.image_io.read_image` (the reader shared with ``tools/predict.py``), whose
+failures name the file, and its mosaic variant (``INPUT.MOSAIC``: 4 dataset images per training
+image, :mod:`d2_anchorfree.data.mosaic`); :func:`build_train_mapper` picks one from the config."""
 import copy
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
 
+from detectron2.config import configurable
 from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
-from .image_io import read_image
+from detectron2.structures import BoxMode
 
-__all__ = ["CheckedDatasetMapper"]
+from .image_io import read_image
+from .mosaic import MOSAIC_FILL, check_mosaic_args, mosaic4, resize_longer_side, sample_mosaic_center
+
+__all__ = ["CheckedDatasetMapper", "MosaicDatasetMapper", "build_train_mapper"]
 
 
 class CheckedDatasetMapper(DatasetMapper):
@@ -55,7 +62,13 @@ class CheckedDatasetMapper(DatasetMapper):
             sem_seg_gt = utils.read_image(dataset_dict.pop("sem_seg_file_name"), "L").squeeze(2)
         else:
             sem_seg_gt = None
+        return self.augment(dataset_dict, image, sem_seg_gt)
 
+    def augment(self, dataset_dict: dict, image: np.ndarray, sem_seg_gt: Optional[np.ndarray] = None) -> dict:
+        """The steps after reading: apply the augmentations to ``image`` ([H, W, C] uint8) and
+        ``sem_seg_gt``, put ``"image"`` (uint8 [C, H, W] tensor) into ``dataset_dict`` (modified in
+        place and returned), transform proposals and, in training, the annotations into
+        ``"instances"`` (at test time the annotations are removed)."""
         aug_input = T.AugInput(image, sem_seg=sem_seg_gt)
         transforms = self.augmentations(aug_input)
         image, sem_seg_gt = aug_input.image, aug_input.sem_seg
@@ -73,3 +86,131 @@ class CheckedDatasetMapper(DatasetMapper):
         if "annotations" in dataset_dict:
             self._transform_annotations(dataset_dict, transforms, image_shape)
         return dataset_dict
+
+
+class MosaicDatasetMapper(CheckedDatasetMapper):
+    """:class:`CheckedDatasetMapper` whose training samples are, with probability ``mosaic_prob``,
+    mosaics of 4 dataset images (``INPUT.MOSAIC``; YOLO's mosaic, DEIM's dense one-to-one
+    positives); build it with ``MosaicDatasetMapper(cfg, is_train, dataset_dicts=dicts)`` or explicit
+    arguments (``@configurable``).
+
+    A mosaic sample: the sampled dict is image 0 (top left); images 1 to 3 are drawn uniformly,
+    with repetition, from ``dataset_dicts`` (the training loader's dicts, so after
+    ``DATALOADER.FILTER_EMPTY_ANNOTATIONS``). Each is read with :meth:`read_image`, checked against
+    its dict's size, resized so that its longer side is ``mosaic_size`` (S) pixels and laid around a
+    random centre on a 2S x 2S canvas (:func:`~.mosaic.mosaic4`); the result (S x S for "crop",
+    2S x 2S for "full") then goes through the ordinary augmentations and annotation transform
+    exactly like a plain image (so ``"image"`` and ``"instances"`` are those of the mosaic, and
+    ``"height"``/``"width"`` the mosaic's size before the augmentations). Annotations are those of
+    the four images that stay visible (``mosaic_min_visible``, :func:`~.mosaic.mosaic4`), with
+    ``bbox`` XYXY pixels of the mosaic and every other field kept; crowd annotations move the same
+    way and are then dropped by the annotation transform, as for a plain image. A mosaic whose
+    images hold no boxes, or whose boxes are all cut away, gives empty ``"instances"``.
+
+    Boxes only: ``"segmentation"`` and ``"keypoints"`` of the annotations are dropped (as the
+    parent does when masks and keypoints are off); a mapper that would use masks, keypoints,
+    semantic segmentation or precomputed proposals is refused.
+
+    Randomness (whether a sample is a mosaic, the 3 other images, the centre) is drawn from numpy's
+    global generator, before the augmentations draw theirs: the generator that the resumable
+    training loader seeds per sample position, so a resumed run sees the same mosaics. At test time
+    (``is_train`` False) the mapper is the parent's.
+    """
+
+    @configurable
+    def __init__(self, is_train: bool, *, dataset_dicts: Sequence[dict], mosaic_prob: float = 1.0,
+                 mosaic_size: int = 416, mosaic_output: str = "crop", mosaic_min_visible: float = 0.25, **kwargs):
+        """
+        Args:
+            is_train: training (mosaics) or test (the parent's mapping).
+            dataset_dicts: the dicts images 1 to 3 are drawn from (detectron2 format, at least one).
+            mosaic_prob, mosaic_size, mosaic_output, mosaic_min_visible: ``INPUT.MOSAIC.PROB``,
+                ``SIZE`` (pixels), ``OUTPUT`` and ``MIN_VISIBLE``.
+            **kwargs: the arguments of detectron2's ``DatasetMapper`` (``augmentations``,
+                ``image_format``, ...).
+
+        Raises:
+            ValueError: a bad mosaic value (naming its ``INPUT.MOSAIC`` key and value), no dataset
+                dicts, or masks / keypoints / semantic segmentation / proposals in use.
+        """
+        super().__init__(is_train, **kwargs)
+        check_mosaic_args(mosaic_prob, mosaic_size, mosaic_output, mosaic_min_visible)
+        if dataset_dicts is None or len(dataset_dicts) == 0:
+            raise ValueError("INPUT.MOSAIC.ENABLED: the mosaic draws its images from the training dataset, "
+                             "which has no images")
+        refused = [name for name, used in (("MODEL.MASK_ON (instance masks)", self.use_instance_mask),
+                                           ("MODEL.KEYPOINT_ON (keypoints)", self.use_keypoint),
+                                           ("MODEL.LOAD_PROPOSALS (proposals)", self.proposal_topk is not None))
+                   if used]
+        if any("sem_seg_file_name" in d for d in dataset_dicts):
+            refused.append("semantic segmentation (sem_seg_file_name in the dataset)")
+        if refused:
+            raise ValueError(f"INPUT.MOSAIC.ENABLED: the mosaic moves boxes only; it cannot be combined with "
+                             f"{', '.join(refused)}; set INPUT.MOSAIC.ENABLED False")
+        self.dataset_dicts = dataset_dicts
+        self.mosaic_prob = float(mosaic_prob)
+        self.mosaic_size = int(mosaic_size)
+        self.mosaic_output = mosaic_output
+        self.mosaic_min_visible = float(mosaic_min_visible)
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True, dataset_dicts: Optional[Sequence[dict]] = None):
+        ret = super().from_config(cfg, is_train)
+        mosaic = cfg.INPUT.MOSAIC
+        ret.update(dataset_dicts=dataset_dicts, mosaic_prob=mosaic.PROB, mosaic_size=mosaic.SIZE,
+                   mosaic_output=mosaic.OUTPUT, mosaic_min_visible=mosaic.MIN_VISIBLE)
+        return ret
+
+    def __call__(self, dataset_dict: dict) -> dict:
+        """Map one dataset dict: a mosaic with probability ``mosaic_prob`` in training (see the class
+        docstring), else as :class:`CheckedDatasetMapper`.
+
+        Raises:
+            FileNotFoundError / ValueError / ``SizeMismatchError``: as the parent, for any of the
+                four images.
+        """
+        if not self.is_train or not np.random.rand() < self.mosaic_prob:
+            return super().__call__(dataset_dict)
+        dataset_dict = copy.deepcopy(dataset_dict)
+        others = np.random.randint(len(self.dataset_dicts), size=3)
+        center = sample_mosaic_center(self.mosaic_size)
+        records = [dataset_dict] + [self.dataset_dicts[int(i)] for i in others]
+        images, boxes, annotations = [], [], []
+        for record in records:
+            image = self.read_image(record)
+            utils.check_image_size(dict(record), image)  # a copy: the shared dicts stay as loaded
+            image, (sx, sy) = resize_longer_side(image, self.mosaic_size)
+            annos = record.get("annotations", [])
+            xyxy = [BoxMode.convert(list(a["bbox"]), a["bbox_mode"], BoxMode.XYXY_ABS) for a in annos]
+            images.append(image)
+            boxes.append(np.asarray(xyxy, dtype=np.float64).reshape(-1, 4) * [sx, sy, sx, sy])
+            annotations.append(annos)
+        result = mosaic4(images, boxes, center, self.mosaic_size, self.mosaic_output, self.mosaic_min_visible,
+                         fill=MOSAIC_FILL)
+        dataset_dict["annotations"] = [
+            _moved_annotation(annotations[i][j], box)
+            for i, j, box in zip(result.image_index.tolist(), result.box_index.tolist(), result.boxes.tolist())]
+        dataset_dict["height"], dataset_dict["width"] = result.image.shape[:2]
+        return self.augment(dataset_dict, result.image)
+
+
+def _moved_annotation(annotation: dict, box_xyxy: List[float]) -> dict:
+    """A copy of ``annotation`` with ``bbox`` = ``box_xyxy`` (XYXY_ABS) and without the fields the
+    mosaic does not move (segmentation, keypoints)."""
+    moved = {k: copy.deepcopy(v) for k, v in annotation.items() if k not in ("bbox", "bbox_mode", "segmentation",
+                                                                             "keypoints")}
+    moved["bbox"] = box_xyxy
+    moved["bbox_mode"] = BoxMode.XYXY_ABS
+    return moved
+
+
+def build_train_mapper(cfg, dataset_dicts: Optional[Sequence[dict]] = None) -> CheckedDatasetMapper:
+    """The training mapper of ``cfg``: :class:`MosaicDatasetMapper` over ``dataset_dicts`` (the
+    training loader's dicts) when ``INPUT.MOSAIC.ENABLED``, else :class:`CheckedDatasetMapper`.
+
+    Raises:
+        ValueError: see :class:`MosaicDatasetMapper` (``dataset_dicts`` empty or None with mosaic on).
+    """
+    if cfg.INPUT.MOSAIC.ENABLED:
+        return MosaicDatasetMapper(cfg, is_train=True, dataset_dicts=dataset_dicts)
+    return CheckedDatasetMapper(cfg, is_train=True)

@@ -12,8 +12,9 @@ uninterrupted run would have used. Here:
   stochastic rounding, the random subset) from generators seeded once, so the stream is a
   function of the seed and the position alone;
 * every sample's augmentation randomness (numpy / random / torch, which detectron2's
-  augmentations draw from) is seeded from (SEED, position in the stream), so it does not depend
-  on which data-loader worker maps it or on what was mapped before.
+  augmentations and the mosaic of ``INPUT.MOSAIC`` draw from) is seeded from (SEED, position in
+  the stream), so it does not depend on which data-loader worker maps it or on what was mapped
+  before.
 
 With ``DATALOADER.ASPECT_RATIO_GROUPING`` the images buffered in a not-yet-full aspect-ratio
 bucket at checkpoint time are not replayed; the stream is exact when all images share one
@@ -24,6 +25,7 @@ import itertools
 import logging
 import math
 import random
+from typing import Optional
 
 import numpy as np
 import torch
@@ -36,7 +38,8 @@ from detectron2.utils import comm
 
 from .. import compat
 
-__all__ = ["TRAIN_SAMPLERS", "build_train_sampler", "check_sampler_config", "build_resumable_train_loader"]
+__all__ = ["TRAIN_SAMPLERS", "build_train_sampler", "check_sampler_config", "build_resumable_train_loader",
+           "train_dataset_dicts"]
 
 logger = logging.getLogger(__name__)
 
@@ -162,14 +165,29 @@ class _PositionSeededDataset(Dataset):
         return self._mapper(copy.deepcopy(self._dicts[index]))
 
 
-def build_resumable_train_loader(cfg, mapper, start_iter: int = 0):
+def train_dataset_dicts(cfg) -> list:
+    """The training dataset dicts of ``cfg``, as the training loader indexes them: the datasets of
+    ``DATASETS.TRAIN`` concatenated, without images lacking annotations when
+    ``DATALOADER.FILTER_EMPTY_ANNOTATIONS``, with proposals when ``MODEL.LOAD_PROPOSALS``
+    (detectron2's ``get_detection_dataset_dicts``; loading runs the data checks)."""
+    return get_detection_dataset_dicts(
+        cfg.DATASETS.TRAIN,
+        filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+        proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
+    )
+
+
+def build_resumable_train_loader(cfg, mapper, start_iter: int = 0, dataset_dicts: Optional[list] = None):
     """Training loader over ``cfg.DATASETS.TRAIN`` that starts at iteration ``start_iter``.
 
     Args:
         cfg: a detectron2 config (uses DATASETS.TRAIN, DATALOADER.* including the sampler keys of
             :func:`build_train_sampler`, SOLVER.IMS_PER_BATCH, SEED).
-        mapper: callable dataset dict -> model input dict (e.g. a ``DatasetMapper``).
+        mapper: callable dataset dict -> model input dict (e.g. a ``DatasetMapper``); it may draw
+            from numpy / random / torch's global generators, seeded per sample position.
         start_iter: number of iterations already trained (0 for a new run).
+        dataset_dicts: the dicts of :func:`train_dataset_dicts` when the caller has loaded them
+            already (e.g. for a mapper that needs them, the mosaic's); None loads them.
 
     Returns:
         An infinite iterable of lists of mapped dicts, ``IMS_PER_BATCH / world_size`` per list.
@@ -177,11 +195,7 @@ def build_resumable_train_loader(cfg, mapper, start_iter: int = 0):
     Raises:
         ValueError: a bad sampler setting (:func:`build_train_sampler`).
     """
-    dicts = get_detection_dataset_dicts(
-        cfg.DATASETS.TRAIN,
-        filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
-        proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
-    )
+    dicts = train_dataset_dicts(cfg) if dataset_dicts is None else dataset_dicts
     seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
     per_worker = cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
     sampler = _OffsetSampler(build_train_sampler(cfg, dicts, seed), start=start_iter * per_worker)

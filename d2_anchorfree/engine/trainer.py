@@ -13,7 +13,8 @@ from detectron2.engine.hooks import EvalHook, PeriodicWriter
 from .. import compat
 from ..checkpoint import AnchorFreeCheckpointer, dataset_classes
 from ..config import add_anchorfree_config
-from ..data import CheckedDatasetMapper, check_num_classes, register_datasets_from_config
+from ..data import (CheckedDatasetMapper, build_train_mapper, check_mosaic_config, check_num_classes,
+                    register_datasets_from_config)
 from ..evaluation import AnchorFreeCOCOEvaluator
 from ..inference import build_inference_model, needs_full_resolution
 from .ema import ModelEMA, ModelEMAHook, check_model_ema_config
@@ -21,7 +22,7 @@ from .health import TrainingHealthCheck, check_solver_config
 from .report import EvaluationReportHook, check_report_config
 from .hooks import (AnchorFreeBestCheckpointer, CriterionIterationHook, EarlyStop, best_checkpoint_enabled,
                     best_checkpoint_metric, check_best_checkpoint_config)
-from .resumable_loader import build_resumable_train_loader, check_sampler_config
+from .resumable_loader import build_resumable_train_loader, check_sampler_config, train_dataset_dicts
 
 logger = logging.getLogger("d2_anchorfree")
 
@@ -66,7 +67,8 @@ class AnchorFreeTrainer(DefaultTrainer):
       ``model_final.pth``), a resume that falls back to the previous complete checkpoint, and
       initial weights that must set most of the model; every checkpoint holds the training
       data's class names and category ids (``"classes"``), so prediction and export need no dataset;
-    * data loaders whose mapper reports unreadable images by file name;
+    * data loaders whose mapper reports unreadable images by file name, and the optional mosaic
+      augmentation (``INPUT.MOSAIC``, ``data.MosaicDatasetMapper``; its keys checked up front);
     * exact resume: ``--resume`` restores model, optimizer, LR scheduler and iteration and
       continues the training data stream, augmentations included, where the checkpoint left
       off (see ``resumable_loader``), with the sampler of ``DATALOADER.SAMPLER_TRAIN``
@@ -104,6 +106,7 @@ class AnchorFreeTrainer(DefaultTrainer):
         check_best_checkpoint_config(cfg)
         check_report_config(cfg)
         check_model_ema_config(cfg)
+        check_mosaic_config(cfg)
         super().__init__(cfg)
         check_num_classes(cfg)  # after the loader: the training datasets' metadata is filled
         compat.set_amp_precision(self._trainer, cfg.SOLVER.AMP.PRECISION)  # SOLVER.AMP.ENABLED only
@@ -159,7 +162,11 @@ class AnchorFreeTrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg, start_iter: int = 0):
-        return build_resumable_train_loader(cfg, CheckedDatasetMapper(cfg, is_train=True), start_iter)
+        """The resumable training loader (``resumable_loader``) with the training mapper of ``cfg``
+        (``data.build_train_mapper``: the mosaic one with ``INPUT.MOSAIC.ENABLED``, drawing its
+        other images from the same training dicts)."""
+        dicts = train_dataset_dicts(cfg)
+        return build_resumable_train_loader(cfg, build_train_mapper(cfg, dicts), start_iter, dataset_dicts=dicts)
 
     def state_dict(self):
         # TrainerBase's (iteration, hooks), not DefaultTrainer's: detectron2 main's adds

@@ -106,3 +106,24 @@ def test_browse_names_the_registered_datasets_for_an_unknown_one(tmp_path, capsy
     assert code == 1
     assert (f"dataset 'nope' is not registered; {CONFIG} registers ['trees_train', 'trees_val', "
             "'trees_val_whole']") in capsys.readouterr().err
+
+
+def test_browse_augment_draws_the_mosaics(tmp_path, capsys):
+    """INPUT.MOSAIC "full" with SIZE 64: each drawing is a 128 x 128 canvas (the toy images keep
+    their 64 px longer side), with the grey 114 where no image lies (the centre's row is in
+    [32, 96], so the four images, 48 px high, never cover all 128 rows). The bottom-right image is
+    placed at the centre, so its box, at most (96 + 24, 96 + 18), is always whole: at least one box
+    per mosaic."""
+    json_file, images = make_toy_dataset(tmp_path)
+    name, opts = toy_opts(json_file, images, "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "1000",
+                          "INPUT.MOSAIC.ENABLED", "True", "INPUT.MOSAIC.SIZE", "64", "INPUT.MOSAIC.OUTPUT", "full")
+    out = tmp_path / "out"
+    assert browse.main(["--dataset", name, "--config-file", CONFIG, "--augment", "--out", str(out),
+                        "--num", "4", "--no-labels", *opts]) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "(after the training augmentations, mosaics with probability 1)" in printed
+    assert int(printed.split(" with ")[1].split()[0]) >= 4
+    for i in range(4):
+        drawn = np.asarray(Image.open(out / f"img{i}.png"))
+        assert drawn.shape == (128, 128, 3)
+        assert (drawn == 114).all(axis=2).any(axis=1).sum() >= 16  # grey rows of the canvas

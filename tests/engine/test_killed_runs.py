@@ -106,17 +106,33 @@ def test_kill_during_periodic_save_then_resume_equals_uninterrupted(toy, tmp_pat
     assert_bitwise_equal(final_weights(killed_dir), final_weights(straight))
 
 
+def straight_and_killed_then_resumed(toy, tmp_path, extra):
+    """A 4-iteration run, and the same run killed while saving the checkpoint after iteration 3
+    (the last) then resumed from iteration 2 in a fresh process; returns both output folders."""
+    straight = tmp_path / "straight"
+    assert run(toy, straight, 4, extra=extra).returncode == 0
+    killed_dir = tmp_path / "killed"
+    killed = run(toy, killed_dir, 4, kill_at="model_0000003.pth:replace", extra=extra)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    resumed = run(toy, killed_dir, 4, resume=True, extra=extra)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return straight, killed_dir
+
+
 def test_model_ema_resumes_exactly_after_a_kill(toy, tmp_path):
     """With model EMA, killed while saving the checkpoints after iteration 3 (the last) and
     resumed from iteration 2 in a fresh process: the averaged weights ("model") and the trained ones
     ("model_raw") equal those of the uninterrupted run, bitwise."""
     ema = ("MODEL_EMA.ENABLED", "True", "MODEL_EMA.DECAY", "0.5", "MODEL_EMA.WARMUP", "1")
-    straight = tmp_path / "straight"
-    assert run(toy, straight, 4, extra=ema).returncode == 0
-    killed_dir = tmp_path / "killed"
-    killed = run(toy, killed_dir, 4, kill_at="model_0000003.pth:replace", extra=ema)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    resumed = run(toy, killed_dir, 4, resume=True, extra=ema)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    straight, killed_dir = straight_and_killed_then_resumed(toy, tmp_path, ema)
     for key in ("model", "model_raw"):
         assert_bitwise_equal(final_weights(killed_dir, key), final_weights(straight, key))
+
+
+def test_mosaic_resumes_exactly_after_a_kill(toy, tmp_path):
+    """With the mosaic augmentation (INPUT.MOSAIC, half the samples, drawn in a data-loader worker
+    process): killed and resumed as above, the run ends with the weights of the uninterrupted one,
+    bitwise (the same mosaics)."""
+    mosaic = ("INPUT.MOSAIC.ENABLED", "True", "INPUT.MOSAIC.PROB", "0.5", "INPUT.MOSAIC.SIZE", "64")
+    straight, killed_dir = straight_and_killed_then_resumed(toy, tmp_path, mosaic)
+    assert_bitwise_equal(final_weights(killed_dir), final_weights(straight))
