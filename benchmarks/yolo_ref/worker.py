@@ -70,10 +70,12 @@ def train(args, run_dir: str):
     def epoch_end(trainer):
         seen["epoch_seconds"].append(time.perf_counter() - seen["t"])
         if seen.get("optimizer") is None:
-            group = trainer.optimizer.param_groups[0]
-            seen["optimizer"] = {"name": type(trainer.optimizer).__name__, "lr0": trainer.args.lr0,
-                                 "initial_lr": group.get("initial_lr"), "momentum": trainer.args.momentum,
-                                 "weight_decay": trainer.args.weight_decay, "accumulate": trainer.accumulate,
+            groups = trainer.optimizer.param_groups  # what "auto" chose, not the args' defaults
+            seen["optimizer"] = {"name": type(trainer.optimizer).__name__,
+                                 "initial_lr": groups[0].get("initial_lr"), "betas": groups[0].get("betas"),
+                                 "momentum": groups[0].get("momentum"),
+                                 "weight_decay": [g.get("weight_decay") for g in groups],
+                                 "accumulate": trainer.accumulate,
                                  "batches_per_epoch": len(trainer.train_loader),
                                  "train_images": len(trainer.train_loader.dataset)}
 

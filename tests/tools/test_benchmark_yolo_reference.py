@@ -78,6 +78,27 @@ def test_coco_results_ids_and_boxes(tmp_path):
         yr.coco_results(preds, {"a.png": 1}, [3, 7], [str(tmp_path)])
 
 
+def test_ground_truth_as_predictions_scores_100():
+    """The whole mapping (file -> image id, class -> category id, xyxy -> xywh) and the
+    evaluation: the val boxes given back as predictions of the worker's format score AP 100."""
+    with open(os.path.join(trees_dir(), "val.json")) as f:
+        gt = json.load(f)
+    root = os.path.join(trees_dir(), "images")
+    names = {im["id"]: im["file_name"] for im in gt["images"]}
+    preds = {}
+    for a in gt["annotations"]:
+        p = preds.setdefault(a["image_id"], {"file": os.path.join(root, names[a["image_id"]]), "boxes": [],
+                                             "scores": [], "classes": []})
+        x, y, w, h = a["bbox"]
+        p["boxes"].append([x, y, x + w, y + h])
+        p["scores"].append(0.9)
+        p["classes"].append(0)
+    results = yr.coco_results(list(preds.values()), {im["file_name"]: im["id"] for im in gt["images"]}, [1], [root])
+    stats = yr.evaluate(gt, results)
+    assert len(results) == len(gt["annotations"])
+    assert stats["AP"] == pytest.approx(100) and stats["AP50"] == pytest.approx(100)
+
+
 def test_spread_and_ours_arguments(tmp_path):
     assert yr.spread([1.0, 3.0]) == {"mean": 2.0, "std": pytest.approx(2 ** 0.5), "min": 1.0, "max": 3.0, "n": 2}
     assert yr.spread([2.0, float("nan")])["std"] == 0.0 and yr.spread([])["n"] == 0
@@ -133,6 +154,7 @@ def test_one_epoch_end_to_end(yolo_venv, tmp_path, capsys):
     train = seed["train"]
     assert train["epochs_done"] == 1 and train["train_seconds"] >= train["epochs_train_seconds"] > 0
     assert train["torch_threads"] == [2] and train["optimizer"]["accumulate"] == 1
+    assert train["optimizer"]["name"] and train["optimizer"]["initial_lr"] > 0
     assert train["optimizer"]["train_images"] == 16 and train["optimizer"]["batches_per_epoch"] == 4  # 62 / 4
     assert report["image_views"] == 16 and report["optimizer_steps"] == 4
     assert seed["detections"] > 0 and set(seed["onnx"]) == {"forward", "nms"}
