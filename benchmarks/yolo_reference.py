@@ -21,8 +21,9 @@ What it does, per seed (``--seeds``, default 0):
    boxes left out) and writes its ``data.yaml`` (:func:`convert_split`, :func:`write_dataset`).
 2. Trains YOLO11n from ``yolo11n.yaml`` (random init, ``pretrained=False``, no weights downloaded)
    at imgsz 416, batch 4, ``nbs=4`` (no gradient accumulation: one optimizer step per 4 images, as
-   our 300 iterations of 4 images), ``--epochs`` (default 84: about our 10-minute training's
-   wall clock on the 2-core CPU; 20 epochs are 320 steps, about our 1200 image views), AMP off,
+   our 300 iterations of 4 images), ``--epochs`` (default 84, meant as about the wall clock of
+   our 10-minute training on the 2-core CPU: the report records the real seconds; 20 epochs are
+   320 steps, about our 1200 image views), AMP off,
    ``deterministic=True``, ``workers=1`` (Ultralytics uses 0 on the CPU anyway), ``plots=False``,
    ``val=False`` (Ultralytics still validates once after the last epoch), its other defaults
    (augmentation, optimizer "auto", schedule) unchanged; torch at ``--threads`` (default 2 as
