@@ -10,6 +10,11 @@ Command lines (each also ``d2af benchmark <name> ...`` and ``python -m benchmark
 * :mod:`benchmarks.raster`: time and peak memory of windowed sliced inference on a synthetic
   30000 x 30000 GeoTIFF.
 
+Not a ``d2af benchmark`` suite (it needs a private environment): ``python -m benchmarks.yolo_reference``,
+YOLO11n trained on the same data with Ultralytics (AGPL-3.0), which runs only in its own venv
+(``tools/setup_yolo_env.sh``), in a subprocess (``benchmarks/yolo_ref/worker.py``); nothing here
+imports it.
+
 The parts of :mod:`benchmarks.detectors`:
 
 * :mod:`benchmarks.timing`: wall-clock laps, timing proxies, round-robin timing, summaries.

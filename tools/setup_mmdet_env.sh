@@ -17,28 +17,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${D2AF_MMDET_VENV:-$HOME/.cache/d2af/venv-mmdet}"
-PROJECT_VENV="${D2AF_VENV:-}"
-if [ -z "$PROJECT_VENV" ] || [ ! -x "$PROJECT_VENV/bin/python" ]; then
-  PROJECT_VENV=$(bash tools/setup_env.sh | tail -n 1)
-fi
-PROJECT_PY="$PROJECT_VENV/bin/python"
-STAMP="$VENV/.d2af-requirements-mmdet.sha256"
-want=$(sha256sum requirements-mmdet.txt | cut -d' ' -f1)
-if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
-  echo "[setup_mmdet_env] creating $VENV (torch borrowed from $PROJECT_VENV)" >&2
-  # The project venv's interpreter makes a venv on the same base Python (torch's ABI).
-  "$PROJECT_PY" -m venv --clear "$VENV"
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "pip==25.0" >&2
-  # --no-deps: the list is the whole closure minus what the project venv provides; pip must not
-  # pull opencv-python, matplotlib, scipy or torch into this venv.
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps \
-    -r requirements-mmdet.txt >&2
-  echo "$want" > "$STAMP"
-fi
-# (Re)write the path file each run, so that a moved project venv is followed.
-SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-PROJECT_SITE=$("$PROJECT_PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-echo "$PROJECT_SITE" > "$SITE/d2af_project_venv.pth"
+source tools/private_venv.sh
+private_venv "$VENV" requirements-mmdet.txt setup_mmdet_env
 # Check the layout: numpy 1.x from this venv, compiled packages of the project venv usable with it.
 "$VENV/bin/python" - <<'PY' >&2
 import sys
