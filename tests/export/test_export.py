@@ -60,6 +60,8 @@ DETECTORS = {  # name: (config, extra config opts, name whose trained weights it
     "TOOD": ("configs/TOOD/TOOD_tiny_R_18_cpu.yaml", (), "TOOD"),
     "GFL+POTO+3DMF+Aux": ("configs/compositions/GFL_POTO_3DMF_Aux_tiny_R_18_cpu.yaml", (), "GFL+POTO+3DMF+Aux"),
     "GFL+Dual": ("configs/compositions/GFL_Dual_tiny_R_18_cpu.yaml", (), "GFL+Dual"),
+    # the real-time family: a timm backbone and per-level BatchNorm towers (folded at export)
+    "RT-GFL": ("configs/realtime/GFL_RegNetX_002_cpu.yaml", (), "RT-GFL"),
 }
 # 20 iterations, warmup 2: scores spread out (with 50 iterations and a 10-iteration warmup, VFNet's
 # and TOOD's top 300 were mostly tied, and they cost 2.5x the time)
