@@ -73,27 +73,21 @@ OTHER_PARTS = ("hooks", "metrics")
 
 
 class _Stop(BaseException):
-    """Ends ``trainer.train()`` after the timed iterations. A ``BaseException`` like detectron2's
-    ``KeyboardInterrupt`` handling expects: ``TrainerBase.train`` logs and re-raises every
-    ``Exception`` but lets this pass, and its ``after_train`` hooks still run."""
+    """Ends ``trainer.train()`` after the timed iterations. A ``BaseException``, like
+    ``KeyboardInterrupt``: ``TrainerBase.train`` logs every ``Exception`` as a failure, this one
+    passes through unlogged, and the ``after_train`` hooks still run."""
 
 
-class _Mark:
-    """A trainer hook that calls ``on_before`` / ``on_after`` at ``before_step`` / ``after_step``."""
+def _hook(before_step=None, after_step=None):
+    """A detectron2 trainer hook that calls ``before_step`` / ``after_step`` (no-argument callables)."""
+    from detectron2.engine import HookBase
 
-    def __init__(self, on_before=None, on_after=None):
-        from detectron2.engine import HookBase
-
-        class Hook(HookBase):
-            def before_step(self):
-                if on_before:
-                    on_before()
-
-            def after_step(self):
-                if on_after:
-                    on_after()
-
-        self.hook = Hook()
+    hook = HookBase()
+    if before_step:
+        hook.before_step = before_step
+    if after_step:
+        hook.after_step = after_step
+    return hook
 
 
 class IterationProbe:
@@ -142,7 +136,7 @@ class IterationProbe:
             before, after = TimedCall(h.before_step, device), TimedCall(h.after_step, device)
             h.before_step, h.after_step = before, after
             self.hooks.append((h, before, after))
-        self._first, self._last = _Mark(on_before=self._start).hook, _Mark(on_after=self._end).hook
+        self._first, self._last = _hook(before_step=self._start), _hook(after_step=self._end)
         trainer.register_hooks([self._first, self._last])
         trainer._hooks.remove(self._first)
         trainer._hooks.insert(0, self._first)

@@ -3,10 +3,11 @@
 detectron2's ``maybe_add_gradient_clipping`` clips every parameter on its own: before each
 ``optimizer.step`` it calls ``torch.nn.utils.clip_grad_norm_(p, CLIP_VALUE, NORM_TYPE)`` (or
 ``clip_grad_value_``) once per parameter tensor, about ten small tensor operations each. On the
-CPU those calls are dispatch overhead rather than arithmetic: for the 169 tensors of the
-real-time GFL (configs/realtime, 2.7 M parameters) they took 24 ms per step against 2 ms for
-the same clipping in batched calls, at load 6 on the 2-core machine (docs/results.md,
-"Training throughput").
+CPU those calls are dispatch overhead rather than arithmetic: the optimizer step (clipping +
+SGD) of the real-time GFL (configs/realtime, 169 tensors, 2.7 M parameters) took 26 ms with
+them and 10 ms with the batched clipping below, paired in one process on the 2-core machine
+(``OMP_WAIT_POLICY=PASSIVE``, load 7.7); in the trainer its "step" phase went from 29-30 ms to
+11 ms (docs/results.md, "Training throughput").
 
 :func:`clip_gradients_per_parameter` computes the very same per-parameter clipping with
 ``torch._foreach_*`` calls over all gradients of a device and dtype at once, the same

@@ -37,7 +37,7 @@ def test_summary_and_table_from_records():
     assert "| GFL | TrainingHealthCheck | 1.00 | 1.00 | 1.0 |" in train_loop.hook_table([row])
 
 
-@pytest.mark.slow  # builds the trainer and trains 2 iterations in a subprocess (about 30 s on 2 cores)
+@pytest.mark.slow  # builds the trainer and trains 2 iterations in a subprocess (18 s at load 4.6 on 2 cores)
 def test_two_iterations_of_the_tiny_gfl(tmp_path):
     out = tmp_path / "train_loop.json"
     config = "configs/GFL/GFL_tiny_R_18_cpu.yaml"
