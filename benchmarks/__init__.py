@@ -8,7 +8,10 @@ Command lines (each also ``d2af benchmark <name> ...`` and ``python -m benchmark
 * :mod:`benchmarks.slicing`: accuracy, time and memory of sliced inference and TTA;
 * :mod:`benchmarks.cocoeval`: pycocotools vs faster-coco-eval vs detectron2's C++ COCOeval;
 * :mod:`benchmarks.raster`: time and peak memory of windowed sliced inference on a synthetic
-  30000 x 30000 GeoTIFF.
+  30000 x 30000 GeoTIFF;
+* :mod:`benchmarks.train_loop`: the project's trainer (``train_net.py``'s) for a few iterations,
+  each split into data wait, forward parts, assignment, losses, backward, clipping + optimizer
+  step and the rest (hooks, metrics).
 
 Not a ``d2af benchmark`` suite (it needs a private environment): ``python -m benchmarks.yolo_reference``,
 YOLO11n trained on the same data with Ultralytics (AGPL-3.0), which runs only in its own venv
@@ -30,4 +33,4 @@ The parts of :mod:`benchmarks.detectors`:
 import os
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SUITES = ("detectors", "export", "slicing", "cocoeval", "raster")
+SUITES = ("detectors", "export", "slicing", "cocoeval", "raster", "train_loop")

@@ -42,20 +42,24 @@ class TimedCall:
     """Timing proxy for a callable attribute (an assigner object or a bound method).
 
     Calls go through unchanged; ``elapsed`` accumulates their wall time in seconds (CUDA
-    synchronized before and after each call).
+    synchronized before and after each call); ``started`` / ``finished`` are the
+    ``time.perf_counter()`` readings at the start and end of the latest call (None before the
+    first), for callers that place the call on a timeline (benchmarks/train_loop.py).
     """
 
     def __init__(self, fn: Callable, device: str):
         self.fn = fn
         self.device = device
         self.elapsed = 0.0
+        self.started = self.finished = None
 
     def __call__(self, *args, **kwargs):
         synchronize(self.device)
-        start = time.perf_counter()
+        self.started = time.perf_counter()
         out = self.fn(*args, **kwargs)
         synchronize(self.device)
-        self.elapsed += time.perf_counter() - start
+        self.finished = time.perf_counter()
+        self.elapsed += self.finished - self.started
         return out
 
 

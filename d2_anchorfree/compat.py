@@ -29,6 +29,10 @@ Where the two differ for us:
   :func:`repeat_factors_from_category_frequency` refuses ``False`` on v0.6 (:func:`check_repeat_sqrt`).
   ``DATALOADER.RANDOM_SUBSET_RATIO``, which both versions' loaders read for
   ``RandomSubsetTrainingSampler``, is in neither version's defaults; ``add_engine_config`` adds it.
+* **Prefetching.** main's ``build_batch_data_loader`` takes ``prefetch_factor`` (torch
+  ``DataLoader``'s); v0.6's leaves torch's default, 2 items per worker, which with aspect-ratio
+  grouping means 2 images, not 2 batches. :func:`build_batch_data_loader` passes it on main and
+  sets it on v0.6's ``DataLoader`` before the first iterator is made.
 * **DenseDetector.** main pads with ``backbone.padding_constraints`` and adds tracing helpers;
   our detectors use ``DenseDetector`` only through its constructor, ``forward`` and
   ``preprocess_image``, which behave the same for our backbones on both versions.
@@ -124,6 +128,38 @@ def replace_train_loader(trainer_loop, data_loader) -> None:
         trainer_loop._data_loader_iter_obj = None  # main: re-created from data_loader on first use
     else:
         trainer_loop._data_loader_iter = iter(data_loader)
+
+
+def build_batch_data_loader(dataset, sampler, total_batch_size: int, *, aspect_ratio_grouping: bool,
+                            num_workers: int, prefetch_factor: int):
+    """detectron2's ``build_batch_data_loader`` whose ``DataLoader`` loads ``prefetch_factor`` items
+    ahead per worker (images with aspect-ratio grouping, else batches); ignored with
+    ``num_workers`` 0. main takes the argument; on v0.6 it is set on the ``DataLoader`` (inside
+    ``AspectRatioGroupedDataset`` with grouping) after construction, which torch allows and reads
+    when an iterator is made.
+
+    Returns:
+        what detectron2's function returns (an iterable of lists of dataset items).
+
+    Raises:
+        ValueError: ``prefetch_factor`` < 1 with workers.
+    """
+    from detectron2.data.build import build_batch_data_loader as build
+    from torch.utils.data import DataLoader
+
+    if num_workers > 0 and prefetch_factor < 1:
+        raise ValueError(f"prefetch_factor = {prefetch_factor}: must be >= 1 with data-loader workers")
+    kwargs = dict(aspect_ratio_grouping=aspect_ratio_grouping, num_workers=num_workers)
+    takes_it = "prefetch_factor" in inspect.signature(build).parameters
+    if takes_it and num_workers > 0:
+        kwargs["prefetch_factor"] = prefetch_factor
+    loader = build(dataset, sampler, total_batch_size, **kwargs)
+    if not takes_it and num_workers > 0:
+        torch_loader = loader if isinstance(loader, DataLoader) else loader.dataset  # AspectRatioGroupedDataset
+        if not isinstance(torch_loader, DataLoader):
+            raise TypeError(f"cannot find the DataLoader in detectron2's training loader ({type(loader).__name__})")
+        torch_loader.prefetch_factor = prefetch_factor
+    return loader
 
 
 def repeat_factors_take_sqrt() -> bool:

@@ -4,6 +4,7 @@
     d2af benchmark export --quick             # exported inference (python tools/benchmark_export.py)
     d2af benchmark slicing --quick            # sliced inference and TTA (python tools/benchmark_slicing.py)
     d2af benchmark cocoeval --images 200      # COCO evaluators (python tools/benchmark_cocoeval.py)
+    d2af benchmark train_loop --iters 20      # where a real training iteration's time goes
 
 The benchmarks live in the top-level ``benchmarks/`` folder of the source tree, not in the
 installed package: this command needs d2_anchorfree from a checkout (``pip install -e .`` or
@@ -20,6 +21,7 @@ SUITES = {
     "slicing": "accuracy, time and memory of sliced inference and test-time augmentation",
     "cocoeval": "pycocotools vs faster-coco-eval vs detectron2's C++ COCOeval",
     "raster": "time and peak memory of windowed sliced inference on a synthetic orthomosaic GeoTIFF",
+    "train_loop": "the real trainer's iterations split into data, forward, assignment, losses, backward, step, hooks",
 }
 
 

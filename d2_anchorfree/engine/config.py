@@ -9,7 +9,8 @@ def add_engine_config(cfg):
     (:class:`~.hooks.BestCheckpointer`), ``MODEL_EMA`` (:class:`~.ema.ModelEMA`), and the
     training-sampler keys that detectron2 reads but
     does not define in every version (``DATALOADER.REPEAT_SQRT``, ``DATALOADER.RANDOM_SUBSET_RATIO``;
-    see ``d2_anchorfree.compat``).
+    see ``d2_anchorfree.compat``), and ``DATALOADER.PREFETCH_FACTOR``
+    (:func:`~.resumable_loader.prefetch_factor`).
 
     Args:
         cfg (CfgNode): a detectron2 config; modified in place (called by
@@ -68,4 +69,9 @@ def add_engine_config(cfg):
     if "RANDOM_SUBSET_RATIO" not in _C.DATALOADER:  # read by detectron2, defined by neither version
         # RandomSubsetTrainingSampler: the fraction of the training images, in (0, 1], to train on.
         _C.DATALOADER.RANDOM_SUBSET_RATIO = 1.0
+    # ---- training loader (d2_anchorfree.engine.resumable_loader.prefetch_factor): items each worker
+    # loads ahead (torch DataLoader's prefetch_factor; images with ASPECT_RATIO_GROUPING, else
+    # batches); 0 = two batches ahead. 2 is detectron2's (with grouping: 2 images, so the trainer
+    # waited for half of every 4-image batch). The data stream is the same for every value.
+    _C.DATALOADER.PREFETCH_FACTOR = 0
     return cfg

@@ -32,14 +32,13 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from detectron2.data import get_detection_dataset_dicts
-from detectron2.data.build import build_batch_data_loader
 from detectron2.data.samplers import RandomSubsetTrainingSampler, RepeatFactorTrainingSampler, TrainingSampler
 from detectron2.utils import comm
 
 from .. import compat
 
 __all__ = ["TRAIN_SAMPLERS", "build_train_sampler", "check_sampler_config", "build_resumable_train_loader",
-           "train_dataset_dicts"]
+           "prefetch_factor", "train_dataset_dicts"]
 
 logger = logging.getLogger(__name__)
 
@@ -177,12 +176,35 @@ def train_dataset_dicts(cfg) -> list:
     )
 
 
+def prefetch_factor(cfg) -> int:
+    """Items each data-loader worker loads ahead (torch ``DataLoader``'s ``prefetch_factor``):
+    ``DATALOADER.PREFETCH_FACTOR`` when > 0, else two batches' worth: ``2 * ceil(images per batch
+    per process / NUM_WORKERS)`` with ``ASPECT_RATIO_GROUPING`` (the loader then yields single
+    images, and torch's default of 2 leaves the trainer waiting for the rest of every batch), 2
+    (batches) without. Only how far ahead the workers run: the stream is the same.
+
+    Raises:
+        ValueError: a negative ``DATALOADER.PREFETCH_FACTOR``.
+    """
+    loader = cfg.DATALOADER
+    if not (isinstance(loader.PREFETCH_FACTOR, int) and loader.PREFETCH_FACTOR >= 0):
+        raise ValueError(f"DATALOADER.PREFETCH_FACTOR = {loader.PREFETCH_FACTOR!r}: must be an integer >= 0 "
+                         "(items loaded ahead per worker; 0 = two batches)")
+    if loader.PREFETCH_FACTOR > 0:
+        return loader.PREFETCH_FACTOR
+    if not loader.ASPECT_RATIO_GROUPING:
+        return 2
+    per_process = cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
+    return 2 * -(-per_process // max(loader.NUM_WORKERS, 1))
+
+
 def build_resumable_train_loader(cfg, mapper, start_iter: int = 0, dataset_dicts: Optional[list] = None):
     """Training loader over ``cfg.DATASETS.TRAIN`` that starts at iteration ``start_iter``.
 
     Args:
         cfg: a detectron2 config (uses DATASETS.TRAIN, DATALOADER.* including the sampler keys of
-            :func:`build_train_sampler`, SOLVER.IMS_PER_BATCH, SEED).
+            :func:`build_train_sampler` and ``PREFETCH_FACTOR`` (:func:`prefetch_factor`),
+            SOLVER.IMS_PER_BATCH, SEED).
         mapper: callable dataset dict -> model input dict (e.g. a ``DatasetMapper``); it may draw
             from numpy / random / torch's global generators, seeded per sample position.
         start_iter: number of iterations already trained (0 for a new run).
@@ -193,15 +215,16 @@ def build_resumable_train_loader(cfg, mapper, start_iter: int = 0, dataset_dicts
         An infinite iterable of lists of mapped dicts, ``IMS_PER_BATCH / world_size`` per list.
 
     Raises:
-        ValueError: a bad sampler setting (:func:`build_train_sampler`).
+        ValueError: a bad sampler setting (:func:`build_train_sampler`) or ``PREFETCH_FACTOR``.
     """
+    prefetch = prefetch_factor(cfg)
     dicts = train_dataset_dicts(cfg) if dataset_dicts is None else dataset_dicts
     seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
     per_worker = cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
     sampler = _OffsetSampler(build_train_sampler(cfg, dicts, seed), start=start_iter * per_worker)
     dataset = _PositionSeededDataset(dicts, mapper, seed + comm.get_rank())
-    return build_batch_data_loader(
+    return compat.build_batch_data_loader(
         dataset, sampler, cfg.SOLVER.IMS_PER_BATCH,
         aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
-        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        num_workers=cfg.DATALOADER.NUM_WORKERS, prefetch_factor=prefetch,
     )

@@ -137,7 +137,7 @@ def test_d2af_help_lists_the_commands():
 
 
 @pytest.mark.parametrize("argv", [[name] for name in cli_main.COMMANDS]
-                         + [["benchmark", suite] for suite in ("export", "slicing", "cocoeval", "raster")])
+                         + [["benchmark", suite] for suite in ("export", "slicing", "cocoeval", "raster", "train_loop")])
 def test_each_subcommand_has_help(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli_main.main([*argv, "--help"])

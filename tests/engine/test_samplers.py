@@ -1,5 +1,6 @@
 """DATALOADER.SAMPLER_TRAIN in the resumable training loader: detectron2's samplers, their repeat
-factors on a hand-counted skewed dataset, draw frequencies, the resume offset, and the errors."""
+factors on a hand-counted skewed dataset, draw frequencies, the resume offset, and the errors;
+DATALOADER.PREFETCH_FACTOR: how far a worker loads ahead, with the same stream."""
 import collections
 import itertools
 import math
@@ -16,7 +17,7 @@ import d2_anchorfree
 from d2_anchorfree import compat
 from d2_anchorfree.engine import AnchorFreeTrainer
 from d2_anchorfree.engine.resumable_loader import (build_resumable_train_loader, build_train_sampler,
-                                                   check_sampler_config)
+                                                   check_sampler_config, prefetch_factor)
 
 A, B = 0, 1  # contiguous category ids (detectron2 format): A frequent, B rare
 
@@ -159,3 +160,36 @@ def test_subset_that_keeps_no_image_is_refused():
     cfg = make_cfg("RandomSubsetTrainingSampler", "DATALOADER.RANDOM_SUBSET_RATIO", 0.1)
     with pytest.raises(ValueError, match=r"RANDOM_SUBSET_RATIO = 0.1 keeps none of the 9 training images"):
         build_train_sampler(cfg, dicts, seed=0)
+
+
+@pytest.mark.parametrize("opts,want", [
+    ([], 4),  # aspect-ratio grouping: the DataLoader yields images; 2 per batch, 1 worker: two batches = 4
+    (["DATALOADER.NUM_WORKERS", 2, "SOLVER.IMS_PER_BATCH", 5], 6),  # 2 * ceil(5 / 2)
+    (["DATALOADER.ASPECT_RATIO_GROUPING", False], 2),  # the DataLoader yields batches
+    (["DATALOADER.PREFETCH_FACTOR", 3], 3),
+])
+def test_prefetch_factor_is_two_batches_unless_set(opts, want):
+    cfg = make_cfg("TrainingSampler", "DATALOADER.NUM_WORKERS", 1, "DATALOADER.ASPECT_RATIO_GROUPING", True, *opts)
+    assert prefetch_factor(cfg) == want
+    with pytest.raises(ValueError, match="DATALOADER.PREFETCH_FACTOR = -1"):
+        prefetch_factor(make_cfg("TrainingSampler", "DATALOADER.PREFETCH_FACTOR", -1))
+
+
+def _dict_mapper(d):
+    return {"image_id": d["image_id"], "draw": float(np.random.rand()), "width": d["width"], "height": d["height"]}
+
+
+def test_prefetching_leaves_the_stream_alone(skewed):
+    """With a worker and aspect-ratio grouping, the torch DataLoader loads PREFETCH_FACTOR images
+    ahead (default: two batches; 2 is detectron2's), and the images and augmentation draws are
+    those of the loader without workers, batch for batch."""
+    streams = {}
+    for workers, prefetch in ((0, 0), (1, 0), (1, 2)):
+        cfg = make_cfg("TrainingSampler", "DATASETS.TRAIN", (skewed,), "DATALOADER.NUM_WORKERS", workers,
+                       "DATALOADER.ASPECT_RATIO_GROUPING", True, "DATALOADER.PREFETCH_FACTOR", prefetch)
+        loader = build_resumable_train_loader(cfg, _dict_mapper)
+        if workers:
+            assert loader.dataset.prefetch_factor == (prefetch or 4)  # AspectRatioGroupedDataset's DataLoader
+        streams[workers, prefetch] = [[(x["image_id"], x["draw"]) for x in batch]
+                                      for batch in itertools.islice(loader, 12)]
+    assert streams[1, 0] == streams[0, 0] and streams[1, 2] == streams[0, 0]
