@@ -75,9 +75,6 @@ def _cases():
             if target is not None:
                 cases.append(Case(prefix + name, module, target[0], target[1], ()))
     cases += [
-        Case("adelaidet/FCOS_RT_MS_R_50_4x_syncbn_bn_head", adelaidet,
-             "configs/zoo/adelaidet/FCOS_RT_MS_R_50_4x_syncbn.yaml", ("MODEL.DENSE.NORM", "BN"),
-             PER_LEVEL_BN_GAPS),
         Case("defcn/coco/poto.res50.fpn.coco.800size.3x_ms.3dmf_wo_gn", defcn,
              "configs/zoo/defcn/POTO_3DMF_R_50_3x.yaml", (),
              (WO_GN_GAP,)),
@@ -228,7 +225,8 @@ def test_shapes_match_after_convert_tensor(case):
     (adelaidet, "backbone.fpn_lateral3.weight", "backbone.fpn_lateral3.weight"),
     (adelaidet, "pixel_mean", None),
     (adelaidet, "backbone.bottom_up.res3.0.conv1.norm.num_batches_tracked", None),
-    (adelaidet, "proposal_generator.fcos_head.cls_tower.1.2.weight", None),  # per-level BN
+    (adelaidet, "proposal_generator.fcos_head.cls_tower.1.2.weight", "head.cls_tower.1.norms.2.weight"),  # per-level BN
+    (adelaidet, "proposal_generator.fcos_head.bbox_tower.10.0.running_var", "head.box_tower.10.norms.0.running_var"),
     (adelaidet, "proposal_generator.fcos_head.share_tower.0.weight", None),
     (defcn, "head.cls_subnet.3.weight", "head.cls_tower.3.weight"),
     (defcn, "head.bbox_subnet.7.bias", "head.box_tower.7.bias"),

@@ -57,7 +57,7 @@ additionally: P3-P5 only (``MODEL.FPN.TOP_LEVELS`` 0, ``MODEL.DENSE.IN_FEATURES`
 backbone was trained with SyncBN (res3-res5 hold ``num_batches_tracked``; stem and res2 are
 frozen, FrozenBN), which at inference equals our FrozenBN with the same four statistics.
 
-Differences from our default model (1 is reproduced by a config key, 2-4 are not):
+Differences from our default model (1 and 3 are reproduced by config keys, 2 and 4 are not):
 
 1. Tower conv bias. fcos.py L158-162 builds every tower conv with ``bias=True`` in front of
    GroupNorm; our ``heads/towers.py`` ``conv_tower`` uses ``bias=not norm``. The trained biases
@@ -72,8 +72,8 @@ Differences from our default model (1 is reproduced by a config key, 2-4 are not
    boxes. Missing option: e.g. ``MODEL.DENSE.CLIP_BEFORE_NMS`` False.
 3. Per-level BN in the head (``MODEL.FCOS.NORM`` "BN"/"SyncBN", the FCOS_RT ``*_bn_head``
    models): ``ModuleListDial`` holds one BN per FPN level (keys ``...tower.{1,4,7,10}.<level>.*``);
-   our ``MODEL.DENSE.NORM`` "BN" shares one BN over all levels. Missing option: per-level norm
-   modules. Those checkpoints are listed in :data:`CHECKPOINTS` without a target.
+   ours with ``MODEL.DENSE.NORM`` "BN" holds the same (``layers/level_norm.py`` ``PerLevelNorm``, keys
+   ``head.{cls,box}_tower.{1,4,7,10}.norms.<level>.*``; ``configs/zoo/adelaidet/*_bn_head.yaml``).
 4. (Ties only) the post-NMS cap keeps every detection whose score equals the 100th (``kthvalue``,
    L540-548); ours keeps exactly ``TEST.DETECTIONS_PER_IMAGE``.
 
@@ -96,14 +96,18 @@ IGNORED: Tuple[str, ...] = (
 )
 
 #: Our keys that the source lacks and whose value is exactly zero in the source's arithmetic:
-#: none (every key of our FCOS head and backbone has a source counterpart).
-ZERO_FILLED: Tuple[str, ...] = ()
+#: the step counters of the head's per-level BatchNorms (the source's are ignored above; inference
+#: never reads them). Every other key of our FCOS head and backbone has a source counterpart.
+ZERO_FILLED: Tuple[str, ...] = (r"^head\.(cls|box)_tower\.\d+\.norms\.\d+\.num_batches_tracked$",)
 
 # (source pattern, our replacement), first match wins; see rename().
 _RULES: Tuple[Tuple[str, str], ...] = DETECTRON2_BACKBONE_RULES + (
     # Towers: Sequential of (conv, norm, ReLU) x 4 in both, so indices agree (conv 3i, norm 3i+1).
-    # Only a plain norm module maps (GN, or ours shared "BN"); AdelaiDet's per-level BN
-    # (``<i>.<level>.*``) has no counterpart and stays unmapped.
+    # A per-level BN (AdelaiDet ``<i>.<level>.*``, ModuleListDial) maps to ours ``<i>.norms.<level>.*``.
+    (r"^proposal_generator\.fcos_head\.cls_tower\.(\d+)\.(\d+)\.(weight|bias|running_mean|running_var)$",
+     r"head.cls_tower.\1.norms.\2.\3"),
+    (r"^proposal_generator\.fcos_head\.bbox_tower\.(\d+)\.(\d+)\.(weight|bias|running_mean|running_var)$",
+     r"head.box_tower.\1.norms.\2.\3"),
     (r"^proposal_generator\.fcos_head\.cls_tower\.(\d+)\.(weight|bias)$", r"head.cls_tower.\1.\2"),
     (r"^proposal_generator\.fcos_head\.bbox_tower\.(\d+)\.(weight|bias)$", r"head.box_tower.\1.\2"),
     (r"^proposal_generator\.fcos_head\.cls_logits\.(weight|bias)$", r"head.cls_logits.\1"),
@@ -121,8 +125,7 @@ def is_ignored(key: str) -> bool:
 
 def rename(key: str) -> Optional[str]:
     """Our state-dict key for the AdelaiDet key ``key``, or None if it has no counterpart
-    (ignored keys, see :data:`IGNORED`, and keys we cannot represent, e.g. per-level BN or
-    ``share_tower``).
+    (ignored keys, see :data:`IGNORED`, and keys we cannot represent, e.g. ``share_tower``).
 
     Examples: ``proposal_generator.fcos_head.cls_tower.0.weight`` -> ``head.cls_tower.0.weight``,
     ``proposal_generator.fcos_head.ctrness.bias`` -> ``head.centerness.bias``,
@@ -145,8 +148,8 @@ CHECKPOINTS: Dict[str, Optional[Tuple[str, tuple]]] = {
     "FCOS_R_50_1x_iou": ("configs/zoo/adelaidet/FCOS_R_50_1x.yaml", ()),
     "FCOS_MS_R_50_2x_iou": ("configs/zoo/adelaidet/FCOS_R_50_1x.yaml", ()),
     "FCOS_RT_MS_R_50_4x_syncbn": ("configs/zoo/adelaidet/FCOS_RT_MS_R_50_4x_syncbn.yaml", ()),
-    # per-level BN head (difference 3 of the module docstring): no config of ours reproduces it
-    "FCOS_RT_MS_R_50_4x_syncbn_bn_head": None,
+    # per-level BN head (difference 3 of the module docstring)
+    "FCOS_RT_MS_R_50_4x_syncbn_bn_head": ("configs/zoo/adelaidet/FCOS_RT_MS_R_50_4x_syncbn_bn_head.yaml", ()),
 }
 
 
