@@ -30,7 +30,21 @@ The parts of :mod:`benchmarks.detectors`:
   one section each (``--sections infer,train,assign,hungarian``).
 * :mod:`benchmarks.report`: run description, progress lines and the Markdown tables.
 """
+import json
 import os
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUITES = ("detectors", "export", "slicing", "cocoeval", "raster", "train_loop")
+
+
+def write_json_report(path: str, report, indent: int = 1, prefix: str = "") -> None:
+    """Write a benchmark's JSON ``report`` to ``path`` (its folder made when missing) and print
+    ``"<prefix>wrote <path>"``, the ending every benchmark command shares.
+
+    Raises:
+        OSError: the folder or the file cannot be written; TypeError: ``report`` is not JSON.
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(report, f, indent=indent)
+    print(f"{prefix}wrote {path}")

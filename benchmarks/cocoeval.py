@@ -36,6 +36,8 @@ import time
 
 import numpy as np
 
+from benchmarks import write_json_report
+
 STAT_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl",
               "AR@maxDets0", "AR@maxDets1", "AR@maxDets2", "ARs", "ARm", "ARl"]
 
@@ -278,10 +280,7 @@ def main(argv=None, prog=None):
                "max_dets": args.max_dets, "atol": args.atol, "data": data,
                "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
                "versions": versions, "results": report, "all_equal": all_equal}
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(out, f, indent=2)
-        print(f"wrote {args.out}")
+        write_json_report(args.out, out, indent=2)
     return 0 if all_equal else 1
 
 

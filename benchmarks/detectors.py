@@ -31,12 +31,11 @@ subprocess.
 import argparse
 import gc
 import json
-import os
-import sys
 from typing import Dict
 
 import torch
 
+from benchmarks import write_json_report
 from benchmarks.assign import run_assign, run_assign_case
 from benchmarks.hungarian import run_hungarian
 from benchmarks.inference import run_inference
@@ -142,10 +141,7 @@ def main(argv=None, prog=None):
         run_hungarian(args, results)
     text = report(results, args)
     print("\n" + text)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=1)
-    print(f"\nwrote {args.out}")
+    write_json_report(args.out, results, prefix="\n")
 
 
 if __name__ == "__main__":

@@ -95,7 +95,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from benchmarks import REPO
+from benchmarks import REPO, write_json_report
 from benchmarks.inputs import parse_size
 from benchmarks.report import markdown_table
 from benchmarks.timing import interleaved, summarize
@@ -676,10 +676,7 @@ def _run(args, argv: List[str]) -> Dict:
         print("\nProfiles of the whole graph (onnxruntime: node time by op type; eager: self CPU time by op):\n"
               + profile_table(result["profile"]))
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
-        print(f"\nwrote {args.out}")
+        write_json_report(args.out, result, prefix="\n")
     return result
 
 

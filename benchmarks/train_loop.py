@@ -48,7 +48,6 @@ round (:func:`benchmarks.timing.interleaved`), a fresh trainer each run; each ``
 import argparse
 import functools
 import gc
-import json
 import logging
 import os
 import sys
@@ -59,6 +58,7 @@ from typing import Dict, List, Optional
 
 import torch
 
+from . import write_json_report
 from .ema_fixed_budget import data_opts
 from .report import environment, markdown_table
 from .timing import TimedCall, interleaved, summarize, synchronize
@@ -364,12 +364,10 @@ def main(argv=None, prog=None) -> int:
     rows = [summarize_entry(e) for e in entries]
     print("\n" + table(rows) + "\n\n" + hook_table(rows))
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         device = next((r["device"] for r in rows if "device" in r), "cpu")
-        with open(args.out, "w") as f:
-            json.dump({"environment": {**environment(SimpleNamespace(device=device)), **omp}, "args": vars(args),
-                       "rows": rows, "runs": {e["label"]: e["runs"] for e in entries}}, f, indent=1)
-        print(f"wrote {args.out}")
+        write_json_report(args.out, {"environment": {**environment(SimpleNamespace(device=device)), **omp},
+                                     "args": vars(args), "rows": rows,
+                                     "runs": {e["label"]: e["runs"] for e in entries}})
     return 1 if any("error" in r for r in rows) else 0
 
 

@@ -64,7 +64,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from benchmarks import REPO
+from benchmarks import REPO, write_json_report
 
 DEFAULT_VENV = os.path.join("~", ".cache", "d2af", "venv-yolo")
 WORKER = os.path.join(REPO, "benchmarks", "yolo_ref", "worker.py")
@@ -583,10 +583,7 @@ def main(argv=None, prog=None) -> int:
     attempts = sum(len(r["network_attempts"]) for r in per_seed)
     print(f"\nnetwork attempts by Ultralytics (refused): {attempts}")
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=1)
-        print(f"wrote {args.out}")
+        write_json_report(args.out, report)
     return 1 if attempts else 0
 
 
