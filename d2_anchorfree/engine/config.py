@@ -4,7 +4,7 @@ from detectron2.config import CfgNode as CN
 
 
 def add_engine_config(cfg):
-    """Add ``SOLVER.HEALTH_CHECK`` (:class:`~.health.TrainingHealthCheck`),
+    """Add ``SOLVER.OPTIMIZER`` and ``SOLVER.ADAMW`` (:mod:`~.optimizer`), ``SOLVER.HEALTH_CHECK`` (:class:`~.health.TrainingHealthCheck`),
     ``SOLVER.AMP.PRECISION``, ``SOLVER.BEST_CHECKPOINT`` and ``SOLVER.EARLY_STOP``
     (:class:`~.hooks.BestCheckpointer`), ``MODEL_EMA`` (:class:`~.ema.ModelEMA`), and the
     training-sampler keys that detectron2 reads but
@@ -20,6 +20,14 @@ def add_engine_config(cfg):
         CfgNode: the same ``cfg``.
     """
     _C = cfg
+    # ---- optimizer (d2_anchorfree.engine.optimizer.build_optimizer): "SGD" (detectron2's) or
+    # "AdamW" (decoupled weight decay; SOLVER.MOMENTUM is its beta1), both over detectron2's
+    # parameter groups (SOLVER.WEIGHT_DECAY_NORM, BIAS_LR_FACTOR, WEIGHT_DECAY_BIAS).
+    _C.SOLVER.OPTIMIZER = "SGD"
+    _C.SOLVER.ADAMW = CN()
+    _C.SOLVER.ADAMW.BETA2 = 0.999  # torch's default
+    _C.SOLVER.ADAMW.EPS = 1e-8  # torch's default
+
     # ---- training health (d2_anchorfree.engine.health.TrainingHealthCheck)
     _C.SOLVER.HEALTH_CHECK = CN()
     _C.SOLVER.HEALTH_CHECK.ENABLED = True

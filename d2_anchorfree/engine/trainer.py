@@ -20,6 +20,7 @@ from ..inference import build_inference_model, needs_full_resolution
 from .clipping import CLIP_TYPES, add_gradient_clipping
 from .ema import ModelEMA, ModelEMAHook, check_model_ema_config
 from .health import TrainingHealthCheck, check_solver_config
+from .optimizer import build_optimizer, check_optimizer_config
 from .report import EvaluationReportHook, check_report_config
 from .hooks import (AnchorFreeBestCheckpointer, CriterionIterationHook, EarlyStop, best_checkpoint_enabled,
                     best_checkpoint_metric, check_best_checkpoint_config)
@@ -105,6 +106,7 @@ class AnchorFreeTrainer(DefaultTrainer):
 
     def __init__(self, cfg):
         check_solver_config(cfg)
+        check_optimizer_config(cfg)
         check_sampler_config(cfg)
         check_best_checkpoint_config(cfg)
         check_report_config(cfg)
@@ -165,18 +167,22 @@ class AnchorFreeTrainer(DefaultTrainer):
 
     @classmethod
     def build_optimizer(cls, cfg, model):
-        """detectron2's optimizer (SGD over ``get_default_optimizer_params``); with
+        """The optimizer of ``SOLVER.OPTIMIZER`` (:func:`~.optimizer.build_optimizer`: detectron2's
+        SGD, or AdamW, over detectron2's ``get_default_optimizer_params``); with
         ``SOLVER.CLIP_GRADIENTS.ENABLED`` its per-parameter clipping is done in batched calls
         (:func:`~.clipping.add_gradient_clipping`: the same clipped gradients bit for bit, without
         ten small operations per parameter tensor on every step). A ``CLIP_TYPE`` other than
         "norm"/"value" goes to detectron2, which rejects it."""
         clip = cfg.SOLVER.CLIP_GRADIENTS
-        if not (clip.ENABLED and clip.CLIP_TYPE in CLIP_TYPES):
+        if cfg.SOLVER.OPTIMIZER == "SGD" and not (clip.ENABLED and clip.CLIP_TYPE in CLIP_TYPES):
             return super().build_optimizer(cfg, model)
+        if clip.ENABLED and clip.CLIP_TYPE not in CLIP_TYPES:
+            raise ValueError(f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE = {clip.CLIP_TYPE!r}: must be one of {list(CLIP_TYPES)}")
         plain = cfg.clone()
         plain.defrost()
         plain.SOLVER.CLIP_GRADIENTS.ENABLED = False
-        return add_gradient_clipping(super().build_optimizer(plain, model), clip)
+        optimizer = build_optimizer(plain, model)
+        return add_gradient_clipping(optimizer, clip) if clip.ENABLED else optimizer
 
     @classmethod
     def build_train_loader(cls, cfg, start_iter: int = 0):

@@ -136,3 +136,14 @@ def test_mosaic_resumes_exactly_after_a_kill(toy, tmp_path):
     mosaic = ("INPUT.MOSAIC.ENABLED", "True", "INPUT.MOSAIC.PROB", "0.5", "INPUT.MOSAIC.SIZE", "64")
     straight, killed_dir = straight_and_killed_then_resumed(toy, tmp_path, mosaic)
     assert_bitwise_equal(final_weights(killed_dir), final_weights(straight))
+
+
+def test_adamw_resumes_exactly_after_a_kill(toy, tmp_path):
+    """With AdamW (SOLVER.OPTIMIZER): killed and resumed as above, the run ends with the weights of
+    the uninterrupted one, bitwise: the checkpoint carries AdamW's moment estimates and step counts
+    (a resume that restarted them would take a different, bias-corrected step)."""
+    adamw = ("SOLVER.OPTIMIZER", "AdamW", "SOLVER.BASE_LR", "0.001", "SOLVER.WEIGHT_DECAY", "0.05")
+    straight, killed_dir = straight_and_killed_then_resumed(toy, tmp_path, adamw)
+    assert_bitwise_equal(final_weights(killed_dir), final_weights(straight))
+    state = torch.load(os.path.join(killed_dir, "model_final.pth"), map_location="cpu", weights_only=True)
+    assert {"exp_avg", "exp_avg_sq"} <= set(next(iter(state["trainer"]["_trainer"]["optimizer"]["state"].values())))
