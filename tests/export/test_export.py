@@ -469,6 +469,29 @@ def test_match_detections_accepts_only_ties_swapped_at_the_cut():
     assert not match_detections(ref, moved).ok
 
 
+def test_match_detections_accepts_an_nms_order_tie_low_in_the_lists():
+    """Two candidates tied in score that two backends' NMS visit in opposite order keep different
+    boxes, and below them the suppressions differ (an extra detection on one side): accepted when
+    the detections above the tie all match and at most a tenth of each list differs; the same tie
+    at the top is not."""
+    n = 30
+    boxes = np.array([[40 * i, 0, 40 * i + 30, 30] for i in range(n)], dtype=np.float32)
+    scores = np.linspace(0.9, 0.3, n).astype(np.float32)
+    classes = np.zeros(n, dtype=np.int64)
+    low_tie, extra = np.array([[0, 100, 30, 130]], np.float32), np.array([[50, 100, 80, 130]], np.float32)
+    ref = (np.concatenate([boxes, low_tie, extra]), np.concatenate([scores, [0.2, 0.1]]).astype(np.float32),
+           np.zeros(n + 2, np.int64))
+    swapped = (np.concatenate([boxes, low_tie + 5]), np.concatenate([scores, [0.20001]]).astype(np.float32),
+               np.zeros(n + 1, np.int64))
+    report = match_detections(ref, swapped)
+    assert report.ok and report.ties_in_nms_order and report.above_tie == (n, n), report.summary()
+    top_tie = (np.concatenate([boxes[:1] + 5, boxes[1:]]), scores, classes)
+    report = match_detections((boxes, scores, classes), top_tie)
+    assert not report.ok and not report.ties_in_nms_order, report.summary()
+    not_tied = (swapped[0], np.concatenate([scores, [0.25]]).astype(np.float32), swapped[2])
+    assert not match_detections(ref, not_tied).ok
+
+
 @pytest.mark.parametrize("opts, nms_nodes", [
     ((), 0),  # one-to-one branch, NMS-free
     (("MODEL.DUAL.INFERENCE_BRANCH", "one_to_many", "MODEL.DENSE.POSTPROCESS", "nms"), 1),
