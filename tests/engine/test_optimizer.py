@@ -100,3 +100,9 @@ def test_bad_values_name_the_key(key, value, match):
 
 def test_nesterov_allowed_with_sgd():
     check_optimizer_config(solver_cfg(NESTEROV=True))
+
+
+def test_trainer_rejects_an_unknown_clip_type_with_adamw():
+    cfg = solver_cfg(OPTIMIZER="AdamW", CLIP_GRADIENTS__ENABLED=True, CLIP_GRADIENTS__CLIP_TYPE="full_model")
+    with pytest.raises(ValueError, match="SOLVER.CLIP_GRADIENTS.CLIP_TYPE = 'full_model'"):
+        AnchorFreeTrainer.build_optimizer(cfg, TinyNet())
