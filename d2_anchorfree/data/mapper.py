@@ -31,8 +31,10 @@ class CheckedDatasetMapper(DatasetMapper):
     augmentations, return ``"image"`` as a uint8 tensor [C, H, W]; in training, annotations are
     transformed into ``"instances"`` (``gt_boxes`` XYXY pixels, ``gt_classes``) by the parent's
     ``_transform_annotations``, which drops ``iscrowd`` annotations; at test time they are removed.
-    Only the reading step differs (:meth:`read_image`): the shared reader of training, evaluation
-    and ``tools/predict.py``, which refuses truncated files and 16-bit/float images.
+    Two steps differ: reading (:meth:`read_image`, the shared reader of training, evaluation
+    and ``tools/predict.py``, which refuses truncated files and 16-bit/float images), and boxes are
+    made floats before they are transformed (detectron2 truncates whole-number boxes when it resizes
+    them, :func:`_float_box`).
     """
 
     def read_image(self, dataset_dict: dict) -> np.ndarray:
@@ -84,8 +86,21 @@ class CheckedDatasetMapper(DatasetMapper):
             dataset_dict.pop("sem_seg_file_name", None)
             return dataset_dict
         if "annotations" in dataset_dict:
+            for annotation in dataset_dict["annotations"]:
+                if "bbox" in annotation:
+                    annotation["bbox"] = _float_box(annotation["bbox"])
             self._transform_annotations(dataset_dict, transforms, image_shape)
         return dataset_dict
+
+
+def _float_box(box):
+    """``box`` (4 or 5 numbers) as floats. detectron2's annotation transform (v0.6 and main) turns an
+    all-integer ``bbox`` (COCO files written with whole pixels) into an integer array, and resizing
+    it then truncates every coordinate toward zero (XYXY (4, 2, 12, 8) halved gives (2, 1, 6, 4)
+    only by luck, (4, 2, 12, 8) x 0.4 gives (1, 0, 4, 3) instead of (1.6, 0.8, 4.8, 3.2))."""
+    if isinstance(box, np.ndarray):
+        return box.astype(np.float64)
+    return [float(v) for v in box]
 
 
 class MosaicDatasetMapper(CheckedDatasetMapper):

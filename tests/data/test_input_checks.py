@@ -16,8 +16,9 @@ from PIL import Image
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import detection_utils as d2_utils
+from detectron2.data import transforms as T
 from detectron2.evaluation import COCOEvaluator
-from detectron2.structures import Boxes, Instances
+from detectron2.structures import BoxMode, Boxes, Instances
 
 from d2_anchorfree import add_anchorfree_config
 from d2_anchorfree.data import (
@@ -377,3 +378,22 @@ def test_trainer_names_every_bad_image_before_the_first_iteration(tmp_path, name
     with pytest.raises(ValueError, match=r"(?s)2 of the 3 images.*broken\.png.*cut\.jpg") as e:
         AnchorFreeTrainer(cfg)
     assert "ok.png" not in str(e.value)
+
+
+def test_whole_number_boxes_are_resized_exactly(tmp_path):
+    """detectron2 alone truncates integer boxes when it resizes them ((4, 2, 12, 8) x 0.4 -> (1, 0, 4,
+    3)); the mapper gives (1.6, 0.8, 4.8, 3.2), for XYXY and XYWH, list and array boxes."""
+    path = tmp_path / "a.png"
+    cv2.imwrite(str(path), np.zeros((20, 40, 3), np.uint8))
+    resize = T.ResizeTransform(20, 40, 8, 16, 2)
+    d2_alone = d2_utils.transform_instance_annotations(
+        {"bbox": [4, 2, 12, 8], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 0}, T.TransformList([resize]), (8, 16))
+    assert list(d2_alone["bbox"]) == [1, 0, 4, 3]  # the trap, if detectron2 ever fixes it this test can go
+    mapper = CheckedDatasetMapper(is_train=True, augmentations=[T.Resize((8, 16))], image_format="BGR")
+    for bbox, mode in (([4, 2, 12, 8], BoxMode.XYXY_ABS), ([4, 2, 8, 6], BoxMode.XYWH_ABS),
+                       (np.array([4, 2, 12, 8]), BoxMode.XYXY_ABS)):
+        record = {"file_name": str(path), "height": 20, "width": 40, "image_id": 1,
+                  "annotations": [{"bbox": bbox, "bbox_mode": mode, "category_id": 0, "iscrowd": 0}]}
+        out = mapper(record)
+        np.testing.assert_allclose(out["instances"].gt_boxes.tensor.numpy(), [[1.6, 0.8, 4.8, 3.2]], atol=1e-5)
+        assert record["annotations"][0]["bbox"] is bbox  # the dataset's own dict is left alone
