@@ -3,6 +3,7 @@ area, image and class-count checks, the one image reader of training, evaluation
 (``image_io.read_image``), a dataset mapper that names unreadable image files and its mosaic
 variant (``INPUT.MOSAIC``, :mod:`d2_anchorfree.data.mosaic`). Downloading and
 tiling the bundled tree-crown data: :mod:`d2_anchorfree.data.trees` (``d2af prepare-data``)."""
+from .augmentation import build_train_augmentations, check_scale_jitter_config
 from .datasets import (
     check_coco_areas,
     check_num_classes,
@@ -23,10 +24,12 @@ from .mosaic import check_mosaic_config
 __all__ = [
     "CheckedDatasetMapper",
     "MosaicDatasetMapper",
+    "build_train_augmentations",
     "build_train_mapper",
     "check_coco_areas",
     "check_mosaic_config",
     "check_num_classes",
+    "check_scale_jitter_config",
     "find_bad_areas",
     "num_classes_key",
     "parse_register_entry",

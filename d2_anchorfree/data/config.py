@@ -4,8 +4,9 @@ from detectron2.config import CfgNode as CN
 
 def add_data_config(cfg):
     """Add ``DATASETS.REGISTER_COCO``, the annotation / image checks (``DATASETS.VALIDATE_*``,
-    ``DATASETS.AREA_*``) and the mosaic augmentation (``INPUT.MOSAIC``, checked by
-    :func:`~.mosaic.check_mosaic_config`).
+    ``DATASETS.AREA_*``) the mosaic augmentation (``INPUT.MOSAIC``, checked by
+    :func:`~.mosaic.check_mosaic_config`) and scale jitter (``INPUT.SCALE_JITTER``, checked by
+    :func:`~.augmentation.check_scale_jitter_config`).
 
     Args:
         cfg (CfgNode): a detectron2 config; modified in place (called by
@@ -50,4 +51,19 @@ def add_data_config(cfg):
     # In [0, 1]: a box cut by its quadrant or the crop is kept when at least this fraction of its
     # area stays visible (and it stays at least 2 px wide and high).
     _C.INPUT.MOSAIC.MIN_VISIBLE = 0.25
+    # "crop" only: each mosaic at a scale s drawn uniformly in [MIN_SCALE, MAX_SCALE] (>= 0.5): the
+    # round(S / s) middle of the canvas resized to S x S, objects at s times their size (Ultralytics'
+    # RandomPerspective scale). 1.0 and 1.0: no scaling, nothing drawn.
+    _C.INPUT.MOSAIC.MIN_SCALE = 1.0
+    _C.INPUT.MOSAIC.MAX_SCALE = 1.0
+
+    # ---- scale jitter (data.augmentation): in place of the INPUT.MIN_SIZE_TRAIN resize, each
+    # training image (after the mosaic, when on) is resized to fit SIZE x SIZE times a factor drawn
+    # in [MIN_SCALE, MAX_SCALE], then cut or padded to SIZE x SIZE (detectron2's ResizeScale +
+    # FixedSizeCrop; large scale jitter; Ultralytics' RandomPerspective scale).
+    _C.INPUT.SCALE_JITTER = CN()
+    _C.INPUT.SCALE_JITTER.ENABLED = False
+    _C.INPUT.SCALE_JITTER.MIN_SCALE = 0.5  # > 0, factors of the size at which the image fits SIZE
+    _C.INPUT.SCALE_JITTER.MAX_SCALE = 1.5  # >= MIN_SCALE
+    _C.INPUT.SCALE_JITTER.SIZE = 416  # pixels (>= 32), the side of every training image
     return cfg

@@ -3,7 +3,7 @@
 failures name the file, and its mosaic variant (``INPUT.MOSAIC``: 4 dataset images per training
 image, :mod:`d2_anchorfree.data.mosaic`); :func:`build_train_mapper` picks one from the config."""
 import copy
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -15,8 +15,10 @@ from detectron2.data import transforms as T
 
 from detectron2.structures import BoxMode
 
+from .augmentation import build_train_augmentations
 from .image_io import read_image
-from .mosaic import MOSAIC_FILL, check_mosaic_args, mosaic4, resize_longer_side, sample_mosaic_center
+from .mosaic import (MOSAIC_FILL, check_mosaic_args, crop_side, mosaic4, resize_longer_side, sample_mosaic_center,
+                     sample_mosaic_scale)
 
 __all__ = ["CheckedDatasetMapper", "MosaicDatasetMapper", "build_train_mapper"]
 
@@ -34,8 +36,18 @@ class CheckedDatasetMapper(DatasetMapper):
     Two steps differ: reading (:meth:`read_image`, the shared reader of training, evaluation
     and ``tools/predict.py``, which refuses truncated files and 16-bit/float images), and boxes are
     made floats before they are transformed (detectron2 truncates whole-number boxes when it resizes
-    them, :func:`_float_box`).
+    them, :func:`_float_box`); and, built from
+    a config, the training augmentations are
+    :func:`~d2_anchorfree.data.augmentation.build_train_augmentations` (detectron2's list unless
+    ``INPUT.SCALE_JITTER.ENABLED``).
     """
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True):
+        ret = super().from_config(cfg, is_train)
+        if is_train:
+            ret["augmentations"] = build_train_augmentations(cfg)
+        return ret
 
     def read_image(self, dataset_dict: dict) -> np.ndarray:
         """Read ``dataset_dict["file_name"]`` as an [H, W, C] uint8 array in ``self.image_format``
@@ -126,7 +138,12 @@ class MosaicDatasetMapper(CheckedDatasetMapper):
     parent does when masks and keypoints are off); a mapper that would use masks, keypoints,
     semantic segmentation or precomputed proposals is refused.
 
-    Randomness (whether a sample is a mosaic, the 3 other images, the centre) is drawn from numpy's
+    With ``mosaic_scale`` other than (1, 1) ("crop" only), the crop window is the round(S / s) middle
+    of the canvas, s drawn uniformly in the range, resized to S x S with its boxes (objects at s
+    times their size; Ultralytics' ``RandomPerspective`` scale without translation).
+
+    Randomness (whether a sample is a mosaic, the 3 other images, the centre, the scale when the
+    range is not one value) is drawn from numpy's
     global generator, before the augmentations draw theirs: the generator that the resumable
     training loader seeds per sample position, so a resumed run sees the same mosaics. At test time
     (``is_train`` False) the mapper is the parent's.
@@ -134,13 +151,16 @@ class MosaicDatasetMapper(CheckedDatasetMapper):
 
     @configurable
     def __init__(self, is_train: bool, *, dataset_dicts: Sequence[dict], mosaic_prob: float = 1.0,
-                 mosaic_size: int = 416, mosaic_output: str = "crop", mosaic_min_visible: float = 0.25, **kwargs):
+                 mosaic_size: int = 416, mosaic_output: str = "crop", mosaic_min_visible: float = 0.25,
+                 mosaic_scale: Tuple[float, float] = (1.0, 1.0), **kwargs):
         """
         Args:
             is_train: training (mosaics) or test (the parent's mapping).
             dataset_dicts: the dicts images 1 to 3 are drawn from (detectron2 format, at least one).
             mosaic_prob, mosaic_size, mosaic_output, mosaic_min_visible: ``INPUT.MOSAIC.PROB``,
                 ``SIZE`` (pixels), ``OUTPUT`` and ``MIN_VISIBLE``.
+            mosaic_scale: (``INPUT.MOSAIC.MIN_SCALE``, ``MAX_SCALE``): with "crop", each mosaic shows
+                the round(S / s) middle of the canvas resized to S x S, s uniform in the range.
             **kwargs: the arguments of detectron2's ``DatasetMapper`` (``augmentations``,
                 ``image_format``, ...).
 
@@ -149,7 +169,7 @@ class MosaicDatasetMapper(CheckedDatasetMapper):
                 dicts, or masks / keypoints / semantic segmentation / proposals in use.
         """
         super().__init__(is_train, **kwargs)
-        check_mosaic_args(mosaic_prob, mosaic_size, mosaic_output, mosaic_min_visible)
+        check_mosaic_args(mosaic_prob, mosaic_size, mosaic_output, mosaic_min_visible, *mosaic_scale)
         if dataset_dicts is None or len(dataset_dicts) == 0:
             raise ValueError("INPUT.MOSAIC.ENABLED: the mosaic draws its images from the training dataset, "
                              "which has no images")
@@ -167,13 +187,15 @@ class MosaicDatasetMapper(CheckedDatasetMapper):
         self.mosaic_size = int(mosaic_size)
         self.mosaic_output = mosaic_output
         self.mosaic_min_visible = float(mosaic_min_visible)
+        self.mosaic_scale = (float(mosaic_scale[0]), float(mosaic_scale[1]))
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True, dataset_dicts: Optional[Sequence[dict]] = None):
         ret = super().from_config(cfg, is_train)
         mosaic = cfg.INPUT.MOSAIC
         ret.update(dataset_dicts=dataset_dicts, mosaic_prob=mosaic.PROB, mosaic_size=mosaic.SIZE,
-                   mosaic_output=mosaic.OUTPUT, mosaic_min_visible=mosaic.MIN_VISIBLE)
+                   mosaic_output=mosaic.OUTPUT, mosaic_min_visible=mosaic.MIN_VISIBLE,
+                   mosaic_scale=(mosaic.MIN_SCALE, mosaic.MAX_SCALE))
         return ret
 
     def __call__(self, dataset_dict: dict) -> dict:
@@ -189,6 +211,7 @@ class MosaicDatasetMapper(CheckedDatasetMapper):
         dataset_dict = copy.deepcopy(dataset_dict)
         others = np.random.randint(len(self.dataset_dicts), size=3)
         center = sample_mosaic_center(self.mosaic_size)
+        scale = sample_mosaic_scale(*self.mosaic_scale)
         records = [dataset_dict] + [self.dataset_dicts[int(i)] for i in others]
         images, boxes, annotations = [], [], []
         for record in records:
@@ -200,8 +223,12 @@ class MosaicDatasetMapper(CheckedDatasetMapper):
             images.append(image)
             boxes.append(np.asarray(xyxy, dtype=np.float64).reshape(-1, 4) * [sx, sy, sx, sy])
             annotations.append(annos)
+        window = crop_side(self.mosaic_size, scale) if self.mosaic_output == "crop" else None
         result = mosaic4(images, boxes, center, self.mosaic_size, self.mosaic_output, self.mosaic_min_visible,
-                         fill=MOSAIC_FILL)
+                         fill=MOSAIC_FILL, crop_size=window)
+        if window is not None and window != self.mosaic_size:  # the scaled crop back to S x S
+            result = result._replace(image=resize_longer_side(result.image, self.mosaic_size)[0],
+                                     boxes=result.boxes * (self.mosaic_size / window))
         dataset_dict["annotations"] = [
             _moved_annotation(annotations[i][j], box)
             for i, j, box in zip(result.image_index.tolist(), result.box_index.tolist(), result.boxes.tolist())]

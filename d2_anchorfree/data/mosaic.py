@@ -15,7 +15,11 @@ middle of the canvas (``"crop"``, rows and columns [S//2, S//2 + S): Ultralytics
 ``RandomPerspective`` border crop with no translation; every quadrant is visible, the centre
 at a random place inside the crop) or the whole 2S x 2S canvas (``"full"``: about four images'
 objects in one training image, DEIM's dense one-to-one positives, once the ordinary resize
-shrinks it). Boxes move with their image and are clipped to what is visible of it; a box is kept
+shrinks it). With a scale s (``INPUT.MOSAIC.MIN_SCALE`` / ``MAX_SCALE``, :func:`sample_mosaic_scale`)
+the "crop" window is the W x W middle of the canvas, W = round(S / s) (``crop_size`` of
+:func:`mosaic4`), which the mapper then resizes to S x S: objects at s times their size, the
+scale of Ultralytics' ``RandomPerspective`` (about the canvas centre, no translation), and since
+s >= 0.5 keeps the window inside the canvas, no padding. Boxes move with their image and are clipped to what is visible of it; a box is kept
 when at least ``min_visible`` of its area stays visible and it stays at least 2 px wide and high.
 
 Conventions: images [H, W, C] uint8 (any channel count, the same for the four), boxes XYXY in
@@ -28,13 +32,13 @@ al., "DEIM: DETR with Improved Matching for Fast Convergence", CVPR 2025, Sec. 3
 mosaic to raise the number of positives per image).
 """
 import math
-from typing import NamedTuple, Sequence, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 
-__all__ = ["MOSAIC_OUTPUTS", "MOSAIC_FILL", "MIN_BOX_SIDE", "MosaicResult", "check_mosaic_args",
-           "check_mosaic_config", "mosaic4", "resize_longer_side", "sample_mosaic_center"]
+__all__ = ["MOSAIC_OUTPUTS", "MOSAIC_FILL", "MIN_BOX_SIDE", "MIN_MOSAIC_SCALE", "MosaicResult", "check_mosaic_args",
+           "check_mosaic_config", "mosaic4", "resize_longer_side", "sample_mosaic_center", "sample_mosaic_scale"]
 
 # INPUT.MOSAIC.OUTPUT values.
 MOSAIC_OUTPUTS = ("crop", "full")
@@ -44,18 +48,24 @@ MOSAIC_FILL = 114
 MIN_BOX_SIDE = 2.0
 # INPUT.MOSAIC.SIZE below this is refused.
 MIN_MOSAIC_SIZE = 32
+# INPUT.MOSAIC.MIN_SCALE below this is refused: the crop window (S / scale) would leave the 2S canvas.
+MIN_MOSAIC_SCALE = 0.5
 
 
 def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def check_mosaic_args(prob: float, size: int, output: str, min_visible: float) -> None:
-    """Check the values of ``INPUT.MOSAIC.PROB``, ``SIZE``, ``OUTPUT`` and ``MIN_VISIBLE``.
+def check_mosaic_args(prob: float, size: int, output: str, min_visible: float, min_scale: float = 1.0,
+                      max_scale: float = 1.0) -> None:
+    """Check the values of ``INPUT.MOSAIC.PROB``, ``SIZE``, ``OUTPUT``, ``MIN_VISIBLE``, ``MIN_SCALE``
+    and ``MAX_SCALE``.
 
     Raises:
         ValueError: naming the first offending key and its value: PROB or MIN_VISIBLE not a number
-            in [0, 1], SIZE not a whole number >= 32 (pixels), OUTPUT not one of :data:`MOSAIC_OUTPUTS`.
+            in [0, 1], SIZE not a whole number >= 32 (pixels), OUTPUT not one of :data:`MOSAIC_OUTPUTS`,
+            MIN_SCALE not a number >= 0.5 or above MAX_SCALE, MAX_SCALE not finite, a scale other
+            than 1 with OUTPUT "full".
     """
     if not (_number(prob) and 0 <= prob <= 1):
         raise ValueError(f"INPUT.MOSAIC.PROB = {prob!r}: must be a number in [0, 1] (the probability that a "
@@ -69,6 +79,15 @@ def check_mosaic_args(prob: float, size: int, output: str, min_visible: float) -
     if not (_number(min_visible) and 0 <= min_visible <= 1):
         raise ValueError(f"INPUT.MOSAIC.MIN_VISIBLE = {min_visible!r}: must be a number in [0, 1] (the fraction "
                          "of a clipped box's area that must stay visible to keep it)")
+    if not (_number(min_scale) and min_scale >= MIN_MOSAIC_SCALE):
+        raise ValueError(f"INPUT.MOSAIC.MIN_SCALE = {min_scale!r}: must be a number >= {MIN_MOSAIC_SCALE} (the "
+                         "crop shows SIZE / scale pixels of the 2 SIZE canvas)")
+    if not (_number(max_scale) and max_scale >= min_scale):
+        raise ValueError(f"INPUT.MOSAIC.MAX_SCALE = {max_scale!r}: must be a finite number >= MIN_SCALE "
+                         f"= {min_scale!r}")
+    if output == "full" and (min_scale, max_scale) != (1, 1):
+        raise ValueError(f"INPUT.MOSAIC.MIN_SCALE / MAX_SCALE = {min_scale!r} / {max_scale!r} scale the 'crop' "
+                         "output; with OUTPUT 'full' leave them at 1.0 (the ordinary resize sets its scale)")
 
 
 def check_mosaic_config(cfg) -> None:
@@ -80,7 +99,8 @@ def check_mosaic_config(cfg) -> None:
     """
     mosaic = cfg.INPUT.MOSAIC
     if mosaic.ENABLED:
-        check_mosaic_args(mosaic.PROB, mosaic.SIZE, mosaic.OUTPUT, mosaic.MIN_VISIBLE)
+        check_mosaic_args(mosaic.PROB, mosaic.SIZE, mosaic.OUTPUT, mosaic.MIN_VISIBLE, mosaic.MIN_SCALE,
+                          mosaic.MAX_SCALE)
 
 
 def sample_mosaic_center(size: int) -> Tuple[int, int]:
@@ -91,6 +111,21 @@ def sample_mosaic_center(size: int) -> Tuple[int, int]:
     low = size // 2
     xc, yc = np.random.randint(low, low + size + 1, size=2)
     return int(xc), int(yc)
+
+
+def sample_mosaic_scale(min_scale: float, max_scale: float) -> float:
+    """The scale of one mosaic: uniform in [min_scale, max_scale] from numpy's global generator
+    (drawn after the centre), or ``min_scale`` without a draw when the two are equal (so a run
+    without scale jitter draws exactly the numbers it drew before the option existed)."""
+    if min_scale == max_scale:
+        return float(min_scale)
+    return float(np.random.uniform(min_scale, max_scale))
+
+
+def crop_side(size: int, scale: float) -> int:
+    """W = round(S / scale), the side in canvas pixels of the "crop" window at ``scale``, kept in
+    [1, 2S]."""
+    return int(min(max(round(size / scale), 1), 2 * size))
 
 
 def resize_longer_side(image: np.ndarray, size: int) -> Tuple[np.ndarray, Tuple[float, float]]:
@@ -120,7 +155,8 @@ class MosaicResult(NamedTuple):
     """The output of :func:`mosaic4`.
 
     Attributes:
-        image: [S, S, C] ("crop") or [2S, 2S, C] ("full"), the images' dtype.
+        image: [W, W, C] ("crop", W = ``crop_size``, by default S) or [2S, 2S, C] ("full"), the
+            images' dtype.
         boxes: float64 [M, 4], the kept boxes, XYXY pixels of ``image``, clipped to what is
             visible of their own image.
         image_index: int64 [M], which of the four images each kept box comes from (0 to 3).
@@ -144,7 +180,8 @@ def _area(boxes: np.ndarray) -> np.ndarray:
 
 
 def mosaic4(images: Sequence[np.ndarray], boxes: Sequence[np.ndarray], center: Tuple[int, int], size: int,
-            output: str = "crop", min_visible: float = 0.25, fill: int = MOSAIC_FILL) -> MosaicResult:
+            output: str = "crop", min_visible: float = 0.25, fill: int = MOSAIC_FILL,
+            crop_size: Optional[int] = None) -> MosaicResult:
     """Lay four images around ``center`` on a 2S x 2S canvas and cut out the result (see the
     module docstring for the layout).
 
@@ -153,7 +190,8 @@ def mosaic4(images: Sequence[np.ndarray], boxes: Sequence[np.ndarray], center: T
     whose longer side is at most S never reach another quadrant, so only the canvas edge cuts them.
     Box j of image i moves by the same offset; its reference area is its area clipped to the image
     itself, its visible part the box clipped to the image, its quadrant and the output window
-    ([S//2, S//2 + S]^2 for "crop", [0, 2S]^2 for "full"). It is kept when the visible part is at
+    ([(2S - W)//2, (2S - W)//2 + W]^2 for "crop", W = ``crop_size``, by default S, so [S//2, S//2 + S]^2;
+    [0, 2S]^2 for "full"). It is kept when the visible part is at
     least :data:`MIN_BOX_SIDE` (2) pixels wide and high and its area at least ``min_visible`` of the
     reference area; kept boxes are the visible parts, in the output's pixels.
 
@@ -168,13 +206,16 @@ def mosaic4(images: Sequence[np.ndarray], boxes: Sequence[np.ndarray], center: T
         output: "crop" or "full".
         min_visible: in [0, 1].
         fill: the value of canvas pixels that no image covers.
+        crop_size: W, the side of the "crop" window in canvas pixels, in [1, 2S] (None: S).
 
     Returns:
-        MosaicResult: the image, the kept boxes and where each came from, in image order then box order.
+        MosaicResult: the image (W x W for "crop"), the kept boxes and where each came from, in image
+        order then box order.
 
     Raises:
         ValueError: not four images and four box arrays, channel counts or dtypes that differ, a
-            centre outside the canvas, an unknown ``output``, ``min_visible`` outside [0, 1].
+            centre outside the canvas, an unknown ``output``, ``min_visible`` outside [0, 1], a
+            ``crop_size`` outside [1, 2S] or given with "full".
     """
     if len(images) != 4 or len(boxes) != 4:
         raise ValueError(f"mosaic4 takes 4 images and 4 box arrays, got {len(images)} and {len(boxes)}")
@@ -190,7 +231,11 @@ def mosaic4(images: Sequence[np.ndarray], boxes: Sequence[np.ndarray], center: T
     if not (0 <= xc <= side and 0 <= yc <= side):
         raise ValueError(f"mosaic4: center {tuple(center)} lies outside the {side} x {side} canvas")
     canvas = np.full((side, side, images[0].shape[2]), fill, dtype=images[0].dtype)
-    start, stop = (size // 2, size // 2 + size) if output == "crop" else (0, side)
+    if crop_size is not None and (output != "crop" or not 1 <= int(crop_size) <= side):
+        raise ValueError(f"mosaic4: crop_size = {crop_size!r} with output {output!r}: a 'crop' window of 1 to "
+                         f"{side} pixels")
+    window = size if crop_size is None else int(crop_size)
+    start, stop = ((side - window) // 2, (side - window) // 2 + window) if output == "crop" else (0, side)
     quadrants = [(0, 0, xc, yc), (xc, 0, side, yc), (0, yc, xc, side), (xc, yc, side, side)]
     kept_boxes, image_index, box_index = [], [], []
     for i, (image, quadrant) in enumerate(zip(images, quadrants)):

@@ -32,7 +32,8 @@ from detectron2.structures import BoxMode
 import d2_anchorfree
 from d2_anchorfree.data import mapper as mapper_module
 from d2_anchorfree.data.mapper import CheckedDatasetMapper, MosaicDatasetMapper, build_train_mapper
-from d2_anchorfree.data.mosaic import check_mosaic_config, mosaic4, resize_longer_side, sample_mosaic_center
+from d2_anchorfree.data.mosaic import (check_mosaic_config, crop_side, mosaic4, resize_longer_side,
+                                       sample_mosaic_center, sample_mosaic_scale)
 from d2_anchorfree.engine import AnchorFreeTrainer, setup_cfg
 
 from conftest import REPO, trees_dir
@@ -102,6 +103,35 @@ def test_boxes_move_clip_and_drop_hand_computed(output, min_visible, want):
 def test_fully_visible_boxes_survive_min_visible_one():
     result = mosaic4(quadrant_images(), BOXES, CENTER, S, "full", min_visible=1.0)
     assert result.boxes.tolist() == [[6, 2, 11, 10], [6, 10, 8, 13], [10, 10, 14, 13]]
+
+
+def test_crop_window_of_any_side_is_centred_on_the_canvas():
+    """crop_size W: rows and columns [(16 - W)//2, (16 - W)//2 + W); W = 16 is the "full" result,
+    W = S the default crop, W = 6 rows/columns 5-10 with the TR box (6, 2, 11, 10) cut to
+    (6, 5, 11, 10) - 5 = (1, 0, 6, 5) (25 of 40 px^2, kept at 0.25)."""
+    images = quadrant_images()
+    full, whole = mosaic4(images, BOXES, CENTER, S, "full"), mosaic4(images, BOXES, CENTER, S, "crop", crop_size=16)
+    np.testing.assert_array_equal(whole.image, full.image)
+    np.testing.assert_array_equal(whole.boxes, full.boxes)
+    default, same = mosaic4(images, BOXES, CENTER, S, "crop"), mosaic4(images, BOXES, CENTER, S, "crop", crop_size=S)
+    np.testing.assert_array_equal(same.image, default.image)
+    np.testing.assert_array_equal(same.boxes, default.boxes)
+    small = mosaic4(images, BOXES, CENTER, S, "crop", crop_size=6)
+    np.testing.assert_array_equal(small.image, expected_canvas()[5:11, 5:11])
+    assert small.boxes.tolist()[0] == [1, 0, 6, 5] and small.image_index.tolist()[0] == 1
+    for bad, output in ((0, "crop"), (17, "crop"), (8, "full")):
+        with pytest.raises(ValueError, match=f"crop_size = {bad} with output '{output}'"):
+            mosaic4(images, BOXES, CENTER, S, output, crop_size=bad)
+
+
+def test_scale_one_draws_nothing_and_a_range_draws_uniformly():
+    np.random.seed(3)
+    before = np.random.get_state()[1].copy()
+    assert sample_mosaic_scale(1.0, 1.0) == 1.0 and sample_mosaic_scale(0.7, 0.7) == 0.7
+    np.testing.assert_array_equal(np.random.get_state()[1], before)  # runs without the range draw as before
+    draws = [sample_mosaic_scale(0.5, 1.5) for _ in range(400)]
+    assert 0.5 <= min(draws) < 0.6 and 1.4 < max(draws) <= 1.5 and abs(np.mean(draws) - 1.0) < 0.05
+    assert [crop_side(400, s) for s in (0.5, 1.0, 1.5, 0.3)] == [800, 400, 267, 800]
 
 
 def test_mosaic4_refuses_bad_inputs():
@@ -209,6 +239,19 @@ def test_augmentations_apply_after_the_mosaic(images, centre):
     np.testing.assert_allclose(boxes_of(out), want, atol=1e-5)
 
 
+@pytest.mark.parametrize("scale,want", [
+    # s = 2: the 16 x 16 middle (canvas 24-40) of the 64 x 64 canvas, only BR's object, cut to
+    # (35.2, 33.6, 40, 38.4) (0.75 visible) -> minus 24 -> x 2 to 32 x 32
+    (2.0, [[22.4, 19.2, 32.0, 28.8]]),
+    # s = 0.5: the whole canvas, halved
+    (0.5, (np.array(A_FULL) / 2).tolist()),
+])
+def test_mapper_scaled_crop_hand_computed(images, centre, scale, want):
+    out = mosaic_mapper([images["a"]], "crop", mosaic_scale=(scale, scale))(images["a"])
+    assert tuple(out["image"].shape) == (3, 32, 32) and (out["height"], out["width"]) == (32, 32)
+    np.testing.assert_allclose(boxes_of(out), want, atol=1e-4)
+
+
 def test_images_without_objects_give_empty_instances(images):
     out = mosaic_mapper([images["b"]])(images["b"])
     assert tuple(out["image"].shape) == (3, 64, 64) and len(out["instances"]) == 0
@@ -255,6 +298,10 @@ def mosaic_cfg(*opts):
     (["INPUT.MOSAIC.OUTPUT", "center"], r"INPUT.MOSAIC.OUTPUT = 'center': use one of \['crop', 'full'\]"),
     (["INPUT.MOSAIC.MIN_VISIBLE", 1.5], r"INPUT.MOSAIC.MIN_VISIBLE = 1.5: must be a number in \[0, 1\]"),
     (["INPUT.MOSAIC.MIN_VISIBLE", float("nan")], r"INPUT.MOSAIC.MIN_VISIBLE = nan"),
+    (["INPUT.MOSAIC.MIN_SCALE", 0.4], r"INPUT.MOSAIC.MIN_SCALE = 0.4: must be a number >= 0.5"),
+    (["INPUT.MOSAIC.MIN_SCALE", 1.2], r"INPUT.MOSAIC.MAX_SCALE = 1.0: must be a finite number >= MIN_SCALE = 1.2"),
+    (["INPUT.MOSAIC.MAX_SCALE", float("inf")], r"INPUT.MOSAIC.MAX_SCALE = inf"),
+    (["INPUT.MOSAIC.OUTPUT", "full", "INPUT.MOSAIC.MAX_SCALE", 1.5], r"with OUTPUT 'full' leave them at 1.0"),
 ])
 def test_bad_mosaic_settings_fail_before_training(opts, message):
     cfg = mosaic_cfg(*opts)
