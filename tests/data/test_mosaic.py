@@ -369,6 +369,21 @@ def test_loader_with_mosaic_resumes_exactly(toy_dataset):
     assert max(boxes) > 3  # more objects than any single image holds
 
 
+def test_loader_with_scaled_mosaic_crops_resumes_exactly(toy_dataset):
+    """The same with "crop" mosaics at scales 0.5-2 and the scale jitter after them: the scale is drawn
+    from the generator the loader seeds per sample, so the resumed loader gives the same images."""
+    cfg = mosaic_cfg("DATASETS.TRAIN", (toy_dataset,), "INPUT.MOSAIC.SIZE", 32, "INPUT.MOSAIC.MIN_SCALE", 0.5,
+                     "INPUT.MOSAIC.MAX_SCALE", 2.0, "INPUT.SCALE_JITTER.ENABLED", True, "INPUT.SCALE_JITTER.SIZE", 40,
+                     "DATALOADER.NUM_WORKERS", 0, "DATALOADER.ASPECT_RATIO_GROUPING", False,
+                     "SOLVER.IMS_PER_BATCH", 2, "SEED", 7)
+    straight = _samples(AnchorFreeTrainer.build_train_loader(cfg), 6)
+    resumed = _samples(AnchorFreeTrainer.build_train_loader(cfg, start_iter=2), 4)
+    for (id_a, image_a, boxes_a), (id_b, image_b, boxes_b) in zip(straight[4:], resumed):
+        assert id_a == id_b and torch.equal(image_a, image_b) and torch.equal(boxes_a, boxes_b)
+    assert all(tuple(image.shape[1:]) == (40, 40) for _, image, _ in straight)
+    assert len({len(b) for _, _, b in straight}) > 1  # the scales differ, so do the boxes kept
+
+
 # ------------------------------------------------------------------------------------- training
 @pytest.mark.slow  # 5 training iterations of the tiny GFL on 2 cores
 @pytest.mark.parametrize("output", ["crop", "full"])
