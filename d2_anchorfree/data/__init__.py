@@ -3,7 +3,7 @@ area, image and class-count checks, the one image reader of training, evaluation
 (``image_io.read_image``), a dataset mapper that names unreadable image files and its mosaic
 variant (``INPUT.MOSAIC``, :mod:`d2_anchorfree.data.mosaic`). Downloading and
 tiling the bundled tree-crown data: :mod:`d2_anchorfree.data.trees` (``d2af prepare-data``)."""
-from .augmentation import build_train_augmentations, check_scale_jitter_config
+from .augmentation import build_train_augmentations, check_hsv_config, check_scale_jitter_config
 from .datasets import (
     check_coco_areas,
     check_num_classes,
@@ -27,6 +27,7 @@ __all__ = [
     "build_train_augmentations",
     "build_train_mapper",
     "check_coco_areas",
+    "check_hsv_config",
     "check_mosaic_config",
     "check_num_classes",
     "check_scale_jitter_config",

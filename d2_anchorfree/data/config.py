@@ -66,4 +66,13 @@ def add_data_config(cfg):
     _C.INPUT.SCALE_JITTER.MIN_SCALE = 0.5  # > 0, factors of the size at which the image fits SIZE
     _C.INPUT.SCALE_JITTER.MAX_SCALE = 1.5  # >= MIN_SCALE
     _C.INPUT.SCALE_JITTER.SIZE = 416  # pixels (>= 32), the side of every training image
+
+    # ---- HSV augmentation (data.augmentation.RandomHSV, YOLO's): per training image, hue,
+    # saturation and value multiplied by 1 + u * HUE / SATURATION / VALUE, u uniform in [-1, 1].
+    # Colour images only (INPUT.FORMAT BGR or RGB). Ultralytics' defaults: 0.015, 0.7, 0.4.
+    _C.INPUT.HSV = CN()
+    _C.INPUT.HSV.ENABLED = False
+    _C.INPUT.HSV.HUE = 0.015  # in [0, 1]
+    _C.INPUT.HSV.SATURATION = 0.7  # in [0, 1]
+    _C.INPUT.HSV.VALUE = 0.4  # in [0, 1]
     return cfg

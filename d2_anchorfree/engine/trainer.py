@@ -14,7 +14,7 @@ from .. import compat
 from ..checkpoint import AnchorFreeCheckpointer, dataset_classes
 from ..config import add_anchorfree_config
 from ..data import (CheckedDatasetMapper, build_train_mapper, check_mosaic_config, check_num_classes,
-                    check_scale_jitter_config, register_datasets_from_config)
+                    check_hsv_config, check_scale_jitter_config, register_datasets_from_config)
 from ..evaluation import AnchorFreeCOCOEvaluator
 from ..inference import build_inference_model, needs_full_resolution
 from .clipping import CLIP_TYPES, add_gradient_clipping
@@ -113,6 +113,7 @@ class AnchorFreeTrainer(DefaultTrainer):
         check_model_ema_config(cfg)
         check_mosaic_config(cfg)
         check_scale_jitter_config(cfg)
+        check_hsv_config(cfg)
         super().__init__(cfg)
         check_num_classes(cfg)  # after the loader: the training datasets' metadata is filled
         compat.set_amp_precision(self._trainer, cfg.SOLVER.AMP.PRECISION)  # SOLVER.AMP.ENABLED only

@@ -1,6 +1,7 @@
 """Scale jitter (INPUT.SCALE_JITTER, data.augmentation): the augmentation list of a config (detectron2's
 own when off), hand-computed resize-and-pad and resize-and-crop of a painted object, square outputs
-at every drawn scale, after the mosaic, and the config errors.
+at every drawn scale, after the mosaic, and the config errors. The HSV augmentation (INPUT.HSV):
+hand-computed gains, per-image draws, boxes unmoved, config errors.
 
 The painted image: 20 x 40 (h x w), grey 50, the object XYXY (4, 2, 12, 8) painted 255.
 """
@@ -14,7 +15,8 @@ from detectron2.data import transforms as T
 from detectron2.structures import BoxMode
 
 import d2_anchorfree
-from d2_anchorfree.data import build_train_augmentations, check_scale_jitter_config
+from d2_anchorfree.data import build_train_augmentations, check_hsv_config, check_scale_jitter_config
+from d2_anchorfree.data.augmentation import RandomHSV, hsv_gain
 from d2_anchorfree.data import mapper as mapper_module
 from d2_anchorfree.data.mapper import CheckedDatasetMapper, MosaicDatasetMapper, build_train_mapper
 from d2_anchorfree.engine import AnchorFreeTrainer
@@ -149,3 +151,53 @@ def test_bad_scale_jitter_settings_fail_before_training(opts, message):
         build_train_augmentations(cfg)
     cfg.INPUT.SCALE_JITTER.ENABLED = False
     check_scale_jitter_config(cfg)  # not checked when off
+
+
+# ------------------------------------------------------------------------------------------- HSV
+def test_hsv_gain_hand_computed():
+    """OpenCV's 8-bit HSV: pure green has hue 60, x 2 is 120, pure blue; saturation x 0 gives grey at
+    the value (the largest channel); value x 0.5 halves a saturated colour; gains of 1 keep the image."""
+    green_bgr = np.array([[[0, 255, 0], [0, 200, 0]]], np.uint8)
+    assert hsv_gain(green_bgr, (2.0, 1.0, 1.0)).tolist() == [[[255, 0, 0], [200, 0, 0]]]
+    green_rgb = green_bgr  # green is the middle channel in both orders; blue is first in BGR, last in RGB
+    assert hsv_gain(green_rgb, (2.0, 1.0, 1.0), "RGB").tolist() == [[[0, 0, 255], [0, 0, 200]]]
+    red = np.array([[[0, 0, 200]]], np.uint8)
+    assert hsv_gain(red, (1.0, 1.0, 0.5)).tolist() == [[[0, 0, 100]]]
+    mixed = np.array([[[30, 90, 150]]], np.uint8)
+    assert hsv_gain(mixed, (1.0, 0.0, 1.0)).tolist() == [[[150, 150, 150]]]
+    tile = np.random.default_rng(0).integers(0, 256, (16, 16, 3)).astype(np.uint8)
+    assert hsv_gain(tile, (1.0, 1.0, 1.0)) is tile
+    assert np.abs(hsv_gain(tile, (1.0, 1.0, 1.001)).astype(int) - tile).max() <= 4  # OpenCV's HSV round trip
+    with pytest.raises(ValueError, match="image_format = 'L'"):
+        hsv_gain(tile, (1, 1, 1), "L")
+    with pytest.raises(ValueError, match=r"\[H, W, 3\] uint8"):
+        hsv_gain(tile[:, :, :1], (1, 1, 1))
+
+
+def test_random_hsv_draws_per_image_and_keeps_boxes(painted):
+    cfg = jitter_cfg("INPUT.HSV.ENABLED", True, "INPUT.HSV.HUE", 0.0, "INPUT.HSV.SATURATION", 0.0,
+                     "INPUT.HSV.VALUE", 0.5, enabled=False)
+    augmentations = build_train_augmentations(cfg)
+    assert isinstance(augmentations[-1], RandomHSV) and augmentations[-1].amplitudes == (0.0, 0.0, 0.5)
+    mapper = CheckedDatasetMapper(cfg, is_train=True, augmentations=[augmentations[-1]])
+    np.random.seed(0)
+    outs = [mapper(painted) for _ in range(20)]
+    background = [int(out["image"][0, 15, 30]) for out in outs]  # grey 50: saturation 0, only the value moves
+    assert 25 <= min(background) < 40 and 60 < max(background) <= 75
+    for out in outs:
+        np.testing.assert_allclose(boxes_of(out), [BOX], atol=1e-6)
+    off = CheckedDatasetMapper(jitter_cfg(enabled=False), is_train=True, augmentations=[])
+    assert int(off(painted)["image"][0, 15, 30]) == 50
+
+
+@pytest.mark.parametrize("opts,message", [
+    (["INPUT.HSV.SATURATION", 1.5], r"INPUT.HSV.SATURATION = 1.5: must be a number in \[0, 1\]"),
+    (["INPUT.HSV.HUE", -0.1], r"INPUT.HSV.HUE = -0.1"),
+    (["INPUT.FORMAT", "L"], r"INPUT.HSV.ENABLED with INPUT.FORMAT = 'L': the HSV augmentation needs colour"),
+])
+def test_bad_hsv_settings_fail_before_training(opts, message):
+    cfg = jitter_cfg("INPUT.HSV.ENABLED", True, *opts, enabled=False)
+    with pytest.raises(ValueError, match=message):
+        AnchorFreeTrainer(cfg)
+    cfg.INPUT.HSV.ENABLED = False
+    check_hsv_config(cfg)  # not checked when off
