@@ -194,7 +194,8 @@ def add_model_config(cfg):
     # three keys, so "" / a negative WEIGHT mean the preset's value (modeling/presets.py).
     _C.MODEL.BOX_LOSS = CN()
     # "iou" (-log((I + 1) / (U + 1)), areas in pixels^2: the FCOS authors' IoU loss),
-    # "linear_iou" (1 - IoU) or "giou" (1 - GIoU); see losses/iou.py.
+    # "linear_iou" (1 - IoU), "giou" (1 - GIoU), "diou" or "ciou" (Distance / Complete IoU, the box
+    # loss of YOLOv8 and YOLO11; torchvision.ops); see losses/iou.py.
     _C.MODEL.BOX_LOSS.TYPE = ""
     _C.MODEL.BOX_LOSS.WEIGHT = -1.0
     # Per-positive weight and normalizer: "none" (1, / positives), "centerness" (FCOS: the

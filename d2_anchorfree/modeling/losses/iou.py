@@ -2,11 +2,12 @@
 from typing import Optional
 
 import torch
+from torchvision.ops import complete_box_iou_loss, distance_box_iou_loss
 
 from ..geometry import paired_intersection_union, paired_iou
 from .reduction import reduce_loss
 
-IOU_LOSS_TYPES = ("iou", "linear_iou", "giou")
+IOU_LOSS_TYPES = ("iou", "linear_iou", "giou", "diou", "ciou")
 
 
 def check_iou_loss_type(loss_type: str, key: str = "BOX_LOSS_TYPE") -> str:
@@ -16,7 +17,7 @@ def check_iou_loss_type(loss_type: str, key: str = "BOX_LOSS_TYPE") -> str:
         ValueError: another value, naming the config ``key``.
     """
     if loss_type not in IOU_LOSS_TYPES:
-        raise ValueError(f"{key} must be iou/linear_iou/giou, got {loss_type!r}")
+        raise ValueError(f"{key} must be one of {'/'.join(IOU_LOSS_TYPES)}, got {loss_type!r}")
     return loss_type
 
 
@@ -45,12 +46,17 @@ def iou_loss(
         share a point inside both).
       * "linear_iou": 1 - IoU; "giou": 1 - GIoU (Rezatofighi et al., CVPR 2019), IoU and GIoU
         from ``geometry.paired_iou`` (no +1).
+      * "diou": 1 - IoU + d^2 / c^2 (d the distance between the centres, c the diagonal of the
+        smallest enclosing box); "ciou": DIoU + alpha * v, v = 4 / pi^2 (atan(w_gt / h_gt) -
+        atan(w / h))^2, alpha = v / (1 - IoU + v) without gradient (Zheng et al., AAAI 2020,
+        Eq. 6-11; the box loss of YOLOv8 and YOLO11). Computed by torchvision's
+        ``distance_box_iou_loss`` / ``complete_box_iou_loss`` (eps 1e-7).
 
     Args:
         pred, target: [R, 4] boxes (x0, y0, x1, y1) in pixels, or (l, t, r, b) distances (pixels)
             from the same point passed through ``geometry.ltrb_as_boxes`` (IoU, I and U are the
             same either way).
-        loss_type: "iou", "linear_iou" or "giou" (above).
+        loss_type: "iou", "linear_iou", "giou", "diou" or "ciou" (above).
         weight: optional [R] per-box weights (e.g. centerness targets in FCOS).
         reduction: "sum", "mean" or "none".
 
@@ -67,6 +73,11 @@ def iou_loss(
         loss = 1.0 - paired_iou(pred, target)
     elif loss_type == "giou":
         loss = 1.0 - paired_iou(pred, target, giou=True)
+    elif loss_type in ("diou", "ciou"):
+        if pred.shape != target.shape:
+            raise ValueError(f"iou_loss: pred {tuple(pred.shape)} and target {tuple(target.shape)} must be the same shape")
+        torchvision_loss = complete_box_iou_loss if loss_type == "ciou" else distance_box_iou_loss
+        loss = torchvision_loss(pred.float(), target.float(), reduction="none")
     else:
         check_iou_loss_type(loss_type)  # raises
     if weight is not None:

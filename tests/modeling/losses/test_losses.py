@@ -26,6 +26,27 @@ def test_giou_of_disjoint_boxes():
     assert iou_loss(a, b, "giou").item() == pytest.approx(4 / 3, abs=1e-6)
 
 
+def test_diou_and_ciou_hand_computed():
+    """Zheng et al. (AAAI 2020) Eq. 6-11. (0, 0, 2, 2) vs (1, 1, 3, 3): IoU 1/7, centre distance^2 2,
+    enclosing diagonal^2 18, same aspect (v = 0): DIoU = CIoU = 1 - 1/7 + 2/18. (0, 0, 2, 1) vs
+    (0, 0, 1, 2): IoU 1/3, d^2 = 0.5, c^2 = 8, v = 4/pi^2 (atan(1/2) - atan(2))^2 = 0.1678253,
+    alpha = v / (1 - 1/3 + v) = 0.2011146: DIoU 0.7291667, CIoU + alpha v = 0.7629186."""
+    a, b = torch.tensor([[0.0, 0, 2, 2], [0, 0, 2, 1]]), torch.tensor([[1.0, 1, 3, 3], [0, 0, 1, 2]])
+    diou = iou_loss(a, b, "diou", reduction="none")
+    v = 4 / math.pi ** 2 * (math.atan(0.5) - math.atan(2)) ** 2
+    assert diou.tolist() == pytest.approx([1 - 1 / 7 + 2 / 18, 1 - 1 / 3 + 0.5 / 8], rel=1e-5)
+    ciou = iou_loss(a, b, "ciou", reduction="none")
+    assert ciou.tolist() == pytest.approx([1 - 1 / 7 + 2 / 18, 1 - 1 / 3 + 0.5 / 8 + v * v / (2 / 3 + v)], rel=1e-5)
+    assert ciou[1].item() == pytest.approx(0.7629186, rel=1e-5)
+    # from ltrb around one point: only the relative geometry matters, as for the other types
+    pred, target = ltrb_as_boxes(torch.tensor([[1.0, 1, 1, 1]])), ltrb_as_boxes(torch.tensor([[2.0, 2, 2, 2]]))
+    assert iou_loss(pred, target, "ciou").item() == pytest.approx(0.75, rel=1e-5)  # same centre, same aspect
+    w = torch.tensor([2.0, 0.5])
+    assert iou_loss(a, b, "ciou", weight=w).item() == pytest.approx((ciou * w).sum().item(), rel=1e-6)
+    with pytest.raises(ValueError, match="must be one of iou/linear_iou/giou/diou/ciou, got 'eiou'"):
+        iou_loss(a, b, "eiou")
+
+
 def test_fcos_iou_loss_is_finite_with_a_gradient_at_zero_iou():
     # FCOS authors' form (fcos_core/layers/iou_loss.py): -log((I + 1) / (U + 1)), pixels.
     # Disjoint [0, 0, 1, 1] and [2, 0, 3, 1]: I = 0, U = 1 + 1 = 2 -> log 3 = 1.0986123
