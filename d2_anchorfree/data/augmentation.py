@@ -15,7 +15,6 @@ ordinary resize pads each batch to its largest image). Boxes cut by the crop are
 boxes cut away entirely are dropped (detectron2's annotation transform and
 ``filter_empty_instances``).
 """
-import math
 from typing import List, Tuple
 
 import cv2
@@ -24,7 +23,7 @@ import numpy as np
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
-from .mosaic import MOSAIC_FILL
+from .mosaic import MOSAIC_FILL, _number
 
 __all__ = ["HSV_FORMATS", "MIN_SCALE_JITTER_SIZE", "RandomHSV", "build_train_augmentations", "check_hsv_args",
            "check_hsv_config", "check_scale_jitter_args", "check_scale_jitter_config", "hsv_gain"]
@@ -36,10 +35,6 @@ HSV_FORMATS = {"BGR": (cv2.COLOR_BGR2HSV, cv2.COLOR_HSV2BGR), "RGB": (cv2.COLOR_
 MIN_SCALE_JITTER_SIZE = 32
 
 
-def _positive_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-
-
 def check_scale_jitter_args(min_scale: float, max_scale: float, size: int) -> None:
     """Check the values of ``INPUT.SCALE_JITTER.MIN_SCALE``, ``MAX_SCALE`` and ``SIZE``.
 
@@ -48,7 +43,7 @@ def check_scale_jitter_args(min_scale: float, max_scale: float, size: int) -> No
             positive number, MIN_SCALE > MAX_SCALE, SIZE not a whole number of pixels >= 32.
     """
     for key, value in (("MIN_SCALE", min_scale), ("MAX_SCALE", max_scale)):
-        if not _positive_number(value):
+        if not (_number(value) and value > 0):
             raise ValueError(f"INPUT.SCALE_JITTER.{key} = {value!r}: must be a positive number (a factor of "
                              "the image size at which it fits SIZE x SIZE, e.g. 0.5 or 1.5)")
     if min_scale > max_scale:
@@ -111,7 +106,7 @@ def check_hsv_args(hue: float, saturation: float, value: float, image_format: st
         ValueError: naming the first offending key and its value.
     """
     for key, gain in (("HUE", hue), ("SATURATION", saturation), ("VALUE", value)):
-        if not (isinstance(gain, (int, float)) and not isinstance(gain, bool) and 0 <= gain <= 1):
+        if not (_number(gain) and 0 <= gain <= 1):
             raise ValueError(f"INPUT.HSV.{key} = {gain!r}: must be a number in [0, 1] (the largest relative "
                              "change, e.g. 0.4: gains from 0.6 to 1.4)")
     if image_format not in HSV_FORMATS:

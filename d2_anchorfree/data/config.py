@@ -4,9 +4,10 @@ from detectron2.config import CfgNode as CN
 
 def add_data_config(cfg):
     """Add ``DATASETS.REGISTER_COCO``, the annotation / image checks (``DATASETS.VALIDATE_*``,
-    ``DATASETS.AREA_*``) the mosaic augmentation (``INPUT.MOSAIC``, checked by
-    :func:`~.mosaic.check_mosaic_config`) and scale jitter (``INPUT.SCALE_JITTER``, checked by
-    :func:`~.augmentation.check_scale_jitter_config`).
+    ``DATASETS.AREA_*``), the mosaic augmentation (``INPUT.MOSAIC``, checked by
+    :func:`~.mosaic.check_mosaic_config`), scale jitter and HSV gains (``INPUT.SCALE_JITTER``,
+    ``INPUT.HSV``, checked by :func:`~.augmentation.check_scale_jitter_config` and
+    :func:`~.augmentation.check_hsv_config`).
 
     Args:
         cfg (CfgNode): a detectron2 config; modified in place (called by

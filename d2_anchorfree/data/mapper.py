@@ -33,13 +33,12 @@ class CheckedDatasetMapper(DatasetMapper):
     augmentations, return ``"image"`` as a uint8 tensor [C, H, W]; in training, annotations are
     transformed into ``"instances"`` (``gt_boxes`` XYXY pixels, ``gt_classes``) by the parent's
     ``_transform_annotations``, which drops ``iscrowd`` annotations; at test time they are removed.
-    Two steps differ: reading (:meth:`read_image`, the shared reader of training, evaluation
-    and ``tools/predict.py``, which refuses truncated files and 16-bit/float images), and boxes are
+    Three things differ: reading (:meth:`read_image`, the shared reader of training, evaluation
+    and ``tools/predict.py``, which refuses truncated files and 16-bit/float images); boxes are
     made floats before they are transformed (detectron2 truncates whole-number boxes when it resizes
-    them, :func:`_float_box`); and, built from
-    a config, the training augmentations are
+    them, :func:`_float_box`); and, built from a config, the training augmentations are
     :func:`~d2_anchorfree.data.augmentation.build_train_augmentations` (detectron2's list unless
-    ``INPUT.SCALE_JITTER.ENABLED``).
+    ``INPUT.SCALE_JITTER`` or ``INPUT.HSV`` is enabled).
     """
 
     @classmethod

@@ -73,7 +73,7 @@ class MatchReport:
         """The same detections: equal counts, every detection matched (except candidates swapped
         at the cut, :attr:`ties_at_cut`, or a tie visited in another order by NMS low in the lists,
         :attr:`ties_in_nms_order`), boxes within ``box_tol`` px, scores within ``score_tol``."""
-        nms_tie = bool(self.unmatched) and self.ties_in_nms_order
+        nms_tie = self.ties_in_nms_order  # False without unmatched detections on both sides
         return ((not self.unmatched or self.ties_at_cut or nms_tie) and (self.num_ref == self.num_got or nms_tie)
                 and self.max_box_diff <= self.box_tol and self.max_score_diff <= self.score_tol)
 
