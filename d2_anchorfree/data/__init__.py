@@ -19,7 +19,7 @@ from .datasets import (
 )
 from .image_io import read_image
 from .mapper import CheckedDatasetMapper, MosaicDatasetMapper, build_train_mapper
-from .mosaic import check_mosaic_config
+from .mosaic import check_mosaic_config, config_at_iteration, mosaic_close_iter
 
 __all__ = [
     "CheckedDatasetMapper",
@@ -31,7 +31,9 @@ __all__ = [
     "check_mosaic_config",
     "check_num_classes",
     "check_scale_jitter_config",
+    "config_at_iteration",
     "find_bad_areas",
+    "mosaic_close_iter",
     "num_classes_key",
     "parse_register_entry",
     "read_image",

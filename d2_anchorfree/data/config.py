@@ -57,6 +57,10 @@ def add_data_config(cfg):
     # RandomPerspective scale). 1.0 and 1.0: no scaling, nothing drawn.
     _C.INPUT.MOSAIC.MIN_SCALE = 1.0
     _C.INPUT.MOSAIC.MAX_SCALE = 1.0
+    # Mosaic off for the last CLOSE_ITERS training iterations (whole number >= 0, below
+    # SOLVER.MAX_ITER): the run ends on plain images, as the test sees them (Ultralytics'
+    # close_mosaic, its last 10 epochs). 0: mosaic to the end.
+    _C.INPUT.MOSAIC.CLOSE_ITERS = 0
 
     # ---- scale jitter (data.augmentation): in place of the INPUT.MIN_SIZE_TRAIN resize, each
     # training image (after the mosaic, when on) is resized to fit SIZE x SIZE times a factor drawn

@@ -38,7 +38,7 @@ import cv2
 import numpy as np
 
 __all__ = ["MOSAIC_OUTPUTS", "MOSAIC_FILL", "MIN_BOX_SIDE", "MIN_MOSAIC_SCALE", "MosaicResult", "check_mosaic_args",
-           "check_mosaic_config", "mosaic4", "resize_longer_side", "sample_mosaic_center", "sample_mosaic_scale"]
+           "check_mosaic_config", "config_at_iteration", "mosaic4", "mosaic_close_iter", "resize_longer_side", "sample_mosaic_center", "sample_mosaic_scale"]
 
 # INPUT.MOSAIC.OUTPUT values.
 MOSAIC_OUTPUTS = ("crop", "full")
@@ -91,16 +91,52 @@ def check_mosaic_args(prob: float, size: int, output: str, min_visible: float, m
 
 
 def check_mosaic_config(cfg) -> None:
-    """:func:`check_mosaic_args` on ``cfg.INPUT.MOSAIC`` when ``ENABLED`` (nothing is checked
-    otherwise). Called by the trainer before the model is built.
+    """:func:`check_mosaic_args` on ``cfg.INPUT.MOSAIC`` when ``ENABLED``, and its ``CLOSE_ITERS``
+    (nothing is checked otherwise). Called by the trainer before the model is built.
 
     Raises:
-        ValueError: see :func:`check_mosaic_args`.
+        ValueError: see :func:`check_mosaic_args`; ``CLOSE_ITERS`` not a whole number >= 0, or not
+            below ``SOLVER.MAX_ITER`` (the mosaic would never be used).
     """
     mosaic = cfg.INPUT.MOSAIC
-    if mosaic.ENABLED:
-        check_mosaic_args(mosaic.PROB, mosaic.SIZE, mosaic.OUTPUT, mosaic.MIN_VISIBLE, mosaic.MIN_SCALE,
-                          mosaic.MAX_SCALE)
+    if not mosaic.ENABLED:
+        return
+    check_mosaic_args(mosaic.PROB, mosaic.SIZE, mosaic.OUTPUT, mosaic.MIN_VISIBLE, mosaic.MIN_SCALE,
+                      mosaic.MAX_SCALE)
+    close = mosaic.CLOSE_ITERS
+    if not (isinstance(close, int) and not isinstance(close, bool) and close >= 0):
+        raise ValueError(f"INPUT.MOSAIC.CLOSE_ITERS = {close!r}: must be a whole number >= 0 (the last "
+                         "iterations trained without the mosaic; 0: mosaic to the end)")
+    if close >= cfg.SOLVER.MAX_ITER:
+        raise ValueError(f"INPUT.MOSAIC.CLOSE_ITERS = {close} is not below SOLVER.MAX_ITER = "
+                         f"{cfg.SOLVER.MAX_ITER}, so no iteration would use the mosaic; set "
+                         "INPUT.MOSAIC.ENABLED False instead")
+
+
+def mosaic_close_iter(cfg) -> Optional[int]:
+    """The first training iteration without the mosaic (``SOLVER.MAX_ITER - INPUT.MOSAIC.CLOSE_ITERS``;
+    Ultralytics' ``close_mosaic``), or None when the mosaic is off or never closed.
+
+    Returns:
+        Optional[int]: an iteration index in [1, SOLVER.MAX_ITER), or None.
+    """
+    mosaic = cfg.INPUT.MOSAIC
+    if not mosaic.ENABLED or mosaic.CLOSE_ITERS <= 0:
+        return None
+    return cfg.SOLVER.MAX_ITER - mosaic.CLOSE_ITERS
+
+
+def config_at_iteration(cfg, iteration: int):
+    """``cfg`` as the training loader for iterations from ``iteration`` on must read it: a copy with
+    ``INPUT.MOSAIC.ENABLED`` False once ``iteration`` has reached :func:`mosaic_close_iter`, else
+    ``cfg`` itself (not copied)."""
+    close = mosaic_close_iter(cfg)
+    if close is None or iteration < close:
+        return cfg
+    closed = cfg.clone()
+    closed.defrost()
+    closed.INPUT.MOSAIC.ENABLED = False
+    return closed
 
 
 def sample_mosaic_center(size: int) -> Tuple[int, int]:

@@ -4,7 +4,7 @@ import logging
 import math
 import os
 import uuid
-from typing import Callable, List, Tuple
+from typing import Callable, Iterable, List, Tuple
 
 import torch
 
@@ -13,6 +13,7 @@ from detectron2.engine.hooks import BestCheckpointer
 from detectron2.evaluation.testing import flatten_results_dict
 from detectron2.utils import comm
 
+from .. import compat
 from ..checkpoint import atomic_write
 
 
@@ -35,6 +36,33 @@ class CriterionIterationHook(HookBase):
         criterion = getattr(unwrap_model(self.trainer.model), "criterion", None)
         if criterion is not None:
             criterion.set_iteration(self.trainer.iter)
+
+
+class CloseMosaicHook(HookBase):
+    """Ends the mosaic augmentation for the last ``INPUT.MOSAIC.CLOSE_ITERS`` iterations
+    (Ultralytics' ``close_mosaic``): before iteration ``close_iter`` the trainer's training loader
+    is replaced by ``build_loader(close_iter)``, the loader of the same sample stream from that
+    position on with the mosaic off (``AnchorFreeTrainer.build_train_loader``).
+
+    A run resumed at or after ``close_iter`` already starts with that loader
+    (``AnchorFreeTrainer.resume_or_load``) and this hook does nothing, so a killed and resumed run
+    sees the images of an uninterrupted one.
+
+    Args:
+        close_iter (int): the first iteration without the mosaic (``data.mosaic_close_iter``).
+        build_loader (callable): start iteration -> training data loader without the mosaic.
+    """
+
+    def __init__(self, close_iter: int, build_loader: Callable[[int], Iterable]):
+        self._close_iter = close_iter
+        self._build_loader = build_loader
+
+    def before_step(self):
+        if self.trainer.iter == self._close_iter and self.trainer.start_iter < self._close_iter:
+            compat.replace_train_loader(self.trainer._trainer, self._build_loader(self._close_iter))
+            logging.getLogger(__name__).info(
+                f"Mosaic closed: iterations {self._close_iter} to {self.trainer.max_iter - 1} train on plain images "
+                "(INPUT.MOSAIC.CLOSE_ITERS)")
 
 
 class EarlyStop(BaseException):

@@ -9,12 +9,15 @@ from detectron2.config import get_cfg
 from detectron2.data import build_detection_test_loader
 from detectron2.engine import DefaultTrainer, TrainerBase, default_setup
 from detectron2.engine.hooks import EvalHook, PeriodicWriter
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from .. import compat
 from ..checkpoint import AnchorFreeCheckpointer, dataset_classes
 from ..config import add_anchorfree_config
 from ..data import (CheckedDatasetMapper, build_train_mapper, check_mosaic_config, check_num_classes,
-                    check_hsv_config, check_scale_jitter_config, register_datasets_from_config)
+                    check_hsv_config, check_scale_jitter_config, config_at_iteration, mosaic_close_iter,
+                    register_datasets_from_config)
 from ..evaluation import AnchorFreeCOCOEvaluator
 from ..inference import build_inference_model, needs_full_resolution
 from .clipping import CLIP_TYPES, add_gradient_clipping
@@ -22,8 +25,8 @@ from .ema import ModelEMA, ModelEMAHook, check_model_ema_config
 from .health import TrainingHealthCheck, check_solver_config
 from .optimizer import build_optimizer, check_optimizer_config
 from .report import EvaluationReportHook, check_report_config
-from .hooks import (AnchorFreeBestCheckpointer, CriterionIterationHook, EarlyStop, best_checkpoint_enabled,
-                    best_checkpoint_metric, check_best_checkpoint_config)
+from .hooks import (AnchorFreeBestCheckpointer, CloseMosaicHook, CriterionIterationHook, EarlyStop,
+                    best_checkpoint_enabled, best_checkpoint_metric, check_best_checkpoint_config)
 from .resumable_loader import build_resumable_train_loader, check_sampler_config, train_dataset_dicts
 
 logger = logging.getLogger("d2_anchorfree")
@@ -34,7 +37,9 @@ def setup_cfg(args, *, default_setup_logging: bool = True):
 
     Adds d2_anchorfree's keys, merges the YAML and the command-line opts, falls back to the CPU
     (with a warning) when the config asks for CUDA and none is available, registers the
-    COCO-format datasets listed in ``DATASETS.REGISTER_COCO`` and freezes the config.
+    COCO-format datasets listed in ``DATASETS.REGISTER_COCO`` and freezes the config. With
+    ``default_setup_logging``, detectron2's ``default_setup`` (logging, the config saved to
+    ``OUTPUT_DIR``, seeds) and the "d2_anchorfree" logger (console and ``OUTPUT_DIR/log.txt``).
 
     Raises:
         FileNotFoundError: the config file does not exist (named in the message).
@@ -53,7 +58,11 @@ def setup_cfg(args, *, default_setup_logging: bool = True):
     cfg.freeze()
     register_datasets_from_config(cfg)
     if default_setup_logging:
-        default_setup(cfg, args)
+        default_setup(cfg, args)  # logs "detectron2" and "fvcore" to the console and OUTPUT_DIR/log.txt
+        # ... and ours, which log under "d2_anchorfree" (kept propagating to the root logger, so that
+        # handlers put there, e.g. by pytest, still see them).
+        setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="d2_anchorfree",
+                     abbrev_name="d2af").propagate = True
     return cfg
 
 
@@ -70,7 +79,8 @@ class AnchorFreeTrainer(DefaultTrainer):
       initial weights that must set most of the model; every checkpoint holds the training
       data's class names and category ids (``"classes"``), so prediction and export need no dataset;
     * data loaders whose mapper reports unreadable images by file name, and the optional mosaic
-      augmentation (``INPUT.MOSAIC``, ``data.MosaicDatasetMapper``; its keys checked up front);
+      augmentation (``INPUT.MOSAIC``, ``data.MosaicDatasetMapper``; its keys checked up front),
+      turned off for the last ``INPUT.MOSAIC.CLOSE_ITERS`` iterations (``hooks.CloseMosaicHook``);
     * exact resume: ``--resume`` restores model, optimizer, LR scheduler and iteration and
       continues the training data stream, augmentations included, where the checkpoint left
       off (see ``resumable_loader``), with the sampler of ``DATALOADER.SAMPLER_TRAIN``
@@ -141,6 +151,9 @@ class AnchorFreeTrainer(DefaultTrainer):
             writer = next((i for i, h in enumerate(hooks) if isinstance(h, PeriodicWriter)), len(hooks))
             hooks.insert(writer, EvaluationReportHook())
         hooks.insert(0, CriterionIterationHook())  # the training phase of each step
+        close = mosaic_close_iter(self.cfg)
+        if close is not None:  # INPUT.MOSAIC.CLOSE_ITERS: plain images for the last iterations
+            hooks.insert(0, CloseMosaicHook(close, lambda start: self.build_train_loader(self.cfg, start_iter=start)))
         if self.model_ema is not None:  # before the checkpointer and the evaluation, which use it
             hooks.insert(0, ModelEMAHook(self.model_ema))
         health = self.cfg.SOLVER.HEALTH_CHECK
@@ -186,11 +199,13 @@ class AnchorFreeTrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg, start_iter: int = 0):
-        """The resumable training loader (``resumable_loader``) with the training mapper of ``cfg``
-        (``data.build_train_mapper``: the mosaic one with ``INPUT.MOSAIC.ENABLED``, drawing its
-        other images from the same training dicts)."""
+        """The resumable training loader (``resumable_loader``) from iteration ``start_iter`` with the
+        training mapper of ``cfg`` (``data.build_train_mapper``: the mosaic one with
+        ``INPUT.MOSAIC.ENABLED``, drawing its other images from the same training dicts; the plain
+        one from the ``INPUT.MOSAIC.CLOSE_ITERS`` point on, ``data.config_at_iteration``)."""
         dicts = train_dataset_dicts(cfg)
-        return build_resumable_train_loader(cfg, build_train_mapper(cfg, dicts), start_iter, dataset_dicts=dicts)
+        mapper = build_train_mapper(config_at_iteration(cfg, start_iter), dicts)
+        return build_resumable_train_loader(cfg, mapper, start_iter, dataset_dicts=dicts)
 
     def state_dict(self):
         # TrainerBase's (iteration, hooks), not DefaultTrainer's: detectron2 main's adds

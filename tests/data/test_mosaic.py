@@ -32,8 +32,8 @@ from detectron2.structures import BoxMode
 import d2_anchorfree
 from d2_anchorfree.data import mapper as mapper_module
 from d2_anchorfree.data.mapper import CheckedDatasetMapper, MosaicDatasetMapper, build_train_mapper
-from d2_anchorfree.data.mosaic import (check_mosaic_config, crop_side, mosaic4, resize_longer_side,
-                                       sample_mosaic_center, sample_mosaic_scale)
+from d2_anchorfree.data.mosaic import (check_mosaic_config, crop_side, mosaic4, mosaic_close_iter,
+                                       resize_longer_side, sample_mosaic_center, sample_mosaic_scale)
 from d2_anchorfree.engine import AnchorFreeTrainer, setup_cfg
 
 from conftest import REPO, trees_dir
@@ -302,6 +302,9 @@ def mosaic_cfg(*opts):
     (["INPUT.MOSAIC.MIN_SCALE", 1.2], r"INPUT.MOSAIC.MAX_SCALE = 1.0: must be a finite number >= MIN_SCALE = 1.2"),
     (["INPUT.MOSAIC.MAX_SCALE", float("inf")], r"INPUT.MOSAIC.MAX_SCALE = inf"),
     (["INPUT.MOSAIC.OUTPUT", "full", "INPUT.MOSAIC.MAX_SCALE", 1.5], r"with OUTPUT 'full' leave them at 1.0"),
+    (["INPUT.MOSAIC.CLOSE_ITERS", -1], r"INPUT.MOSAIC.CLOSE_ITERS = -1: must be a whole number >= 0"),
+    (["INPUT.MOSAIC.CLOSE_ITERS", 100, "SOLVER.MAX_ITER", 100],
+     r"INPUT.MOSAIC.CLOSE_ITERS = 100 is not below SOLVER.MAX_ITER = 100, so no iteration would use the mosaic"),
 ])
 def test_bad_mosaic_settings_fail_before_training(opts, message):
     cfg = mosaic_cfg(*opts)
@@ -384,16 +387,42 @@ def test_loader_with_scaled_mosaic_crops_resumes_exactly(toy_dataset):
     assert len({len(b) for _, _, b in straight}) > 1  # the scales differ, so do the boxes kept
 
 
+def test_loader_from_the_close_point_maps_plain_images(toy_dataset):
+    """INPUT.MOSAIC.CLOSE_ITERS 3 of MAX_ITER 5: the loader the trainer builds for iteration 2 still
+    makes mosaics; the one for iteration 2 = 5 - 3 and later gives exactly the plain loader's images
+    (same stream positions, same per-sample augmentations), and the config is not modified."""
+    opts = ("DATASETS.TRAIN", (toy_dataset,), "INPUT.MOSAIC.SIZE", 32, "INPUT.MOSAIC.OUTPUT", "full",
+            "INPUT.MIN_SIZE_TRAIN", (32, 48), "INPUT.MAX_SIZE_TRAIN", 100, "INPUT.RANDOM_FLIP", "horizontal",
+            "DATALOADER.NUM_WORKERS", 0, "DATALOADER.ASPECT_RATIO_GROUPING", False,
+            "SOLVER.IMS_PER_BATCH", 2, "SOLVER.MAX_ITER", 5, "SEED", 7)
+    cfg = mosaic_cfg(*opts, "INPUT.MOSAIC.CLOSE_ITERS", 3)
+    plain = mosaic_cfg(*opts, "INPUT.MOSAIC.ENABLED", False)
+    assert mosaic_close_iter(cfg) == 2 and mosaic_close_iter(plain) is None
+    assert mosaic_close_iter(mosaic_cfg(*opts)) is None  # CLOSE_ITERS 0: mosaic to the end
+    before = _samples(AnchorFreeTrainer.build_train_loader(cfg, start_iter=1), 1)
+    assert all(image.shape[1] == image.shape[2] for _, image, _ in before)  # 64 x 64 mosaics, resized
+    for start in (2, 4):
+        closed = _samples(AnchorFreeTrainer.build_train_loader(cfg, start_iter=start), 3)
+        want = _samples(AnchorFreeTrainer.build_train_loader(plain, start_iter=start), 3)
+        assert [i for i, _, _ in closed] == [i for i, _, _ in want]
+        for (_, image_a, boxes_a), (_, image_b, boxes_b) in zip(closed, want):
+            assert torch.equal(image_a, image_b) and torch.equal(boxes_a, boxes_b)
+        assert all(image.shape[1] != image.shape[2] for _, image, _ in closed)  # 48 x 64 images, resized
+    assert cfg.INPUT.MOSAIC.ENABLED
+
+
 # ------------------------------------------------------------------------------------- training
 @pytest.mark.slow  # 5 training iterations of the tiny GFL on 2 cores
-@pytest.mark.parametrize("output", ["crop", "full"])
-def test_tiny_gfl_trains_on_mosaics(tmp_path, names, monkeypatch, output):
+@pytest.mark.parametrize("output,close,mosaics", [("crop", 2, 6), ("full", 0, 10)])
+def test_tiny_gfl_trains_on_mosaics(tmp_path, names, monkeypatch, output, close, mosaics):
+    """5 iterations of 2 images, every sample a mosaic until the last ``close`` iterations
+    (INPUT.MOSAIC.CLOSE_ITERS): 6 mosaics with 2 closed, 10 with none."""
     trees = trees_dir()
     train = names("trees_mosaic")
     opts = ["DATASETS.REGISTER_COCO", f"('{train},{trees}/train.json,{trees}/images',)",
             "DATASETS.TRAIN", f"('{train}',)", "DATASETS.TEST", "()", "SOLVER.MAX_ITER", "5",
             "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", str(tmp_path / "out"),
-            "INPUT.MOSAIC.ENABLED", "True", "INPUT.MOSAIC.OUTPUT", output]
+            "INPUT.MOSAIC.ENABLED", "True", "INPUT.MOSAIC.OUTPUT", output, "INPUT.MOSAIC.CLOSE_ITERS", str(close)]
     cfg = setup_cfg(argparse.Namespace(config_file=os.path.join(REPO, "configs/GFL/GFL_tiny_R_18_cpu.yaml"),
                                        opts=opts), default_setup_logging=False)
     made = []
@@ -402,7 +431,7 @@ def test_tiny_gfl_trains_on_mosaics(tmp_path, names, monkeypatch, output):
     trainer = AnchorFreeTrainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
-    assert len(made) >= 10 and made[0].image.shape == ((416, 416, 3) if output == "crop" else (832, 832, 3))
+    assert len(made) == mosaics and made[0].image.shape == ((416, 416, 3) if output == "crop" else (832, 832, 3))
     metrics = [json.loads(line) for line in open(tmp_path / "out" / "metrics.json")]
     losses = [m for m in metrics if "total_loss" in m]
     assert losses and losses[-1]["iteration"] == 4

@@ -131,11 +131,15 @@ def test_model_ema_resumes_exactly_after_a_kill(toy, tmp_path):
 
 def test_mosaic_resumes_exactly_after_a_kill(toy, tmp_path):
     """With the mosaic augmentation (INPUT.MOSAIC, half the samples, drawn in a data-loader worker
-    process): killed and resumed as above, the run ends with the weights of the uninterrupted one,
-    bitwise (the same mosaics)."""
-    mosaic = ("INPUT.MOSAIC.ENABLED", "True", "INPUT.MOSAIC.PROB", "0.5", "INPUT.MOSAIC.SIZE", "64")
+    process) closed for the last 2 of the 4 iterations: killed and resumed as above, the run ends
+    with the weights of the uninterrupted one, bitwise. The uninterrupted run swaps its loader
+    before iteration 2 (CloseMosaicHook); the resumed one starts at iteration 2 with the closed
+    loader: both see the same images."""
+    mosaic = ("INPUT.MOSAIC.ENABLED", "True", "INPUT.MOSAIC.PROB", "0.5", "INPUT.MOSAIC.SIZE", "64",
+              "INPUT.MOSAIC.CLOSE_ITERS", "2")
     straight, killed_dir = straight_and_killed_then_resumed(toy, tmp_path, mosaic)
     assert_bitwise_equal(final_weights(killed_dir), final_weights(straight))
+    assert "Mosaic closed: iterations 2 to 3 train on plain images" in (straight / "log.txt").read_text()
 
 
 def test_adamw_resumes_exactly_after_a_kill(toy, tmp_path):
