@@ -141,6 +141,13 @@ def add_model_config(cfg):
     # MODEL.TAL ALPHA / BETA, "consistent matching") or "POTOAssigner" (MODEL.POTO).
     _C.MODEL.DUAL.ONE_TO_ONE_ASSIGNER = "TaskAlignedAssigner"
     _C.MODEL.DUAL.ONE_TO_ONE_TOPK = 1  # the top-k of a TaskAlignedAssigner one-to-one rule: must be 1
+    # One-to-few warm-up of the one-to-one branch (TaskAlignedAssigner rule only): for its first
+    # ONE_TO_ONE_INITIAL_ITERS iterations the rule takes the top ONE_TO_ONE_INITIAL_TOPK (> 1) points
+    # of the metric, each with TAL's normalized soft target (below the best point's), then top-1.
+    # More positives while the branch learns, one per GT from then on (O2F, Li et al., CVPR 2023:
+    # soft anchors positive early, negative later). 1 and 0: off (YOLOv10).
+    _C.MODEL.DUAL.ONE_TO_ONE_INITIAL_TOPK = 1
+    _C.MODEL.DUAL.ONE_TO_ONE_INITIAL_ITERS = 0
     # Loss terms of the one-to-one branch ([] = MODEL.DENSE.LOSSES); reported with an "_o2o" suffix.
     _C.MODEL.DUAL.ONE_TO_ONE_LOSSES = []
     _C.MODEL.DUAL.ONE_TO_ONE_WEIGHT = 1.0  # multiplies every loss of the one-to-one branch

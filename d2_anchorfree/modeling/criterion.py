@@ -316,6 +316,46 @@ def build_one_to_one_assigner(cfg, strides: List[int]):
     return assigner
 
 
+def build_one_to_few_assigner(cfg, strides: List[int]):
+    """The assigner of a dual head's one-to-one branch for its first
+    ``MODEL.DUAL.ONE_TO_ONE_INITIAL_ITERS`` iterations: ``MODEL.DUAL.ONE_TO_ONE_ASSIGNER`` with its
+    top-k set to ``ONE_TO_ONE_INITIAL_TOPK`` (> 1), so each GT has up to that many positives, the best
+    with the target a top-1 rule gives it and the others lower soft targets (TAL: the metric
+    normalized per GT); None when the warm-up is off (1 and 0).
+
+    Source: the "one-to-few" idea of Li et al., "One-to-Few Label Assignment for End-to-End Dense
+    Detection", CVPR 2023 (a few soft positives besides the certain one, positive early in training
+    and negative later), here as a two-phase schedule of the one-to-one rule's top-k.
+
+    Raises:
+        ValueError: naming the key: ``ONE_TO_ONE_INITIAL_TOPK`` not a whole number >= 1 or
+            ``ONE_TO_ONE_INITIAL_ITERS`` not a whole number >= 0; one of them set without the
+            other (top-k > 1 for no iteration, or iterations of top-1, which change nothing); a
+            one-to-one assigner without a top-k (POTO).
+    """
+    dual = cfg.MODEL.DUAL
+    topk, iters = dual.ONE_TO_ONE_INITIAL_TOPK, dual.ONE_TO_ONE_INITIAL_ITERS
+    whole = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+    if not (whole(topk) and topk >= 1):
+        raise ValueError(f"MODEL.DUAL.ONE_TO_ONE_INITIAL_TOPK must be a whole number >= 1, got {topk!r}")
+    if not (whole(iters) and iters >= 0):
+        raise ValueError(f"MODEL.DUAL.ONE_TO_ONE_INITIAL_ITERS must be a whole number >= 0, got {iters!r}")
+    if (topk > 1) != (iters > 0):
+        raise ValueError(
+            f"MODEL.DUAL.ONE_TO_ONE_INITIAL_TOPK = {topk} with ONE_TO_ONE_INITIAL_ITERS = {iters}: the "
+            "one-to-few warm-up needs both a top-k > 1 and a number of iterations > 0 (1 and 0: off)")
+    if iters == 0:
+        return None
+    name = dual.ONE_TO_ONE_ASSIGNER
+    cls = ASSIGNER_REGISTRY.get(name)
+    kwargs = cls.from_config(cfg, strides)
+    if "topk" not in kwargs:
+        raise ValueError(f"MODEL.DUAL.ONE_TO_ONE_INITIAL_TOPK sets the top-k of the one-to-one rule, and "
+                         f"MODEL.DUAL.ONE_TO_ONE_ASSIGNER {name!r} has none; use 'TaskAlignedAssigner'")
+    kwargs["topk"] = topk
+    return cls(**kwargs)
+
+
 class DualCriterion:
     """The criterion of a dual head (``heads.dual_head.DualAssignmentHead``): a
     :class:`DenseCriterion` per branch, losses summed (YOLOv10 Sec. 3.1 and ``v10DetectLoss``).
@@ -324,7 +364,8 @@ class DualCriterion:
       head would be trained;
     * one-to-one: ``MODEL.DUAL.ONE_TO_ONE_ASSIGNER`` (top-1; :func:`build_one_to_one_assigner`)
       and ``ONE_TO_ONE_LOSSES``, each loss times ``ONE_TO_ONE_WEIGHT`` and named with an "_o2o"
-      suffix ("loss_cls_o2o", ...). With ``match_on="one_to_many"`` the one-to-one assigner ranks
+      suffix ("loss_cls_o2o", ...); optionally after a one-to-few warm-up
+      (:func:`build_one_to_few_assigner`, the branch criterion's initial phase). With ``match_on="one_to_many"`` the one-to-one assigner ranks
       the one-to-many branch's detached predictions, so each GT's one-to-one positive is the point
       the one-to-many branch scores highest by the shared metric; "own" (YOLOv10's code) ranks the
       one-to-one branch's own predictions.
@@ -366,10 +407,12 @@ class DualCriterion:
         names = list(dual.ONE_TO_ONE_LOSSES) or list(cfg.MODEL.DENSE.LOSSES)
         key = "MODEL.DUAL.ONE_TO_ONE_LOSSES" if dual.ONE_TO_ONE_LOSSES else "MODEL.DENSE.LOSSES (one-to-one branch)"
         assigner = build_one_to_one_assigner(cfg, strides)
+        few = build_one_to_few_assigner(cfg, strides)
         terms = [build_loss_term(cfg, name) for name in names]
-        check_composition(head.one_to_one, assigner, loss_terms=terms, losses_key=key)
+        check_composition(head.one_to_one, assigner, initial_assigner=few, loss_terms=terms, losses_key=key)
         one_to_one = DenseCriterion(num_classes=cfg.MODEL.DENSE.NUM_CLASSES, assigner=assigner,
-                                    loss_terms=terms, scalar_prefix="dense_o2o")
+                                    loss_terms=terms, scalar_prefix="dense_o2o", initial_assigner=few,
+                                    initial_assigner_iters=dual.ONE_TO_ONE_INITIAL_ITERS if few else 0)
         return {"one_to_many": DenseCriterion(cfg, head.one_to_many, strides), "one_to_one": one_to_one,
                 "one_to_one_weight": dual.ONE_TO_ONE_WEIGHT, "match_on": dual.MATCH_ON}
 
@@ -380,7 +423,8 @@ class DualCriterion:
 
     @property
     def phase(self) -> TrainingPhase:
-        """The one-to-many branch's phase (the one-to-one branch has one phase)."""
+        """The one-to-many branch's phase (the one-to-one branch's, "initial" during a one-to-few
+        warm-up, is ``one_to_one.phase``)."""
         return self.one_to_many.phase
 
     def set_iteration(self, iteration: int) -> None:

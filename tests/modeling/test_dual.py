@@ -90,6 +90,37 @@ def test_one_to_one_gives_each_gt_at_most_one_positive(second_gt, expected):
     assert matched.tolist() == expected
 
 
+def test_one_to_few_warm_up_then_one_to_one():
+    """MODEL.DUAL.ONE_TO_ONE_INITIAL_TOPK 2 for 3 iterations, on the one-to-one branch's own
+    predictions (scores [0.8, 0.1, 0.3, 0.2], perfect boxes: t = s): iterations 0-2 take points
+    {0, 2}, TAL's soft targets t / max t * max IoU = [1, 0, 0.3 / 0.8, 0]; from iteration 3 the top-1
+    alone, target 1."""
+    crit = dual_criterion("own")
+    crit.one_to_one = DenseCriterion(
+        num_classes=1, assigner=crit.one_to_one.assigner, loss_terms=[], scalar_prefix="dense_o2o",
+        initial_assigner=TaskAlignedAssigner(topk=2, strides=[8], alpha=1.0, beta=6.0), initial_assigner_iters=3)
+    points = Points.from_levels([POINTS], [8])
+    gt = [make_instances((16, 32), GT, [0])]
+    outs = {"one_to_many": O2M, "one_to_one": O2O}
+    crit.set_iteration(2)
+    few = crit.one_to_one_targets(outs, points, gt)
+    assert crit.one_to_one.phase.name == "initial" and positives(few) == [0, 2]
+    assert few.quality[0].tolist() == pytest.approx([1.0, 0, 0.375, 0], abs=1e-6)
+    crit.set_iteration(3)
+    one = crit.one_to_one_targets(outs, points, gt)
+    assert crit.one_to_one.phase.name == "main" and positives(one) == [0]
+    assert one.quality[0].tolist() == pytest.approx([1.0, 0, 0, 0], abs=1e-6)
+
+
+def test_one_to_few_warm_up_from_the_config():
+    model = dual_model("MODEL.DUAL.ONE_TO_ONE_INITIAL_TOPK", 4, "MODEL.DUAL.ONE_TO_ONE_INITIAL_ITERS", 100)
+    o2o = model.criterion.one_to_one
+    assert (o2o.initial_assigner.topk, o2o.initial_assigner_iters, o2o.assigner.topk) == (4, 100, 1)
+    assert (o2o.initial_assigner.alpha, o2o.initial_assigner.beta) == (o2o.assigner.alpha, o2o.assigner.beta)
+    assert model.criterion.one_to_many.initial_assigner is None  # the one-to-many branch is untouched
+    assert dual_model().criterion.one_to_one.initial_assigner is None  # off by default
+
+
 # ------------------------------------------------------------------ the detector
 def dual_model(*opts, config=DUAL):
     torch.manual_seed(0)
@@ -188,6 +219,13 @@ def test_consistent_tal_config_uses_one_metric_for_both_branches():
     (["MODEL.DUAL.MATCH_ON", "other"], r"MATCH_ON must be one of"),
     (["MODEL.DUAL.ONE_TO_ONE_WEIGHT", 0.0], r"ONE_TO_ONE_WEIGHT must be > 0"),
     (["MODEL.DENSE.AUX_ASSIGNER", "POTOAuxAssigner"], r"MODEL\.DUAL with MODEL\.DENSE\.AUX_ASSIGNER"),
+    (["MODEL.DUAL.ONE_TO_ONE_INITIAL_TOPK", 4], r"INITIAL_TOPK = 4 with ONE_TO_ONE_INITIAL_ITERS = 0: .* needs both"),
+    (["MODEL.DUAL.ONE_TO_ONE_INITIAL_ITERS", 100], r"INITIAL_TOPK = 1 with ONE_TO_ONE_INITIAL_ITERS = 100"),
+    (["MODEL.DUAL.ONE_TO_ONE_INITIAL_TOPK", 0], r"ONE_TO_ONE_INITIAL_TOPK must be a whole number >= 1, got 0"),
+    (["MODEL.DUAL.ONE_TO_ONE_INITIAL_ITERS", -5], r"ONE_TO_ONE_INITIAL_ITERS must be a whole number >= 0, got -5"),
+    (["MODEL.DUAL.ONE_TO_ONE_ASSIGNER", "POTOAssigner", "MODEL.DENSE.CENTER_SAMPLING_RADIUS", 1.5,
+      "MODEL.DUAL.ONE_TO_ONE_INITIAL_TOPK", 4, "MODEL.DUAL.ONE_TO_ONE_INITIAL_ITERS", 100],
+     r"ONE_TO_ONE_ASSIGNER 'POTOAssigner' has none; use 'TaskAlignedAssigner'"),
 ])
 def test_bad_dual_compositions_are_refused(opts, message):
     with pytest.raises(ValueError, match=message):
