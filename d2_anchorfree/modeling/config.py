@@ -5,7 +5,7 @@ from detectron2.config import CfgNode as CN
 
 
 def add_model_config(cfg):
-    """Add the model's keys: ``MODEL.FPN`` TOP_LEVELS*, ``MODEL.TIMM``, ``MODEL.SHIFT_GENERATOR``, ``MODEL.DENSE``,
+    """Add the model's keys: ``MODEL.FPN`` TOP_LEVELS* and BOTTOM_UP_PATH, ``MODEL.TIMM``, ``MODEL.SHIFT_GENERATOR``, ``MODEL.DENSE``,
     the head / assigner / loss-term sections, ``MODEL.MAX_FILTER``, and the renamed keys of the
     old layout (:data:`MOVED_KEYS`).
 
@@ -23,6 +23,10 @@ def add_model_config(cfg):
     # ReLU before each extra conv but the first (P7 = conv(relu(P6)), FCOS and RetinaNet); False:
     # P7 = conv(P6) (MMDetection's relu_before_extra_convs=False: its ATSS, GFL, VFNet, TOOD).
     _C.MODEL.FPN.TOP_LEVELS_RELU = True
+    # PANet's bottom-up path after the FPN's top-down one (Liu et al., CVPR 2018, Sec. 3.1;
+    # MMDetection's PAFPN, YOLO's PAN neck): N3 = P3, N(i+1) = conv3x3(P(i+1) + conv3x3/2(Ni)); the
+    # extra levels then come from N5. Needs TOP_LEVELS_IN_FEATURE "p5".
+    _C.MODEL.FPN.BOTTOM_UP_PATH = False
 
     # ---- timm backbones (MODEL.BACKBONE.NAME "build_timm_fpn_backbone", modeling/backbone_timm.py)
     _C.MODEL.TIMM = CN()

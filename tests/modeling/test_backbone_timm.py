@@ -120,13 +120,14 @@ def test_timm_keys_are_checked_like_every_component_key():
 
 
 @pytest.mark.slow  # two detectors, a training step and two exports each (about half a minute)
-@pytest.mark.parametrize("name", ["mobilenetv3_small_050", "regnetx_002"])
-def test_detector_with_a_timm_backbone_trains_and_exports(name, tmp_path):
+@pytest.mark.parametrize("name, bottom_up_path", [("mobilenetv3_small_050", False), ("regnetx_002", True)])
+def test_detector_with_a_timm_backbone_trains_and_exports(name, bottom_up_path, tmp_path):
     onnxruntime = pytest.importorskip("onnxruntime")
     from d2_anchorfree.export import InferenceGraph, export_model
     from d2_anchorfree.export.verify import match_detections, run_exported
 
-    cfg = load_cfg(GFL_TINY, *TIMM_FPN, "MODEL.TIMM.NAME", name, "MODEL.DENSE.SCORE_THRESH_TEST", 0.001)
+    cfg = load_cfg(GFL_TINY, *TIMM_FPN, "MODEL.TIMM.NAME", name, "MODEL.DENSE.SCORE_THRESH_TEST", 0.001,
+                   "MODEL.FPN.BOTTOM_UP_PATH", bottom_up_path)  # the real-time config's plain FPN: tests/export
     torch.manual_seed(0)
     model = build_model(cfg)
     model.train()

@@ -1,5 +1,5 @@
 """The model options that converted checkpoints need, each on hand-computed values: no ReLU between
-P6 and P7 (MODEL.FPN.TOP_LEVELS_RELU), tower conv biases (MODEL.DENSE.TOWER_CONV_BIAS), a DCNv2
+P6 and P7 (MODEL.FPN.TOP_LEVELS_RELU), PANet's bottom-up path (MODEL.FPN.BOTTOM_UP_PATH), tower conv biases (MODEL.DENSE.TOWER_CONV_BIAS), a DCNv2
 as the last tower conv (MODEL.DENSE.DCN_ON_LAST_CONV), anchor deltas (MODEL.FCOS_HEAD.BOX_CODER),
 candidates by class score (MODEL.DENSE.TOPK_CANDIDATES_BY), empty boxes dropped before NMS and
 unclipped NMS (TOOD), and VFNet's initial box normalizers (MODEL.VFNET_HEAD.INIT_BOX_NORM)."""
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from detectron2.layers import ShapeSpec
-from detectron2.modeling import build_backbone, build_model
+from detectron2.modeling import FPN, build_backbone, build_model
 
 from d2_anchorfree.layers.deform_conv import ModulatedDeformConvWithOffsets
 from d2_anchorfree.modeling import detector as detector_module
@@ -86,6 +86,41 @@ def test_top_levels_relu_comes_from_the_config():
                 "vfnet_r50_fpn_1x_coco": True, "fcos_r50-caffe_fpn_gn-head_1x_coco": True}
     for name, relu in expected.items():
         assert load_cfg(f"configs/zoo/mmdet/{name}.yaml").MODEL.FPN.TOP_LEVELS_RELU is relu, name
+
+
+# ---------------------------------------------------------------------------------------------
+# MODEL.FPN.BOTTOM_UP_PATH
+
+
+def test_bottom_up_path_aggregates_p3_to_p5_then_takes_the_top_levels_from_n5():
+    """N3 = P3, N4 = out(P4 + down(N3)), N5 = out(P5 + down(N4)), P6/P7 = top_block(N5), with the
+    P3-P5 of the same weights' plain top-down FPN; names, strides and channels of the plain FPN."""
+    torch.manual_seed(0)
+    pan = build_backbone(load_cfg(FCOS_TINY, "MODEL.FPN.BOTTOM_UP_PATH", True))
+    plain = build_backbone(load_cfg(FCOS_TINY))
+    assert {k: (v.channels, v.stride) for k, v in pan.output_shape().items()} == \
+        {k: (v.channels, v.stride) for k, v in plain.output_shape().items()} == \
+        {f"p{i}": (64, 2 ** i) for i in range(3, 8)}
+    assert pan.size_divisibility == plain.size_divisibility == 32
+    pan.eval()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        out = pan(x)
+        top_down = FPN.forward(pan, x)  # the FPN part alone (no top block on it)
+        assert list(top_down) == ["p3", "p4", "p5"]
+        n3 = top_down["p3"]
+        n4 = pan.path_output[0](top_down["p4"] + pan.path_downsample[0](n3))
+        n5 = pan.path_output[1](top_down["p5"] + pan.path_downsample[1](n4))
+        p6, p7 = pan.path_top_block(n5)
+    assert list(out) == ["p3", "p4", "p5", "p6", "p7"]
+    for name, want in zip(out, (n3, n4, n5, p6, p7)):
+        torch.testing.assert_close(out[name], want)
+    assert out["p7"].shape == (1, 64, 1, 1) and not torch.allclose(out["p5"], top_down["p5"])
+
+
+def test_bottom_up_path_needs_the_top_levels_from_p5():
+    with pytest.raises(ValueError, match=r"MODEL.FPN.TOP_LEVELS_IN_FEATURE must be 'p5', got 'res5'"):
+        build_backbone(load_cfg(FCOS_TINY, "MODEL.FPN.BOTTOM_UP_PATH", True, "MODEL.FPN.TOP_LEVELS_IN_FEATURE", "res5"))
 
 
 # ---------------------------------------------------------------------------------------------
