@@ -38,7 +38,8 @@ import cv2
 import numpy as np
 
 __all__ = ["MOSAIC_OUTPUTS", "MOSAIC_FILL", "MIN_BOX_SIDE", "MIN_MOSAIC_SCALE", "MosaicResult", "check_mosaic_args",
-           "check_mosaic_config", "config_at_iteration", "mosaic4", "mosaic_close_iter", "resize_longer_side", "sample_mosaic_center", "sample_mosaic_scale"]
+           "check_mosaic_config", "config_at_iteration", "mosaic4", "mosaic_close_iter", "resize_longer_side",
+           "sample_mosaic_center", "sample_mosaic_scale"]
 
 # INPUT.MOSAIC.OUTPUT values.
 MOSAIC_OUTPUTS = ("crop", "full")

@@ -365,8 +365,9 @@ class DualCriterion:
     * one-to-one: ``MODEL.DUAL.ONE_TO_ONE_ASSIGNER`` (top-1; :func:`build_one_to_one_assigner`)
       and ``ONE_TO_ONE_LOSSES``, each loss times ``ONE_TO_ONE_WEIGHT`` and named with an "_o2o"
       suffix ("loss_cls_o2o", ...); optionally after a one-to-few warm-up
-      (:func:`build_one_to_few_assigner`, the branch criterion's initial phase). With ``match_on="one_to_many"`` the one-to-one assigner ranks
-      the one-to-many branch's detached predictions, so each GT's one-to-one positive is the point
+      (:func:`build_one_to_few_assigner`, the branch criterion's initial phase). With
+      ``match_on="one_to_many"`` the one-to-one assigner ranks the one-to-many branch's detached
+      predictions, so each GT's one-to-one positive is the point
       the one-to-many branch scores highest by the shared metric; "own" (YOLOv10's code) ranks the
       one-to-one branch's own predictions.
     Called as ``criterion({"one_to_many": out, "one_to_one": out}, points, gt_instances)``.
@@ -412,7 +413,7 @@ class DualCriterion:
         check_composition(head.one_to_one, assigner, initial_assigner=few, loss_terms=terms, losses_key=key)
         one_to_one = DenseCriterion(num_classes=cfg.MODEL.DENSE.NUM_CLASSES, assigner=assigner,
                                     loss_terms=terms, scalar_prefix="dense_o2o", initial_assigner=few,
-                                    initial_assigner_iters=dual.ONE_TO_ONE_INITIAL_ITERS if few else 0)
+                                    initial_assigner_iters=dual.ONE_TO_ONE_INITIAL_ITERS)
         return {"one_to_many": DenseCriterion(cfg, head.one_to_many, strides), "one_to_one": one_to_one,
                 "one_to_one_weight": dual.ONE_TO_ONE_WEIGHT, "match_on": dual.MATCH_ON}
 
