@@ -12,6 +12,8 @@ from typing import Optional, Sequence
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.catalog import Metadata
 
+from ..checks import is_whole_number
+
 __all__ = ["CLASSES_KEY", "dataset_classes", "load_dataset_classes", "check_classes", "classes_metadata",
            "generic_classes"]
 
@@ -40,7 +42,7 @@ def check_classes(entry, source: str, num_classes: Optional[int] = None) -> dict
     names, ids = entry.get("thing_classes"), entry.get("category_ids")
     if not (isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names)):
         raise ValueError(f"{source}: '{CLASSES_KEY}.thing_classes' must be a non-empty list of strings, got {names!r}")
-    if not (isinstance(ids, (list, tuple)) and all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
+    if not (isinstance(ids, (list, tuple)) and all(is_whole_number(i) for i in ids)
             and len(ids) == len(names) and len(set(ids)) == len(ids)):
         raise ValueError(f"{source}: '{CLASSES_KEY}.category_ids' must be {len(names)} distinct ints "
                          f"(one per class name), got {ids!r}")

@@ -23,7 +23,8 @@ import numpy as np
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
-from .mosaic import MOSAIC_FILL, _number
+from ..checks import is_number, is_whole_number
+from .mosaic import MOSAIC_FILL
 
 __all__ = ["HSV_FORMATS", "MIN_SCALE_JITTER_SIZE", "RandomHSV", "build_train_augmentations", "check_hsv_args",
            "check_hsv_config", "check_scale_jitter_args", "check_scale_jitter_config", "hsv_gain"]
@@ -43,12 +44,12 @@ def check_scale_jitter_args(min_scale: float, max_scale: float, size: int) -> No
             positive number, MIN_SCALE > MAX_SCALE, SIZE not a whole number of pixels >= 32.
     """
     for key, value in (("MIN_SCALE", min_scale), ("MAX_SCALE", max_scale)):
-        if not (_number(value) and value > 0):
+        if not (is_number(value) and value > 0):
             raise ValueError(f"INPUT.SCALE_JITTER.{key} = {value!r}: must be a positive number (a factor of "
                              "the image size at which it fits SIZE x SIZE, e.g. 0.5 or 1.5)")
     if min_scale > max_scale:
         raise ValueError(f"INPUT.SCALE_JITTER.MIN_SCALE = {min_scale!r} is above MAX_SCALE = {max_scale!r}")
-    if not (isinstance(size, int) and not isinstance(size, bool) and size >= MIN_SCALE_JITTER_SIZE):
+    if not (is_whole_number(size) and size >= MIN_SCALE_JITTER_SIZE):
         raise ValueError(f"INPUT.SCALE_JITTER.SIZE = {size!r}: must be a whole number of pixels >= "
                          f"{MIN_SCALE_JITTER_SIZE} (the side of the square training images, e.g. 416)")
 
@@ -106,7 +107,7 @@ def check_hsv_args(hue: float, saturation: float, value: float, image_format: st
         ValueError: naming the first offending key and its value.
     """
     for key, gain in (("HUE", hue), ("SATURATION", saturation), ("VALUE", value)):
-        if not (_number(gain) and 0 <= gain <= 1):
+        if not (is_number(gain) and 0 <= gain <= 1):
             raise ValueError(f"INPUT.HSV.{key} = {gain!r}: must be a number in [0, 1] (the largest relative "
                              "change, e.g. 0.4: gains from 0.6 to 1.4)")
     if image_format not in HSV_FORMATS:

@@ -39,6 +39,7 @@ from tqdm import tqdm
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json, register_coco_instances
 
+from ..checks import is_number
 from .image_io import read_image
 
 __all__ = [
@@ -87,10 +88,6 @@ def parse_register_entry(entry: str) -> Tuple[str, str, str]:
     return fields[0], fields[1], fields[2]
 
 
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def _sorted_ids(ids) -> list:
     try:
         return sorted(ids)
@@ -136,7 +133,7 @@ def validate_coco_json(json_file: str, image_root: str, tolerance: float = BOX_T
         if img["id"] in images:
             raise ValueError(f"{json_file}: image id {img['id']} appears twice ({img['file_name']!r})")
         w, h = img.get("width"), img.get("height")
-        if not (_is_number(w) and _is_number(h) and w > 0 and h > 0):
+        if not (is_number(w) and is_number(h) and w > 0 and h > 0):
             raise ValueError(
                 f"{json_file}: image {img['file_name']!r} (id {img['id']}) has width={w!r}, height={h!r}; "
                 "positive numbers are required"
@@ -163,7 +160,7 @@ def validate_coco_json(json_file: str, image_root: str, tolerance: float = BOX_T
                 f"category ids {_sorted_ids(category_ids)}"
             )
         bbox = ann.get("bbox")
-        if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+        if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(is_number(v) for v in bbox)):
             raise ValueError(f"{where} has bbox {bbox!r}; expected 4 finite numbers [x, y, w, h]")
         x, y, w, h = bbox
         if w <= 0 or h <= 0:
@@ -260,7 +257,7 @@ def find_bad_areas(data: dict, tolerance: float = AREA_TOLERANCE) -> List[dict]:
     Raises:
         ValueError: ``tolerance`` is negative or not a number.
     """
-    if not (_is_number(tolerance) and tolerance >= 0):
+    if not (is_number(tolerance) and tolerance >= 0):
         raise ValueError(f"area tolerance must be a number >= 0, got {tolerance!r}")
     files = {img.get("id"): img.get("file_name") for img in data.get("images", []) if isinstance(img, dict)}
     bad = []
@@ -268,7 +265,7 @@ def find_bad_areas(data: dict, tolerance: float = AREA_TOLERANCE) -> List[dict]:
         if not isinstance(ann, dict):
             continue
         bbox = ann.get("bbox")
-        if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+        if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(is_number(v) for v in bbox)):
             continue
         w, h = bbox[2], bbox[3]
         if w <= 0 or h <= 0:
@@ -276,7 +273,7 @@ def find_bad_areas(data: dict, tolerance: float = AREA_TOLERANCE) -> List[dict]:
         box_area, area, seg = w * h, ann.get("area"), _has_segmentation(ann)
         if area is None:
             reason = "no area"
-        elif not _is_number(area) or area <= 0:
+        elif not is_number(area) or area <= 0:
             reason = "area is not a positive number"
         elif seg and area > box_area * (1 + tolerance):
             reason = f"segmentation area larger than the box area by more than {tolerance:.0%}"
@@ -625,7 +622,7 @@ def register_coco_dataset(name: str, json_file: str, image_root: str, validate: 
     """
     _check_mode("DATASETS.AREA_CHECK", area_check, AREA_CHECK_MODES)
     _check_mode("DATASETS.VALIDATE_IMAGES", validate_images, VALIDATE_IMAGES_MODES)
-    if not (_is_number(area_tolerance) and area_tolerance >= 0):
+    if not (is_number(area_tolerance) and area_tolerance >= 0):
         raise ValueError(f"DATASETS.AREA_TOLERANCE must be a number >= 0, got {area_tolerance!r}")
     json_file, image_root = os.path.abspath(json_file), os.path.abspath(image_root)
     recompute = area_check == "recompute"

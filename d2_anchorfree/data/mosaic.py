@@ -31,11 +31,12 @@ border crop, ``box_candidates``); Bochkovskiy et al., "YOLOv4", 2020, Sec. 3.3 (
 al., "DEIM: DETR with Improved Matching for Fast Convergence", CVPR 2025, Sec. 3.2 (Dense O2O:
 mosaic to raise the number of positives per image).
 """
-import math
 from typing import NamedTuple, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
+
+from ..checks import is_number, is_whole_number
 
 __all__ = ["MOSAIC_OUTPUTS", "MOSAIC_FILL", "MIN_BOX_SIDE", "MIN_MOSAIC_SCALE", "MosaicResult", "check_mosaic_args",
            "check_mosaic_config", "config_at_iteration", "mosaic4", "mosaic_close_iter", "resize_longer_side",
@@ -53,10 +54,6 @@ MIN_MOSAIC_SIZE = 32
 MIN_MOSAIC_SCALE = 0.5
 
 
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def check_mosaic_args(prob: float, size: int, output: str, min_visible: float, min_scale: float = 1.0,
                       max_scale: float = 1.0) -> None:
     """Check the values of ``INPUT.MOSAIC.PROB``, ``SIZE``, ``OUTPUT``, ``MIN_VISIBLE``, ``MIN_SCALE``
@@ -68,22 +65,22 @@ def check_mosaic_args(prob: float, size: int, output: str, min_visible: float, m
             MIN_SCALE not a number >= 0.5 or above MAX_SCALE, MAX_SCALE not finite, a scale other
             than 1 with OUTPUT "full".
     """
-    if not (_number(prob) and 0 <= prob <= 1):
+    if not (is_number(prob) and 0 <= prob <= 1):
         raise ValueError(f"INPUT.MOSAIC.PROB = {prob!r}: must be a number in [0, 1] (the probability that a "
                          "training sample is a mosaic)")
-    if not (isinstance(size, int) and not isinstance(size, bool) and size >= MIN_MOSAIC_SIZE):
+    if not (is_whole_number(size) and size >= MIN_MOSAIC_SIZE):
         raise ValueError(f"INPUT.MOSAIC.SIZE = {size!r}: must be a whole number of pixels >= {MIN_MOSAIC_SIZE} "
                          "(the longer side of each of the 4 images, e.g. 416)")
     if output not in MOSAIC_OUTPUTS:
         raise ValueError(f"INPUT.MOSAIC.OUTPUT = {output!r}: use one of {list(MOSAIC_OUTPUTS)} ('crop': the "
                          "S x S middle of the canvas; 'full': the whole 2S x 2S canvas)")
-    if not (_number(min_visible) and 0 <= min_visible <= 1):
+    if not (is_number(min_visible) and 0 <= min_visible <= 1):
         raise ValueError(f"INPUT.MOSAIC.MIN_VISIBLE = {min_visible!r}: must be a number in [0, 1] (the fraction "
                          "of a clipped box's area that must stay visible to keep it)")
-    if not (_number(min_scale) and min_scale >= MIN_MOSAIC_SCALE):
+    if not (is_number(min_scale) and min_scale >= MIN_MOSAIC_SCALE):
         raise ValueError(f"INPUT.MOSAIC.MIN_SCALE = {min_scale!r}: must be a number >= {MIN_MOSAIC_SCALE} (the "
                          "crop shows SIZE / scale pixels of the 2 SIZE canvas)")
-    if not (_number(max_scale) and max_scale >= min_scale):
+    if not (is_number(max_scale) and max_scale >= min_scale):
         raise ValueError(f"INPUT.MOSAIC.MAX_SCALE = {max_scale!r}: must be a finite number >= MIN_SCALE "
                          f"= {min_scale!r}")
     if output == "full" and (min_scale, max_scale) != (1, 1):
@@ -105,7 +102,7 @@ def check_mosaic_config(cfg) -> None:
     check_mosaic_args(mosaic.PROB, mosaic.SIZE, mosaic.OUTPUT, mosaic.MIN_VISIBLE, mosaic.MIN_SCALE,
                       mosaic.MAX_SCALE)
     close = mosaic.CLOSE_ITERS
-    if not (isinstance(close, int) and not isinstance(close, bool) and close >= 0):
+    if not (is_whole_number(close) and close >= 0):
         raise ValueError(f"INPUT.MOSAIC.CLOSE_ITERS = {close!r}: must be a whole number >= 0 (the last "
                          "iterations trained without the mosaic; 0: mosaic to the end)")
     if close >= cfg.SOLVER.MAX_ITER:

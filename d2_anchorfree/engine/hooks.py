@@ -14,6 +14,7 @@ from detectron2.evaluation.testing import flatten_results_dict
 from detectron2.utils import comm
 
 from .. import compat
+from ..checks import is_whole_number
 from ..checkpoint import atomic_write
 
 
@@ -95,7 +96,7 @@ def check_best_checkpoint_config(cfg) -> None:
     if not isinstance(best.METRIC, str):
         raise ValueError(f"SOLVER.BEST_CHECKPOINT.METRIC = {best.METRIC!r}: must be a result name such as \"bbox/AP\", "
                          "or \"\" (off)")
-    if not (isinstance(patience, int) and not isinstance(patience, bool) and patience >= 0):
+    if not (is_whole_number(patience) and patience >= 0):
         raise ValueError(f"SOLVER.EARLY_STOP.PATIENCE = {patience!r}: must be an integer >= 0 (evaluations "
                          "without improvement before training stops; 0 = never stop early)")
     if patience > 0 and not best_checkpoint_enabled(cfg):

@@ -23,6 +23,7 @@ from detectron2.config import configurable
 from detectron2.structures import Instances
 from detectron2.utils.events import get_event_storage
 
+from ..checks import is_whole_number
 from .assigners import ASSIGNER_REGISTRY, build_assigner
 from .geometry import Points, boxes_to_ltrb, ltrb_to_boxes
 from .heads import DenseOutputs
@@ -335,10 +336,9 @@ def build_one_to_few_assigner(cfg, strides: List[int]):
     """
     dual = cfg.MODEL.DUAL
     topk, iters = dual.ONE_TO_ONE_INITIAL_TOPK, dual.ONE_TO_ONE_INITIAL_ITERS
-    whole = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
-    if not (whole(topk) and topk >= 1):
+    if not (is_whole_number(topk) and topk >= 1):
         raise ValueError(f"MODEL.DUAL.ONE_TO_ONE_INITIAL_TOPK must be a whole number >= 1, got {topk!r}")
-    if not (whole(iters) and iters >= 0):
+    if not (is_whole_number(iters) and iters >= 0):
         raise ValueError(f"MODEL.DUAL.ONE_TO_ONE_INITIAL_ITERS must be a whole number >= 0, got {iters!r}")
     if (topk > 1) != (iters > 0):
         raise ValueError(
