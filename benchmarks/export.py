@@ -115,11 +115,15 @@ MODELS = {
     # the real-time family (configs/realtime/: RegNetX-200MF from timm, BatchNorm towers); give
     # trained weights with --model-weights rt-gfl=PATH ...
     "rt-gfl": "configs/realtime/GFL_RegNetX_002_cpu.yaml",
+    # ... and the same config without PANet's bottom-up path (MODEL.FPN.BOTTOM_UP_PATH False: the
+    # plain FPN), to time what the path costs; its own weights: --model-weights rt-gfl-fpn=PATH
+    "rt-gfl-fpn": "configs/realtime/GFL_RegNetX_002_cpu.yaml",
     "rt-defcn": "configs/realtime/DeFCN_RegNetX_002_cpu.yaml",
     "rt-dual": "configs/realtime/GFL_Dual_RegNetX_002_cpu.yaml",
 }
 MODEL_OPTS = {"tiny-GN": ["MODEL.DENSE.NORM", "GN"], "tiny-BN": ["MODEL.DENSE.NORM", "BN"],
-              "tiny-dual+NMS": ["MODEL.DENSE.POSTPROCESS", "nms"]}
+              "tiny-dual+NMS": ["MODEL.DENSE.POSTPROCESS", "nms"],
+              "rt-gfl-fpn": ["MODEL.FPN.BOTTOM_UP_PATH", "False"]}
 # models that take the weights of another entry of --model-weights
 SHARED_WEIGHTS = {"tiny-dual+NMS": "tiny-dual"}
 BACKENDS = ("eager", "onnxruntime", "torchscript", "onnxruntime-int8", "openvino", "openvino-int8", "openvino-nncf-int8")

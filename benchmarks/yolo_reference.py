@@ -12,6 +12,8 @@ dependency of the project.
         --out docs/benchmarks/yolo11n_reference.json                 # about 10 min of training per seed
     python -m benchmarks.yolo_reference --quick                      # 1 epoch, 3 timed runs (a smoke run)
     python -m benchmarks.yolo_reference --dry-run                    # convert the data, print the commands
+    python -m benchmarks.yolo_reference --latency-only --ours gfl=output/gfl_onnx/model.onnx \
+        --out output/yolo11n_latency.json                           # re-time an earlier run's exports
 
 What it does, per seed (``--seeds``, default 0):
 
@@ -45,6 +47,12 @@ graph, boxes mapped back to the image) and each ``--ours NAME=PATH.onnx`` (a ``d
 interleaved (``benchmarks.timing.interleaved``: run i times every entry once, order rotated by i),
 ``--runs`` after ``--warmup``, median [min-max] ms; the load average before and after is printed
 and recorded.
+
+``--latency-only`` skips steps 1-4: it reads ``seed<N>/worker.json`` of an earlier run in
+``--workdir`` (N the first of ``--seeds``) for its two ONNX files and times them as above beside
+``--ours`` (for a new export of ours, or on a quieter machine, without training YOLO11n again); the
+report then holds the latency section and the run it timed. Raises FileNotFoundError naming the
+missing ``worker.json`` or ONNX file.
 
 Writes ``--out`` (JSON): per-seed COCO numbers, train seconds, image views and steps, Ultralytics'
 own final validation, the detections count, the network calls its guard refused (expected none);
@@ -97,6 +105,9 @@ def parse_args(argv=None, prog=None):
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 1 epoch, 3 runs after 1 warm-up, JSON to output/ (options given explicitly win)")
     p.add_argument("--dry-run", action="store_true", help="convert the data and print the worker commands only")
+    p.add_argument("--latency-only", action="store_true",
+                   help="no training: time the YOLO11n ONNX files of an earlier run in --workdir (the first of "
+                        "--seeds) beside --ours, and write the latency section only")
     p.add_argument("--out", default="docs/benchmarks/yolo11n_reference.json", help="the JSON report ('' for none)")
     args = p.parse_args(argv)
     if args.quick:
@@ -109,6 +120,8 @@ def parse_args(argv=None, prog=None):
         args.seed_list = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         p.error(f"--seeds takes a comma list of integers, got {args.seeds!r}")
+    if args.latency_only and args.dry_run:
+        p.error("--latency-only and --dry-run exclude each other")
     if not args.seed_list or args.epochs < 1 or args.runs < 1 or not 0 < args.fraction <= 1:
         p.error("need at least one seed, --epochs >= 1, --runs >= 1 and 0 < --fraction <= 1")
     try:
@@ -432,6 +445,53 @@ def time_latency(entries: List[Dict], runs: int, warmup: int) -> List[Dict]:
 # ----------------------------------------------------------------------------- report
 
 
+def latency_section(args, trees: str, gt: dict, yolo_onnx: Dict[str, Dict]) -> Dict:
+    """Time YOLO11n's ONNX files (``worker.json``'s "onnx": {"forward": {"path"}, "nms": {...}})
+    beside ``args.ours_files`` on one val image (``args.image`` or the first of ``gt``), interleaved:
+    the report's "latency" section. Raises FileNotFoundError when the image cannot be read."""
+    import cv2
+    import onnxruntime
+
+    image_path = args.image or os.path.join(trees, "images", gt["images"][0]["file_name"])
+    image = cv2.imread(image_path, cv2.IMREAD_COLOR)
+    if image is None:
+        raise FileNotFoundError(f"cannot read the timed image {image_path}")
+    lat = {"image": os.path.relpath(image_path, REPO) if image_path.startswith(REPO + os.sep) else image_path,
+           "image_shape": list(image.shape[:2]), "threads": args.threads, "runs": args.runs, "warmup": args.warmup,
+           "onnxruntime": onnxruntime.__version__, "provider": "CPUExecutionProvider", "inter_op_threads": 1,
+           "graph_optimization_level": "ORT_ENABLE_ALL", "yolo_seed": args.seed_list[0], "loadavg_start": os.getloadavg()}
+    entries = make_entries(yolo_onnx, args.ours_files, image, args.imgsz, args.threads)
+    lat["rows"] = time_latency(entries, args.runs, args.warmup)
+    lat["loadavg_end"] = os.getloadavg()
+    return lat
+
+
+def latency_only(args, argv: Sequence[str], trees: str, gt: dict) -> int:
+    """``--latency-only``: the latency section for the ONNX files of the earlier run
+    ``<workdir>/seed<N>/worker.json`` (N the first of ``--seeds``), no training; prints the table,
+    writes ``--out``, returns 0. Raises FileNotFoundError naming a missing ``worker.json`` or
+    ONNX file."""
+    seed = args.seed_list[0]
+    path = os.path.join(os.path.abspath(args.workdir), f"seed{seed}", "worker.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--latency-only: no earlier run at {path}; run the benchmark without "
+                                f"--latency-only first (or give its --workdir and --seeds)")
+    with open(path) as f:
+        onnx = json.load(f)["onnx"]
+    for kind, entry in onnx.items():
+        if not os.path.isfile(entry["path"]):
+            raise FileNotFoundError(f"--latency-only: the {kind} ONNX file {entry['path']} of {path} is gone")
+    report = {"command": shlex.join(["python", "-m", "benchmarks.yolo_reference", *argv]),
+              "yolo_run": path, "machine": {"cpu": cpu_name(), "cpu_count": os.cpu_count()},
+              "versions": {"ours": versions()}, "time_start": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    report["latency"] = latency_section(args, trees, gt, onnx)
+    report["time_end"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    print_latency(report["latency"])
+    if args.out:
+        write_json_report(args.out, report)
+    return 0
+
+
 def versions() -> Dict[str, str]:
     from importlib import metadata
 
@@ -476,15 +536,21 @@ def print_tables(report: Dict):
           f"[1, 10, {MAX_DETS}]:")
     print(markdown_table(["seed", "AP", "AP50", "AP75", "APs", "APm", "train call s", "epochs s", "load",
                           "detections"], lines))
-    lat = report.get("latency")
-    if lat:
-        rows = [[r["model"], r["kind"], r.get("error") or f"{r['ms']['median']:.1f} [{r['ms']['min']:.1f}-"
-                 f"{r['ms']['max']:.1f}]", r.get("ms", {}).get("n", "-"), "-" if r.get("detections") is None else r["detections"]]
-                for r in lat["rows"]]
-        print(f"\nonnxruntime {lat['onnxruntime']}, {lat['threads']} threads, batch 1, {lat['image']} "
-              f"({lat['image_shape'][0]}x{lat['image_shape'][1]}), {lat['runs']} runs after {lat['warmup']} warm-up, "
-              f"interleaved; load average {lat['loadavg_start'][0]:.1f} -> {lat['loadavg_end'][0]:.1f}:")
-        print(markdown_table(["model", "what is timed", "ms median [min-max]", "n", "detections"], rows))
+    if report.get("latency"):
+        print_latency(report["latency"])
+
+
+def print_latency(lat: Dict):
+    """Print the latency section as a Markdown table."""
+    from benchmarks.report import markdown_table
+
+    rows = [[r["model"], r["kind"], r.get("error") or f"{r['ms']['median']:.1f} [{r['ms']['min']:.1f}-"
+             f"{r['ms']['max']:.1f}]", r.get("ms", {}).get("n", "-"), "-" if r.get("detections") is None else r["detections"]]
+            for r in lat["rows"]]
+    print(f"\nonnxruntime {lat['onnxruntime']}, {lat['threads']} threads, batch 1, {lat['image']} "
+          f"({lat['image_shape'][0]}x{lat['image_shape'][1]}), {lat['runs']} runs after {lat['warmup']} warm-up, "
+          f"interleaved; load average {lat['loadavg_start'][0]:.1f} -> {lat['loadavg_end'][0]:.1f}:")
+    print(markdown_table(["model", "what is timed", "ms median [min-max]", "n", "detections"], rows))
 
 
 def main(argv=None, prog=None) -> int:
@@ -503,6 +569,8 @@ def main(argv=None, prog=None) -> int:
         f.write("".join(os.path.join(workdir, "data", "images", "val", im["file_name"]) + "\n" for im in gt["images"]))
     print(f"YOLO layout in {data['data_yaml']}: " + ", ".join(f"{k} {v['images']} images, {v['boxes']} boxes"
                                                              for k, v in data["splits"].items()), flush=True)
+    if args.latency_only:
+        return latency_only(args, argv, trees, gt)
     python = os.path.join(venv, "bin", "python") if args.dry_run else yolo_python(venv)
     commands = {seed: worker_command(python, data["data_yaml"], os.path.join(workdir, f"seed{seed}"), val_list, args, seed)
                 for seed in args.seed_list}
@@ -562,22 +630,7 @@ def main(argv=None, prog=None) -> int:
     for k in ("train_seconds", "epochs_train_seconds"):
         report["summary"][k] = spread([r["train"][k] for r in per_seed])
 
-    import cv2
-
-    image_path = args.image or os.path.join(trees, "images", gt["images"][0]["file_name"])
-    image = cv2.imread(image_path, cv2.IMREAD_COLOR)
-    if image is None:
-        raise FileNotFoundError(f"cannot read the timed image {image_path}")
-    import onnxruntime
-
-    lat = {"image": os.path.relpath(image_path, REPO) if image_path.startswith(REPO + os.sep) else image_path,
-           "image_shape": list(image.shape[:2]), "threads": args.threads, "runs": args.runs, "warmup": args.warmup,
-           "onnxruntime": onnxruntime.__version__, "provider": "CPUExecutionProvider", "inter_op_threads": 1,
-           "graph_optimization_level": "ORT_ENABLE_ALL", "yolo_seed": args.seed_list[0], "loadavg_start": os.getloadavg()}
-    entries = make_entries(first["onnx"], args.ours_files, image, args.imgsz, args.threads)
-    lat["rows"] = time_latency(entries, args.runs, args.warmup)
-    lat["loadavg_end"] = os.getloadavg()
-    report["latency"] = lat
+    report["latency"] = latency_section(args, trees, gt, first["onnx"])
     report["time_end"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     print_tables(report)
     attempts = sum(len(r["network_attempts"]) for r in per_seed)

@@ -56,3 +56,18 @@ def test_tiny_run_writes_rows_and_environment(tmp_path, capsys):
     assert profile["eager"]["total_ms"] > 0 and any("conv" in op for op, _, _ in profile["eager"]["by_op"])
     printed = capsys.readouterr().out
     assert "| tiny | 128x128 | whole | onnxruntime |" in printed
+
+
+def test_realtime_entries_with_and_without_the_bottom_up_path():
+    pytest.importorskip("timm")
+    from d2_anchorfree.modeling.backbone import PathAggregationFPN
+
+    with_path, _ = bench.build_detector("rt-gfl", "")
+    plain, _ = bench.build_detector("rt-gfl-fpn", "")
+    assert isinstance(with_path.backbone, PathAggregationFPN)
+    assert not isinstance(plain.backbone, PathAggregationFPN)
+    # the same head and FPN: only the path's parameters differ (P6/P7 come from the path's N5)
+    extra = set(with_path.state_dict()) - set(plain.state_dict())
+    missing = set(plain.state_dict()) - set(with_path.state_dict())
+    assert extra and all(k.startswith("backbone.path_") for k in extra)
+    assert all(k.startswith("backbone.top_block.") for k in missing)

@@ -2,7 +2,7 @@
 
 The fast tests need no Ultralytics: the COCO -> YOLO label conversion against hand-computed numbers,
 the letterbox geometry, the mapping of predictions back to COCO results, the argument checks and
-a dry run on the bundled data. The end-to-end test trains YOLO11n for one epoch (a quarter of the
+a dry run on the bundled data, and ``--latency-only`` on stand-in ONNX files of YOLO11n's shapes. The end-to-end test trains YOLO11n for one epoch (a quarter of the
 train images) in the private Ultralytics environment (tools/setup_yolo_env.sh; Ultralytics is
 AGPL-3.0 and runs only there, in a subprocess), times its ONNX files beside a d2af export of the
 tiny FCOS and checks the report's fields; it is skipped without that environment, unless
@@ -121,6 +121,55 @@ def test_dry_run_converts_the_trees_and_prints_the_worker_command(tmp_path, caps
     data = json.loads((tmp_path / "data" / "data.yaml").read_text())  # JSON, which YAML reads
     assert data["names"] == ["tree"] and data["train"] == "images/train"
     assert len((tmp_path / "val_images.txt").read_text().split()) == 12
+
+
+def _stand_in_yolo_run(run_dir, boxes: int):
+    """worker.json and two ONNX files with YOLO11n's interfaces (1x3xSxS float in; the forward
+    graph [1, 5, points] out, the NMS graph [1, 300, 6] with ``boxes`` rows of score > 0)."""
+    import torch
+
+    class Forward(torch.nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.avg_pool2d(x[:, :1], 8).flatten(2).repeat(1, 5, 1)
+
+    class WithNms(torch.nn.Module):
+        def forward(self, x):
+            det = torch.zeros(1, 300, 6) + x.mean() * 0
+            det[:, :boxes, 2:4] = 10.0
+            det[:, :boxes, 4] = 0.5
+            return det
+
+    run_dir.mkdir(parents=True)
+    onnx = {}
+    for kind, module in (("forward", Forward()), ("nms", WithNms())):
+        path = str(run_dir / f"yolo11n_{kind}.onnx")
+        torch.onnx.export(module, torch.zeros(1, 3, 416, 416), path, input_names=["images"], opset_version=13,
+                          dynamo=False)
+        onnx[kind] = {"path": path}
+    (run_dir / "worker.json").write_text(json.dumps({"onnx": onnx}))
+
+
+def test_latency_only_times_an_earlier_run_without_training(tmp_path, capsys):
+    # a venv that does not exist: any training attempt would raise FileNotFoundError
+    common = ["--trees", trees_dir(), "--workdir", str(tmp_path), "--venv", str(tmp_path / "no-venv"),
+              "--latency-only", "--seeds", "5", "--runs", "2", "--warmup", "1"]
+    with pytest.raises(FileNotFoundError, match="seed5/worker.json"):
+        yr.main(common + ["--out", ""])
+    _stand_in_yolo_run(tmp_path / "seed5", boxes=7)
+    out = tmp_path / "latency.json"
+    assert yr.main(common + ["--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert "seeds" not in report and report["yolo_run"].endswith(os.path.join("seed5", "worker.json"))
+    rows = {r["model"]: r for r in report["latency"]["rows"]}
+    assert set(rows) == {"yolo11n forward", "yolo11n end to end"}
+    assert rows["yolo11n end to end"]["detections"] == 7 and rows["yolo11n forward"]["detections"] is None
+    assert all(r["ms"]["n"] == 2 and r["ms"]["min"] > 0 for r in rows.values())
+    assert report["latency"]["yolo_seed"] == 5 and "yolo11n end to end" in capsys.readouterr().out
+    os.remove(tmp_path / "seed5" / "yolo11n_nms.onnx")
+    with pytest.raises(FileNotFoundError, match="nms ONNX file .*yolo11n_nms.onnx"):
+        yr.main(common + ["--out", ""])
+    with pytest.raises(SystemExit):
+        yr.parse_args(common + ["--dry-run"])
 
 
 @pytest.fixture(scope="module")
