@@ -561,16 +561,16 @@ def main(argv=None, prog=None) -> int:
     trees = os.path.abspath(args.trees)
     workdir = os.path.abspath(args.workdir)
     venv = venv_dir(args.venv)
-    data = write_dataset(trees, os.path.join(workdir, "data"))
     with open(os.path.join(trees, "val.json")) as f:
         gt = json.load(f)
+    if args.latency_only:
+        return latency_only(args, argv, trees, gt)
+    data = write_dataset(trees, os.path.join(workdir, "data"))
     val_list = os.path.join(workdir, "val_images.txt")
     with open(val_list, "w") as f:
         f.write("".join(os.path.join(workdir, "data", "images", "val", im["file_name"]) + "\n" for im in gt["images"]))
     print(f"YOLO layout in {data['data_yaml']}: " + ", ".join(f"{k} {v['images']} images, {v['boxes']} boxes"
                                                              for k, v in data["splits"].items()), flush=True)
-    if args.latency_only:
-        return latency_only(args, argv, trees, gt)
     python = os.path.join(venv, "bin", "python") if args.dry_run else yolo_python(venv)
     commands = {seed: worker_command(python, data["data_yaml"], os.path.join(workdir, f"seed{seed}"), val_list, args, seed)
                 for seed in args.seed_list}

@@ -2,7 +2,8 @@
 
 The fast tests need no Ultralytics: the COCO -> YOLO label conversion against hand-computed numbers,
 the letterbox geometry, the mapping of predictions back to COCO results, the argument checks and
-a dry run on the bundled data, and ``--latency-only`` on stand-in ONNX files of YOLO11n's shapes. The end-to-end test trains YOLO11n for one epoch (a quarter of the
+a dry run on the bundled data, and ``--latency-only`` on stand-in ONNX files of YOLO11n's shapes.
+The end-to-end test trains YOLO11n for one epoch (a quarter of the
 train images) in the private Ultralytics environment (tools/setup_yolo_env.sh; Ultralytics is
 AGPL-3.0 and runs only there, in a subprocess), times its ONNX files beside a d2af export of the
 tiny FCOS and checks the report's fields; it is skipped without that environment, unless
@@ -160,6 +161,7 @@ def test_latency_only_times_an_earlier_run_without_training(tmp_path, capsys):
     assert yr.main(common + ["--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert "seeds" not in report and report["yolo_run"].endswith(os.path.join("seed5", "worker.json"))
+    assert not (tmp_path / "data").exists()  # no YOLO layout written: nothing is trained
     rows = {r["model"]: r for r in report["latency"]["rows"]}
     assert set(rows) == {"yolo11n forward", "yolo11n end to end"}
     assert rows["yolo11n end to end"]["detections"] == 7 and rows["yolo11n forward"]["detections"] is None
