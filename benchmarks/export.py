@@ -45,9 +45,11 @@ How it measures:
   dataset a seeded random image is used (noted in the JSON, "image": "synthetic").
 * Each model is exported once (ONNX opset 19 with dynamic H/W, and TorchScript, both traced on a
   512x512 crop) and every backend gets a fresh session / loaded module per size.
-* Repetition ``i`` runs every backend once, the order rotated by ``i`` (eager, ort, ts; ort, ts,
-  eager; ...), so that a busy spell of the shared machine lands on all backends alike; the first
-  ``--warmup`` repetitions are dropped. Times are wall-clock per call (``time.perf_counter``),
+* Repetition ``i`` runs every backend of every model once, the order rotated by ``i`` (tiny
+  eager, tiny ort, R50 eager, R50 ort; tiny ort, R50 eager, R50 ort, tiny eager; ...), so that a
+  busy spell of the shared machine lands on all models and backends alike and rows of different
+  models compare as fairly as one model's backends; the first ``--warmup`` repetitions are
+  dropped. All the models' sessions are open at once (memory: their sum). Times are wall-clock per call (``time.perf_counter``),
   in ms, as median [min-max] over ``--runs``.
 * Threads: ``torch.set_num_threads(T)`` for eager and TorchScript; onnxruntime
   ``intra_op_num_threads = T``, ``inter_op_num_threads = 1``, sequential execution,
@@ -402,23 +404,33 @@ def make_runners(paths: Dict[str, str], model, args, part: str) -> Dict[str, Cal
     return runners
 
 
-def time_backends(runners: Dict[str, Callable], x: np.ndarray, runs: int, warmup: int):
-    """Time every backend ``warmup + runs`` times, interleaved (``benchmarks.timing.interleaved``:
-    repetition ``i`` runs them all, the order rotated by ``i``). Returns ({backend: [seconds]},
-    {backend: outputs of its last call}, entries with "error" for a backend that raised)."""
+def time_backends(runners: Dict[str, Callable], inputs: Dict[str, np.ndarray], runs: int, warmup: int):
+    """Time every runner ``warmup + runs`` times on its input, interleaved
+    (``benchmarks.timing.interleaved``: repetition ``i`` runs them all, the order rotated by ``i``).
+
+    Args:
+        runners: {label: fn(input) -> outputs}, e.g. one per model and backend.
+        inputs: {label: the input its runner takes} (the same keys).
+
+    Returns:
+        ({label: [seconds]}, {label: outputs of its last call}, {label: error} for a runner that
+        raised).
+    """
     last = {}
 
     def measure(entry):
+        label = entry["label"]
+        x = inputs[label]
         start = time.perf_counter()
-        out = runners[entry["label"]](x)
+        out = runners[label](x)
         elapsed = time.perf_counter() - start
-        last[entry["label"]] = out
+        last[label] = out
         return {"total": elapsed}
 
-    entries = [{"label": b} for b in runners]
+    entries = [{"label": label} for label in runners]
     samples = interleaved(entries, rounds=runs, warmup=warmup, measure=measure)
     errors = {e["label"]: e["error"] for e in entries if "error" in e}
-    return {b: samples[b].get("total", []) for b in runners}, last, errors
+    return {label: samples[label].get("total", []) for label in runners}, last, errors
 
 
 def ort_profile(path: str, x: np.ndarray, args, workdir: str, top: int = 12) -> Dict:
@@ -604,33 +616,51 @@ def environment(args, argv: List[str], image: str) -> Dict:
 # ----------------------------------------------------------------------------- main
 
 
-def bench_model(name: str, args, image_path: str, workdir: str, log=print) -> Tuple[List[Dict], Dict, Dict]:
-    """Export model ``name`` once and time it at every size (and part). Returns (rows,
-    {"<name> <size>": profile}, model info)."""
+def export_model(name: str, args, image_path: str, workdir: str, log=print) -> Tuple[object, Dict, Dict]:
+    """Build model ``name`` with its weights and export it once (ONNX, TorchScript, and the INT8
+    and backbone graphs the arguments ask for). Returns (model, {file kind: path}, model info)."""
     model, weights = build_detector(name, model_weights(name, args.weights, args.model_weights), args.opts)
     sample = make_image(image_path, *EXPORT_SIZE)
     paths = export_all(name, model, sample, workdir, args.parts, args.int8, args.nncf)
     info = {"config": MODELS[name], "weights": weights, "export_seconds": paths["seconds"],
             "onnx_bytes": os.path.getsize(paths["onnx"])}
     log(f"[{name}] {weights}; exported in {paths['seconds']['onnx']:.1f} s (ONNX), {paths['seconds']['ts']:.1f} s (TorchScript)")
+    return model, paths, info
+
+
+def bench_models(names: List[str], args, image_path: str, workdir: str, log=print) -> Tuple[List[Dict], Dict, Dict]:
+    """Export every model of ``names`` once, then time them at every size (and part): all models'
+    backends in one interleaved loop (:func:`time_backends`), so that rows of different models
+    are as comparable as rows of one model's backends. Returns (rows, {"<name> <size>": profile},
+    {name: model info})."""
+    exported = {name: export_model(name, args, image_path, workdir, log) for name in names}
     rows, profiles = [], {}
     for size in args.sizes:
         h, w = parse_size(size)
         image = make_image(image_path, h, w)
         for part in (["whole", "backbone"] if args.parts else ["whole"]):
-            x = image if part == "whole" else backbone_input(model, image).numpy()
-            runners = make_runners(paths, model, args, part)
+            runners, inputs, labels = {}, {}, {}
+            for name, (model, paths, _) in exported.items():
+                x = image if part == "whole" else backbone_input(model, image).numpy()
+                for backend, run in make_runners(paths, model, args, part).items():
+                    label = f"{name} {backend}"
+                    runners[label], inputs[label], labels[label] = run, x, (name, backend)
             start = time.perf_counter()
-            times, last, errors = time_backends(runners, x, args.runs, args.warmup)
-            new = make_rows(name, size, part, times, last, errors)
-            rows += new
-            log(f"[{name} {size} {part}] {time.perf_counter() - start:.0f} s: " + ", ".join(
-                f"{r['backend']} {r['ms'].get('median', float('nan')):.1f} ms" for r in new))
+            times, last, errors = time_backends(runners, inputs, args.runs, args.warmup)
+            log(f"[{size} {part}] {len(runners)} runners interleaved, {time.perf_counter() - start:.0f} s")
+            for name in exported:
+                mine = [label for label in runners if labels[label][0] == name]
+                pick = lambda d: {labels[k][1]: v for k, v in d.items() if k in mine}  # noqa: E731
+                new = make_rows(name, size, part, pick(times), pick(last), pick(errors))
+                rows += new
+                log(f"[{name} {size} {part}] " + ", ".join(
+                    f"{r['backend']} {r['ms'].get('median', float('nan')):.1f} ms" for r in new))
             del runners
         if args.profile:
-            profiles[f"{name} {size}"] = {"onnxruntime": ort_profile(paths["onnx"], image, args, workdir),
-                                          "eager": torch_profile(model, image, args.profile_runs)}
-    return rows, profiles, info
+            for name, (model, paths, _) in exported.items():
+                profiles[f"{name} {size}"] = {"onnxruntime": ort_profile(paths["onnx"], image, args, workdir),
+                                              "eager": torch_profile(model, image, args.profile_runs)}
+    return rows, profiles, {name: info for name, (_, _, info) in exported.items()}
 
 
 def main(argv=None, prog=None) -> Dict:
@@ -660,18 +690,14 @@ def _run(args, argv: List[str]) -> Dict:
     with tempfile.TemporaryDirectory(prefix="d2af_export_bench_") as tmp:
         workdir = args.workdir or tmp
         os.makedirs(workdir, exist_ok=True)
-        for name in args.models:
-            rows, profiles, info = bench_model(name, args, image_path, workdir)
-            result["rows"] += rows
-            result["profile"].update(profiles)
-            result["models"][name] = info
+        result["rows"], result["profile"], result["models"] = bench_models(args.models, args, image_path, workdir)
     env = result["environment"]
     env["loadavg_end"], env["wall_seconds"] = os.getloadavg(), time.perf_counter() - start
     print(f"\nCPU: {env['cpu']} ({env['cpu_count']} cores); torch {env['torch']} with {env['torch_threads']} threads; "
           f"onnxruntime {env['onnxruntime']} CPUExecutionProvider, intra_op {args.threads}, inter_op 1, "
           f"{env['ort_graph_optimization_level']}, mem arena {env['ort_enable_cpu_mem_arena']}; "
           + (f"OpenVINO {env['openvino'].split('-')[0]} CPU, {args.threads} threads, f32, LATENCY; " if args.openvino else "")
-          + f"{args.runs} runs after {args.warmup} warm-up, backends interleaved; image {env['image']} "
+          + f"{args.runs} runs after {args.warmup} warm-up, models and backends interleaved; image {env['image']} "
           f"({env['image_note']}); load average {env['loadavg_start'][0]:.1f} -> {env['loadavg_end'][0]:.1f}\n")
     print(table(result["rows"]))
     if args.parts:
