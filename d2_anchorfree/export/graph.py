@@ -164,6 +164,7 @@ def graph_metadata(cfg, model: nn.Module, fmt: str, classes: Optional[dict] = No
         "max_size_test": int(cfg.INPUT.MAX_SIZE_TEST),
         "meta_architecture": cfg.MODEL.META_ARCHITECTURE,
         "nms_thresh": model.test_nms_thresh,
+        "score_voting_sigma": getattr(model, "test_score_voting_sigma", None),
         "score_thresh": float(cfg.MODEL.DENSE.SCORE_THRESH_TEST),
         "coco_max_dets_per_image": int(cfg.TEST.COCO_MAX_DETS_PER_IMAGE),
         "class_names": names,

@@ -47,7 +47,8 @@ class AnchorFreeDetector(DenseDetector):
                  num_classes: int, pixel_mean, pixel_std, input_format: str = "BGR",
                  test_score_thresh: float = 0.05, test_topk_candidates: int = 1000,
                  test_nms_thresh: Optional[float] = 0.6, max_detections_per_image: int = 100,
-                 test_topk_by: str = "score", test_topk_within_points: bool = False):
+                 test_topk_by: str = "score", test_topk_within_points: bool = False,
+                 test_score_voting_sigma: Optional[float] = None):
         """
         Args:
             backbone: a detectron2 ``Backbone`` (e.g. ResNet-FPN with P6/P7).
@@ -70,6 +71,9 @@ class AnchorFreeDetector(DenseDetector):
                 (``MODEL.DENSE.TOPK_CANDIDATES_BY``, see ``postprocessing.select_candidates``).
             test_topk_within_points: a level keeps at most min(test_topk_candidates, its number of
                 points) candidates (``MODEL.DENSE.TOPK_CANDIDATES_WITHIN_POINTS``; DeFCN's code).
+            test_score_voting_sigma: > 0, score voting of the boxes kept by NMS with this sigma
+                (``MODEL.DENSE.SCORE_VOTING`` / ``SCORE_VOTING_SIGMA``, PAA; see
+                ``postprocessing.score_voting``), or None (off). Needs ``test_nms_thresh``.
 
         The test-time settings are the detector's attributes under detectron2's names
         (``RetinaNet`` / ``FCOS``: ``test_score_thresh``, ``test_nms_thresh``, ...), read by
@@ -89,6 +93,12 @@ class AnchorFreeDetector(DenseDetector):
             raise ValueError(f"TEST.DETECTIONS_PER_IMAGE must be >= 1, got {max_detections_per_image}")
         if test_topk_by not in TOPK_BY:
             raise ValueError(f"MODEL.DENSE.TOPK_CANDIDATES_BY must be one of {TOPK_BY}, got {test_topk_by!r}")
+        if test_score_voting_sigma is not None:
+            if test_nms_thresh is None:
+                raise ValueError("MODEL.DENSE.SCORE_VOTING averages the boxes that NMS suppressed: it needs "
+                                 "MODEL.DENSE.POSTPROCESS 'nms', got NMS-free inference ('topk')")
+            if not test_score_voting_sigma > 0:
+                raise ValueError(f"MODEL.DENSE.SCORE_VOTING_SIGMA must be > 0, got {test_score_voting_sigma}")
         self.shift_generator = shift_generator
         self.criterion = criterion
         self.num_classes = num_classes
@@ -99,6 +109,7 @@ class AnchorFreeDetector(DenseDetector):
         self.max_detections_per_image = max_detections_per_image
         self.test_topk_by = test_topk_by
         self.test_topk_within_points = test_topk_within_points
+        self.test_score_voting_sigma = test_score_voting_sigma
 
     @classmethod
     def from_config(cls, cfg):
@@ -150,6 +161,7 @@ class AnchorFreeDetector(DenseDetector):
             "test_nms_thresh": None if nms_free else d.NMS_THRESH_TEST,
             "test_topk_by": d.TOPK_CANDIDATES_BY,
             "test_topk_within_points": d.TOPK_CANDIDATES_WITHIN_POINTS,
+            "test_score_voting_sigma": d.SCORE_VOTING_SIGMA if d.SCORE_VOTING else None,
         }
         check_unused_keys(cfg, reads, [head, *criterion.components])
         return {
@@ -252,5 +264,6 @@ class AnchorFreeDetector(DenseDetector):
             scores, ltrb, shifts, image_size, self.test_score_thresh, self.test_topk_candidates,
             self.test_nms_thresh, self.max_detections_per_image,
             candidate_scores=None if gates[0] is None else gates, topk_by=self.test_topk_by,
-            clip_boxes=self.head.clip_boxes_before_nms, topk_within_points=self.test_topk_within_points)
+            clip_boxes=self.head.clip_boxes_before_nms, topk_within_points=self.test_topk_within_points,
+            voting_sigma=self.test_score_voting_sigma)
         return boxes, scores, classes

@@ -3,7 +3,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from torchvision.ops import nms
+from torchvision.ops import box_iou, nms
 
 from detectron2.structures import Boxes, Instances
 
@@ -116,6 +116,35 @@ def class_aware_nms(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Te
     return nms(boxes + offsets[:, None], scores, iou_thresh)
 
 
+def score_voting(boxes: torch.Tensor, classes: torch.Tensor, candidate_boxes: torch.Tensor,
+                 candidate_scores: torch.Tensor, candidate_classes: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Score voting (PAA, Kim & Lee, ECCV 2020, Sec. 3.5; MMDetection ``paa_head.py``
+    ``score_voting``): each detection's box becomes the average of the candidate boxes of its class
+    that overlap it (IoU > 0.01), weighted by p_i = score_i * exp(-(1 - IoU_i)^2 / sigma). A box
+    that the detection's neighbours place alike stays; a box the others place elsewhere moves
+    toward them, by their scores. Scores and classes are unchanged.
+
+    Plain tensor operations (an IoU matrix and a weighted sum), no data-dependent branch: it runs
+    eagerly and in the traced export alike.
+
+    Args:
+        boxes: [D, 4] XYXY pixels, the kept detections (after NMS). classes: [D] long.
+        candidate_boxes: [C, 4] XYXY pixels, the candidates NMS ran on (they include the kept
+            boxes). candidate_scores: [C] in [0, 1]. candidate_classes: [C] long.
+        sigma: > 0, the width of the IoU weighting (PAA: 0.025; larger lets looser overlaps vote).
+
+    Returns:
+        [D, 4] voted boxes, XYXY pixels. A detection that no candidate with a positive weight
+        overlaps (only possible when every such score is 0) keeps its box.
+    """
+    iou = box_iou(boxes, candidate_boxes)  # [D, C]
+    voters = (iou > 0.01) & (classes[:, None] == candidate_classes[None, :])
+    weights = candidate_scores[None, :] * torch.exp(-(1.0 - iou) ** 2 / sigma) * voters
+    total = weights.sum(dim=1, keepdim=True)
+    voted = (weights @ candidate_boxes) / total.clamp(min=1e-12)
+    return torch.where(total > 0, voted, boxes)
+
+
 def dense_detections(
     scores: List[torch.Tensor],
     ltrb: List[torch.Tensor],
@@ -129,6 +158,7 @@ def dense_detections(
     topk_by: str = "score",
     clip_boxes: bool = True,
     topk_within_points: bool = False,
+    voting_sigma: Optional[float] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Turn one image's per-level dense predictions into detections: per level the candidates of
     :func:`select_candidates`, decoded to boxes (FCOS Eq. 1 inverted), clipped, empty boxes
@@ -158,6 +188,8 @@ def dense_detections(
             reference; the caller clips the final detections).
         topk_within_points: per level at most min(``topk_candidates``, R_i) candidates (DeFCN's
             cvpods ``inference_single_image``: a small level such as P7 keeps fewer pairs).
+        voting_sigma: with NMS, :func:`score_voting` of the kept boxes over all candidates with
+            this sigma (``MODEL.DENSE.SCORE_VOTING_SIGMA``); None: the kept boxes as they are.
 
     Returns:
         (boxes [D, 4] XYXY pixels (clipped to the image with ``clip_boxes``), scores [D],
@@ -165,9 +197,13 @@ def dense_detections(
 
     Raises:
         ValueError: per-level lists of different lengths (``scores``, ``ltrb``, ``shifts``,
-            ``candidate_scores``), or see :func:`select_candidates`.
+            ``candidate_scores``), ``voting_sigma`` without NMS or not > 0, or see
+            :func:`select_candidates`.
         FloatingPointError: a NaN or infinite score or distance (eager only).
     """
+    if voting_sigma is not None and (nms_thresh is None or not voting_sigma > 0):
+        raise ValueError(f"score voting needs NMS and a sigma > 0 (MODEL.DENSE.SCORE_VOTING_SIGMA), "
+                         f"got sigma {voting_sigma} with nms_thresh {nms_thresh}")
     if not len(scores) == len(ltrb) == len(shifts):
         raise ValueError(f"levels differ: {len(scores)} scores, {len(ltrb)} ltrb, {len(shifts)} shifts")
     if candidate_scores is not None and len(candidate_scores) != len(scores):
@@ -189,22 +225,27 @@ def dense_detections(
     classes = torch.cat(all_classes)
     nonempty = nonempty_boxes(boxes)
     boxes, det_scores, classes = boxes[nonempty], det_scores[nonempty], classes[nonempty]
-    if nms_thresh is not None:
-        keep = class_aware_nms(boxes, det_scores, classes, nms_thresh)[:max_detections]
-    else:
+    if nms_thresh is None:
         keep = det_scores.argsort(descending=True)[:max_detections]
-    return boxes[keep], det_scores[keep], classes[keep]
+        return boxes[keep], det_scores[keep], classes[keep]
+    keep = class_aware_nms(boxes, det_scores, classes, nms_thresh)[:max_detections]
+    kept = boxes[keep]
+    if voting_sigma is not None:
+        kept = score_voting(kept, classes[keep], boxes, det_scores, classes, voting_sigma)
+    return kept, det_scores[keep], classes[keep]
 
 
 def dense_inference(scores: List[torch.Tensor], ltrb: List[torch.Tensor], shifts: List[torch.Tensor],
                     image_size: Tuple[int, int], score_thresh: float, topk_candidates: int,
                     nms_thresh: Optional[float], max_detections: int,
                     candidate_scores: Optional[List[torch.Tensor]] = None, topk_by: str = "score",
-                    clip_boxes: bool = True, topk_within_points: bool = False) -> Instances:
+                    clip_boxes: bool = True, topk_within_points: bool = False,
+                    voting_sigma: Optional[float] = None) -> Instances:
     """:func:`dense_detections` as detectron2 ``Instances`` of ``image_size`` with ``pred_boxes``
     (Boxes, XYXY pixels), ``scores`` [D] and ``pred_classes`` [D] long (same arguments and errors)."""
     detections = dense_detections(scores, ltrb, shifts, image_size, score_thresh, topk_candidates, nms_thresh,
-                                  max_detections, candidate_scores, topk_by, clip_boxes, topk_within_points)
+                                  max_detections, candidate_scores, topk_by, clip_boxes, topk_within_points,
+                                  voting_sigma)
     return detections_to_instances(image_size, *detections)
 
 

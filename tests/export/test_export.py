@@ -283,18 +283,24 @@ def test_metadata_loads_a_registered_test_dataset():
     assert (meta["class_names"], meta["category_ids"]) == (["tree"], [1])
 
 
+def _random_three_class_fcos(*opts):
+    """The tiny FCOS with 3 classes, seeded random weights and a class head spread out (std 0.05,
+    bias 0) so that near-equal scores, whose order may differ between backends, are rare."""
+    cfg = load_cfg("configs/FCOS/FCOS_tiny_R_18_cpu.yaml", "MODEL.DENSE.NUM_CLASSES", "3", *opts)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    torch.nn.init.normal_(model.head.cls_logits.weight, std=0.05)
+    torch.nn.init.constant_(model.head.cls_logits.bias, 0.0)
+    return cfg, model
+
+
 @pytest.mark.slow  # exports and runs an untrained model with thousands of candidates
 def test_multiclass_nms_over_thousands_of_candidates_equals_pytorch(tiles, tmp_path):
     """3 classes and a few thousand candidates through class-aware NMS: the exported files keep
     the same boxes as eager PyTorch (torchvision's batched_nms would loop over classes eagerly
     above 1000 boxes but not in the trace). Random head with spread-out class scores, so that
     near-equal scores (whose order may differ between backends) are rare."""
-    cfg = load_cfg("configs/FCOS/FCOS_tiny_R_18_cpu.yaml", "MODEL.DENSE.NUM_CLASSES", "3",
-                   "TEST.DETECTIONS_PER_IMAGE", "1000")
-    torch.manual_seed(0)
-    model = build_model(cfg).eval()
-    torch.nn.init.normal_(model.head.cls_logits.weight, std=0.05)
-    torch.nn.init.constant_(model.head.cls_logits.bias, 0.0)
+    cfg, model = _random_three_class_fcos("TEST.DETECTIONS_PER_IMAGE", "1000")
     sample, *checks = tiles
     paths = [export_model(cfg, model, fmt, str(tmp_path / fmt), torch.from_numpy(sample)) for fmt in ("onnx", "torchscript")]
     for image in checks:
@@ -307,6 +313,28 @@ def test_multiclass_nms_over_thousands_of_candidates_equals_pytorch(tiles, tmp_p
         for path in paths:
             report = match_detections(ref, run_exported(path, image))
             assert report.ok, f"{os.path.basename(path)} at {image.shape[:2]}: {report.summary()}"
+
+
+@pytest.mark.slow  # exports and runs an untrained model with thousands of candidates
+def test_score_voting_exports_and_equals_pytorch(tiles, tmp_path):
+    """MODEL.DENSE.SCORE_VOTING in the exported graph: the voted boxes of eager PyTorch, the ONNX
+    and the TorchScript file agree, and they differ from the graph without voting (the option
+    reaches the export). Random head with spread-out scores, as in the NMS test above."""
+    cfg, model = _random_three_class_fcos("MODEL.DENSE.SCORE_VOTING", "True")
+    torch.nn.init.normal_(model.head.box_pred.weight, std=0.05)
+    torch.nn.init.constant_(model.head.box_pred.bias, 1.0)  # boxes of a few strides: neighbours overlap
+    sample, image, _ = tiles
+    paths = [export_model(cfg, model, fmt, str(tmp_path / fmt), torch.from_numpy(sample)) for fmt in ("onnx", "torchscript")]
+    with torch.no_grad():
+        ref = InferenceGraph(model)(torch.from_numpy(image))
+        model.test_score_voting_sigma = None
+        plain = InferenceGraph(model)(torch.from_numpy(image))
+    assert len(ref[1]) >= 20 and torch.equal(ref[1], plain[1])  # the same detections, scores unchanged ...
+    assert (ref[0] - plain[0]).abs().max() > 1.0  # ... boxes moved
+    for path in paths:
+        report = match_detections(ref, run_exported(path, image))
+        assert report.ok, f"{os.path.basename(path)}: {report.summary()}"
+    assert json.load(open(tmp_path / "onnx" / "metadata.json"))["score_voting_sigma"] == 0.025
 
 
 def test_non_finite_candidates_raise_instead_of_vanishing():

@@ -20,7 +20,7 @@ from d2_anchorfree.modeling.heads.fcos_head import FCOSHead
 from d2_anchorfree.modeling.heads.tood_head import TOODHead
 from d2_anchorfree.modeling.heads.towers import DELTA_MAX_LOG_RATIO, anchor_deltas_to_ltrb, conv_tower
 from d2_anchorfree.modeling.heads.vfnet_head import VFNetHead
-from d2_anchorfree.modeling.postprocessing import dense_detections, dense_inference, select_candidates
+from d2_anchorfree.modeling.postprocessing import dense_detections, dense_inference, score_voting, select_candidates
 
 from conftest import load_cfg
 
@@ -357,6 +357,69 @@ def test_detectors_pass_their_clip_and_topk_settings(monkeypatch):
         with torch.no_grad():
             model([image])
         assert [(c["clip_boxes"], c["topk_by"], c["topk_within_points"]) for c in calls] == [(clip, by, within)]
+
+
+# ---------------------------------------------------------------------------------------------
+# MODEL.DENSE.SCORE_VOTING (PAA's score voting after NMS)
+
+
+def test_score_voting_hand_computed():
+    # kept A [0, 0, 10, 10] class 0; candidates: A itself (0.9), B [0, 0, 10, 12] 0.5 (IoU 100/120),
+    # C = B's box in class 1 (other class: no vote), D [50, 50, 60, 60] 0.8 (IoU 0: no vote)
+    kept = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    cand = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 12.0], [0.0, 0.0, 10.0, 12.0], [50.0, 50.0, 60.0, 60.0]])
+    scores = torch.tensor([0.9, 0.5, 0.7, 0.8])
+    classes = torch.tensor([0, 0, 1, 0])
+    voted = score_voting(kept, torch.tensor([0]), cand, scores, classes, sigma=0.025)
+    # weights: A 0.9 * exp(0) = 0.9; B 0.5 * exp(-(1/6)^2 / 0.025) = 0.5 * exp(-1.1111) = 0.164597
+    # y2 = (0.9 * 10 + 0.164597 * 12) / 1.064597 = 10.3092; x1, y1, x2 agree
+    assert voted.tolist() == [pytest.approx([0.0, 0.0, 10.0, 10.3092], abs=1e-4)]
+    # a wider sigma lets B weigh more: 0.5 * exp(-0.027778 / 0.1) = 0.378737 -> y2 = 10.5924
+    assert score_voting(kept, torch.tensor([0]), cand, scores, classes, sigma=0.1)[0, 3].item() == pytest.approx(10.5924, abs=1e-4)
+    # only zero-score voters: the box stays
+    assert score_voting(kept, torch.tensor([0]), cand, torch.zeros(4), classes, 0.025).tolist() == kept.tolist()
+
+
+def test_score_voting_moves_the_kept_boxes_after_nms():
+    # A [5, 5, 15, 15] 0.9 suppresses B [5, 5, 15, 17] 0.5 (IoU 100/120 > 0.6); C [60, 60, 70, 70] 0.7
+    points = [[10.0, 10.0], [10.0, 11.0], [65.0, 65.0]]
+    ltrb = [[5.0, 5.0, 5.0, 5.0], [5.0, 6.0, 5.0, 6.0], [5.0, 5.0, 5.0, 5.0]]
+    plain = _infer(points, ltrb, [0.9, 0.5, 0.7])
+    voted = _infer(points, ltrb, [0.9, 0.5, 0.7], voting_sigma=0.025)
+    assert plain.pred_boxes.tensor.tolist() == [[5, 5, 15, 15], [60, 60, 70, 70]]
+    # A moves toward B as in the hand-computed case (shifted by 5 px); C has no neighbour
+    assert voted.pred_boxes.tensor.tolist() == [pytest.approx([5, 5, 15, 15.3092], abs=1e-4), [60, 60, 70, 70]]
+    assert voted.scores.tolist() == plain.scores.tolist()
+    with pytest.raises(ValueError, match="needs NMS"):
+        _infer(points, ltrb, [0.9, 0.5, 0.7], nms_thresh=None, voting_sigma=0.025)
+
+
+def test_score_voting_config_keys():
+    model = build_model(load_cfg(FCOS_TINY, "MODEL.DENSE.SCORE_VOTING", True, "MODEL.DENSE.SCORE_VOTING_SIGMA", 0.05))
+    assert model.test_score_voting_sigma == 0.05
+    assert build_model(load_cfg(FCOS_TINY)).test_score_voting_sigma is None
+    with pytest.raises(ValueError, match="SCORE_VOTING_SIGMA must be > 0, got 0.0"):
+        build_model(load_cfg(FCOS_TINY, "MODEL.DENSE.SCORE_VOTING", True, "MODEL.DENSE.SCORE_VOTING_SIGMA", 0.0))
+    # a sigma without voting is a key no component reads
+    with pytest.raises(ValueError, match="SCORE_VOTING_SIGMA"):
+        build_model(load_cfg(FCOS_TINY, "MODEL.DENSE.SCORE_VOTING_SIGMA", 0.05))
+    # NMS-free inference has no suppressed boxes to vote
+    with pytest.raises(ValueError, match="SCORE_VOTING .*POSTPROCESS 'nms'"):
+        build_model(load_cfg("configs/DeFCN/DeFCN_tiny_R_18_cpu.yaml", "MODEL.DENSE.SCORE_VOTING", True))
+
+
+def test_detector_votes_with_its_sigma(monkeypatch):
+    calls = []
+
+    def recording(*args, **kwargs):
+        calls.append(kwargs["voting_sigma"])
+        return dense_detections(*args, **kwargs)
+
+    monkeypatch.setattr(detector_module, "dense_detections", recording)
+    model = build_model(load_cfg(FCOS_TINY, "MODEL.DENSE.SCORE_VOTING", True)).eval()
+    with torch.no_grad():
+        model([{"image": torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)}])
+    assert calls == [0.025]
 
 
 # ---------------------------------------------------------------------------------------------
