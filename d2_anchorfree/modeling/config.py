@@ -160,6 +160,10 @@ def add_model_config(cfg):
     # Loss terms of the one-to-one branch ([] = MODEL.DENSE.LOSSES); reported with an "_o2o" suffix.
     _C.MODEL.DUAL.ONE_TO_ONE_LOSSES = []
     _C.MODEL.DUAL.ONE_TO_ONE_WEIGHT = 1.0  # multiplies every loss of the one-to-one branch
+    # The QFL modulating exponent of the one-to-one branch (None: MODEL.QFL.BETA, as the
+    # one-to-many branch). 0.0 is YOLOv10's plain BCE on the IoU target: a neighbour of the one
+    # positive scoring 0.3 is pushed down at full weight instead of 0.3^2 of it.
+    _C.MODEL.DUAL.ONE_TO_ONE_QFL_BETA = None
     # "separate" (YOLOv10: the one-to-one branch is a copy of the head, own towers) or "shared"
     # (own predictors on the one-to-many branch's tower features).
     _C.MODEL.DUAL.TOWERS = "separate"

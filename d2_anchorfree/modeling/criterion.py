@@ -23,12 +23,12 @@ from detectron2.config import configurable
 from detectron2.structures import Instances
 from detectron2.utils.events import get_event_storage
 
-from ..checks import is_whole_number
+from ..checks import is_number, is_whole_number
 from .assigners import ASSIGNER_REGISTRY, build_assigner
 from .geometry import Points, boxes_to_ltrb, ltrb_to_boxes
 from .heads import DenseOutputs
 from .heads.dual_head import ONE_TO_MANY, ONE_TO_ONE
-from .losses.terms import AuxFocalLoss, LossTerm, build_loss_term
+from .losses.terms import AuxFocalLoss, LossTerm, QualityFocalLoss, build_loss_term
 from .targets import DenseTargets, check_gt_instances, gather_positive_targets, loss_normalizer
 
 logger = logging.getLogger(__name__)
@@ -356,6 +356,26 @@ def build_one_to_few_assigner(cfg, strides: List[int]):
     return cls(**kwargs)
 
 
+def set_one_to_one_qfl_beta(terms: List[LossTerm], beta, losses_key: str) -> None:
+    """Give the one-to-one branch's Quality Focal Loss its own modulating exponent
+    (``MODEL.DUAL.ONE_TO_ONE_QFL_BETA``): 0 makes it YOLOv10's plain binary cross-entropy on the
+    IoU target (``v10DetectLoss``: ``BCEWithLogitsLoss`` in both branches), so that a neighbour of
+    the single positive is pushed down at full weight, not at sigma^2 of it (GFL Eq. 5).
+
+    Raises:
+        ValueError: ``beta`` not a number >= 0, or no QualityFocalLoss among ``terms`` (named by
+            ``losses_key``), which would leave the key without effect.
+    """
+    if not is_number(beta) or beta < 0:
+        raise ValueError(f"MODEL.DUAL.ONE_TO_ONE_QFL_BETA must be a number >= 0, got {beta!r}")
+    qfl = [t for t in terms if isinstance(t, QualityFocalLoss)]
+    if not qfl:
+        raise ValueError(f"MODEL.DUAL.ONE_TO_ONE_QFL_BETA is set but the one-to-one losses ({losses_key}: "
+                         f"{[type(t).__name__ for t in terms]}) have no QualityFocalLoss")
+    for term in qfl:
+        term.beta = float(beta)
+
+
 class DualCriterion:
     """The criterion of a dual head (``heads.dual_head.DualAssignmentHead``): a
     :class:`DenseCriterion` per branch, losses summed (YOLOv10 Sec. 3.1 and ``v10DetectLoss``).
@@ -410,6 +430,8 @@ class DualCriterion:
         assigner = build_one_to_one_assigner(cfg, strides)
         few = build_one_to_few_assigner(cfg, strides)
         terms = [build_loss_term(cfg, name) for name in names]
+        if dual.ONE_TO_ONE_QFL_BETA is not None:
+            set_one_to_one_qfl_beta(terms, dual.ONE_TO_ONE_QFL_BETA, key)
         check_composition(head.one_to_one, assigner, initial_assigner=few, loss_terms=terms, losses_key=key)
         one_to_one = DenseCriterion(num_classes=cfg.MODEL.DENSE.NUM_CLASSES, assigner=assigner,
                                     loss_terms=terms, scalar_prefix="dense_o2o", initial_assigner=few,

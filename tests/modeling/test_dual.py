@@ -121,6 +121,17 @@ def test_one_to_few_warm_up_from_the_config():
     assert dual_model().criterion.one_to_one.initial_assigner is None  # off by default
 
 
+def test_one_to_one_qfl_beta_from_the_config():
+    # 0.0: YOLOv10's plain BCE on the IoU target in the one-to-one branch; the other branch keeps
+    # MODEL.QFL.BETA (the GFL paper's 2)
+    def qfl_betas(model):
+        return [[t.beta for t in branch.loss_terms if type(t).__name__ == "QualityFocalLoss"]
+                for branch in (model.criterion.one_to_many, model.criterion.one_to_one)]
+
+    assert qfl_betas(dual_model("MODEL.DUAL.ONE_TO_ONE_QFL_BETA", 0.0)) == [[2.0], [0.0]]
+    assert qfl_betas(dual_model()) == [[2.0], [2.0]]  # None: MODEL.QFL.BETA in both
+
+
 # ------------------------------------------------------------------ the detector
 def dual_model(*opts, config=DUAL):
     torch.manual_seed(0)
@@ -218,6 +229,9 @@ def test_consistent_tal_config_uses_one_metric_for_both_branches():
     (["MODEL.DUAL.TOWERS", "half"], r"TOWERS must be one of"),
     (["MODEL.DUAL.MATCH_ON", "other"], r"MATCH_ON must be one of"),
     (["MODEL.DUAL.ONE_TO_ONE_WEIGHT", 0.0], r"ONE_TO_ONE_WEIGHT must be > 0"),
+    (["MODEL.DUAL.ONE_TO_ONE_QFL_BETA", -1.0], r"ONE_TO_ONE_QFL_BETA must be a number >= 0, got -1.0"),
+    (["MODEL.DUAL.ONE_TO_ONE_QFL_BETA", 0.0, "MODEL.DUAL.ONE_TO_ONE_LOSSES", ["FocalLoss", "BoxLoss"]],
+     r"ONE_TO_ONE_QFL_BETA is set but the one-to-one losses .*\['FocalLoss', 'BoxLoss'\]\) have no QualityFocalLoss"),
     (["MODEL.DENSE.AUX_ASSIGNER", "POTOAuxAssigner"], r"MODEL\.DUAL with MODEL\.DENSE\.AUX_ASSIGNER"),
     (["MODEL.DUAL.ONE_TO_ONE_INITIAL_TOPK", 4], r"INITIAL_TOPK = 4 with ONE_TO_ONE_INITIAL_ITERS = 0: .* needs both"),
     (["MODEL.DUAL.ONE_TO_ONE_INITIAL_ITERS", 100], r"INITIAL_TOPK = 1 with ONE_TO_ONE_INITIAL_ITERS = 100"),
