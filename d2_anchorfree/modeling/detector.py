@@ -72,8 +72,8 @@ class AnchorFreeDetector(DenseDetector):
             test_topk_within_points: a level keeps at most min(test_topk_candidates, its number of
                 points) candidates (``MODEL.DENSE.TOPK_CANDIDATES_WITHIN_POINTS``; DeFCN's code).
             test_score_voting_sigma: > 0, score voting of the boxes kept by NMS with this sigma
-                (``MODEL.DENSE.SCORE_VOTING`` / ``SCORE_VOTING_SIGMA``, PAA; see
-                ``postprocessing.score_voting``), or None (off). Needs ``test_nms_thresh``.
+                (``MODEL.DENSE.SCORE_VOTING_SIGMA``, PAA; see ``postprocessing.score_voting``),
+                or None (off; the key's 0.0). Needs ``test_nms_thresh``.
 
         The test-time settings are the detector's attributes under detectron2's names
         (``RetinaNet`` / ``FCOS``: ``test_score_thresh``, ``test_nms_thresh``, ...), read by
@@ -94,11 +94,12 @@ class AnchorFreeDetector(DenseDetector):
         if test_topk_by not in TOPK_BY:
             raise ValueError(f"MODEL.DENSE.TOPK_CANDIDATES_BY must be one of {TOPK_BY}, got {test_topk_by!r}")
         if test_score_voting_sigma is not None:
-            if test_nms_thresh is None:
-                raise ValueError("MODEL.DENSE.SCORE_VOTING averages the boxes that NMS suppressed: it needs "
-                                 "MODEL.DENSE.POSTPROCESS 'nms', got NMS-free inference ('topk')")
             if not test_score_voting_sigma > 0:
-                raise ValueError(f"MODEL.DENSE.SCORE_VOTING_SIGMA must be > 0, got {test_score_voting_sigma}")
+                raise ValueError(f"MODEL.DENSE.SCORE_VOTING_SIGMA must be > 0 (0.0: off), got {test_score_voting_sigma}")
+            if test_nms_thresh is None:
+                raise ValueError(f"MODEL.DENSE.SCORE_VOTING_SIGMA {test_score_voting_sigma}: score voting averages "
+                                 "the boxes that NMS suppressed, it needs MODEL.DENSE.POSTPROCESS 'nms', got NMS-free "
+                                 "inference ('topk'); set it to 0.0")
         self.shift_generator = shift_generator
         self.criterion = criterion
         self.num_classes = num_classes
@@ -161,7 +162,7 @@ class AnchorFreeDetector(DenseDetector):
             "test_nms_thresh": None if nms_free else d.NMS_THRESH_TEST,
             "test_topk_by": d.TOPK_CANDIDATES_BY,
             "test_topk_within_points": d.TOPK_CANDIDATES_WITHIN_POINTS,
-            "test_score_voting_sigma": d.SCORE_VOTING_SIGMA if d.SCORE_VOTING else None,
+            "test_score_voting_sigma": d.SCORE_VOTING_SIGMA if d.SCORE_VOTING_SIGMA != 0 else None,
         }
         check_unused_keys(cfg, reads, [head, *criterion.components])
         return {

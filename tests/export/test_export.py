@@ -317,10 +317,10 @@ def test_multiclass_nms_over_thousands_of_candidates_equals_pytorch(tiles, tmp_p
 
 @pytest.mark.slow  # exports and runs an untrained model with thousands of candidates
 def test_score_voting_exports_and_equals_pytorch(tiles, tmp_path):
-    """MODEL.DENSE.SCORE_VOTING in the exported graph: the voted boxes of eager PyTorch, the ONNX
+    """MODEL.DENSE.SCORE_VOTING_SIGMA in the exported graph: the voted boxes of eager PyTorch, the ONNX
     and the TorchScript file agree, and they differ from the graph without voting (the option
     reaches the export). Random head with spread-out scores, as in the NMS test above."""
-    cfg, model = _random_three_class_fcos("MODEL.DENSE.SCORE_VOTING", "True")
+    cfg, model = _random_three_class_fcos("MODEL.DENSE.SCORE_VOTING_SIGMA", "0.025")
     torch.nn.init.normal_(model.head.box_pred.weight, std=0.05)
     torch.nn.init.constant_(model.head.box_pred.bias, 1.0)  # boxes of a few strides: neighbours overlap
     sample, image, _ = tiles

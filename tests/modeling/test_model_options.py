@@ -360,7 +360,7 @@ def test_detectors_pass_their_clip_and_topk_settings(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------
-# MODEL.DENSE.SCORE_VOTING (PAA's score voting after NMS)
+# MODEL.DENSE.SCORE_VOTING_SIGMA (PAA's score voting after NMS)
 
 
 def test_score_voting_hand_computed():
@@ -394,18 +394,15 @@ def test_score_voting_moves_the_kept_boxes_after_nms():
         _infer(points, ltrb, [0.9, 0.5, 0.7], nms_thresh=None, voting_sigma=0.025)
 
 
-def test_score_voting_config_keys():
-    model = build_model(load_cfg(FCOS_TINY, "MODEL.DENSE.SCORE_VOTING", True, "MODEL.DENSE.SCORE_VOTING_SIGMA", 0.05))
+def test_score_voting_config_key():
+    model = build_model(load_cfg(FCOS_TINY, "MODEL.DENSE.SCORE_VOTING_SIGMA", 0.05))
     assert model.test_score_voting_sigma == 0.05
-    assert build_model(load_cfg(FCOS_TINY)).test_score_voting_sigma is None
-    with pytest.raises(ValueError, match="SCORE_VOTING_SIGMA must be > 0, got 0.0"):
-        build_model(load_cfg(FCOS_TINY, "MODEL.DENSE.SCORE_VOTING", True, "MODEL.DENSE.SCORE_VOTING_SIGMA", 0.0))
-    # a sigma without voting is a key no component reads
-    with pytest.raises(ValueError, match="SCORE_VOTING_SIGMA"):
-        build_model(load_cfg(FCOS_TINY, "MODEL.DENSE.SCORE_VOTING_SIGMA", 0.05))
+    assert build_model(load_cfg(FCOS_TINY)).test_score_voting_sigma is None  # 0.0: off
+    with pytest.raises(ValueError, match=r"SCORE_VOTING_SIGMA must be > 0 \(0.0: off\), got -0.1"):
+        build_model(load_cfg(FCOS_TINY, "MODEL.DENSE.SCORE_VOTING_SIGMA", -0.1))
     # NMS-free inference has no suppressed boxes to vote
-    with pytest.raises(ValueError, match="SCORE_VOTING .*POSTPROCESS 'nms'"):
-        build_model(load_cfg("configs/DeFCN/DeFCN_tiny_R_18_cpu.yaml", "MODEL.DENSE.SCORE_VOTING", True))
+    with pytest.raises(ValueError, match="SCORE_VOTING_SIGMA 0.025: .*POSTPROCESS 'nms'"):
+        build_model(load_cfg("configs/DeFCN/DeFCN_tiny_R_18_cpu.yaml", "MODEL.DENSE.SCORE_VOTING_SIGMA", 0.025))
 
 
 def test_detector_votes_with_its_sigma(monkeypatch):
@@ -416,7 +413,7 @@ def test_detector_votes_with_its_sigma(monkeypatch):
         return dense_detections(*args, **kwargs)
 
     monkeypatch.setattr(detector_module, "dense_detections", recording)
-    model = build_model(load_cfg(FCOS_TINY, "MODEL.DENSE.SCORE_VOTING", True)).eval()
+    model = build_model(load_cfg(FCOS_TINY, "MODEL.DENSE.SCORE_VOTING_SIGMA", 0.025)).eval()
     with torch.no_grad():
         model([{"image": torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)}])
     assert calls == [0.025]

@@ -71,3 +71,12 @@ def test_realtime_entries_with_and_without_the_bottom_up_path():
     missing = set(plain.state_dict()) - set(with_path.state_dict())
     assert extra and all(k.startswith("backbone.path_") for k in extra)
     assert all(k.startswith("backbone.top_block.") for k in missing)
+
+
+def test_realtime_entry_without_score_voting_takes_the_configs_weights():
+    pytest.importorskip("timm")
+    voting, _ = bench.build_detector("rt-gfl", "")
+    plain, _ = bench.build_detector("rt-gfl-novote", "")
+    assert voting.test_score_voting_sigma == 0.1 and plain.test_score_voting_sigma is None
+    assert bench.model_weights("rt-gfl-novote", "", ["rt-gfl=a.pth"]) == "a.pth"
+    assert bench.model_weights("rt-gfl-novote", "", ["rt-gfl=a.pth", "rt-gfl-novote=b.pth"]) == "b.pth"
