@@ -120,18 +120,18 @@ MODELS = {
     # ... and the same config without PANet's bottom-up path (MODEL.FPN.BOTTOM_UP_PATH False: the
     # plain FPN), to time what the path costs; its own weights: --model-weights rt-gfl-fpn=PATH
     "rt-gfl-fpn": "configs/realtime/GFL_RegNetX_002_cpu.yaml",
-    # ... and the config's weights without score voting after NMS (MODEL.DENSE.SCORE_VOTING_SIGMA
-    # 0.0), to time what voting costs (rt-gfl's --model-weights)
-    "rt-gfl-novote": "configs/realtime/GFL_RegNetX_002_cpu.yaml",
+    # ... and the config's weights with score voting after NMS (MODEL.DENSE.SCORE_VOTING_SIGMA
+    # 0.1), to time what voting costs (rt-gfl's --model-weights)
+    "rt-gfl+vote": "configs/realtime/GFL_RegNetX_002_cpu.yaml",
     "rt-defcn": "configs/realtime/DeFCN_RegNetX_002_cpu.yaml",
     "rt-dual": "configs/realtime/GFL_Dual_RegNetX_002_cpu.yaml",
 }
 MODEL_OPTS = {"tiny-GN": ["MODEL.DENSE.NORM", "GN"], "tiny-BN": ["MODEL.DENSE.NORM", "BN"],
               "tiny-dual+NMS": ["MODEL.DENSE.POSTPROCESS", "nms"],
               "rt-gfl-fpn": ["MODEL.FPN.BOTTOM_UP_PATH", "False"],
-              "rt-gfl-novote": ["MODEL.DENSE.SCORE_VOTING_SIGMA", "0.0"]}
+              "rt-gfl+vote": ["MODEL.DENSE.SCORE_VOTING_SIGMA", "0.1"]}
 # models that take the weights of another entry of --model-weights
-SHARED_WEIGHTS = {"tiny-dual+NMS": "tiny-dual", "rt-gfl-novote": "rt-gfl"}
+SHARED_WEIGHTS = {"tiny-dual+NMS": "tiny-dual", "rt-gfl+vote": "rt-gfl"}
 BACKENDS = ("eager", "onnxruntime", "torchscript", "onnxruntime-int8", "openvino", "openvino-int8", "openvino-nncf-int8")
 ORT_LEVELS = ("disable", "basic", "extended", "all")
 EXPORT_SIZE = (512, 512)  # the traced sample; the graphs are valid for every size

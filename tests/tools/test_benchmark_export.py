@@ -73,10 +73,10 @@ def test_realtime_entries_with_and_without_the_bottom_up_path():
     assert all(k.startswith("backbone.top_block.") for k in missing)
 
 
-def test_realtime_entry_without_score_voting_takes_the_configs_weights():
+def test_realtime_entry_with_score_voting_takes_the_configs_weights():
     pytest.importorskip("timm")
-    voting, _ = bench.build_detector("rt-gfl", "")
-    plain, _ = bench.build_detector("rt-gfl-novote", "")
+    plain, _ = bench.build_detector("rt-gfl", "")
+    voting, _ = bench.build_detector("rt-gfl+vote", "")
     assert voting.test_score_voting_sigma == 0.1 and plain.test_score_voting_sigma is None
-    assert bench.model_weights("rt-gfl-novote", "", ["rt-gfl=a.pth"]) == "a.pth"
-    assert bench.model_weights("rt-gfl-novote", "", ["rt-gfl=a.pth", "rt-gfl-novote=b.pth"]) == "b.pth"
+    assert bench.model_weights("rt-gfl+vote", "", ["rt-gfl=a.pth"]) == "a.pth"
+    assert bench.model_weights("rt-gfl+vote", "", ["rt-gfl=a.pth", "rt-gfl+vote=b.pth"]) == "b.pth"
