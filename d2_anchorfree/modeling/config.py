@@ -101,7 +101,7 @@ def add_model_config(cfg):
     # cvpods code); False: TOPK_CANDIDATES_TEST (point, class) pairs whatever the level's size.
     _C.MODEL.DENSE.TOPK_CANDIDATES_WITHIN_POINTS = False
     _C.MODEL.DENSE.NMS_THRESH_TEST = 0.6
-    # Score voting after NMS (PAA, Kim & Lee, ECCV 2020, Sec. 3.5) when > 0: each kept box becomes
+    # Score voting after NMS (PAA, Kim & Lee, ECCV 2020) when > 0: each kept box becomes
     # the average of the candidates of its class that overlap it, weighted by score *
     # exp(-(1 - IoU)^2 / SCORE_VOTING_SIGMA) (PAA: 0.025); scores unchanged. POSTPROCESS "nms"
     # only. 0.0: off.

@@ -370,7 +370,7 @@ def set_one_to_one_qfl_beta(terms: List[LossTerm], beta, losses_key: str) -> Non
         raise ValueError(f"MODEL.DUAL.ONE_TO_ONE_QFL_BETA must be a number >= 0, got {beta!r}")
     qfl = [t for t in terms if isinstance(t, QualityFocalLoss)]
     if not qfl:
-        raise ValueError(f"MODEL.DUAL.ONE_TO_ONE_QFL_BETA is set but the one-to-one losses ({losses_key}: "
+        raise ValueError(f"MODEL.DUAL.ONE_TO_ONE_QFL_BETA = {beta!r} is set but the one-to-one losses ({losses_key}: "
                          f"{[type(t).__name__ for t in terms]}) have no QualityFocalLoss")
     for term in qfl:
         term.beta = float(beta)

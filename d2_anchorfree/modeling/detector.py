@@ -80,7 +80,8 @@ class AnchorFreeDetector(DenseDetector):
         :meth:`detect_image` at every call.
 
         Raises:
-            ValueError: a test-time setting outside its range, naming the config key.
+            ValueError: a test-time setting outside its range, naming the config key; score
+                voting with NMS-free inference (``test_nms_thresh`` None).
         """
         super().__init__(backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std)
         if test_topk_candidates < 1:

@@ -118,7 +118,7 @@ def class_aware_nms(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Te
 
 def score_voting(boxes: torch.Tensor, classes: torch.Tensor, candidate_boxes: torch.Tensor,
                  candidate_scores: torch.Tensor, candidate_classes: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Score voting (PAA, Kim & Lee, ECCV 2020, Sec. 3.5; MMDetection ``paa_head.py``
+    """Score voting (PAA, Kim & Lee, ECCV 2020, "score voting"; MMDetection ``paa_head.py``
     ``score_voting``): each detection's box becomes the average of the candidate boxes of its class
     that overlap it (IoU > 0.01), weighted by p_i = score_i * exp(-(1 - IoU_i)^2 / sigma). A box
     that the detection's neighbours place alike stays; a box the others place elsewhere moves
@@ -134,14 +134,14 @@ def score_voting(boxes: torch.Tensor, classes: torch.Tensor, candidate_boxes: to
         sigma: > 0, the width of the IoU weighting (PAA: 0.025; larger lets looser overlaps vote).
 
     Returns:
-        [D, 4] voted boxes, XYXY pixels. A detection that no candidate with a positive weight
-        overlaps (only possible when every such score is 0) keeps its box.
+        [D, 4] voted boxes, XYXY pixels. A detection whose voters' weights sum to 0 (every such
+        score is 0, or the exponential underflows) keeps its box.
     """
     iou = box_iou(boxes, candidate_boxes)  # [D, C]
     voters = (iou > 0.01) & (classes[:, None] == candidate_classes[None, :])
     weights = candidate_scores[None, :] * torch.exp(-(1.0 - iou) ** 2 / sigma) * voters
     total = weights.sum(dim=1, keepdim=True)
-    voted = (weights @ candidate_boxes) / total.clamp(min=1e-12)
+    voted = (weights @ candidate_boxes) / torch.where(total > 0, total, torch.ones_like(total))
     return torch.where(total > 0, voted, boxes)
 
 

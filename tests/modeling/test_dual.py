@@ -231,7 +231,7 @@ def test_consistent_tal_config_uses_one_metric_for_both_branches():
     (["MODEL.DUAL.ONE_TO_ONE_WEIGHT", 0.0], r"ONE_TO_ONE_WEIGHT must be > 0"),
     (["MODEL.DUAL.ONE_TO_ONE_QFL_BETA", -1.0], r"ONE_TO_ONE_QFL_BETA must be a number >= 0, got -1.0"),
     (["MODEL.DUAL.ONE_TO_ONE_QFL_BETA", 0.0, "MODEL.DUAL.ONE_TO_ONE_LOSSES", ["FocalLoss", "BoxLoss"]],
-     r"ONE_TO_ONE_QFL_BETA is set but the one-to-one losses .*\['FocalLoss', 'BoxLoss'\]\) have no QualityFocalLoss"),
+     r"ONE_TO_ONE_QFL_BETA = 0.0 is set but the one-to-one losses .*\['FocalLoss', 'BoxLoss'\]\) have no QualityFocalLoss"),
     (["MODEL.DENSE.AUX_ASSIGNER", "POTOAuxAssigner"], r"MODEL\.DUAL with MODEL\.DENSE\.AUX_ASSIGNER"),
     (["MODEL.DUAL.ONE_TO_ONE_INITIAL_TOPK", 4], r"INITIAL_TOPK = 4 with ONE_TO_ONE_INITIAL_ITERS = 0: .* needs both"),
     (["MODEL.DUAL.ONE_TO_ONE_INITIAL_ITERS", 100], r"INITIAL_TOPK = 1 with ONE_TO_ONE_INITIAL_ITERS = 100"),

@@ -378,6 +378,11 @@ def test_score_voting_hand_computed():
     assert score_voting(kept, torch.tensor([0]), cand, scores, classes, sigma=0.1)[0, 3].item() == pytest.approx(10.5924, abs=1e-4)
     # only zero-score voters: the box stays
     assert score_voting(kept, torch.tensor([0]), cand, torch.zeros(4), classes, 0.025).tolist() == kept.tolist()
+    # a candidate touching A's corner (IoU 0.0025 / 199.9975 < 0.01) does not vote, however wide sigma
+    # makes its weight (0.9 * exp(-1 / 10) = 0.81: without the gate A would move 4.7 px)
+    corner = torch.tensor([[0.0, 0.0, 10.0, 10.0], [9.95, 9.95, 19.95, 19.95]])
+    voted = score_voting(kept, torch.tensor([0]), corner, torch.tensor([0.9, 0.9]), torch.tensor([0, 0]), sigma=10.0)
+    assert voted.tolist() == kept.tolist()
 
 
 def test_score_voting_moves_the_kept_boxes_after_nms():
