@@ -56,7 +56,11 @@ def worker(rank, init_file, out_dir):
         ddp = nn.parallel.DistributedDataParallel(make_model(), broadcast_buffers=False)  # as detectron2's
         averaged = train(ddp, [batch(rank, s) for s in range(STEPS)])
         torch.save({"ema": averaged, "raw": ddp.module.state_dict()}, os.path.join(out_dir, f"rank{rank}.pt"))
-        dist.barrier()
+        # No closing barrier (mp.spawn's join waits for both processes), and the DDP wrapper goes
+        # first: a barrier's work object freed by gloo's thread while the process group is torn
+        # down from the main thread deadlocked on the GIL (torch 2.13, seen once in 2 spawned
+        # processes: ~ProcessGroupGloo joining a thread that waits for the GIL).
+        del ddp
     finally:
         dist.destroy_process_group()
 
