@@ -20,6 +20,26 @@ torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 CACHE_ROOT = os.environ.get("D2AF_CACHE", os.path.expanduser("~/.cache/d2af"))
 
 
+def spawn_with_deadline(worker, args, nprocs: int, timeout_s: float) -> None:
+    """Run ``torch.multiprocessing.spawn(worker, args, nprocs)`` and never wait forever. A worker
+    error raises (mp.spawn's ProcessRaisedException). Workers still alive after ``timeout_s``
+    (seen in gloo's teardown after all results were written: the process group's destructor
+    joining a thread that waits for the GIL) are killed; callers then read the result files, so a
+    run that did not finish its work still fails on a missing file."""
+    import time
+
+    import torch.multiprocessing as mp
+
+    context = mp.spawn(worker, args=args, nprocs=nprocs, join=False)
+    deadline = time.monotonic() + timeout_s
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                if process.is_alive():
+                    process.kill()
+            return
+
+
 def trees_dir() -> str:
     """The prepared tree-crown data: the checkout's datasets/trees (make demo), else prepared once
     into the cache by tools/prepare_trees.py (``d2af prepare-data``; a fresh clone, e.g. CI, has no datasets/)."""

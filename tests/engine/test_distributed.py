@@ -14,13 +14,11 @@ reason that has nothing to do with the loss. The test therefore uses GN in the R
 (``MODEL.RESNETS.NORM "GN"``: per-image statistics, like the GN of the heads).
 """
 import os
-import time
 from datetime import timedelta
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
@@ -30,7 +28,7 @@ from d2_anchorfree.modeling import detector as detector_module
 from d2_anchorfree.modeling import targets as targets_module
 from d2_anchorfree.modeling.losses import terms as terms_module
 
-from conftest import load_cfg, make_batch, make_instances
+from conftest import load_cfg, make_batch, make_instances, spawn_with_deadline
 
 pytestmark = pytest.mark.slow  # 2 gloo worker processes per detector, spawned once per module
 
@@ -102,18 +100,8 @@ def worker(rank, init_file, tmp_dir, names):
 
 
 def run_workers(init_file: str, tmp_dir: str):
-    """Run the WORLD workers; never wait forever. A worker error raises (mp.spawn's
-    ProcessRaisedException). Workers still alive after WORKER_TIMEOUT_S (seen once: one rank
-    blocked in gloo's teardown after all results were written) are killed; the tests then read
-    the result files, so a run that did not finish its work still fails on a missing file."""
-    context = mp.spawn(worker, args=(init_file, tmp_dir, list(CONFIGS)), nprocs=WORLD, join=False)
-    deadline = time.monotonic() + WORKER_TIMEOUT_S
-    while not context.join(timeout=5):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                if process.is_alive():
-                    process.kill()
-            return
+    """Run the WORLD workers, killed after WORKER_TIMEOUT_S (``conftest.spawn_with_deadline``)."""
+    spawn_with_deadline(worker, (init_file, tmp_dir, list(CONFIGS)), WORLD, WORKER_TIMEOUT_S)
 
 
 @pytest.fixture(scope="module")

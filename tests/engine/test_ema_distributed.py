@@ -9,12 +9,13 @@ from datetime import timedelta
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 from detectron2.utils.events import EventStorage
 
 from d2_anchorfree.engine.ema import ModelEMA, ModelEMAHook
+
+from conftest import spawn_with_deadline
 
 pytestmark = pytest.mark.slow  # 2 spawned processes
 
@@ -56,17 +57,17 @@ def worker(rank, init_file, out_dir):
         ddp = nn.parallel.DistributedDataParallel(make_model(), broadcast_buffers=False)  # as detectron2's
         averaged = train(ddp, [batch(rank, s) for s in range(STEPS)])
         torch.save({"ema": averaged, "raw": ddp.module.state_dict()}, os.path.join(out_dir, f"rank{rank}.pt"))
-        # No closing barrier (mp.spawn's join waits for both processes), and the DDP wrapper goes
-        # first: a barrier's work object freed by gloo's thread while the process group is torn
-        # down from the main thread deadlocked on the GIL (torch 2.13, seen once in 2 spawned
-        # processes: ~ProcessGroupGloo joining a thread that waits for the GIL).
+        # No closing barrier (the parent waits for both processes), and the DDP wrapper goes first:
+        # a barrier's work object freed by gloo's thread while the process group was torn down from
+        # the main thread deadlocked on the GIL once (torch 2.13: ~ProcessGroupGloo joining a
+        # thread that waits for the GIL); the parent also kills workers stuck past a deadline.
         del ddp
     finally:
         dist.destroy_process_group()
 
 
 def test_ema_is_the_same_on_every_process_and_equals_single_process(tmp_path):
-    mp.spawn(worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
+    spawn_with_deadline(worker, (str(tmp_path / "init"), str(tmp_path)), WORLD, timeout_s=180)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     single = train(make_model(), [tuple(torch.cat(t) for t in zip(*(batch(r, s) for r in range(WORLD))))
                                   for s in range(STEPS)])
