@@ -413,7 +413,7 @@ def time_backends(runners: Dict[str, Callable], inputs: Dict[str, np.ndarray], r
     (``benchmarks.timing.interleaved``: repetition ``i`` runs them all, the order rotated by ``i``).
 
     Args:
-        runners: {label: fn(input) -> outputs}, e.g. one per model and backend.
+        runners: {label: fn(input) -> outputs}, e.g. one per (model, backend).
         inputs: {label: the input its runner takes} (the same keys).
 
     Returns:
@@ -643,18 +643,16 @@ def bench_models(names: List[str], args, image_path: str, workdir: str, log=prin
         h, w = parse_size(size)
         image = make_image(image_path, h, w)
         for part in (["whole", "backbone"] if args.parts else ["whole"]):
-            runners, inputs, labels = {}, {}, {}
+            runners, inputs = {}, {}  # keyed by (model name, backend)
             for name, (model, paths, _) in exported.items():
                 x = image if part == "whole" else backbone_input(model, image).numpy()
                 for backend, run in make_runners(paths, model, args, part).items():
-                    label = f"{name} {backend}"
-                    runners[label], inputs[label], labels[label] = run, x, (name, backend)
+                    runners[name, backend], inputs[name, backend] = run, x
             start = time.perf_counter()
             times, last, errors = time_backends(runners, inputs, args.runs, args.warmup)
             log(f"[{size} {part}] {len(runners)} runners interleaved, {time.perf_counter() - start:.0f} s")
             for name in exported:
-                mine = [label for label in runners if labels[label][0] == name]
-                pick = lambda d: {labels[k][1]: v for k, v in d.items() if k in mine}  # noqa: E731
+                pick = lambda d: {backend: v for (model, backend), v in d.items() if model == name}  # noqa: E731
                 new = make_rows(name, size, part, pick(times), pick(last), pick(errors))
                 rows += new
                 log(f"[{name} {size} {part}] " + ", ".join(
