@@ -10,6 +10,13 @@ Two selections per file, so that models with differently calibrated scores compa
   * ``score>S``: detections scoring above ``--score`` (default 0.3).
 A duplicate pair is two selected detections of one class with IoU > ``--iou`` (default 0.7).
 Prints detections per image and duplicate pairs per image for each file.
+
+Then what the ``top-GT`` detections are (:func:`error_kinds`), in score order per image: a
+detection is ``true`` when an unmatched GT box of its class overlaps it at IoU >= ``--match-iou``
+(default 0.5, COCO AP50's rule; that GT is then matched), a ``duplicate`` when only GT boxes
+already matched by higher-scored detections do, ``mislocated`` when its best IoU with a GT box
+of its class is in [0.1, ``--match-iou``), else ``background``. Duplicates that overlap each
+other at IoU 0.5-0.7, or score below 0.3, are missed by the pair count but not here.
 """
 import argparse
 import json
@@ -56,12 +63,73 @@ def count(results, gt_counts, iou_thresh: float, score: float):
     return out
 
 
+ERROR_KINDS = ("true", "duplicate", "mislocated", "background")
+
+
+def error_kinds(dets, gts, match_iou: float = 0.5, near_iou: float = 0.1):
+    """Sort one image's detections into :data:`ERROR_KINDS` by greedy matching in score order.
+
+    Args:
+        dets: detections (dicts with ``bbox`` [x, y, w, h] pixels, ``score``, ``category_id``),
+            any order; all are classified.
+        gts: GT annotations (dicts with ``bbox``, ``category_id``; ``iscrowd`` ones are skipped).
+        match_iou: IoU at which a detection matches a GT box, in (0, 1].
+        near_iou: IoU below which a detection is ``background``, in [0, match_iou).
+
+    Returns:
+        {kind: count} over :data:`ERROR_KINDS`, the counts summing to ``len(dets)``.
+
+    Raises:
+        ValueError: ``match_iou`` or ``near_iou`` out of range (naming the value).
+    """
+    if not 0 < match_iou <= 1 or not 0 <= near_iou < match_iou:
+        raise ValueError(f"need 0 <= near_iou < match_iou <= 1, got near_iou {near_iou} and match_iou {match_iou}")
+    counts = dict.fromkeys(ERROR_KINDS, 0)
+    gts = [g for g in gts if not g.get("iscrowd", 0)]
+    matched = [False] * len(gts)
+    for d in sorted(dets, key=lambda r: -r["score"]):
+        same = [i for i, g in enumerate(gts) if g["category_id"] == d["category_id"]]
+        if not same:
+            counts["background"] += 1
+            continue
+        ious = box_iou(xywh_to_xyxy([d["bbox"]]), xywh_to_xyxy([gts[i]["bbox"] for i in same]))[0].tolist()
+        free = [(iou, i) for iou, i in zip(ious, same) if not matched[i] and iou >= match_iou]
+        if free:
+            matched[max(free)[1]] = True
+            counts["true"] += 1
+        elif max(ious) >= match_iou:
+            counts["duplicate"] += 1
+        elif max(ious) >= near_iou:
+            counts["mislocated"] += 1
+        else:
+            counts["background"] += 1
+    return counts
+
+
+def kinds_of_top_gt(results, gt, match_iou: float = 0.5):
+    """:func:`error_kinds` of each image's top-k detections (k = its number of GT boxes), summed
+    over the images of ``gt`` (a COCO dict). Returns {kind: count}."""
+    dets_by_image, gts_by_image = defaultdict(list), defaultdict(list)
+    for r in results:
+        dets_by_image[r["image_id"]].append(r)
+    for a in gt["annotations"]:
+        gts_by_image[a["image_id"]].append(a)
+    total = dict.fromkeys(ERROR_KINDS, 0)
+    for im in gt["images"]:
+        gts = gts_by_image[im["id"]]
+        ranked = sorted(dets_by_image[im["id"]], key=lambda r: -r["score"])[:len(gts)]
+        for kind, n in error_kinds(ranked, gts, match_iou).items():
+            total[kind] += n
+    return total
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("results", nargs="+", help="coco_instances_results.json files")
     p.add_argument("--gt", required=True, help="the COCO json the results were evaluated on")
     p.add_argument("--iou", type=float, default=0.7)
     p.add_argument("--score", type=float, default=0.3)
+    p.add_argument("--match-iou", type=float, default=0.5, help="IoU of a true detection in the kinds table")
     args = p.parse_args(argv)
     gt = json.load(open(args.gt))
     gt_counts = {im["id"]: 0 for im in gt["images"]}
@@ -72,6 +140,13 @@ def main(argv=None):
     for path in args.results:
         for name, (dets, pairs) in count(json.load(open(path)), gt_counts, args.iou, args.score).items():
             print(f"| {path} | {name} | {dets:.1f} | {pairs:.2f} |")
+    print(f"\nThe top-GT detections of all images (true / duplicate: IoU >= {args.match_iou} with an unmatched / "
+          "a matched GT box; mislocated: best IoU 0.1 to that; background: below 0.1):\n")
+    print("| results | " + " | ".join(ERROR_KINDS) + " |")
+    print("|---|" + "---|" * len(ERROR_KINDS))
+    for path in args.results:
+        kinds = kinds_of_top_gt(json.load(open(path)), gt, args.match_iou)
+        print(f"| {path} | " + " | ".join(str(kinds[k]) for k in ERROR_KINDS) + " |")
 
 
 if __name__ == "__main__":
