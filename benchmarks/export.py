@@ -123,6 +123,9 @@ MODELS = {
     # ... and the config's weights with score voting after NMS (MODEL.DENSE.SCORE_VOTING_SIGMA
     # 0.1), to time what voting costs (rt-gfl's --model-weights)
     "rt-gfl+vote": "configs/realtime/GFL_RegNetX_002_cpu.yaml",
+    # ... and the config's weights NMS-free by score peaks (GFL_Peaks_RegNetX_002_cpu.yaml: a max
+    # pooling in place of the NMS), to time NMS against peaks (rt-gfl's --model-weights)
+    "rt-gfl+peaks": "configs/realtime/GFL_Peaks_RegNetX_002_cpu.yaml",
     "rt-defcn": "configs/realtime/DeFCN_RegNetX_002_cpu.yaml",
     "rt-dual": "configs/realtime/GFL_Dual_RegNetX_002_cpu.yaml",
 }
@@ -131,7 +134,7 @@ MODEL_OPTS = {"tiny-GN": ["MODEL.DENSE.NORM", "GN"], "tiny-BN": ["MODEL.DENSE.NO
               "rt-gfl-fpn": ["MODEL.FPN.BOTTOM_UP_PATH", "False"],
               "rt-gfl+vote": ["MODEL.DENSE.SCORE_VOTING_SIGMA", "0.1"]}
 # models that take the weights of another entry of --model-weights
-SHARED_WEIGHTS = {"tiny-dual+NMS": "tiny-dual", "rt-gfl+vote": "rt-gfl"}
+SHARED_WEIGHTS = {"tiny-dual+NMS": "tiny-dual", "rt-gfl+vote": "rt-gfl", "rt-gfl+peaks": "rt-gfl"}
 BACKENDS = ("eager", "onnxruntime", "torchscript", "onnxruntime-int8", "openvino", "openvino-int8", "openvino-nncf-int8")
 ORT_LEVELS = ("disable", "basic", "extended", "all")
 EXPORT_SIZE = (512, 512)  # the traced sample; the graphs are valid for every size

@@ -132,7 +132,8 @@ def graph_metadata(cfg, model: nn.Module, fmt: str, classes: Optional[dict] = No
     [H, W, 3]"), ``outputs``, ``min_size_test`` / ``max_size_test`` (pixels: the runtime resizes
     the shorter side to min_size_test, the longer at most to max_size_test, as detectron2's
     ``ResizeShortestEdge``; 0 means no resize), ``meta_architecture``, ``nms_thresh`` (class-aware
-    NMS IoU threshold, or null: NMS-free top-k),
+    NMS IoU threshold, or null: NMS-free top-k), ``score_voting_sigma`` (score voting after NMS, or
+    null), ``peak_kernel`` and ``non_peak_score_factor`` (NMS-free by score peaks, or null),
     ``score_thresh``, ``class_names`` and ``category_ids`` (contiguous index -> dataset category
     id): ``classes`` when given (the weights file's, see ``d2_anchorfree.checkpoint.classes``),
     else from the metadata of ``DATASETS.TEST[0]`` when registered and its files are there (loaded
@@ -165,6 +166,9 @@ def graph_metadata(cfg, model: nn.Module, fmt: str, classes: Optional[dict] = No
         "meta_architecture": cfg.MODEL.META_ARCHITECTURE,
         "nms_thresh": model.test_nms_thresh,
         "score_voting_sigma": getattr(model, "test_score_voting_sigma", None),
+        "peak_kernel": getattr(model, "test_peak_kernel", None),
+        "non_peak_score_factor": getattr(model, "test_non_peak_factor", None)
+        if getattr(model, "test_peak_kernel", None) is not None else None,
         "score_thresh": float(cfg.MODEL.DENSE.SCORE_THRESH_TEST),
         "coco_max_dets_per_image": int(cfg.TEST.COCO_MAX_DETS_PER_IMAGE),
         "class_names": names,

@@ -18,7 +18,7 @@ from detectron2.config import CfgNode
 
 from .losses.terms import BOX_WEIGHTINGS
 
-POSTPROCESS_MODES = ("nms", "topk")
+POSTPROCESS_MODES = ("nms", "topk", "peaks")
 
 # The choices a preset makes. The bare detector (``AnchorFreeDetector``, no preset) takes these
 # values for the optional ones; HEAD, ASSIGNER and LOSSES it needs from the config.

@@ -25,7 +25,7 @@ from .criterion import DenseCriterion, DualCriterion
 from .geometry import Points
 from .heads import build_dual_head, build_head
 from .heads.dual_head import ONE_TO_ONE
-from .postprocessing import TOPK_BY, dense_detections, detections_to_instances
+from .postprocessing import TOPK_BY, check_peak_args, dense_detections, detections_to_instances, peak_factors
 from .shift_generator import build_shift_generator
 
 
@@ -48,7 +48,8 @@ class AnchorFreeDetector(DenseDetector):
                  test_score_thresh: float = 0.05, test_topk_candidates: int = 1000,
                  test_nms_thresh: Optional[float] = 0.6, max_detections_per_image: int = 100,
                  test_topk_by: str = "score", test_topk_within_points: bool = False,
-                 test_score_voting_sigma: Optional[float] = None):
+                 test_score_voting_sigma: Optional[float] = None,
+                 test_peak_kernel: Optional[int] = None, test_non_peak_factor: float = 0.3):
         """
         Args:
             backbone: a detectron2 ``Backbone`` (e.g. ResNet-FPN with P6/P7).
@@ -74,6 +75,11 @@ class AnchorFreeDetector(DenseDetector):
             test_score_voting_sigma: > 0, score voting of the boxes kept by NMS with this sigma
                 (``MODEL.DENSE.SCORE_VOTING_SIGMA``, PAA; see ``postprocessing.score_voting``),
                 or None (off; the key's 0.0). Needs ``test_nms_thresh``.
+            test_peak_kernel: odd >= 3: NMS-free inference by score peaks (``MODEL.DENSE.POSTPROCESS``
+                "peaks", ``PEAK_KERNEL``; ``postprocessing.peak_factors``) before the top-k; None: off.
+                Needs ``test_nms_thresh`` None.
+            test_non_peak_factor: in [0, 1), what a non-peak's score is multiplied by
+                (``MODEL.DENSE.NON_PEAK_SCORE_FACTOR``); used with ``test_peak_kernel``.
 
         The test-time settings are the detector's attributes under detectron2's names
         (``RetinaNet`` / ``FCOS``: ``test_score_thresh``, ``test_nms_thresh``, ...), read by
@@ -81,7 +87,7 @@ class AnchorFreeDetector(DenseDetector):
 
         Raises:
             ValueError: a test-time setting outside its range, naming the config key; score
-                voting with NMS-free inference (``test_nms_thresh`` None).
+                voting with NMS-free inference (``test_nms_thresh`` None); score peaks with NMS.
         """
         super().__init__(backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std)
         if test_topk_candidates < 1:
@@ -100,7 +106,12 @@ class AnchorFreeDetector(DenseDetector):
             if test_nms_thresh is None:
                 raise ValueError(f"MODEL.DENSE.SCORE_VOTING_SIGMA {test_score_voting_sigma}: score voting averages "
                                  "the boxes that NMS suppressed, it needs MODEL.DENSE.POSTPROCESS 'nms', got NMS-free "
-                                 "inference ('topk'); set it to 0.0")
+                                 "inference ('topk' or 'peaks'); set it to 0.0")
+        if test_peak_kernel is not None:
+            check_peak_args(test_peak_kernel, test_non_peak_factor)
+            if test_nms_thresh is not None:
+                raise ValueError(f"NMS-free score peaks (MODEL.DENSE.POSTPROCESS 'peaks') with NMS at "
+                                 f"{test_nms_thresh}: pass test_nms_thresh None")
         self.shift_generator = shift_generator
         self.criterion = criterion
         self.num_classes = num_classes
@@ -112,6 +123,8 @@ class AnchorFreeDetector(DenseDetector):
         self.test_topk_by = test_topk_by
         self.test_topk_within_points = test_topk_within_points
         self.test_score_voting_sigma = test_score_voting_sigma
+        self.test_peak_kernel = test_peak_kernel
+        self.test_non_peak_factor = test_non_peak_factor
 
     @classmethod
     def from_config(cls, cfg):
@@ -147,24 +160,28 @@ class AnchorFreeDetector(DenseDetector):
             head = build_head(view, shapes, d.HEAD, aux_classifier=d.AUX_ASSIGNER != "none")
             criterion = DenseCriterion(view, head, strides)
             one_to_one = bool(getattr(criterion.assigner, "one_to_one", False))
-        nms_free = d.POSTPROCESS == "topk"
-        if nms_free and not one_to_one:
+        peaks = d.POSTPROCESS == "peaks"
+        if d.POSTPROCESS == "topk" and not one_to_one:
             raise ValueError(
                 "MODEL.DENSE.POSTPROCESS 'topk' (NMS-free) needs a branch trained one-to-one: a one-to-one "
                 f"MODEL.DENSE.ASSIGNER (POTOAssigner), or MODEL.DUAL.ENABLED with INFERENCE_BRANCH "
                 f"'one_to_one'; this detector's inference branch is trained by "
-                f"{type(criterion.phase.assigner).__name__} (one-to-many): use 'nms'")
+                f"{type(criterion.phase.assigner).__name__} (one-to-many): use 'nms', or 'peaks' "
+                "(NMS-free by score peaks)")
         settings = {
             "head_in_features": head_in_features,
             "shift_generator": build_shift_generator(view, shapes),
             "num_classes": d.NUM_CLASSES,
             "test_score_thresh": d.SCORE_THRESH_TEST,
             "test_topk_candidates": d.TOPK_CANDIDATES_TEST,
-            "test_nms_thresh": None if nms_free else d.NMS_THRESH_TEST,
+            "test_nms_thresh": d.NMS_THRESH_TEST if d.POSTPROCESS == "nms" else None,
             "test_topk_by": d.TOPK_CANDIDATES_BY,
             "test_topk_within_points": d.TOPK_CANDIDATES_WITHIN_POINTS,
             "test_score_voting_sigma": d.SCORE_VOTING_SIGMA if d.SCORE_VOTING_SIGMA != 0 else None,
         }
+        if peaks:  # read only here: set without "peaks", they are unused keys (an error below)
+            settings["test_peak_kernel"] = d.PEAK_KERNEL
+            settings["test_non_peak_factor"] = d.NON_PEAK_SCORE_FACTOR
         check_unused_keys(cfg, reads, [head, *criterion.components])
         return {
             "backbone": backbone,
@@ -210,8 +227,9 @@ class AnchorFreeDetector(DenseDetector):
     def forward_inference(self, images, features: List[torch.Tensor], predictions) -> List[Instances]:
         """Dense inference, per image: the head's scoring rule (``inference_scores``), then per
         level the candidates above ``test_score_thresh`` (at most ``test_topk_candidates``),
-        decoding, and class-aware NMS at ``test_nms_thresh`` (NMS-free top-k when None), keeping
-        ``max_detections_per_image`` (``postprocessing.dense_detections``).
+        decoding, and class-aware NMS at ``test_nms_thresh`` (NMS-free top-k when None, after the
+        score-peak rule with ``test_peak_kernel``), keeping ``max_detections_per_image``
+        (``postprocessing.dense_detections``).
 
         Args:
             images: ``ImageList`` of the N preprocessed (padded) images.
@@ -231,7 +249,10 @@ class AnchorFreeDetector(DenseDetector):
     def detect_image(self, predictions, image: int, shifts: List[torch.Tensor],
                      image_size: Tuple) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Detections of one image of the batch as plain tensors: the head's scoring rule per
-        level, then ``postprocessing.dense_detections``. No data-dependent Python branch, so
+        level, with ``test_peak_kernel`` the scores of points in the padding set to 0 and the
+        non-peaks' scores (and the score the threshold applies to, if the head's is another)
+        multiplied by ``test_non_peak_factor`` (``postprocessing.peak_factors``),
+        then ``postprocessing.dense_detections``. No data-dependent Python branch, so
         the traced export (``d2_anchorfree.export``) runs this very code.
 
         Args:
@@ -262,6 +283,20 @@ class AnchorFreeDetector(DenseDetector):
             scores.append(level_scores)
             ltrb.append(level.ltrb)
             gates.append(level_gates)
+        if self.test_peak_kernel is not None:
+            # Points in the padding (beyond the image, to the bottom and right) score 0 first: no
+            # padded point can be a peak or demote one, whatever the padding of the batch.
+            height, width = image_size
+            inside = [((points[:, 0] < width) & (points[:, 1] < height)).to(s.dtype)[:, None]
+                      for points, s in zip(shifts, scores)]
+            # the levels' grids: the "logits" [N, K, H_l, W_l] every head outputs (level_outputs
+            # flattens those same maps row-major into the scores)
+            level_shapes = [logits.shape[-2:] for logits in predictions["logits"]]
+            scores = [s * m for s, m in zip(scores, inside)]
+            factors = peak_factors(scores, level_shapes, self.test_peak_kernel, self.test_non_peak_factor)
+            scores = [s * f for s, f in zip(scores, factors)]
+            if gates[0] is not None:  # the score the threshold applies to: lowered alike
+                gates = [g * m * f for g, m, f in zip(gates, inside, factors)]
         boxes, scores, classes = dense_detections(
             scores, ltrb, shifts, image_size, self.test_score_thresh, self.test_topk_candidates,
             self.test_nms_thresh, self.max_detections_per_image,

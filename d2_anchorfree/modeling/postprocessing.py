@@ -1,7 +1,9 @@
-"""Inference post-processing shared by the dense detectors: candidates, decode, NMS or NMS-free."""
-from typing import List, Optional, Tuple
+"""Inference post-processing shared by the dense detectors: candidates, decode, NMS or NMS-free
+(the top scores of a one-to-one branch, or the peaks of any branch's score maps)."""
+from typing import List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 
 from torchvision.ops import box_iou, nms
 
@@ -114,6 +116,71 @@ def class_aware_nms(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Te
     largest = torch.cat([boxes.flatten(), boxes.new_zeros(1)]).max()  # defined for D = 0 too
     offsets = classes.to(boxes.dtype) * (largest + 1)
     return nms(boxes + offsets[:, None], scores, iou_thresh)
+
+
+def check_peak_args(kernel: int, non_peak_factor: float) -> None:
+    """Check the settings of :func:`peak_factors`.
+
+    Args:
+        kernel: ``MODEL.DENSE.PEAK_KERNEL``, the max-pooling window's side in points: an odd
+            whole number >= 3 (CenterNet, Zhou et al. 2019, Sec. 4: 3).
+        non_peak_factor: ``MODEL.DENSE.NON_PEAK_SCORE_FACTOR``, a number in [0, 1).
+
+    Raises:
+        ValueError: naming the offending key and value.
+    """
+    if isinstance(kernel, bool) or not isinstance(kernel, int) or kernel < 3 or kernel % 2 == 0:
+        raise ValueError(f"MODEL.DENSE.PEAK_KERNEL must be an odd whole number >= 3 (the side of the max-pooling "
+                         f"window, in points), got {kernel!r}")
+    if isinstance(non_peak_factor, bool) or not isinstance(non_peak_factor, (int, float)) \
+            or not 0.0 <= non_peak_factor < 1.0:
+        raise ValueError(f"MODEL.DENSE.NON_PEAK_SCORE_FACTOR must be a number in [0, 1) (0: non-peaks dropped), "
+                         f"got {non_peak_factor!r}")
+
+
+def peak_factors(scores: List[torch.Tensor], level_shapes: Sequence[Tuple], kernel: int = 3,
+                 non_peak_factor: float = 0.0) -> List[torch.Tensor]:
+    """NMS-free selection by score peaks: per level and class, a point whose score is the maximum
+    of the ``kernel`` x ``kernel`` window of points around it is a peak and keeps its score; any
+    other point's score is multiplied by ``non_peak_factor``. CenterNet's decoding (Zhou et al.,
+    "Objects as Points", arXiv 1904.07850, Sec. 4: peaks are the points whose value is >= their 8
+    neighbours, found by a 3x3 max pooling, "no IoU-based non-maxima suppression"), applied to a
+    dense detector's per-level score maps. Neighbours of a peak are its duplicates: they are
+    pushed below it (and, with a factor > 0, kept at the tail of the ranking, where COCO AP still
+    counts their recall; every non-peak then scores at most ``non_peak_factor``, so a score
+    threshold above it shows peaks only). Levels are independent: an object whose peaks
+    fall on two levels keeps both.
+
+    A max pooling and element-wise operations: it runs eagerly and in the traced export alike.
+    Points that tie with their window's maximum are all peaks.
+
+    Args:
+        scores: per level [R_l, K] scores in [0, 1], the level's points in row-major order
+            (R_l = H_l * W_l, the order of the shift generator's points).
+        level_shapes: per level (H_l, W_l), the level's grid in points (ints, or traced sizes).
+        kernel: odd >= 3, the window's side in points (CenterNet: 3).
+        non_peak_factor: in [0, 1), the factor of a non-peak (0: its score drops below any
+            positive score threshold).
+
+    Returns:
+        per level [R_l, K] float factors: 1 at the peaks, ``non_peak_factor`` elsewhere (multiply
+        the scores by them, and any other score the threshold applies to).
+
+    Raises:
+        ValueError: a bad ``kernel`` or ``non_peak_factor`` (:func:`check_peak_args`); levels of
+            ``scores`` and ``level_shapes`` of different lengths (eager only).
+    """
+    check_peak_args(kernel, non_peak_factor)
+    if not torch.jit.is_tracing() and len(scores) != len(level_shapes):
+        raise ValueError(f"{len(scores)} levels of scores but {len(level_shapes)} level shapes")
+    out = []
+    for level_scores, (height, width) in zip(scores, level_shapes):
+        num_classes = level_scores.shape[1]
+        grid = level_scores.t().reshape(1, num_classes, height, width)
+        window_max = F.max_pool2d(grid, kernel, stride=1, padding=kernel // 2)
+        factor = torch.where(grid >= window_max, torch.ones_like(grid), torch.full_like(grid, float(non_peak_factor)))
+        out.append(factor.reshape(num_classes, -1).t())
+    return out
 
 
 def score_voting(boxes: torch.Tensor, classes: torch.Tensor, candidate_boxes: torch.Tensor,

@@ -62,6 +62,8 @@ DETECTORS = {  # name: (config, extra config opts, name whose trained weights it
     "GFL+Dual": ("configs/compositions/GFL_Dual_tiny_R_18_cpu.yaml", (), "GFL+Dual"),
     # the real-time family: a timm backbone and per-level BatchNorm towers (folded at export)
     "RT-GFL": ("configs/realtime/GFL_RegNetX_002_cpu.yaml", (), "RT-GFL"),
+    # NMS-free by score peaks (max pooling in the graph), on the same weights
+    "RT-GFL+peaks": ("configs/realtime/GFL_Peaks_RegNetX_002_cpu.yaml", (), "RT-GFL"),
 }
 # 20 iterations, warmup 2: scores spread out (with 50 iterations and a 10-iteration warmup, VFNet's
 # and TOOD's top 300 were mostly tied, and they cost 2.5x the time)
@@ -341,6 +343,42 @@ def test_score_voting_exports_and_equals_pytorch(tiles, tmp_path):
         report = match_detections(ref, run_exported(path, image))
         assert report.ok, f"{os.path.basename(path)}: {report.summary()}"
     assert json.load(open(tmp_path / "onnx" / "metadata.json"))["score_voting_sigma"] == 0.025
+
+
+@pytest.mark.slow  # exports and runs an untrained model
+def test_score_peaks_export_and_equal_pytorch_at_two_sizes(tiles, tmp_path):
+    """MODEL.DENSE.POSTPROCESS "peaks" in the exported graph: the level grids are traced sizes, so
+    one file keeps the rule at two sizes other than the traced one's, equal to eager PyTorch; the
+    graph has no NonMaxSuppression node, its detections differ from the plain top-k's (the option
+    reaches the export), and the metadata records the kernel and factor."""
+    onnx = pytest.importorskip("onnx")
+    from d2_anchorfree.runtime.quantize_onnx import feature_nodes
+
+    cfg, model = _random_three_class_fcos("MODEL.DENSE.POSTPROCESS", "peaks", "MODEL.DENSE.NON_PEAK_SCORE_FACTOR", "0.3")
+    torch.nn.init.normal_(model.head.box_pred.weight, std=0.05)
+    torch.nn.init.constant_(model.head.box_pred.bias, 1.0)
+    sample, *checks = tiles
+    paths = [export_model(cfg, model, fmt, str(tmp_path / fmt), torch.from_numpy(sample)) for fmt in ("onnx", "torchscript")]
+    onnx_model = onnx.load(paths[0])
+    assert "NonMaxSuppression" not in {n.op_type for n in onnx_model.graph.node}
+    # one 3 x 3 stride-1 max pooling per level (the backbone's stem pool has stride 2), left in
+    # float32 by INT8 quantization (not among the nodes it may touch)
+    peak_pools = [n.name for n in onnx_model.graph.node if n.op_type == "MaxPool"
+                  and [list(a.ints) for a in n.attribute if a.name == "strides"] == [[1, 1]]]
+    assert len(peak_pools) == len(model.strides)
+    assert not set(peak_pools) & set(feature_nodes(onnx_model))
+    for image in checks:
+        with torch.no_grad():
+            ref = InferenceGraph(model)(torch.from_numpy(image))
+            model.test_peak_kernel = None
+            plain = InferenceGraph(model)(torch.from_numpy(image))
+            model.test_peak_kernel = 3
+        assert len(ref[1]) == cfg.TEST.DETECTIONS_PER_IMAGE and not torch.equal(ref[1], plain[1])
+        for path in paths:
+            report = match_detections(ref, run_exported(path, image))
+            assert report.ok, f"{os.path.basename(path)} at {image.shape[:2]}: {report.summary()}"
+    meta = json.load(open(tmp_path / "onnx" / "metadata.json"))
+    assert (meta["nms_thresh"], meta["peak_kernel"], meta["non_peak_score_factor"]) == (None, 3, 0.3)
 
 
 def test_non_finite_candidates_raise_instead_of_vanishing():

@@ -30,7 +30,7 @@ from d2_anchorfree.runtime.predict_onnx import load_model  # noqa: E402
 # float32 OpenVINO vs onnxruntime: measured at most 2e-4 px and 1.3e-6 in score (these detectors, sizes and
 # tiles); the export check's tolerances (0.01 px, 1e-4) apply unchanged
 # (all but VFNet and TOOD: their deformable convolutions are not in OpenVINO's ONNX reader)
-OPENVINO_DETECTORS = ["FCOS", "ATSS", "GFL", "DeFCN", "GFL+POTO+3DMF+Aux", "RT-GFL"]
+OPENVINO_DETECTORS = ["FCOS", "ATSS", "GFL", "DeFCN", "GFL+POTO+3DMF+Aux", "RT-GFL", "RT-GFL+peaks"]
 # Sizes (H, W): a multiple of 32, neither side one, one side one (each padded differently)
 SIZES = [(384, 384), (333, 271), (416, 400)]
 

@@ -2,7 +2,8 @@
 P6 and P7 (MODEL.FPN.TOP_LEVELS_RELU), PANet's bottom-up path (MODEL.FPN.BOTTOM_UP_PATH), tower conv biases (MODEL.DENSE.TOWER_CONV_BIAS), a DCNv2
 as the last tower conv (MODEL.DENSE.DCN_ON_LAST_CONV), anchor deltas (MODEL.FCOS_HEAD.BOX_CODER),
 candidates by class score (MODEL.DENSE.TOPK_CANDIDATES_BY), empty boxes dropped before NMS and
-unclipped NMS (TOOD), and VFNet's initial box normalizers (MODEL.VFNET_HEAD.INIT_BOX_NORM)."""
+unclipped NMS (TOOD), score voting (MODEL.DENSE.SCORE_VOTING_SIGMA), NMS-free score peaks
+(MODEL.DENSE.POSTPROCESS "peaks") and VFNet's initial box normalizers (MODEL.VFNET_HEAD.INIT_BOX_NORM)."""
 import math
 
 import pytest
@@ -20,7 +21,8 @@ from d2_anchorfree.modeling.heads.fcos_head import FCOSHead
 from d2_anchorfree.modeling.heads.tood_head import TOODHead
 from d2_anchorfree.modeling.heads.towers import DELTA_MAX_LOG_RATIO, anchor_deltas_to_ltrb, conv_tower
 from d2_anchorfree.modeling.heads.vfnet_head import VFNetHead
-from d2_anchorfree.modeling.postprocessing import dense_detections, dense_inference, score_voting, select_candidates
+from d2_anchorfree.modeling.postprocessing import (dense_detections, dense_inference, peak_factors, score_voting,
+                                                   select_candidates)
 
 from conftest import load_cfg
 
@@ -422,6 +424,137 @@ def test_detector_votes_with_its_sigma(monkeypatch):
     with torch.no_grad():
         model([{"image": torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)}])
     assert calls == [0.025]
+
+
+# ---------------------------------------------------------------------------------------------
+# MODEL.DENSE.POSTPROCESS "peaks" (CenterNet's max-pool peaks, NMS-free)
+
+
+def peak_scores(scores, shapes, kernel, factor):
+    return [s * f for s, f in zip(scores, peak_factors(scores, shapes, kernel, factor))]
+
+
+def test_peak_factors_hand_computed():
+    # One level, 3 x 4 points, 2 classes (row-major: point index = 4 * y + x).
+    class0 = torch.tensor([[0.9, 0.8, 0.1, 0.2],
+                           [0.3, 0.4, 0.1, 0.6],
+                           [0.1, 0.2, 0.7, 0.1]])
+    class1 = torch.tensor([[0.1, 0.1, 0.1, 0.1],
+                           [0.1, 0.5, 0.5, 0.1],  # a tie: both are peaks
+                           [0.1, 0.1, 0.1, 0.1]])
+    scores = torch.stack([class0.flatten(), class1.flatten()], dim=1)  # [12, 2]
+    out = peak_scores([scores], [(3, 4)], 3, 0.5)[0]
+    # class 0: 0.9 (its window: 0.9, 0.8, 0.3, 0.4) and 0.7 (0.4, 0.1, 0.6, 0.2, 0.1 around it) are
+    # peaks; 0.6 is not (0.7 is its diagonal neighbour); everything else is halved
+    expected0 = torch.tensor([[0.9, 0.4, 0.05, 0.1],
+                              [0.15, 0.2, 0.05, 0.3],
+                              [0.05, 0.1, 0.7, 0.05]])
+    expected1 = torch.tensor([[0.05, 0.05, 0.05, 0.05],
+                              [0.05, 0.5, 0.5, 0.05],
+                              [0.05, 0.05, 0.05, 0.05]])
+    assert torch.allclose(out[:, 0].reshape(3, 4), expected0)
+    assert torch.allclose(out[:, 1].reshape(3, 4), expected1)
+    # a 5 x 5 window: 0.7 now sees 0.9 (two columns and rows away) and is no peak
+    wide = peak_scores([scores], [(3, 4)], 5, 0.0)[0][:, 0].reshape(3, 4)
+    assert wide.nonzero().tolist() == [[0, 0]]
+    # levels are independent: a second level with one point is its own peak
+    two = peak_scores([scores, torch.tensor([[0.2, 0.3]])], [(3, 4), (1, 1)], 3, 0.0)
+    assert torch.equal(two[1], torch.tensor([[0.2, 0.3]]))
+
+
+@pytest.mark.parametrize("kernel,factor,match", [
+    (2, 0.3, "PEAK_KERNEL must be an odd whole number >= 3.*got 2"),
+    (1, 0.3, "PEAK_KERNEL .* got 1"),
+    (3.0, 0.3, "PEAK_KERNEL .* got 3.0"),
+    (True, 0.3, "PEAK_KERNEL .* got True"),
+    (3, 1.0, r"NON_PEAK_SCORE_FACTOR must be a number in \[0, 1\).*got 1.0"),
+    (3, -0.1, "NON_PEAK_SCORE_FACTOR .* got -0.1"),
+    (3, "0.3", "NON_PEAK_SCORE_FACTOR .* got '0.3'"),
+])
+def test_peak_factors_refuse_bad_settings(kernel, factor, match):
+    with pytest.raises(ValueError, match=match):
+        peak_factors([torch.zeros(4, 1)], [(2, 2)], kernel, factor)
+
+
+def test_peaks_config_keys():
+    model = build_model(load_cfg(FCOS_TINY, "MODEL.DENSE.POSTPROCESS", "peaks", "MODEL.DENSE.PEAK_KERNEL", 5))
+    assert (model.test_nms_thresh, model.test_peak_kernel, model.test_non_peak_factor) == (None, 5, 0.3)
+    assert build_model(load_cfg(FCOS_TINY)).test_peak_kernel is None
+    # the peak keys without "peaks" are unused keys
+    with pytest.raises(ValueError, match="MODEL.DENSE.PEAK_KERNEL"):
+        build_model(load_cfg(FCOS_TINY, "MODEL.DENSE.PEAK_KERNEL", 5))
+    with pytest.raises(ValueError, match="PEAK_KERNEL .* got 4"):
+        build_model(load_cfg(FCOS_TINY, "MODEL.DENSE.POSTPROCESS", "peaks", "MODEL.DENSE.PEAK_KERNEL", 4))
+    # score voting needs the boxes NMS suppressed
+    with pytest.raises(ValueError, match="SCORE_VOTING_SIGMA 0.025: .*'peaks'"):
+        build_model(load_cfg(FCOS_TINY, "MODEL.DENSE.POSTPROCESS", "peaks", "MODEL.DENSE.SCORE_VOTING_SIGMA", 0.025))
+
+
+def test_detector_with_a_window_wider_than_every_level_keeps_one_peak_per_level_and_class():
+    # 3 classes, 5 levels, a 128 x 128 input (no padding; P3: 16 x 16 points): a 33 x 33 window
+    # covers every level, so each level and class has exactly one peak; non-peaks are dropped
+    # (factor 0) and the threshold 0 keeps every peak: 15 detections, 5 per class.
+    cfg = load_cfg(FCOS_TINY, "MODEL.DENSE.NUM_CLASSES", 3, "MODEL.DENSE.POSTPROCESS", "peaks",
+                   "MODEL.DENSE.PEAK_KERNEL", 33, "MODEL.DENSE.NON_PEAK_SCORE_FACTOR", 0.0,
+                   "MODEL.DENSE.SCORE_THRESH_TEST", 0.0)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    torch.nn.init.normal_(model.head.cls_logits.weight, std=0.05)  # spread-out scores: no ties
+    torch.nn.init.constant_(model.head.box_pred.bias, 1.0)  # no empty box (an empty one is dropped)
+    image = {"image": torch.randint(0, 256, (3, 128, 128), dtype=torch.uint8)}
+    with torch.no_grad():
+        detections = model([image])[0]["instances"]
+        model.test_peak_kernel = None  # every (point, class) of the same scores: 341 points x 3
+        model.max_detections_per_image = 2000
+        plain = model([image])[0]["instances"]
+    assert len(detections) == 15 and detections.pred_classes.bincount().tolist() == [5, 5, 5]
+    assert len(plain) == 341 * 3
+    # every peak is one of those (point, class) pairs, with its score unchanged
+    assert set(detections.scores.tolist()) <= set(plain.scores.tolist())
+
+
+def test_detector_peaks_equal_max_pooling_on_the_heads_maps_of_a_padded_non_square_image():
+    # GFL (its scores are sigmoid(logits), no other score thresholded) on a 120 x 250 image, which
+    # detectron2 pads to 128 x 256: the expected detections are the 3 x 3 peaks of each level's
+    # [K, H, W] probability map with the points in the padding zeroed first, computed here on the
+    # head's maps themselves, so a transposed or mis-ordered grid, or a padded point taking part,
+    # fails; non-peaks are dropped (factor 0), threshold 0, room for every peak.
+    cfg = load_cfg("configs/GFL/GFL_tiny_R_18_cpu.yaml", "MODEL.DENSE.NUM_CLASSES", 2, "MODEL.DENSE.POSTPROCESS", "peaks",
+                   "MODEL.DENSE.NON_PEAK_SCORE_FACTOR", 0.0, "MODEL.DENSE.SCORE_THRESH_TEST", 0.0,
+                   "TEST.DETECTIONS_PER_IMAGE", 5000)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    torch.nn.init.normal_(model.head.cls_logits.weight, std=0.05)
+    image = torch.randint(0, 256, (3, 120, 250), dtype=torch.uint8)
+    with torch.no_grad():
+        detections = model([{"image": image}])[0]["instances"]
+        images = model.preprocess_image([{"image": image}])
+        features = model.backbone(images.tensor)
+        features = [features[f] for f in model.head_in_features]
+        predictions = model.head(features)
+        expected = []
+        for logits, points in zip(predictions["logits"], model.shift_generator(features)):
+            probs = torch.sigmoid(logits[0])  # [K, H, W]
+            inside = ((points[:, 0] < 250) & (points[:, 1] < 120)).reshape(probs.shape[1:])
+            probs = probs * inside
+            peaks = (probs >= F.max_pool2d(probs[None], 3, stride=1, padding=1)[0]) & (probs > 0)
+            expected += probs[peaks].tolist()
+    assert tuple(images.tensor.shape[-2:]) == (128, 256)
+    assert 100 < len(expected) < 5000 and len(detections) == len(expected)
+    assert sorted(detections.scores.tolist()) == pytest.approx(sorted(expected), abs=1e-6)
+
+
+def test_peaks_refuse_nms():
+    model = build_model(load_cfg(FCOS_TINY))
+    with pytest.raises(ValueError, match="score peaks .* with NMS at 0.6"):
+        type(model)(backbone=model.backbone, head=model.head, head_in_features=model.head_in_features,
+                    shift_generator=model.shift_generator, criterion=model.criterion, num_classes=1,
+                    pixel_mean=[0.0] * 3, pixel_std=[1.0] * 3, test_nms_thresh=0.6, test_peak_kernel=3)
+    # the NMS threshold is not read with peaks: setting it is an unused key
+    with pytest.raises(ValueError, match="MODEL.DENSE.NMS_THRESH_TEST"):
+        build_model(load_cfg(FCOS_TINY, "MODEL.DENSE.POSTPROCESS", "peaks", "MODEL.DENSE.NMS_THRESH_TEST", 0.5))
+    with pytest.raises(ValueError, match="MODEL.DENSE.NON_PEAK_SCORE_FACTOR"):
+        build_model(load_cfg(FCOS_TINY, "MODEL.DENSE.NON_PEAK_SCORE_FACTOR", 0.5))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -80,3 +80,12 @@ def test_realtime_entry_with_score_voting_takes_the_configs_weights():
     assert voting.test_score_voting_sigma == 0.1 and plain.test_score_voting_sigma is None
     assert bench.model_weights("rt-gfl+vote", "", ["rt-gfl=a.pth"]) == "a.pth"
     assert bench.model_weights("rt-gfl+vote", "", ["rt-gfl=a.pth", "rt-gfl+vote=b.pth"]) == "b.pth"
+
+
+def test_realtime_entry_with_score_peaks_takes_the_configs_weights():
+    pytest.importorskip("timm")
+    plain, _ = bench.build_detector("rt-gfl", "")
+    peaks, _ = bench.build_detector("rt-gfl+peaks", "")
+    assert (peaks.test_peak_kernel, peaks.test_nms_thresh) == (3, None) and plain.test_peak_kernel is None
+    assert set(peaks.state_dict()) == set(plain.state_dict())
+    assert bench.model_weights("rt-gfl+peaks", "", ["rt-gfl=a.pth"]) == "a.pth"
