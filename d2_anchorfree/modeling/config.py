@@ -112,7 +112,7 @@ def add_model_config(cfg):
     # PEAK_KERNEL x PEAK_KERNEL points around it (odd, >= 3) has its score multiplied by
     # NON_PEAK_SCORE_FACTOR (in [0, 1); 0 drops it). With 0.3, every non-peak scores at most 0.3:
     # a display threshold above 0.3 shows peaks only, while COCO AP still counts the recall of
-    # the ranking's tail (+0.9 AP against 0 for the real-time GFL on the bundled tree crowns).
+    # the ranking's tail (+0.9 AP against 0 for the SGD-trained real-time GFL on the bundled tree crowns).
     _C.MODEL.DENSE.PEAK_KERNEL = 3
     _C.MODEL.DENSE.NON_PEAK_SCORE_FACTOR = 0.3
 
