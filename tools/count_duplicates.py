@@ -137,15 +137,16 @@ def main(argv=None):
         gt_counts[a["image_id"]] += 1
     print(f"| results | selection | dets/img | duplicate pairs/img (IoU > {args.iou}) |")
     print("|---|---|---|---|")
-    for path in args.results:
-        for name, (dets, pairs) in count(json.load(open(path)), gt_counts, args.iou, args.score).items():
+    results = {path: json.load(open(path)) for path in args.results}
+    for path, dets_of_file in results.items():
+        for name, (dets, pairs) in count(dets_of_file, gt_counts, args.iou, args.score).items():
             print(f"| {path} | {name} | {dets:.1f} | {pairs:.2f} |")
     print(f"\nThe top-GT detections of all images (true / duplicate: IoU >= {args.match_iou} with an unmatched / "
           "a matched GT box; mislocated: best IoU 0.1 to that; background: below 0.1):\n")
     print("| results | " + " | ".join(ERROR_KINDS) + " |")
     print("|---|" + "---|" * len(ERROR_KINDS))
-    for path in args.results:
-        kinds = kinds_of_top_gt(json.load(open(path)), gt, args.match_iou)
+    for path, dets_of_file in results.items():
+        kinds = kinds_of_top_gt(dets_of_file, gt, args.match_iou)
         print(f"| {path} | " + " | ".join(str(kinds[k]) for k in ERROR_KINDS) + " |")
 
 

@@ -157,6 +157,7 @@ def graph_metadata(cfg, model: nn.Module, fmt: str, classes: Optional[dict] = No
             classes = None
     if classes is not None and len(classes["thing_classes"]) == num_classes:
         names, ids = list(classes["thing_classes"]), [int(i) for i in classes["category_ids"]]
+    peak_kernel = getattr(model, "test_peak_kernel", None)  # None: not NMS-free by score peaks
     info = {
         "format": fmt,
         "input": f"{GRAPH_INPUT}: uint8 BGR [H, W, 3] at the test size",
@@ -166,9 +167,8 @@ def graph_metadata(cfg, model: nn.Module, fmt: str, classes: Optional[dict] = No
         "meta_architecture": cfg.MODEL.META_ARCHITECTURE,
         "nms_thresh": model.test_nms_thresh,
         "score_voting_sigma": getattr(model, "test_score_voting_sigma", None),
-        "peak_kernel": getattr(model, "test_peak_kernel", None),
-        "non_peak_score_factor": getattr(model, "test_non_peak_factor", None)
-        if getattr(model, "test_peak_kernel", None) is not None else None,
+        "peak_kernel": peak_kernel,
+        "non_peak_score_factor": None if peak_kernel is None else model.test_non_peak_factor,
         "score_thresh": float(cfg.MODEL.DENSE.SCORE_THRESH_TEST),
         "coco_max_dets_per_image": int(cfg.TEST.COCO_MAX_DETS_PER_IMAGE),
         "class_names": names,
