@@ -288,7 +288,8 @@ def check_script_args(script: str, args: List[str], where: str, repo: str) -> Li
             if word not in flags:
                 fails.append(f"{where}: {script} has no option {word}")
         elif looks_like_repo_path(word):
-            need(word, "path")
+            for part in word.split(","):  # a comma-separated list (benchmarks' --configs A.yaml,B.yaml)
+                need(part, "path")
         i += 1
     return fails
 

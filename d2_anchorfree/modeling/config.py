@@ -17,6 +17,11 @@ def add_model_config(cfg):
         CfgNode: the same ``cfg``.
     """
     _C = cfg
+    # ---- memory layout of the whole detector: True stores its 4-D weights channels-last (NHWC), so
+    # convolutions, norms and activations run in that layout (oneDNN's faster one on CPUs; torch's
+    # "channels_last"). Same outputs within float rounding; the exported graphs do not depend on it.
+    _C.MODEL.CHANNELS_LAST = False
+
     # ---- backbone: ResNet-FPN with P6/P7 (FCOS paper: from P5; RetinaNet: from C5)
     _C.MODEL.FPN.TOP_LEVELS = 2  # number of extra levels above P5 (P6, P7)
     _C.MODEL.FPN.TOP_LEVELS_IN_FEATURE = "p5"  # "p5" (FCOS) or "res5" (RetinaNet)

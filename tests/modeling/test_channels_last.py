@@ -1,0 +1,73 @@
+"""``MODEL.CHANNELS_LAST``: the detector's 4-D weights stored channels-last (NHWC), for oneDNN's
+faster convolutions on CPUs. The layout must survive loading weights and must not change what the
+detector computes: the same losses, gradients and detections as the default layout, within float
+rounding."""
+import pytest
+import torch
+
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
+
+from conftest import load_cfg, make_batch
+
+pytest.importorskip("timm", reason="optional timm dependency (requirements-extra.txt)")
+
+REALTIME_GFL = "configs/realtime/GFL_RegNetX_002_cpu.yaml"
+
+
+def _pair():
+    """The real-time GFL built twice, default layout and channels-last, with the same weights."""
+    torch.manual_seed(0)
+    low = ("MODEL.DENSE.SCORE_THRESH_TEST", 0.001)  # untrained scores start near the prior, 0.01
+    plain = build_model(load_cfg(REALTIME_GFL, *low))
+    nhwc = build_model(load_cfg(REALTIME_GFL, *low, "MODEL.CHANNELS_LAST", True))
+    nhwc.load_state_dict(plain.state_dict())
+    return plain, nhwc
+
+
+def _is_nhwc(t: torch.Tensor) -> bool:
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+def test_weights_are_stored_channels_last_and_stay_so_after_loading():
+    plain, nhwc = _pair()
+    spatial = {n: p for n, p in nhwc.named_parameters() if p.dim() == 4 and p.shape[2] * p.shape[3] > 1}
+    assert len(spatial) > 20  # the backbone's, the FPN's and the head's 3x3 convs
+    assert all(_is_nhwc(p) for p in spatial.values()), [n for n, p in spatial.items() if not _is_nhwc(p)]
+    assert not any(_is_nhwc(p) for p in plain.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), nhwc.state_dict().values()))
+
+
+def test_same_losses_gradients_and_head_outputs_as_the_default_layout():
+    plain, nhwc = _pair()
+    grads = []
+    for model in (plain, nhwc):
+        model.train()
+        with EventStorage():
+            losses = model(make_batch(128, 160))
+        sum(losses.values()).backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+        model.eval()
+        with torch.no_grad():  # the head's maps (decoded detections of an untrained head tie too often)
+            images = model.preprocess_image([make_batch(128, 160)[0]])
+            features = model.backbone(images.tensor)
+            outputs = model.head([features[f] for f in model.head_in_features])
+        grads[-1]["outputs"] = torch.utils._pytree.tree_flatten(outputs)[0]
+        grads[-1]["losses"] = losses
+    (a, b) = grads
+    for name, value in a["losses"].items():
+        torch.testing.assert_close(b["losses"][name], value, rtol=1e-4, atol=1e-5)
+    for name in a:
+        if name not in ("outputs", "losses"):
+            torch.testing.assert_close(b[name], a[name], rtol=1e-3, atol=1e-5, msg=name)
+    assert len(a["outputs"]) >= 10  # per level: class logits and box distributions
+    for x, y in zip(a["outputs"], b["outputs"]):
+        torch.testing.assert_close(y, x, rtol=1e-4, atol=1e-4)
+
+
+def test_a_value_that_is_not_a_bool_is_refused_naming_the_key():
+    cfg = load_cfg(REALTIME_GFL)
+    cfg.defrost()
+    cfg.MODEL.CHANNELS_LAST = 1
+    with pytest.raises(ValueError, match=r"MODEL.CHANNELS_LAST must be True or False, got 1"):
+        build_model(cfg)
