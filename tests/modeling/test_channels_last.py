@@ -19,7 +19,7 @@ def _pair():
     """The real-time GFL built twice, default layout and channels-last, with the same weights."""
     torch.manual_seed(0)
     low = ("MODEL.DENSE.SCORE_THRESH_TEST", 0.001)  # untrained scores start near the prior, 0.01
-    plain = build_model(load_cfg(REALTIME_GFL, *low))
+    plain = build_model(load_cfg(REALTIME_GFL, *low, "MODEL.CHANNELS_LAST", False))  # the config sets True
     nhwc = build_model(load_cfg(REALTIME_GFL, *low, "MODEL.CHANNELS_LAST", True))
     nhwc.load_state_dict(plain.state_dict())
     return plain, nhwc
