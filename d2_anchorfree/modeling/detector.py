@@ -83,7 +83,7 @@ class AnchorFreeDetector(DenseDetector):
                 (``MODEL.DENSE.NON_PEAK_SCORE_FACTOR``); used with ``test_peak_kernel``.
             channels_last: store every 4-D weight channels-last (``MODEL.CHANNELS_LAST``): the
                 convolutions then compute in NHWC, which oneDNN runs faster on CPUs (training and
-                eager inference; see docs/results.md "Training throughput"). Outputs equal the
+                eager inference; see docs/results.md "Channels-last training"). Outputs equal the
                 default layout's within float rounding. Loading weights, ``.to(device)`` and the
                 EMA copy keep the layout.
 
