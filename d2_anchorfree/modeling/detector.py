@@ -134,7 +134,6 @@ class AnchorFreeDetector(DenseDetector):
         self.test_non_peak_factor = test_non_peak_factor
         if not isinstance(channels_last, bool):
             raise ValueError(f"MODEL.CHANNELS_LAST must be True or False, got {channels_last!r}")
-        self.channels_last = channels_last
         if channels_last:
             self.to(memory_format=torch.channels_last)
 
