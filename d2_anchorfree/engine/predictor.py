@@ -10,6 +10,7 @@ from detectron2.engine import DefaultPredictor
 from ..checkpoint import CLASSES_KEY, check_classes, classes_metadata, dataset_classes, load_inference_weights
 from ..data.datasets import config_num_classes
 from ..inference import build_inference_model
+from ..modeling.layout import to_channels_last
 
 __all__ = ["build_predictor", "AnchorFreePredictor", "model_classes"]
 
@@ -31,8 +32,13 @@ class AnchorFreePredictor(DefaultPredictor):
             cfg: the config (``MODEL.WEIGHTS`` is loaded by detectron2's checkpointer, as in
                 ``DefaultPredictor``; :func:`build_predictor` loads with our checks instead).
             progress: a tqdm bar over the windows of each image.
+
+        Raises:
+            ValueError: ``MODEL.CHANNELS_LAST`` is not a bool (honoured for every meta-architecture:
+                :func:`~d2_anchorfree.modeling.layout.to_channels_last`).
         """
         super().__init__(cfg)
+        to_channels_last(self.model, cfg.MODEL.CHANNELS_LAST)  # detectron2's meta-architectures too
         self.classes = None
         self.inference_model = build_inference_model(cfg, self.model, progress=progress)
 

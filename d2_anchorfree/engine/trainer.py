@@ -20,6 +20,7 @@ from ..data import (CheckedDatasetMapper, build_train_mapper, check_mosaic_confi
                     register_datasets_from_config)
 from ..evaluation import AnchorFreeCOCOEvaluator
 from ..inference import build_inference_model, needs_full_resolution
+from ..modeling.layout import to_channels_last
 from .clipping import CLIP_TYPES, add_gradient_clipping
 from .ema import ModelEMA, ModelEMAHook, check_model_ema_config
 from .health import TrainingHealthCheck, check_solver_config
@@ -179,6 +180,18 @@ class AnchorFreeTrainer(DefaultTrainer):
             return super().train()
         except EarlyStop:
             return None
+
+    @classmethod
+    def build_model(cls, cfg):
+        """detectron2's ``build_model`` (the ``MODEL.META_ARCHITECTURE``, on ``MODEL.DEVICE``), with
+        ``MODEL.CHANNELS_LAST`` applied to every meta-architecture: d2_anchorfree's detectors store
+        their weights channels-last themselves, detectron2's (``RetinaNet``) are converted here
+        (:func:`~d2_anchorfree.modeling.layout.to_channels_last`).
+
+        Raises:
+            ValueError: ``MODEL.CHANNELS_LAST`` is not a bool.
+        """
+        return to_channels_last(super().build_model(cfg), cfg.MODEL.CHANNELS_LAST)
 
     @classmethod
     def build_optimizer(cls, cfg, model):

@@ -25,6 +25,7 @@ from .criterion import DenseCriterion, DualCriterion
 from .geometry import Points
 from .heads import build_dual_head, build_head
 from .heads.dual_head import ONE_TO_ONE
+from .layout import to_channels_last
 from .postprocessing import TOPK_BY, check_peak_args, dense_detections, detections_to_instances, peak_factors
 from .shift_generator import build_shift_generator
 
@@ -132,10 +133,7 @@ class AnchorFreeDetector(DenseDetector):
         self.test_score_voting_sigma = test_score_voting_sigma
         self.test_peak_kernel = test_peak_kernel
         self.test_non_peak_factor = test_non_peak_factor
-        if not isinstance(channels_last, bool):
-            raise ValueError(f"MODEL.CHANNELS_LAST must be True or False, got {channels_last!r}")
-        if channels_last:
-            self.to(memory_format=torch.channels_last)
+        to_channels_last(self, channels_last)
 
     @classmethod
     def from_config(cls, cfg):

@@ -1,18 +1,23 @@
 """``MODEL.CHANNELS_LAST``: the detector's 4-D weights stored channels-last (NHWC), for oneDNN's
 faster convolutions on CPUs. The layout must survive loading weights and must not change what the
 detector computes: the same losses, gradients and head outputs as the default layout, within float
-rounding."""
+rounding. The key means the same for detectron2's own meta-architecture (RetinaNet), which the
+trainer and the predictor convert."""
 import pytest
 import torch
 
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
+from d2_anchorfree.engine import AnchorFreeTrainer
+from d2_anchorfree.engine.predictor import AnchorFreePredictor
+
 from conftest import load_cfg, make_batch
 
 pytest.importorskip("timm", reason="optional timm dependency (requirements-extra.txt)")
 
 REALTIME_GFL = "configs/realtime/GFL_RegNetX_002_cpu.yaml"
+RETINANET = "configs/tiny/RetinaNet_tiny_R_18_cpu.yaml"  # detectron2's RetinaNet meta-architecture
 
 
 def _pair():
@@ -71,3 +76,24 @@ def test_a_value_that_is_not_a_bool_is_refused_naming_the_key():
     cfg.MODEL.CHANNELS_LAST = 1
     with pytest.raises(ValueError, match=r"MODEL.CHANNELS_LAST must be True or False, got 1"):
         build_model(cfg)
+
+
+def _spatial_weights(model):
+    return {n: p for n, p in model.named_parameters() if p.dim() == 4 and p.shape[2] * p.shape[3] > 1}
+
+
+@pytest.mark.parametrize("build", [AnchorFreeTrainer.build_model, lambda cfg: AnchorFreePredictor(cfg).model],
+                         ids=["trainer", "predictor"])
+def test_detectron2s_retinanet_is_stored_channels_last_by_the_trainer_and_the_predictor(build):
+    nhwc = _spatial_weights(build(load_cfg(RETINANET, "MODEL.CHANNELS_LAST", True)))
+    plain = _spatial_weights(build(load_cfg(RETINANET)))
+    assert len(nhwc) > 20 and nhwc.keys() == plain.keys()  # R-18, FPN and the RetinaNet head's 3x3 convs
+    assert all(_is_nhwc(p) for p in nhwc.values()), [n for n, p in nhwc.items() if not _is_nhwc(p)]
+    assert not any(_is_nhwc(p) for p in plain.values())
+
+
+def test_a_value_that_is_not_a_bool_is_refused_for_retinanet_too():
+    cfg = load_cfg(RETINANET)
+    cfg.MODEL.CHANNELS_LAST = "True"
+    with pytest.raises(ValueError, match=r"MODEL.CHANNELS_LAST must be True or False, got 'True'"):
+        AnchorFreeTrainer.build_model(cfg)
