@@ -476,9 +476,11 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
     drop = fp32["AP"] - int8["AP"]
     print(f"COCO AP float32 {fp32['AP']:.2f} (AP50 {fp32['AP50']:.2f}), INT8 {int8['AP']:.2f} "
           f"(AP50 {int8['AP50']:.2f}): {drop:.2f} points lost (both evaluated with {runtime})")
-    with open(os.path.splitext(args.output)[0] + "_ap.json", "w") as f:
+    report = os.path.splitext(args.output)[0] + "_ap.json"
+    with open(report, "w") as f:
         json.dump({"float32": fp32, "int8": int8, "max_ap_drop": args.max_ap_drop, "quantizer": args.quantizer,
                    "runtime": runtime}, f)
+    print(f"wrote {report}")
     if not drop <= args.max_ap_drop:  # also NaN: no detection to compare
         print(f"INT8 REJECTED: it loses {drop:.2f} AP points (more than --max-ap-drop {args.max_ap_drop}, "
               "or nothing to compare); "

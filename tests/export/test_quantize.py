@@ -140,7 +140,9 @@ def test_command_compares_coco_ap_and_flags_a_drop_above_the_margin(exported, tm
     captured = capsys.readouterr()
     assert "convolutions int8" in captured.out and "COCO AP float32" in captured.out
     assert ("INT8 REJECTED" in captured.err) == (code == 1)
-    report = json.load(open(str(tmp_path / "q" / "model_int8_ap.json")))
+    report_path = str(tmp_path / "q" / "model_int8_ap.json")
+    assert f"wrote {report_path}" in captured.out  # the report's name is printed
+    report = json.load(open(report_path))
     assert set(report) == {"float32", "int8", "max_ap_drop", "quantizer", "runtime"} and report["max_ap_drop"] == margin
     assert report["quantizer"] == report["runtime"] == "onnxruntime"
     assert os.path.isfile(out)
