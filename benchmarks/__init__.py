@@ -32,9 +32,52 @@ The parts of :mod:`benchmarks.detectors`:
 """
 import json
 import os
+import platform
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUITES = ("detectors", "export", "slicing", "cocoeval", "raster", "train_loop")
+# /proc/cpuinfo flags of the x86 instructions that INT8 convolutions run on (onnxruntime's and
+# OpenVINO's kernels use them when present): AVX-512 VNNI, AVX-VNNI (the 256-bit form) and AMX.
+# Without them INT8 runs on AVX2 multiply-adds and gains far less over float32.
+INT8_DOT_PRODUCT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def cpu_description(cpuinfo: str = "/proc/cpuinfo") -> dict:
+    """The machine's CPU as every benchmark records it.
+
+    Args:
+        cpuinfo: the file to read (Linux's ``/proc/cpuinfo``; another path in tests).
+
+    Returns:
+        dict: ``"cpu"`` (``/proc/cpuinfo``'s model name, else ``platform.processor()``),
+        ``"cpu_count"`` (``os.cpu_count()``), ``"cpu_int8_dot_product"`` (the flags of
+        :data:`INT8_DOT_PRODUCT_FLAGS` the CPU has, in that order; ``[]`` when it has none, None
+        where ``cpuinfo`` cannot be read or has no flags line).
+    """
+    name, flags = platform.processor(), None
+    try:
+        with open(cpuinfo) as f:
+            lines = f.read().splitlines()
+        name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), name)
+        flag_line = next((line for line in lines if line.startswith("flags")), None)
+        if flag_line is not None:
+            present = set(flag_line.split(":", 1)[1].split())
+            flags = [flag for flag in INT8_DOT_PRODUCT_FLAGS if flag in present]
+    except OSError:
+        pass
+    return {"cpu": name, "cpu_count": os.cpu_count(), "cpu_int8_dot_product": flags}
+
+
+def describe_cpu(info: dict) -> str:
+    """One line for a benchmark's header: ``"AMD EPYC (2 cores; INT8 dot products: avx512_vnni)"``.
+
+    Args:
+        info: :func:`cpu_description`'s dict (or a report's environment holding its keys).
+    """
+    flags = info.get("cpu_int8_dot_product")
+    dot = ("not known" if flags is None else ", ".join(flags) if flags
+           else "none (no VNNI or AMX)")
+    return f"{info['cpu']} ({info['cpu_count']} cores; INT8 dot products: {dot})"
 
 
 def write_json_report(path: str, report, indent: int = 1, prefix: str = "") -> None:

@@ -97,7 +97,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from benchmarks import REPO, write_json_report
+from benchmarks import REPO, cpu_description, describe_cpu, write_json_report
 from benchmarks.inputs import parse_size
 from benchmarks.report import markdown_table
 from benchmarks.timing import interleaved, summarize
@@ -591,7 +591,7 @@ def environment(args, argv: List[str], image: str) -> Dict:
     import detectron2
 
     info = {"python": platform.python_version(), "torch": torch.__version__, "onnxruntime": ort.__version__,
-            "detectron2": detectron2.__version__, "machine": platform.machine(), "cpu_count": os.cpu_count(),
+            "detectron2": detectron2.__version__, "machine": platform.machine(),
             "torch_threads": torch.get_num_threads(), "ort_intra_op_num_threads": args.threads,
             "ort_inter_op_num_threads": 1, "ort_execution_mode": "ORT_SEQUENTIAL",
             "ort_graph_optimization_level": {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
@@ -612,11 +612,7 @@ def environment(args, argv: List[str], image: str) -> Dict:
         import nncf
 
         info["nncf"] = nncf.__version__
-    try:
-        with open("/proc/cpuinfo") as f:
-            info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        info["cpu"] = platform.processor()
+    info.update(cpu_description())
     return info
 
 
@@ -698,7 +694,7 @@ def _run(args, argv: List[str]) -> Dict:
         result["rows"], result["profile"], result["models"] = bench_models(args.models, args, image_path, workdir)
     env = result["environment"]
     env["loadavg_end"], env["wall_seconds"] = os.getloadavg(), time.perf_counter() - start
-    print(f"\nCPU: {env['cpu']} ({env['cpu_count']} cores); torch {env['torch']} with {env['torch_threads']} threads; "
+    print(f"\nCPU: {describe_cpu(env)}; torch {env['torch']} with {env['torch_threads']} threads; "
           f"onnxruntime {env['onnxruntime']} CPUExecutionProvider, intra_op {args.threads}, inter_op 1, "
           f"{env['ort_graph_optimization_level']}, mem arena {env['ort_enable_cpu_mem_arena']}; "
           + (f"OpenVINO {env['openvino'].split('-')[0]} CPU, {args.threads} threads, f32, LATENCY; " if args.openvino else "")

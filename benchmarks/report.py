@@ -3,13 +3,13 @@ progress line per timed model, and the Markdown tables of every section (times i
 "median [min-max]", ratios to detectron2's RetinaNet and FCOS on the same backbone and input
 size, "-" where a value is missing, a model's error in place of its numbers)."""
 import math
-import os
 import platform
 import time
 from typing import Dict, List, Optional
 
 import torch
 
+from . import cpu_description
 from .assign import TARGET_MEM, TARGET_TIME, baseline_summary
 
 
@@ -20,12 +20,7 @@ def environment(args) -> Dict:
             "detectron2": detectron2.__version__, "device": args.device,
             "threads": torch.get_num_threads(), "machine": platform.machine(),
             "time": time.strftime("%Y-%m-%d %H:%M:%S")}
-    try:
-        with open("/proc/cpuinfo") as f:
-            info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        info["cpu"] = platform.processor()
-    info["cpu_count"] = os.cpu_count()
+    info.update(cpu_description())
     if args.device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(0)
     return info

@@ -72,7 +72,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from benchmarks import REPO, write_json_report
+from benchmarks import REPO, cpu_description, write_json_report
 
 DEFAULT_VENV = os.path.join("~", ".cache", "d2af", "venv-yolo")
 WORKER = os.path.join(REPO, "benchmarks", "yolo_ref", "worker.py")
@@ -482,7 +482,7 @@ def latency_only(args, argv: Sequence[str], trees: str, gt: dict) -> int:
         if not os.path.isfile(entry["path"]):
             raise FileNotFoundError(f"--latency-only: the {kind} ONNX file {entry['path']} of {path} is gone")
     report = {"command": shlex.join(["python", "-m", "benchmarks.yolo_reference", *argv]),
-              "yolo_run": path, "machine": {"cpu": cpu_name(), "cpu_count": os.cpu_count()},
+              "yolo_run": path, "machine": cpu_description(),
               "versions": {"ours": versions()}, "time_start": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     report["latency"] = latency_section(args, trees, gt, onnx)
     report["time_end"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
@@ -508,14 +508,6 @@ def versions() -> Dict[str, str]:
     except ImportError:
         pass
     return out
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor()
 
 
 def print_tables(report: Dict):
@@ -590,7 +582,7 @@ def main(argv=None, prog=None) -> int:
                            "predict_conf": 0.001,
                            "predict_iou": 0.7, "max_det": MAX_DETS, "coco_max_dets": [1, 10, MAX_DETS],
                            "weights": "last.pt (Ultralytics' EMA weights after the last epoch)"},
-              "machine": {"cpu": cpu_name(), "cpu_count": os.cpu_count()}, "versions": {"ours": versions()},
+              "machine": cpu_description(), "versions": {"ours": versions()},
               "seeds": {}, "time_start": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     image_ids = {im["file_name"]: im["id"] for im in gt["images"]}
     workers = {}
