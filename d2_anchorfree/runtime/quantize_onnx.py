@@ -33,6 +33,12 @@ the model's test size), so the ranges are those the deployed model sees. With ``
 float32 and INT8 models are both evaluated on that dataset (COCO AP, pycocotools, as ``d2af
 predict-onnx --evaluate``; with onnxruntime, or with OpenVINO for ``--quantizer nncf``); an AP drop above ``--max-ap-drop`` points makes the exit code 1 and
 says so: the INT8 file is written but flagged, never passed off as equivalent.
+
+Without ground truth (a model with no labelled test data, e.g. one converted from a zoo),
+``--agreement IMAGES`` runs both models on those images and reports the share of float32's
+``AGREEMENT_TOP`` best detections per image that INT8 also finds (same class, IoU >=
+``AGREEMENT_IOU``; :func:`agreement`), in ``<output stem>_agreement.json``; ``--min-agreement``
+makes a mean share below it exit 1 as an AP drop does.
 """
 import argparse
 import json
@@ -40,7 +46,7 @@ import logging
 import os
 import sys
 import tempfile
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -60,6 +66,12 @@ QUANTIZERS = ("onnxruntime", "nncf")
 #: activations; "mixed": asymmetric activations (a zero point, as onnxruntime's uint8). On the
 #: trained tiny FCOS both gave the same AP and latency (docs/deployment.md).
 NNCF_PRESETS = ("performance", "mixed")
+#: ``--agreement``: of the float32 model's ``AGREEMENT_TOP`` best detections per image, the share
+#: that the INT8 model also finds, with a box of the same class at IoU >= ``AGREEMENT_IOU``. A check
+#: of the INT8 file against its own float32 model, for images without ground truth (a model with no
+#: labelled test data, e.g. a zoo model): not an accuracy.
+AGREEMENT_TOP = 20
+AGREEMENT_IOU = 0.9
 # OpenVINO op types that hold no computation to quantize; left out of NNCF's ignored scope
 _OV_STRUCTURAL = ("Constant", "Parameter", "Result")
 
@@ -416,12 +428,82 @@ def coco_ap(model_path: str, coco_json: str, image_root: str = "", threads: int 
     return evaluate(coco_json, results, meta["coco_max_dets_per_image"])
 
 
+def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box of ``a`` [N, 4] with every box of ``b`` [M, 4] (XYXY pixels): [N, M] in
+    [0, 1]; 0 where both boxes are empty. (numpy: the runtime has no torch.)"""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=1)
+    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def detections_found(reference, candidate, top: int = AGREEMENT_TOP, iou: float = AGREEMENT_IOU) -> Tuple[int, int]:
+    """How many of ``reference``'s ``top`` best detections ``candidate`` also has.
+
+    Args:
+        reference, candidate: one image's (boxes [D, 4] XYXY pixels, scores [D], classes [D]), as
+            :func:`~d2_anchorfree.runtime.predict_onnx.predict` returns them (sorted by score).
+        top: how many of ``reference``'s detections are checked (its ``top`` highest scores).
+        iou: a reference detection is found when a candidate box of the same class overlaps it
+            with IoU >= ``iou`` (several reference boxes may be found by one candidate box).
+
+    Returns:
+        (found, checked): ``checked`` = min(top, number of reference detections).
+    """
+    ref_boxes, ref_scores, ref_classes = reference
+    order = np.argsort(-ref_scores, kind="stable")[:top]
+    boxes, classes = candidate[0], candidate[2]
+    if len(order) == 0:
+        return 0, 0
+    if len(boxes) == 0:
+        return 0, len(order)
+    overlap = pairwise_iou(ref_boxes[order], boxes)
+    same_class = ref_classes[order][:, None] == classes[None, :]
+    return int(((overlap >= iou) & same_class).any(axis=1).sum()), len(order)
+
+
+def agreement(float_path: str, int8_path: str, paths: Sequence[str], threads: int = 0,
+              runtime: str = "onnxruntime") -> Dict[str, object]:
+    """The INT8 model's agreement with its float32 model on ``paths`` (:func:`detections_found`
+    per image, both run by ``runtime`` with the runtime's own preprocessing).
+
+    Returns:
+        dict: ``"mean"`` and ``"min"`` over the images that have float32 detections of each image's
+        found / checked share (None when no image has any), ``"images"`` (compared),
+        ``"images_without_detections"`` (no float32 detection to check), ``"checked"`` and
+        ``"found"`` (detections, summed), ``"top"`` and ``"iou"`` (the rule).
+
+    Raises:
+        ValueError: an image cannot be read (named).
+    """
+    sessions = [load_model(path, threads, runtime) for path in (float_path, int8_path)]
+    shares, checked, found, empty = [], 0, 0, 0
+    for path in paths:
+        try:
+            image = read_bgr(path)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from e
+        n_found, n_checked = detections_found(*(predict(session, meta, image) for session, meta in sessions))
+        if n_checked == 0:
+            empty += 1
+            continue
+        shares.append(n_found / n_checked)
+        checked, found = checked + n_checked, found + n_found
+    return {"mean": float(np.mean(shares)) if shares else None, "min": float(np.min(shares)) if shares else None,
+            "images": len(paths), "images_without_detections": empty, "checked": checked, "found": found,
+            "top": AGREEMENT_TOP, "iou": AGREEMENT_IOU}
+
+
 def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> int:
     """Quantize, then (with ``--coco-json``) compare float32 and INT8 COCO AP.
 
     Returns:
-        0; 1 when the INT8 AP is more than ``--max-ap-drop`` below the float32 AP (the INT8 file
-        is written and the drop printed).
+        0; 1 when the INT8 AP is more than ``--max-ap-drop`` below the float32 AP, or (with
+        ``--agreement`` and ``--min-agreement``) INT8 finds too few of float32's detections (the
+        INT8 file is written and the finding printed).
 
     Raises:
         ValueError: too few calibration images, a model without d2_anchorfree metadata.
@@ -447,9 +529,21 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
     p.add_argument("--coco-json", default="", help="evaluate float32 and INT8 on this COCO json")
     p.add_argument("--image-root", default="", help="image folder of --coco-json (default: <json dir>/images)")
     p.add_argument("--max-ap-drop", type=float, default=1.0, help="AP points INT8 may lose (default 1.0)")
+    p.add_argument("--agreement", default="",
+                   help="images without ground truth (a COCO json's images, a folder or a quoted glob) on which to "
+                        f"check that INT8 finds float32's {AGREEMENT_TOP} best detections per image (same class, "
+                        f"IoU >= {AGREEMENT_IOU})")
+    p.add_argument("--agreement-root", default="", help="image folder of an --agreement json (default: <json dir>/images)")
+    p.add_argument("--min-agreement", type=float, default=0.0,
+                   help="with --agreement: the mean share of float32's detections INT8 must find, in [0, 1] "
+                        "(default 0: report only)")
     p.add_argument("--threads", type=int, default=0,
                    help="onnxruntime intra-op threads / OpenVINO INFERENCE_NUM_THREADS for evaluation")
     args = p.parse_args(argv)
+    if not 0.0 <= args.min_agreement <= 1.0:
+        p.error(f"--min-agreement must be in [0, 1], got {args.min_agreement}")
+    if args.min_agreement > 0 and not args.agreement:
+        p.error("--min-agreement needs --agreement (the images to compare on)")
     nncf = args.quantizer == "nncf"
     if nncf and not args.output.endswith(".xml"):
         p.error(f"--quantizer nncf writes OpenVINO IR (.xml + .bin): --output must end in .xml, got {args.output}")
@@ -469,8 +563,9 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
         entry = quantize(args.model, args.output, images, per_channel=not args.per_tensor)
     print(f"wrote {args.output} ({args.quantizer}): {entry['quantized_convs']} convolutions int8, "
           f"{len(entry['float_output_convs'])} output convolutions float32, {len(images)} calibration images")
+    code = check_agreement(args, runtime) if args.agreement else 0
     if not args.coco_json:
-        return 0
+        return code
     fp32 = coco_ap(args.model, args.coco_json, args.image_root, args.threads, runtime)
     int8 = coco_ap(args.output, args.coco_json, args.image_root, args.threads, runtime)
     drop = fp32["AP"] - int8["AP"]
@@ -485,6 +580,35 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
         print(f"INT8 REJECTED: it loses {drop:.2f} AP points (more than --max-ap-drop {args.max_ap_drop}, "
               "or nothing to compare); "
               "use more or other calibration images, or deploy the float32 model", file=sys.stderr)
+        return 1
+    return code
+
+
+def check_agreement(args, runtime: str) -> int:
+    """``--agreement``: :func:`agreement` on those images, printed and written to
+    ``<output stem>_agreement.json``; 1 (``INT8 REJECTED``) when the mean share is below
+    ``--min-agreement``, or when no image has a float32 detection to compare and a minimum is set.
+
+    Raises:
+        FileNotFoundError: no image found for ``--agreement``.
+    """
+    is_json = args.agreement.endswith(".json")
+    paths, _, _ = list_inputs("" if is_json else args.agreement, args.agreement if is_json else "",
+                              args.agreement_root)
+    result = agreement(args.model, args.output, paths, args.threads, runtime)
+    mean = "nothing to compare" if result["mean"] is None else f"{100 * result['mean']:.1f}% (min {100 * result['min']:.1f}%)"
+    print(f"agreement on {result['images']} images ({result['images_without_detections']} without float32 "
+          f"detections): INT8 finds {result['found']} of float32's {result['checked']} best detections "
+          f"(top {AGREEMENT_TOP} per image, same class, IoU >= {AGREEMENT_IOU}); per image {mean} "
+          f"(both run with {runtime})")
+    report = os.path.splitext(args.output)[0] + "_agreement.json"
+    with open(report, "w") as f:
+        json.dump({**result, "min_agreement": args.min_agreement, "quantizer": args.quantizer, "runtime": runtime}, f)
+    print(f"wrote {report}")
+    if args.min_agreement > 0 and not (result["mean"] is not None and result["mean"] >= args.min_agreement):
+        print(f"INT8 REJECTED: it finds {mean} of float32's detections (below --min-agreement "
+              f"{args.min_agreement}, or nothing to compare); use more or other calibration images, "
+              "or deploy the float32 model", file=sys.stderr)
         return 1
     return 0
 

@@ -167,3 +167,59 @@ def test_nncf_quantizer_names_its_extra_and_its_output_format(tmp_path, monkeypa
     with pytest.raises(SystemExit) as exit_info:  # d2af predict-onnx: a usage error before any work
         predict_onnx.main(["--model", str(tmp_path / "int8.xml"), "--input", str(tmp_path), "--output", str(tmp_path)])
     assert exit_info.value.code == 2 and "int8.xml is OpenVINO IR" in capsys.readouterr().err
+
+
+def test_detections_found_counts_the_references_best_detections_matched_by_class_and_iou():
+    from d2_anchorfree.runtime.quantize_onnx import detections_found, pairwise_iou
+
+    # IoU by hand: [0,0,10,10] vs [0,0,10,9]: 90 / 100 = 0.9; vs [5,0,15,10]: 50 / 150; empty boxes: 0
+    iou = pairwise_iou(np.array([[0, 0, 10, 10], [0, 0, 0, 0]], np.float32),
+                       np.array([[0, 0, 10, 9], [5, 0, 15, 10], [0, 0, 0, 0]], np.float32))
+    np.testing.assert_allclose(iou, [[0.9, 1 / 3, 0.0], [0.0, 0.0, 0.0]], rtol=1e-6)
+    reference = (np.array([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50], [60, 60, 70, 70]], np.float32),
+                 np.array([0.9, 0.8, 0.7, 0.1], np.float32), np.array([0, 0, 1, 0]))
+    candidate = (np.array([[0, 0, 10, 9],        # the best reference: IoU 0.9, same class: found
+                           [20, 20, 30, 28.5],   # the second: IoU 0.85, below 0.9: not found
+                           [40, 40, 50, 50],     # the third's box, but class 0 (it is class 1): not found
+                           [60, 60, 70, 70]], np.float32),  # the fourth, outside top 3: not checked
+                 np.array([0.5, 0.5, 0.5, 0.5], np.float32), np.array([0, 0, 0, 0]))
+    assert detections_found(reference, candidate, top=3, iou=0.9) == (1, 3)
+    assert detections_found(reference, candidate, top=4, iou=0.9) == (2, 4)
+    assert detections_found(reference, candidate, top=3, iou=0.8) == (2, 3)
+    no_detections = (np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
+    assert detections_found(reference, no_detections, top=3) == (0, 3)
+    assert detections_found(no_detections, candidate) == (0, 0)
+
+
+@pytest.mark.slow  # a quantization and two models on three tiles
+def test_agreement_of_int8_with_float32_is_reported_and_checked_against_a_minimum(exported, tmp_path, capsys,
+                                                                                   monkeypatch):
+    out = str(tmp_path / "q" / "model_int8.onnx")
+    argv = ["--model", exported["path"], "--output", out, "--calibration", exported["coco"],
+            "--calibration-root", exported["images"], "--calibration-images", "3",
+            "--agreement", exported["coco"], "--agreement-root", exported["images"]]
+    assert quantize_onnx.main(argv) == 0  # no --min-agreement: report only
+    report_path = str(tmp_path / "q" / "model_int8_agreement.json")
+    assert f"wrote {report_path}" in capsys.readouterr().out
+    report = json.load(open(report_path))
+    assert report["images"] == 3 and report["images_without_detections"] == 0
+    assert report["checked"] == 3 * quantize_onnx.AGREEMENT_TOP  # random init at score 0.001: >= 20 each
+    assert 0 <= report["found"] <= report["checked"] and 0.0 <= report["min"] <= report["mean"] <= 1.0
+    assert report["runtime"] == report["quantizer"] == "onnxruntime" and report["min_agreement"] == 0.0
+    # the same INT8 file against itself finds everything; a minimum above what it finds rejects it
+    assert quantize_onnx.agreement(out, out, [os.path.join(exported["images"], json.load(open(exported["coco"]))
+                                                           ["images"][0]["file_name"])])["mean"] == 1.0
+    monkeypatch.setattr(quantize_onnx, "agreement", lambda *a, **k: {**report, "mean": 0.5, "min": 0.25})
+    assert quantize_onnx.main(argv + ["--min-agreement", "0.6"]) == 1
+    assert "INT8 REJECTED: it finds 50.0% (min 25.0%)" in capsys.readouterr().err
+    assert quantize_onnx.main(argv + ["--min-agreement", "0.5"]) == 0
+
+
+@pytest.mark.parametrize("extra, message", [(["--min-agreement", "1.5"], "--min-agreement must be in [0, 1], got 1.5"),
+                                            (["--min-agreement", "0.9"], "--min-agreement needs --agreement")])
+def test_agreement_arguments_are_checked_before_any_work(tmp_path, capsys, extra, message):
+    argv = ["--model", str(tmp_path / "absent.onnx"), "--output", str(tmp_path / "int8.onnx"),
+            "--calibration", str(tmp_path), *extra]
+    with pytest.raises(SystemExit) as exit_info:
+        quantize_onnx.main(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
