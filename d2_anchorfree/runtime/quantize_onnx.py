@@ -407,6 +407,25 @@ def quantize_nncf(model_path: str, output_path: str, images: Sequence[np.ndarray
     return quantize_nncf_graph(model_path, output_path, images, per_channel, preset, metadata=meta)
 
 
+def image_paths(spec: str, root: str = "") -> List[str]:
+    """The image files of ``--calibration`` / ``--agreement``: a COCO json's images (in ``root``,
+    default ``<json dir>/images``), a folder or a quoted glob (``predict_onnx.list_inputs``).
+
+    Raises:
+        FileNotFoundError: nothing found (from ``list_inputs``).
+    """
+    is_json = spec.endswith(".json")
+    return list_inputs("" if is_json else spec, spec if is_json else "", root)[0]
+
+
+def _read_named(path: str) -> np.ndarray:
+    """``read_bgr(path)``, its ValueError naming ``path``."""
+    try:
+        return read_bgr(path)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
+
+
 def coco_ap(model_path: str, coco_json: str, image_root: str = "", threads: int = 0,
             runtime: str = "onnxruntime") -> Dict[str, float]:
     """COCO box AP / AP50 / AP75 (percent) of ``model_path`` (ONNX, or OpenVINO IR with
@@ -420,24 +439,21 @@ def coco_ap(model_path: str, coco_json: str, image_root: str = "", threads: int 
     files, names, ids = list_inputs("", coco_json, image_root)
     results = []
     for path, name in zip(files, names):
-        try:
-            image = read_bgr(path)
-        except ValueError as e:
-            raise ValueError(f"{path}: {e}") from e
-        results += coco_results(*predict(session, meta, image), meta, image_id=ids[name])
+        results += coco_results(*predict(session, meta, _read_named(path)), meta, image_id=ids[name])
     return evaluate(coco_json, results, meta["coco_max_dets_per_image"])
 
 
 def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box of ``a`` [N, 4] with every box of ``b`` [M, 4] (XYXY pixels): [N, M] in
-    [0, 1]; 0 where both boxes are empty. (numpy: the runtime has no torch.)"""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=1)
-    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+    """IoU of every box of ``a`` [N, 4] with every box of ``b`` [M, 4] (XYXY pixels; N, M >= 1):
+    [N, M] float64 in [0, 1], 0 for an empty box. pycocotools' box IoU (``mask.iou``, the one
+    COCOeval uses; the runtime has no torch), on the boxes turned to XYWH."""
+    from pycocotools import mask as mask_utils
+
+    def xywh(boxes):
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        return np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+
+    return np.asarray(mask_utils.iou(xywh(a), xywh(b), [0] * len(b))).reshape(len(a), len(b))
 
 
 def detections_found(reference, candidate, top: int = AGREEMENT_TOP, iou: float = AGREEMENT_IOU) -> Tuple[int, int]:
@@ -482,10 +498,7 @@ def agreement(float_path: str, int8_path: str, paths: Sequence[str], threads: in
     sessions = [load_model(path, threads, runtime) for path in (float_path, int8_path)]
     shares, checked, found, empty = [], 0, 0, 0
     for path in paths:
-        try:
-            image = read_bgr(path)
-        except ValueError as e:
-            raise ValueError(f"{path}: {e}") from e
+        image = _read_named(path)
         n_found, n_checked = detections_found(*(predict(session, meta, image) for session, meta in sessions))
         if n_checked == 0:
             empty += 1
@@ -551,10 +564,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
         _nncf()  # a missing package is named before any work
     runtime = "openvino" if nncf else "onnxruntime"
     _, meta = load_model(args.model, runtime=runtime)
-    is_json = args.calibration.endswith(".json")
-    paths, _, _ = list_inputs("" if is_json else args.calibration, args.calibration if is_json else "",
-                              args.calibration_root)
-    images = calibration_images(paths, meta, args.calibration_images)
+    images = calibration_images(image_paths(args.calibration, args.calibration_root), meta, args.calibration_images)
     folder = os.path.dirname(os.path.abspath(args.output))
     os.makedirs(folder, exist_ok=True)
     if nncf:
@@ -592,10 +602,8 @@ def check_agreement(args, runtime: str) -> int:
     Raises:
         FileNotFoundError: no image found for ``--agreement``.
     """
-    is_json = args.agreement.endswith(".json")
-    paths, _, _ = list_inputs("" if is_json else args.agreement, args.agreement if is_json else "",
-                              args.agreement_root)
-    result = agreement(args.model, args.output, paths, args.threads, runtime)
+    result = agreement(args.model, args.output, image_paths(args.agreement, args.agreement_root), args.threads,
+                       runtime)
     mean = "nothing to compare" if result["mean"] is None else f"{100 * result['mean']:.1f}% (min {100 * result['min']:.1f}%)"
     print(f"agreement on {result['images']} images ({result['images_without_detections']} without float32 "
           f"detections): INT8 finds {result['found']} of float32's {result['checked']} best detections "
