@@ -34,9 +34,14 @@ def _is_nhwc(t: torch.Tensor) -> bool:
     return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
 
 
+def _spatial_weights(model):
+    """{name: weight} of the model's convolutions wider than 1x1 (the ones whose layout shows)."""
+    return {n: p for n, p in model.named_parameters() if p.dim() == 4 and p.shape[2] * p.shape[3] > 1}
+
+
 def test_weights_are_stored_channels_last_and_stay_so_after_loading():
     plain, nhwc = _pair()
-    spatial = {n: p for n, p in nhwc.named_parameters() if p.dim() == 4 and p.shape[2] * p.shape[3] > 1}
+    spatial = _spatial_weights(nhwc)
     assert len(spatial) > 20  # the backbone's, the FPN's and the head's 3x3 convs
     assert all(_is_nhwc(p) for p in spatial.values()), [n for n, p in spatial.items() if not _is_nhwc(p)]
     assert not any(_is_nhwc(p) for p in plain.parameters())
@@ -76,10 +81,6 @@ def test_a_value_that_is_not_a_bool_is_refused_naming_the_key():
     cfg.MODEL.CHANNELS_LAST = 1
     with pytest.raises(ValueError, match=r"MODEL.CHANNELS_LAST must be True or False, got 1"):
         build_model(cfg)
-
-
-def _spatial_weights(model):
-    return {n: p for n, p in model.named_parameters() if p.dim() == 4 and p.shape[2] * p.shape[3] > 1}
 
 
 @pytest.mark.parametrize("build", [AnchorFreeTrainer.build_model, lambda cfg: AnchorFreePredictor(cfg).model],
